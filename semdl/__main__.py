@@ -1,0 +1,3 @@
+from semdl.cli import main
+
+main()

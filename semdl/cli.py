@@ -1,0 +1,120 @@
+"""The `semdl` command. Thin: it parses, validates and hands over to semdl.experiment."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from semdl.config import register_schema, validate
+from semdl.errors import UserError
+from semdl.network import build_topology
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+COMMANDS = {"train": "run one experiment, or a sweep with -m (Hydra overrides follow)"}
+
+register_schema()
+
+
+def fail(message: str) -> NoReturn:
+    """A user mistake: one line on stderr, exit status 2."""
+    print(f"semdl: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def config_groups() -> dict[str, list[str]]:
+    return {
+        group.name: sorted(option.stem for option in group.glob("*.yaml"))
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir()
+    }
+
+
+def usage() -> str:
+    lines = ["usage: semdl <command> [overrides...]", "", "commands:"]
+    lines += [f"  {name:<10}{text}" for name, text in COMMANDS.items()]
+    lines += ["", "config groups (choose with group=option):"]
+    lines += [f"  {group:<10}{', '.join(options)}" for group, options in config_groups().items()]
+    lines += ["", "`semdl train --help` lists every key and its default."]
+    return "\n".join(lines)
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra and OmegaConf explain on several lines; keep the lines that say what is wrong."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"unknown {group} {option!r}; choose one of: {', '.join(sorted(error.options))}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        lines += [line.strip() for line in str(cause).splitlines() if line.strip().startswith(("full_key", "Value"))]
+    return "; ".join(line for line in lines if "HYDRA_FULL_ERROR" not in line and not line.startswith("object_type"))
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> None:
+    """Compose and validate the config of every job before any runs, so a bad sweep fails at once."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
+            for job in jobs:
+                own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
+                cfg = compose(config_name="config", overrides=own)
+                validate(cfg)
+                build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(_one_line(error)) from None
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def train_job(cfg: DictConfig) -> None:
+    from semdl.experiment import run_experiment
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate(cfg)
+        summary = run_experiment(cfg, run_dir)
+    except UserError as error:
+        fail(str(error))
+    accuracies = " ".join(f"{value:.3f}" for value in summary["knn_accuracy"])
+    print(f"run directory: {run_dir}")
+    print(
+        f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
+        f"kNN accuracy mean {summary['knn_accuracy_mean']:.4f} (nodes: {accuracies}) | "
+        f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s"
+    )
+
+
+def train(arguments: list[str]) -> None:
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(arguments)
+    informational = parsed.help or parsed.hydra_help or parsed.info or parsed.cfg or parsed.shell_completion
+    if not informational:
+        try:
+            check_overrides(parsed.overrides, parsed.multirun)
+        except UserError as error:
+            fail(str(error))
+    sys.argv = ["semdl train", *arguments]
+    train_job()
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    if not arguments or arguments[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if arguments else 2)
+    command, rest = arguments[0], arguments[1:]
+    if command == "train":
+        train(rest)
+    else:
+        fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (see semdl --help)")

@@ -1,0 +1,173 @@
+"""Structured config schema (type checks at composition) and range validation (one clear error per mistake)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from semdl.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    seed: int = 0  # fixes the dataset itself (split or generated samples), independently of the run seed
+    test_fraction: float = 0.3  # digits: share of samples held out for testing (stratified)
+    num_classes: int = 10  # synthetic
+    ambient_dim: int = 64  # synthetic: dimension D of the samples
+    subspace_dim: int = 4  # synthetic: dimension of each class subspace
+    train_per_class: int = 100  # synthetic
+    test_per_class: int = 50  # synthetic
+    noise: float = 0.05  # synthetic: std of isotropic Gaussian noise added to each sample
+
+
+@dataclass
+class PartitionConfig:
+    name: str = "iid"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    per_node: Optional[List[str]] = None  # one architecture name per node; null means `name` everywhere
+    hidden: List[int] = field(default_factory=lambda: [512, 512])  # mlp: hidden layer widths
+    batch_norm: bool = True  # mlp
+
+
+@dataclass
+class TopologyConfig:
+    name: str = "ring"
+    p: float = 0.5  # erdos_renyi: edge probability
+    path: Optional[str] = None  # file: adjacency matrix text file (N rows of N 0/1 entries)
+
+
+@dataclass
+class SolverConfig:
+    name: str = "primal_dual"
+    rho: float = 5.0  # consensus penalty
+    dual_step: float = 0.1  # alpha, the dual ascent step
+    gamma1: float = 1.0  # weight of R in dR
+    gamma2: float = 1.0  # weight of Rc in dR
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 100
+    local_epochs: int = 1
+    batch_size: int = 1000
+    optimizer: str = "adam"
+    lr: float = 0.01
+    weight_decay: float = 1e-5
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 10
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    nodes: int = 5
+    seed: int = 0
+    device: str = "auto"
+    dim_z: int = 128
+    eps_sq: float = 0.5
+
+
+DATASETS = ("digits", "synthetic")
+PARTITIONS = ("iid",)
+ENCODERS = ("mlp",)
+TOPOLOGIES = ("ring", "complete", "star", "erdos_renyi", "paper10", "paper5", "file")
+SOLVERS = ("primal_dual",)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def register_schema() -> None:
+    """Make the schema available to config.yaml's defaults list as `semdl_schema`."""
+    ConfigStore.instance().store(name="semdl_schema", node=Config)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"{key}={value} is out of range; it must be > 0")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"{key}={value} is out of range; it must be >= {low}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ranges and cross-field consistency that types alone cannot express; raise UserError."""
+    _at_least("nodes", cfg.nodes, 1)
+    _at_least("dim_z", cfg.dim_z, 1)
+    _positive("eps_sq", cfg.eps_sq)
+    _choice("device", cfg.device, DEVICES)
+
+    _choice("data", cfg.data.name, DATASETS)
+    if cfg.data.name == "digits" and not 0 < cfg.data.test_fraction < 1:
+        raise UserError(f"data.test_fraction={cfg.data.test_fraction} is out of range; it must be in (0, 1)")
+    if cfg.data.name == "synthetic":
+        _at_least("data.num_classes", cfg.data.num_classes, 2)
+        _at_least("data.ambient_dim", cfg.data.ambient_dim, 1)
+        _at_least("data.subspace_dim", cfg.data.subspace_dim, 1)
+        if cfg.data.subspace_dim > cfg.data.ambient_dim:
+            raise UserError(
+                f"data.subspace_dim={cfg.data.subspace_dim} exceeds data.ambient_dim={cfg.data.ambient_dim}"
+            )
+        _at_least("data.train_per_class", cfg.data.train_per_class, 1)
+        _at_least("data.test_per_class", cfg.data.test_per_class, 1)
+        if cfg.data.noise < 0:
+            raise UserError(f"data.noise={cfg.data.noise} is out of range; it must be >= 0")
+
+    _choice("partition", cfg.partition.name, PARTITIONS)
+
+    _choice("model", cfg.model.name, ENCODERS)
+    if cfg.model.per_node is not None:
+        if len(cfg.model.per_node) != cfg.nodes:
+            raise UserError(
+                f"model.per_node has {len(cfg.model.per_node)} entries but nodes={cfg.nodes}; give one per node"
+            )
+        for name in cfg.model.per_node:
+            _choice("model.per_node entry", name, ENCODERS)
+    for width in cfg.model.hidden:
+        _at_least("model.hidden entry", width, 1)
+
+    _choice("topology", cfg.topology.name, TOPOLOGIES)
+    if cfg.topology.name == "erdos_renyi" and not 0 < cfg.topology.p <= 1:
+        raise UserError(f"topology.p={cfg.topology.p} is out of range; it must be in (0, 1]")
+    if cfg.topology.name == "file" and not cfg.topology.path:
+        raise UserError("topology=file needs topology.path=<adjacency matrix text file>")
+
+    _choice("solver", cfg.solver.name, SOLVERS)
+    if cfg.solver.rho < 0:
+        raise UserError(f"solver.rho={cfg.solver.rho} is out of range; it must be >= 0")
+    if cfg.solver.dual_step < 0:
+        raise UserError(f"solver.dual_step={cfg.solver.dual_step} is out of range; it must be >= 0")
+    if cfg.solver.gamma1 < 0 or cfg.solver.gamma2 < 0:
+        raise UserError("solver.gamma1 and solver.gamma2 must be >= 0")
+
+    _at_least("train.rounds", cfg.train.rounds, 1)
+    _at_least("train.local_epochs", cfg.train.local_epochs, 1)
+    _at_least("train.batch_size", cfg.train.batch_size, 2)
+    _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
+    _positive("train.lr", cfg.train.lr)
+    if cfg.train.weight_decay < 0:
+        raise UserError(f"train.weight_decay={cfg.train.weight_decay} is out of range; it must be >= 0")
+
+    _at_least("eval.knn_k", cfg.eval.knn_k, 1)

@@ -1,0 +1,215 @@
+"""One experiment, start to finish: config -> dataset -> partition -> network -> rounds -> evaluation -> run directory."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from semdl.data import Dataset, build_partition, class_counts, load_dataset
+from semdl.errors import UserError
+from semdl.eval import encode, knn_accuracy, plot_partition, plot_training_curves
+from semdl.io import MetricsWriter, save_torch, write_json
+from semdl.models import architectures, build_encoder
+from semdl.network import InProcessCommunicator, Inbox, Node, build_optimizer, build_topology, node_seeds
+from semdl.objectives import consensus_residual, pool_statistics, rate_reduction_from_statistics
+from semdl.solvers import PrimalDualSettings, primal_dual_round
+from semdl.solvers.timing import NodeWork
+
+log = logging.getLogger("semdl")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def build_nodes(cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], device: torch.device) -> list[Node]:
+    """One node per partition part, each with its own seeded encoder, optimizer and shuffling stream."""
+    nodes = []
+    for index, (architecture, part) in enumerate(zip(architectures(cfg.model, cfg.nodes), parts)):
+        init_seed, shuffle_seed = node_seeds(cfg.seed, index)
+        encoder = build_encoder(architecture, dataset.input_shape, cfg.dim_z, cfg.model, init_seed).to(device)
+        shape = (dataset.num_classes, cfg.dim_z, cfg.dim_z)
+        nodes.append(
+            Node(
+                index=index,
+                architecture=architecture,
+                encoder=encoder,
+                optimizer=build_optimizer(cfg.train.optimizer, encoder.parameters(), cfg.train.lr, cfg.train.weight_decay),
+                inputs=dataset.train_x,
+                labels=dataset.train_y,
+                indices=torch.as_tensor(part, dtype=torch.long, device=device),
+                generator=torch.Generator(device=device).manual_seed(shuffle_seed),
+                num_classes=dataset.num_classes,
+                statistics=torch.zeros(shape, device=device),
+                counts=torch.zeros(dataset.num_classes, device=device),
+                dual=torch.zeros(shape, device=device),
+            )
+        )
+    return nodes
+
+
+def round_rows(
+    round_index: int, nodes: list[Node], inboxes: list[Inbox], work: list[NodeWork], bytes_sent: list[int],
+    round_seconds: float, cfg: DictConfig,
+) -> list[dict]:
+    """metrics.jsonl rows of one round: one per node and one for the network, read from the device at once."""
+    per_node = []
+    for node, inbox, node_work in zip(nodes, inboxes, work):
+        dR, R, Rc = rate_reduction_from_statistics(
+            node.statistics, node.counts, cfg.eps_sq, cfg.solver.gamma1, cfg.solver.gamma2
+        )
+        residual = consensus_residual(node.statistics, inbox.statistics)
+        per_node.append(torch.stack([node_work.loss, R, Rc, dR, residual, node.dual.norm()]))
+    pooled_V, pooled_counts = pool_statistics(
+        torch.stack([node.statistics for node in nodes]), torch.stack([node.counts for node in nodes])
+    )
+    network = torch.stack(rate_reduction_from_statistics(pooled_V, pooled_counts, cfg.eps_sq, cfg.solver.gamma1, cfg.solver.gamma2))
+    values = torch.cat([torch.stack(per_node).flatten(), network]).tolist()
+    rows = []
+    for node, node_work in zip(nodes, work):
+        loss, R, Rc, dR, residual, dual_norm = values[6 * node.index : 6 * node.index + 6]
+        rows.append({
+            "round": round_index, "node": node.index, "loss": loss, "R": R, "Rc": Rc, "dR": dR,
+            "consensus_residual": residual, "dual_norm": dual_norm, "bytes_sent": bytes_sent[node.index],
+            "seconds": node_work.seconds,
+        })
+    dR, R, Rc = values[-3:]
+    rows.append({
+        "round": round_index, "node": "network", "R": R, "Rc": Rc, "dR": dR,
+        "consensus_residual": max(row["consensus_residual"] for row in rows), "bytes_sent": sum(bytes_sent),
+        "seconds": round_seconds,
+    })
+    return rows
+
+
+def evaluate(nodes: list[Node], dataset: Dataset, k: int) -> dict:
+    """kNN test accuracy of every node: cosine, reference = the node's own training features, whole test set."""
+    accuracies = []
+    for node in nodes:
+        reference = encode(node.encoder, node.inputs[node.indices])
+        queries = encode(node.encoder, dataset.test_x)
+        accuracies.append(knn_accuracy(reference, node.labels[node.indices], queries, dataset.test_y, dataset.num_classes, k))
+    per_node = torch.stack(accuracies).tolist()
+    return {"knn": {"k": k, "per_node": per_node, "mean": float(np.mean(per_node))}, "test_samples": len(dataset.test_y)}
+
+
+def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProcessCommunicator, cfg: DictConfig) -> dict:
+    return {
+        "round": round_index,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "bytes_sent": list(communicator.bytes_sent),
+        "nodes": [
+            {
+                "architecture": node.architecture,
+                "encoder": node.encoder.state_dict(),
+                "optimizer": node.optimizer.state_dict(),
+                "statistics": node.statistics,
+                "counts": node.counts,
+                "dual": node.dual,
+                "generator": node.generator.get_state(),
+            }
+            for node in nodes
+        ],
+    }
+
+
+def write_partition(run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    counts = class_counts(labels, parts, num_classes)
+    write_json(run_dir / "partition.json", {
+        "scheme": cfg.partition.name, "seed": cfg.seed, "num_nodes": len(parts), "num_classes": num_classes,
+        "nodes": [
+            {"node": i, "num_samples": len(part), "class_counts": counts[i].tolist(), "indices": part.tolist()}
+            for i, part in enumerate(parts)
+        ],
+    })
+    return counts
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run the configured experiment, writing everything into `run_dir`; return the summary."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir")
+    device = resolve_device(cfg.device)
+    torch.backends.cudnn.enabled = True
+
+    topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+    dataset = load_dataset(cfg.data)
+    train_labels = dataset.train_y.numpy()
+    parts = build_partition(cfg.partition.name, train_labels, cfg.nodes, cfg.seed)
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    counts = write_partition(run_dir, cfg, train_labels, parts, dataset.num_classes)
+    plot_partition(counts, run_dir / "figures" / "partition.png")
+
+    dataset = dataset.to(device)
+    nodes = build_nodes(cfg, dataset, parts, device)
+    communicator = InProcessCommunicator(topology, device)
+    log.info(
+        "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
+        cfg.nodes, ", ".join(sorted(set(node.architecture for node in nodes))), topology.name, dataset.name,
+        len(dataset.train_y), len(dataset.test_y), dataset.num_classes, device,
+    )
+    settings = PrimalDualSettings(
+        dataset.num_classes, cfg.eps_sq, cfg.solver.rho, cfg.solver.dual_step, cfg.solver.gamma1, cfg.solver.gamma2,
+        cfg.train.local_epochs, cfg.train.batch_size,
+    )
+    for node in nodes:
+        node.refresh_statistics()
+    inboxes = communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+
+    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    network_rows = []
+    progress = tqdm(range(1, cfg.train.rounds + 1), desc="rounds", unit="round", mininterval=1.0)
+    try:
+        for round_index in progress:
+            round_start = time.perf_counter()
+            bytes_before = list(communicator.bytes_sent)
+            work, inboxes = primal_dual_round(nodes, communicator, inboxes, settings)
+            bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
+            rows = round_rows(round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg)
+            metrics.write_round(rows)
+            network_rows.append(rows[-1])
+            progress.set_postfix(dR=f"{rows[-1]['dR']:.3f}", residual=f"{rows[-1]['consensus_residual']:.2e}", refresh=False)
+    finally:
+        metrics.close()
+        progress.close()
+
+    save_torch(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg.train.rounds, nodes, communicator, cfg))
+    evaluation = evaluate(nodes, dataset, cfg.eval.knn_k)
+    write_json(run_dir / "eval.json", evaluation)
+    plot_training_curves(network_rows, run_dir / "figures" / "training_curves.png")
+
+    final = network_rows[-1]
+    summary = {
+        "rounds": cfg.train.rounds,
+        "network_dR": final["dR"],
+        "network_R": final["R"],
+        "network_Rc": final["Rc"],
+        "consensus_residual": final["consensus_residual"],
+        "total_bytes_sent": sum(communicator.bytes_sent),
+        "wall_seconds": time.perf_counter() - started,
+        "knn_accuracy": evaluation["knn"]["per_node"],
+        "knn_accuracy_mean": evaluation["knn"]["mean"],
+        "device": str(device),
+        "nodes": [
+            {
+                "node": node.index,
+                "architecture": node.architecture,
+                "parameters": sum(parameter.numel() for parameter in node.encoder.parameters()),
+                "train_samples": node.num_samples,
+            }
+            for node in nodes
+        ],
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary

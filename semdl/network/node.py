@@ -1,0 +1,73 @@
+"""A learning node: its encoder and optimizer, an index view of its local data, its statistics and duals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from semdl.objectives import class_grams
+
+STATISTICS_CHUNK = 4096
+
+
+@dataclass
+class Node:
+    """Everything one node owns. `inputs`/`labels` are the shared training tensors; `indices` is this node's view."""
+
+    index: int
+    architecture: str
+    encoder: nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: Tensor
+    labels: Tensor
+    indices: Tensor
+    generator: torch.Generator
+    num_classes: int
+    statistics: Tensor  # V_i^k, (K, d, d)
+    counts: Tensor  # m_i^k as float32, (K,)
+    dual: Tensor  # Y_i^k, (K, d, d)
+
+    @property
+    def num_samples(self) -> int:
+        return self.indices.shape[0]
+
+    def minibatches(self, batch_size: int) -> Iterator[Tensor]:
+        """A shuffled pass over the local data in ceil(n / batch_size) batches of near-equal size.
+
+        Near-equal sizes avoid a tiny last batch, whose class statistics (and BatchNorm) would be noise.
+        """
+        order = torch.randperm(self.num_samples, generator=self.generator, device=self.indices.device)
+        num_batches = -(-self.num_samples // batch_size)
+        yield from self.indices[order].tensor_split(num_batches)
+
+    @torch.no_grad()
+    def refresh_statistics(self, chunk_size: int = STATISTICS_CHUNK) -> None:
+        """Recompute V_i^k and m_i^k over the whole local set, encoder in eval mode, in bounded memory."""
+        self.encoder.eval()
+        grams = torch.zeros_like(self.statistics)
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.statistics.device)
+        for chunk in self.indices.split(chunk_size):
+            chunk_grams, chunk_counts = class_grams(self.encoder(self.inputs[chunk]), self.labels[chunk], self.num_classes)
+            grams += chunk_grams
+            counts += chunk_counts
+        self.statistics = grams / counts.clamp_min(1)[:, None, None].to(grams.dtype)
+        self.counts = counts.to(grams.dtype)
+
+
+def node_seeds(seed: int, node_index: int) -> tuple[int, int]:
+    """(weight-initialisation seed, shuffling seed) of a node, derived from the run seed and its index alone."""
+    init_seed, shuffle_seed = np.random.SeedSequence([seed, node_index]).generate_state(2)
+    return int(init_seed), int(shuffle_seed)
+
+
+def build_optimizer(name: str, parameters, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}")

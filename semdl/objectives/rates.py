@@ -1,0 +1,129 @@
+"""Coding rates of MCR² (Yu et al. 2020) as pure, batched tensor functions; rows of Z are samples.
+
+Every logdet is taken on the smaller side of its Gram matrix (Sylvester's identity) and all classes
+share one batched Cholesky factorisation; zero padding leaves logdet(I + c G) unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def logdet_identity_plus(gram: Tensor, scale: Tensor) -> Tensor:
+    """logdet(I + scale * gram) for a batch (..., n, n) of symmetric PSD matrices; `scale` has shape (...)."""
+    n = gram.shape[-1]
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    matrix = eye + scale[..., None, None] * gram
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    logdet = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    failed = info != 0
+    if failed.any():
+        # Rounding can make a nearly singular Gram slightly indefinite; its eigenvalues, clamped at 0, still
+        # give the logdet of the PSD matrix it approximates.
+        eigenvalues = torch.linalg.eigvalsh(gram[failed]).clamp_min(0)
+        fallback = torch.log1p(scale[failed][..., None] * eigenvalues).sum(-1)
+        logdet = logdet.index_put((failed,), fallback)
+    return logdet
+
+
+def _gram_smaller_side(Z: Tensor) -> Tensor:
+    return Z @ Z.mT if Z.shape[-2] < Z.shape[-1] else Z.mT @ Z
+
+
+def coding_rate(Z: Tensor, eps_sq: float) -> Tensor:
+    """R(Z) = 1/2 logdet(I_d + d/(m eps_sq) Z^T Z) for features Z of shape (m, d)."""
+    m, d = Z.shape
+    scale = torch.tensor(d / (m * eps_sq), dtype=Z.dtype, device=Z.device)
+    return 0.5 * logdet_identity_plus(_gram_smaller_side(Z), scale)
+
+
+def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Rows of Z grouped by class into a zero-padded (K, width, d) tensor, and the class counts (K,).
+
+    width is the largest class count: reading it is the one host synchronisation, since it is a shape.
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
+    if counts.shape[0] != num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}); found {counts.shape[0] - 1}")
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(labels.shape[0], device=labels.device) - starts[sorted_labels]
+    width = int(counts.max()) if labels.numel() else 0
+    padded = Z.new_zeros(num_classes, width, Z.shape[-1])
+    return padded.index_put((sorted_labels, slots), Z[order]), counts
+
+
+def class_grams(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class Gram matrices Z_k^T Z_k (K, d, d) and class counts (K,)."""
+    padded, counts = pad_by_class(Z, labels, num_classes)
+    return padded.mT @ padded, counts
+
+
+def class_statistics(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Semantic statistics V^k = Z_k^T Z_k / m_k (K, d, d), zero where m_k = 0, and the counts m_k (K,)."""
+    grams, counts = class_grams(Z, labels, num_classes)
+    return grams / counts.clamp_min(1)[:, None, None].to(grams.dtype), counts
+
+
+def _rates_from_class_grams(grams: Tensor, counts: Tensor, eps_sq: float) -> tuple[Tensor, Tensor]:
+    """(R, Rc) from per-class Grams (K, d, d): one batched factorisation of the total and every class."""
+    d = grams.shape[-1]
+    sizes = counts.to(grams.dtype)
+    total_size = sizes.sum()
+    all_grams = torch.cat([grams.sum(0, keepdim=True), grams])
+    all_sizes = torch.cat([total_size.reshape(1), sizes])
+    logdets = logdet_identity_plus(all_grams, d / (all_sizes.clamp_min(1) * eps_sq))
+    R = 0.5 * logdets[0]
+    Rc = (sizes / (2 * total_size) * logdets[1:]).sum()
+    return R, Rc
+
+
+def rate_terms(
+    Z: Tensor, labels: Tensor, num_classes: int, eps_sq: float, need_grams: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """(R, Rc, class Grams or None, counts) of a labelled batch, each logdet on its cheaper side.
+
+    The class Grams (K, d, d) are returned when `need_grams` or when they are the cheaper side anyway.
+    """
+    m, d = Z.shape
+    padded, counts = pad_by_class(Z, labels, num_classes)
+    width = padded.shape[1]
+    grams = padded.mT @ padded if (need_grams or width >= d) else None
+    if width >= d:
+        R, Rc = _rates_from_class_grams(grams, counts, eps_sq)
+        return R, Rc, grams, counts
+    sizes = counts.to(Z.dtype)
+    total_gram = grams.sum(0) if grams is not None and m >= d else _gram_smaller_side(Z)
+    R = 0.5 * logdet_identity_plus(total_gram, torch.tensor(d / (m * eps_sq), dtype=Z.dtype, device=Z.device))
+    class_logdets = logdet_identity_plus(padded @ padded.mT, d / (sizes.clamp_min(1) * eps_sq))
+    Rc = (sizes / (2 * m) * class_logdets).sum()
+    return R, Rc, grams, counts
+
+
+def rate_reduction(
+    Z: Tensor, labels: Tensor, num_classes: int, eps_sq: float, gamma1: float = 1.0, gamma2: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dR, R, Rc) with dR = gamma1 R(Z) - gamma2 Rc(Z | labels); classes without samples add 0."""
+    R, Rc, _, _ = rate_terms(Z, labels, num_classes, eps_sq)
+    return gamma1 * R - gamma2 * Rc, R, Rc
+
+
+def rate_reduction_from_statistics(
+    V: Tensor, counts: Tensor, eps_sq: float, gamma1: float = 1.0, gamma2: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dR, R, Rc) of the data behind statistics V (K, d, d) and counts (K,), without the data itself.
+
+    Uses Z_k^T Z_k = m_k V^k. Pass statistics summed over nodes (G^k = sum_i m_i^k V_i^k, divided by
+    sum_i m_i^k) to get the network-wide rate reduction of algorithms.md section 3.
+    """
+    grams = V * counts.to(V.dtype)[:, None, None]
+    R, Rc = _rates_from_class_grams(grams, counts, eps_sq)
+    return gamma1 * R - gamma2 * Rc, R, Rc
+
+
+def pool_statistics(V: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge per-node statistics V (N, K, d, d) and counts (N, K) into the statistics of the union of the data."""
+    pooled_counts = counts.sum(0)
+    grams = (V * counts.to(V.dtype)[..., None, None]).sum(0)
+    return grams / pooled_counts.clamp_min(1).to(V.dtype)[:, None, None], pooled_counts

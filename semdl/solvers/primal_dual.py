@@ -1,0 +1,65 @@
+"""Primal-dual consensus for i.i.d. data (algorithms.md section 4): one synchronous round."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from semdl.network import InProcessCommunicator, Inbox, Node
+from semdl.objectives import primal_dual_loss
+from semdl.solvers.timing import NodeWork, timed
+
+
+@dataclass(frozen=True)
+class PrimalDualSettings:
+    num_classes: int
+    eps_sq: float
+    rho: float
+    dual_step: float
+    gamma1: float
+    gamma2: float
+    local_epochs: int
+    batch_size: int
+
+
+def dual_step(node: Node, inbox: Inbox, step: float) -> None:
+    """Y_i^k += alpha * sum_j (V_i^k - V_j^k), with round t-1 statistics."""
+    node.dual += step * (inbox.statistics.shape[0] * node.statistics - inbox.statistics.sum(0))
+
+
+def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Tensor:
+    """`local_epochs` shuffled passes of optimizer steps on L_i; returns the mean loss (on the device)."""
+    node.encoder.train()
+    total_loss = torch.zeros((), device=node.statistics.device)
+    steps = 0
+    for _ in range(settings.local_epochs):
+        for batch in node.minibatches(settings.batch_size):
+            loss = primal_dual_loss(
+                node.encoder(node.inputs[batch]), node.labels[batch], settings.num_classes, settings.eps_sq,
+                node.statistics, inbox.statistics, node.dual, settings.rho, settings.gamma1, settings.gamma2,
+            )
+            node.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            node.optimizer.step()
+            total_loss += loss.detach()
+            steps += 1
+    return total_loss / steps
+
+
+def primal_dual_round(
+    nodes: list[Node], communicator: InProcessCommunicator, inboxes: list[Inbox], settings: PrimalDualSettings
+) -> tuple[list[NodeWork], list[Inbox]]:
+    """Dual step, local training and statistics at every node, then the exchange; returns each node's work.
+
+    Each node reads only its inbox (round t-1 values), so running the nodes one after another is the
+    synchronous round of the algorithm.
+    """
+    work = []
+    for node, inbox in zip(nodes, inboxes):
+        with timed(node.statistics.device) as clock:
+            dual_step(node, inbox, settings.dual_step)
+            loss = local_training(node, inbox, settings)
+            node.refresh_statistics()
+        work.append(NodeWork(loss, clock.seconds))
+    return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
