@@ -110,6 +110,8 @@ def train(arguments: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
+    if not CONF_DIR.is_dir():
+        fail(f"semdl's configs are missing ({CONF_DIR}); install semdl from its source tree with `pip install -e .`")
     if not arguments or arguments[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if arguments else 2)

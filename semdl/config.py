@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from semdl.errors import UserError
 
@@ -58,7 +58,7 @@ class TrainConfig:
     local_epochs: int = 1
     batch_size: int = 1000
     optimizer: str = "adam"
-    lr: float = 0.01
+    lr: float = 0.001
     weight_decay: float = 1e-5
 
 
@@ -112,8 +112,18 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise UserError(f"{key}={value} is out of range; it must be >= {low}")
 
 
+def _reject_unknown_keys(node: DictConfig, schema: DictConfig, prefix: str = "") -> None:
+    """Keys added with `+key=value` pass Hydra; a key semdl never reads is almost always a typo."""
+    for key in node:
+        if key not in schema:
+            raise UserError(f"unknown key {prefix}{key}; `semdl train --help` lists every key")
+        if isinstance(node[key], DictConfig) and isinstance(schema[key], DictConfig):
+            _reject_unknown_keys(node[key], schema[key], f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and cross-field consistency that types alone cannot express; raise UserError."""
+    _reject_unknown_keys(cfg, OmegaConf.structured(Config))
     _at_least("nodes", cfg.nodes, 1)
     _at_least("dim_z", cfg.dim_z, 1)
     _positive("eps_sq", cfg.eps_sq)

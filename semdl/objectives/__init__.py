@@ -1,5 +1,11 @@
 """MCR² objectives as pure tensor functions (rows are samples): usable on their own, like a loss library."""
-from semdl.objectives.consensus import consensus_residual, primal_dual_loss
+from semdl.objectives.consensus import (
+    ConsensusTargets,
+    consensus_residual,
+    consensus_targets,
+    primal_dual_loss,
+    primal_dual_loss_with_targets,
+)
 from semdl.objectives.rates import (
     class_grams,
     class_statistics,
@@ -11,13 +17,16 @@ from semdl.objectives.rates import (
 )
 
 __all__ = [
+    "ConsensusTargets",
     "class_grams",
     "class_statistics",
     "coding_rate",
     "consensus_residual",
+    "consensus_targets",
     "logdet_identity_plus",
     "pool_statistics",
     "primal_dual_loss",
+    "primal_dual_loss_with_targets",
     "rate_reduction",
     "rate_reduction_from_statistics",
 ]

@@ -9,21 +9,41 @@ import torch
 from torch import Tensor
 
 
+class _CholeskyLogdet(torch.autograd.Function):
+    """logdet(I + s G) through one Cholesky factor L; its gradient s (I + s G)^-1 reuses L (cholesky_inverse),
+    which is about twice as fast as differentiating through the factorisation."""
+
+    @staticmethod
+    def forward(ctx, gram: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        factor, info = torch.linalg.cholesky_ex(eye + scale[..., None, None] * gram)
+        ctx.save_for_backward(factor, scale, info)
+        ctx.mark_non_differentiable(info)
+        return 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1), info
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logdet: Tensor, _grad_info: Tensor) -> tuple[Tensor, None]:
+        factor, scale, info = ctx.saved_tensors
+        # A failed factor is garbage; its entries take the eigenvalue fallback's gradient instead.
+        weight = torch.where(info == 0, grad_logdet * scale, 0)
+        return weight[..., None, None] * torch.cholesky_inverse(factor), None
+
+
 def logdet_identity_plus(gram: Tensor, scale: Tensor) -> Tensor:
-    """logdet(I + scale * gram) for a batch (..., n, n) of symmetric PSD matrices; `scale` has shape (...)."""
-    n = gram.shape[-1]
-    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-    matrix = eye + scale[..., None, None] * gram
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    logdet = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    """logdet(I + scale * gram) for a batch (..., n, n) of symmetric PSD matrices; `scale` (...) is a constant."""
+    batch_shape, n = gram.shape[:-2], gram.shape[-1]
+    grams = gram.reshape(-1, n, n)
+    scales = scale.to(gram.dtype).expand(batch_shape).reshape(-1)
+    logdet, info = _CholeskyLogdet.apply(grams, scales)
     failed = info != 0
     if failed.any():
         # Rounding can make a nearly singular Gram slightly indefinite; its eigenvalues, clamped at 0, still
         # give the logdet of the PSD matrix it approximates.
-        eigenvalues = torch.linalg.eigvalsh(gram[failed]).clamp_min(0)
-        fallback = torch.log1p(scale[failed][..., None] * eigenvalues).sum(-1)
+        eigenvalues = torch.linalg.eigvalsh(grams[failed]).clamp_min(0)
+        fallback = torch.log1p(scales[failed][:, None] * eigenvalues).sum(-1)
         logdet = logdet.index_put((failed,), fallback)
-    return logdet
+    return logdet.reshape(batch_shape)
 
 
 def _gram_smaller_side(Z: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from semdl.network import InProcessCommunicator, Inbox, Node
-from semdl.objectives import primal_dual_loss
+from semdl.objectives import consensus_targets, primal_dual_loss_with_targets
 from semdl.solvers.timing import NodeWork, timed
 
 
@@ -31,13 +31,14 @@ def dual_step(node: Node, inbox: Inbox, step: float) -> None:
 def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Tensor:
     """`local_epochs` shuffled passes of optimizer steps on L_i; returns the mean loss (on the device)."""
     node.encoder.train()
+    targets = consensus_targets(node.statistics, inbox.statistics)
     total_loss = torch.zeros((), device=node.statistics.device)
     steps = 0
     for _ in range(settings.local_epochs):
         for batch in node.minibatches(settings.batch_size):
-            loss = primal_dual_loss(
+            loss = primal_dual_loss_with_targets(
                 node.encoder(node.inputs[batch]), node.labels[batch], settings.num_classes, settings.eps_sq,
-                node.statistics, inbox.statistics, node.dual, settings.rho, settings.gamma1, settings.gamma2,
+                targets, node.dual, settings.rho, settings.gamma1, settings.gamma2,
             )
             node.optimizer.zero_grad(set_to_none=True)
             loss.backward()

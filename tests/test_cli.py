@@ -1,0 +1,102 @@
+"""The `semdl` command as a user runs it: a subprocess, its exit status, what it prints and writes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_SYNTHETIC
+
+QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
+
+
+def semdl(*arguments, cwd):
+    environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "semdl", *arguments], cwd=cwd, capture_output=True, text=True, timeout=300, env=environment
+    )
+
+
+def test_default_experiment_runs_and_reports(tmp_path):
+    result = semdl("train", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dirs = [path.parent for path in (tmp_path / "outputs").rglob("summary.json")]
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    assert f"run directory: {run_dir}" in result.stdout or f"run directory: {run_dir.relative_to(tmp_path)}" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 100 and len(summary["knn_accuracy"]) == 5
+    assert summary["knn_accuracy_mean"] > 0.88  # 10 digit classes: chance is 0.1
+    assert f"{summary['knn_accuracy_mean']:.4f}" in result.stdout
+    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "semdl.log", "metrics.jsonl", "partition.json",
+                 "eval.json", "checkpoints/last.pt", "figures/training_curves.png"]:
+        assert (run_dir / name).is_file(), name
+
+
+def test_multirun_gives_one_run_directory_per_job(tmp_path):
+    result = semdl("train", "-m", *QUICK, "seed=0,1", "solver.rho=1,5", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert [path.parent.name for path in summaries] == ["0", "1", "2", "3"]
+    overrides = {tuple((path.parent / ".hydra/overrides.yaml").read_text().split()) for path in summaries}
+    assert len(overrides) == 4
+
+
+def test_overrides_reach_the_run(tmp_path):
+    result = semdl("train", *QUICK, "topology=complete", "seed=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 4
+    message_bytes = 4 * (4 * 16 * 16 + 4)
+    assert rows[0]["bytes_sent"] == 2 * message_bytes  # complete graph on 3 nodes: 2 neighbours each
+
+
+def test_help_lists_commands_and_config_groups(tmp_path):
+    top = semdl("--help", cwd=tmp_path)
+    assert top.returncode == 0
+    assert "train" in top.stdout and "topology" in top.stdout and "paper10" in top.stdout and "synthetic" in top.stdout
+    train = semdl("train", "--help", cwd=tmp_path)
+    assert train.returncode == 0
+    for text in ["data: digits, synthetic", "solver: primal_dual", "erdos_renyi", "eps_sq", "semdl train -m"]:
+        assert text in train.stdout, text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data=imagenet"], "unknown data 'imagenet'; choose one of: digits, synthetic"),
+        (["nodes=0"], "nodes=0 is out of range"),
+        (["eps_sq=-1"], "eps_sq=-1.0 is out of range"),
+        (["nodes=abc"], "nodes"),
+        (["train.rounds=0"], "train.rounds=0 is out of range"),
+        (["topology=paper10"], "set nodes=10"),
+        (["data.color=red"], "color"),
+        (["model.per_node=[mlp,mlp]"], "model.per_node has 2 entries but nodes=5"),
+        (["device=tpu"], "device='tpu' is not allowed"),
+        (["+foo=1"], "unknown key foo"),
+        (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
+        (["topology=file"], "topology=file needs topology.path"),
+    ],
+)
+def test_bad_overrides_give_one_line_and_exit_2(tmp_path, overrides, message):
+    result = semdl("train", *overrides, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("semdl: error:") and message in lines[0], lines[0]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path):
+    result = semdl("train", "-m", *QUICK, "seed=0,1", "nodes=2,0", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nodes=0 is out of range" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_unknown_command(tmp_path):
+    result = semdl("fly", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown command 'fly'" in result.stderr

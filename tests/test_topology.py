@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from semdl.errors import UserError
+from semdl.network.topology import PAPER5, PAPER10, build_topology, is_connected
+
+
+def degrees(topology):
+    return [len(adjacent) for adjacent in topology.neighbors]
+
+
+def test_ring_complete_star_structure():
+    assert build_topology("ring", 5).neighbors == ((1, 4), (0, 2), (1, 3), (2, 4), (0, 3))
+    assert build_topology("ring", 2).neighbors == ((1,), (0,))
+    assert build_topology("ring", 1).neighbors == ((),)
+    complete = build_topology("complete", 6)
+    assert degrees(complete) == [5] * 6 and len(complete.edges) == 15
+    star = build_topology("star", 6)
+    assert degrees(star) == [5, 1, 1, 1, 1, 1]
+    assert all(adjacent == (0,) for adjacent in star.neighbors[1:])
+
+
+def test_published_graphs_match_the_specification():
+    paper10 = build_topology("paper10", 10)
+    assert len(paper10.edges) == 20
+    assert paper10.neighbors == tuple(PAPER10[i] for i in range(10))
+    assert paper10.neighbors[8] == (1, 2, 3, 4, 7, 9)
+    assert (paper10.adjacency() == paper10.adjacency().T).all()
+    paper5 = build_topology("paper5", 5)
+    assert paper5.neighbors == tuple(PAPER5[i] for i in range(5))
+    assert len(paper5.edges) == 6
+
+
+def test_published_graph_needs_its_size():
+    with pytest.raises(UserError, match="nodes=10"):
+        build_topology("paper10", 7)
+
+
+def test_erdos_renyi_is_seeded_and_connected():
+    first = build_topology("erdos_renyi", 12, seed=4, p=0.3)
+    assert first == build_topology("erdos_renyi", 12, seed=4, p=0.3)
+    assert first != build_topology("erdos_renyi", 12, seed=5, p=0.3)
+    assert is_connected(first.adjacency())
+    assert (first.adjacency() == first.adjacency().T).all() and not np.diag(first.adjacency()).any()
+
+
+def test_erdos_renyi_gives_up_when_connection_is_hopeless():
+    with pytest.raises(UserError, match="raise topology.p"):
+        build_topology("erdos_renyi", 30, seed=0, p=0.001)
+
+
+def test_adjacency_file(tmp_path):
+    path = tmp_path / "graph.txt"
+    path.write_text("0 1 0 0\n1 0 1 1\n0 1 0 0\n0 1 0 0\n")
+    assert build_topology("file", 4, path=str(path)).neighbors == ((1,), (0, 2, 3), (1,), (1,))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0 1 0\n1 0 0\n0 0 0\n", "not connected"),
+        ("0 1 0\n0 0 1\n0 1 0\n", "not symmetric"),
+        ("1 1 0\n1 0 1\n0 1 0\n", "diagonal"),
+        ("0 1\n1 0\n", "3x3"),
+        ("0 x 0\nx 0 1\n0 1 0\n", "0/1 integers"),
+        ("0 2 0\n2 0 1\n0 1 0\n", "only hold 0 and 1"),
+    ],
+)
+def test_bad_adjacency_files_are_rejected(tmp_path, text, message):
+    path = tmp_path / "graph.txt"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        build_topology("file", 3, path=str(path))
+
+
+def test_missing_adjacency_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        build_topology("file", 3, path=str(tmp_path / "absent.txt"))
