@@ -26,6 +26,13 @@ class DataConfig:
 @dataclass
 class PartitionConfig:
     name: str = "iid"
+    alpha: float = 0.5  # dirichlet, dirichlet_client: concentration of Dir(alpha); small = heterogeneous
+    min_size: int = 10  # dirichlet: every node needs at least this many samples (redrawn otherwise)
+    max_tries: int = 1000  # dirichlet: redraws before giving up with an error
+    node_size: Optional[int] = None  # dirichlet_client: samples per node (null: equal shares of the training set)
+    classes_per_node: int = 2  # label_split
+    counts: Optional[List[List[int]]] = None  # table: per-node per-class counts (nodes x classes)
+    path: Optional[str] = None  # table: a text file of counts, one row per node, one column per class
 
 
 @dataclass
@@ -84,7 +91,7 @@ class Config:
 
 
 DATASETS = ("digits", "synthetic")
-PARTITIONS = ("iid",)
+PARTITIONS = ("iid", "dirichlet", "dirichlet_client", "label_split", "table")
 ENCODERS = ("mlp",)
 TOPOLOGIES = ("ring", "complete", "star", "erdos_renyi", "paper10", "paper5", "file")
 SOLVERS = ("primal_dual",)
@@ -146,6 +153,17 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"data.noise={cfg.data.noise} is out of range; it must be >= 0")
 
     _choice("partition", cfg.partition.name, PARTITIONS)
+    if cfg.partition.name in ("dirichlet", "dirichlet_client"):
+        _positive("partition.alpha", cfg.partition.alpha)
+    if cfg.partition.name == "dirichlet":
+        _at_least("partition.min_size", cfg.partition.min_size, 1)
+        _at_least("partition.max_tries", cfg.partition.max_tries, 1)
+    if cfg.partition.name == "dirichlet_client" and cfg.partition.node_size is not None:
+        _at_least("partition.node_size", cfg.partition.node_size, 1)
+    if cfg.partition.name == "label_split":
+        _at_least("partition.classes_per_node", cfg.partition.classes_per_node, 1)
+    if cfg.partition.name == "table" and (cfg.partition.counts is None) == (cfg.partition.path is None):
+        raise UserError("partition=table needs exactly one of partition.counts=[[...],...] or partition.path=<file>")
 
     _choice("model", cfg.model.name, ENCODERS)
     if cfg.model.per_node is not None:

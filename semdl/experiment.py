@@ -146,7 +146,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
     dataset = load_dataset(cfg.data)
     train_labels = dataset.train_y.numpy()
-    parts = build_partition(cfg.partition.name, train_labels, cfg.nodes, cfg.seed)
+    parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     counts = write_partition(run_dir, cfg, train_labels, parts, dataset.num_classes)
     plot_partition(counts, run_dir / "figures" / "partition.png")

@@ -30,10 +30,11 @@ def partition_iid(labels: np.ndarray, num_nodes: int, seed: int) -> list[np.ndar
     return [np.sort(np.concatenate(parts)) for parts in shares]
 
 
-def build_partition(name: str, labels: np.ndarray, num_nodes: int, seed: int) -> list[np.ndarray]:
-    if name == "iid":
+def build_partition(cfg, labels: np.ndarray, num_classes: int, num_nodes: int, seed: int) -> list[np.ndarray]:
+    """The partition named by the `partition` config group: one sorted index array per node."""
+    if cfg.name == "iid":
         return partition_iid(labels, num_nodes, seed)
-    raise ValueError(f"unknown partition {name!r}")
+    raise ValueError(f"unknown partition {cfg.name!r}")
 
 
 def class_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
