@@ -21,6 +21,13 @@ class DataConfig:
     train_per_class: int = 100  # synthetic
     test_per_class: int = 50  # synthetic
     noise: float = 0.05  # synthetic: std of isotropic Gaussian noise added to each sample
+    root: str = "~/.cache/semdl/data"  # torchvision datasets: where their files are (or are downloaded to)
+    download: bool = True  # torchvision datasets: download missing files
+    subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
+    resize: Optional[int] = None  # torchvision datasets: resize images to resize x resize (MNIST runs: 32)
+    mean: List[float] = field(default_factory=lambda: [0.5])  # per-channel normalisation (1 entry: all channels)
+    std: List[float] = field(default_factory=lambda: [0.5])
+    augment: str = "none"  # none | crop_flip (training batches only, on the device)
 
 
 @dataclass
@@ -90,7 +97,9 @@ class Config:
     eps_sq: float = 0.5
 
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+AUGMENTATIONS = ("none", "crop_flip")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_client", "label_split", "table")
 ENCODERS = ("mlp",)
 TOPOLOGIES = ("ring", "complete", "star", "erdos_renyi", "paper10", "paper5", "file")
@@ -151,6 +160,16 @@ def validate(cfg: DictConfig) -> None:
         _at_least("data.test_per_class", cfg.data.test_per_class, 1)
         if cfg.data.noise < 0:
             raise UserError(f"data.noise={cfg.data.noise} is out of range; it must be >= 0")
+
+    if cfg.data.subset is not None:
+        _at_least("data.subset", cfg.data.subset, 1)
+    _choice("data.augment", cfg.data.augment, AUGMENTATIONS)
+    if cfg.data.augment != "none" and cfg.data.name not in IMAGE_DATASETS:
+        raise UserError(f"data.augment={cfg.data.augment} needs an image dataset ({', '.join(IMAGE_DATASETS)})")
+    if cfg.data.resize is not None:
+        _at_least("data.resize", cfg.data.resize, 8)
+    for value in cfg.data.std:
+        _positive("data.std entry", value)
 
     _choice("partition", cfg.partition.name, PARTITIONS)
     if cfg.partition.name in ("dirichlet", "dirichlet_client"):

@@ -46,6 +46,7 @@ def build_nodes(cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], devi
                 optimizer=build_optimizer(cfg.train.optimizer, encoder.parameters(), cfg.train.lr, cfg.train.weight_decay),
                 inputs=dataset.train_x,
                 labels=dataset.train_y,
+                pipeline=dataset.pipeline,
                 indices=torch.as_tensor(part, dtype=torch.long, device=device),
                 generator=torch.Generator(device=device).manual_seed(shuffle_seed),
                 num_classes=dataset.num_classes,
@@ -95,8 +96,8 @@ def evaluate(nodes: list[Node], dataset: Dataset, k: int) -> dict:
     """kNN test accuracy of every node: cosine, reference = the node's own training features, whole test set."""
     accuracies = []
     for node in nodes:
-        reference = encode(node.encoder, node.inputs[node.indices])
-        queries = encode(node.encoder, dataset.test_x)
+        reference = encode(node.encoder, node.inputs[node.indices], dataset.pipeline)
+        queries = encode(node.encoder, dataset.test_x, dataset.pipeline)
         accuracies.append(knn_accuracy(reference, node.labels[node.indices], queries, dataset.test_y, dataset.num_classes, k))
     per_node = torch.stack(accuracies).tolist()
     return {"knn": {"k": k, "per_node": per_node, "mean": float(np.mean(per_node))}, "test_samples": len(dataset.test_y)}

@@ -1,5 +1,14 @@
 """Datasets (device-resident tensors) and their partitions over nodes."""
-from semdl.data.datasets import Dataset, load_dataset, load_digits, make_synthetic
+from semdl.data.datasets import Dataset, InputPipeline, load_dataset, load_digits, make_synthetic
 from semdl.data.partition import build_partition, class_counts, partition_iid
 
-__all__ = ["Dataset", "build_partition", "class_counts", "load_dataset", "load_digits", "make_synthetic", "partition_iid"]
+__all__ = [
+    "Dataset",
+    "InputPipeline",
+    "build_partition",
+    "class_counts",
+    "load_dataset",
+    "load_digits",
+    "make_synthetic",
+    "partition_iid",
+]

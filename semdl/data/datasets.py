@@ -1,16 +1,66 @@
-"""Datasets as tensors resident on the device: bundled digits and seeded synthetic subspaces."""
+"""Datasets as tensors resident on the device: bundled digits, seeded synthetic subspaces, torchvision images.
+
+Images stay stored as uint8 (a quarter of float32's memory); `InputPipeline` scales, normalises and
+optionally augments them on the device, batch by batch.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import gzip
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from semdl.errors import UserError
+
+
+@dataclass(frozen=True)
+class InputPipeline:
+    """Stored samples -> encoder inputs: x * scale, then (x - mean) / std per channel, then augmentation.
+
+    `mean`/`std` are None for data stored already normalised (digits, synthetic). `augment` is `none` or
+    `crop_flip` (random 4-pixel-padded crop and horizontal flip, applied to training batches only).
+    """
+
+    scale: float = 1.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: str = "none"
+
+    def __call__(self, stored: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Prepare a batch; pass the node's generator to augment (training), none for statistics and evaluation."""
+        inputs = stored.float() * self.scale if self.scale != 1.0 else stored.float()
+        if self.mean is not None:
+            shape = (1, -1) + (1,) * (inputs.dim() - 2)
+            mean = torch.tensor(self.mean, device=inputs.device).view(shape)
+            std = torch.tensor(self.std, device=inputs.device).view(shape)
+            inputs = (inputs - mean) / std
+        if generator is not None and self.augment == "crop_flip":
+            inputs = random_crop_flip(inputs, generator)
+        return inputs
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Per-image random crop of the zero-padded batch (N, C, H, W) and random horizontal flip, as gathers."""
+    count, _, height, width = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (count, 1), generator=generator, device=device)
+    rows = top + torch.arange(height, device=device)
+    columns = left + torch.arange(width, device=device)
+    flip = torch.rand(count, 1, generator=generator, device=device) < 0.5
+    columns = torch.where(flip, columns.flip(1), columns)
+    batch = torch.arange(count, device=device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], columns[:, None, :]].permute(0, 3, 1, 2)
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test inputs (n, *input_shape) and integer labels (n,), all on one device."""
+    """Train and test samples (n, *input_shape) as stored, integer labels (n,), all on one device."""
 
     name: str
     train_x: Tensor
@@ -18,19 +68,19 @@ class Dataset:
     test_x: Tensor
     test_y: Tensor
     num_classes: int
+    pipeline: InputPipeline = InputPipeline()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
     def to(self, device: torch.device) -> "Dataset":
-        return Dataset(
-            self.name,
-            self.train_x.to(device),
-            self.train_y.to(device),
-            self.test_x.to(device),
-            self.test_y.to(device),
-            self.num_classes,
+        return replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
         )
 
 
@@ -83,13 +133,125 @@ def make_synthetic(
     )
 
 
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def expected_files(name: str, root: Path) -> list[Path]:
+    """The files torchvision reads for dataset `name` under `root`."""
+    from torchvision import datasets
+
+    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
+    if name in ("mnist", "fashion_mnist"):
+        raw = root / dataset_class.__name__ / "raw"
+        return [raw / Path(filename).stem for filename, _ in dataset_class.resources]
+    folder = root / dataset_class.base_folder
+    names = [entry[0] for entry in dataset_class.train_list + dataset_class.test_list] + [dataset_class.meta["filename"]]
+    return [folder / file_name for file_name in names]
+
+
+def _extract_copied_archives(files: list[Path]) -> None:
+    """Users often copy MNIST's .gz files as downloaded; torchvision reads them only once extracted."""
+    for file in files:
+        archive = file.with_name(file.name + ".gz")
+        if not file.exists() and archive.exists():
+            with gzip.open(archive, "rb") as source, open(file, "wb") as target:
+                shutil.copyfileobj(source, target)
+
+
+def _missing_files_error(name: str, root: Path, files: list[Path], reason: str) -> UserError:
+    missing = [str(file.relative_to(root)) for file in files if not file.exists()]
+    listing = ", ".join(missing) if missing else "none missing, but torchvision rejected them (corrupt or truncated?)"
+    if missing and name in ("mnist", "fashion_mnist"):
+        listing += " (or the same names with .gz, as downloaded)"
+    return UserError(
+        f"{name} is not available under {root} ({reason}); missing: {listing}. Run once with data.download=true "
+        f"on a machine with internet, or copy the files there and set data.root=<that folder> (or $SEMDL_DATA)"
+    )
+
+
+def load_torchvision(name: str, root: str, download: bool) -> Dataset:
+    """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through torchvision's own classes, as uint8 (n, C, H, W)."""
+    from torchvision import datasets
+
+    root_path = Path(root).expanduser()
+    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
+    files = expected_files(name, root_path)
+    if name in ("mnist", "fashion_mnist"):
+        _extract_copied_archives(files)
+    try:
+        train = dataset_class(str(root_path), train=True, download=download)
+        test = dataset_class(str(root_path), train=False, download=download)
+    except (RuntimeError, OSError) as error:
+        reason = "the download failed" if download else "data.download=false"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _missing_files_error(name, root_path, files, f"{reason}: {first_line}") from None
+
+    def as_tensors(split) -> tuple[Tensor, Tensor]:
+        images = torch.as_tensor(np.asarray(split.data))
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        return images.contiguous(), torch.as_tensor(np.asarray(split.targets), dtype=torch.long)
+
+    return Dataset(name, *as_tensors(train), *as_tensors(test), num_classes=NUM_CLASSES[name])
+
+
+def resize_images(images: Tensor, size: int) -> Tensor:
+    """Bilinear (antialiased) resize of uint8 images (n, C, H, W) to size x size, kept as uint8."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def cap_per_class(dataset: Dataset, cap: int, seed: int) -> Dataset:
+    """Keep at most `cap` samples of each class in train and test, chosen at random with `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def keep(labels: Tensor) -> Tensor:
+        labels_np = labels.numpy()
+        chosen = [rng.permutation(np.flatnonzero(labels_np == k))[:cap] for k in range(dataset.num_classes)]
+        return torch.as_tensor(np.sort(np.concatenate(chosen)))
+
+    train_keep, test_keep = keep(dataset.train_y), keep(dataset.test_y)
+    return replace(
+        dataset,
+        train_x=dataset.train_x[train_keep],
+        train_y=dataset.train_y[train_keep],
+        test_x=dataset.test_x[test_keep],
+        test_y=dataset.test_y[test_keep],
+    )
+
+
+def _per_channel(key: str, values, channels: int) -> tuple[float, ...]:
+    values = tuple(float(value) for value in values)
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise UserError(f"{key} has {len(values)} entries but the images have {channels} channels; give 1 or {channels}")
+    return values
+
+
 def load_dataset(cfg) -> Dataset:
     """The dataset named by the `data` config group, on the CPU (the caller moves it once to the device)."""
     if cfg.name == "digits":
-        return load_digits(cfg.seed, cfg.test_fraction)
-    if cfg.name == "synthetic":
-        return make_synthetic(
+        dataset = load_digits(cfg.seed, cfg.test_fraction)
+    elif cfg.name == "synthetic":
+        dataset = make_synthetic(
             cfg.num_classes, cfg.ambient_dim, cfg.subspace_dim, cfg.train_per_class, cfg.test_per_class,
             cfg.noise, cfg.seed,
         )
-    raise ValueError(f"unknown dataset {cfg.name!r}")
+    elif cfg.name in TORCHVISION_CLASSES:
+        dataset = load_torchvision(cfg.name, cfg.root, cfg.download)
+        if cfg.resize is not None:
+            dataset = replace(dataset, train_x=resize_images(dataset.train_x, cfg.resize),
+                              test_x=resize_images(dataset.test_x, cfg.resize))
+        channels = dataset.input_shape[0]
+        dataset = replace(dataset, pipeline=InputPipeline(
+            1 / 255, _per_channel("data.mean", cfg.mean, channels), _per_channel("data.std", cfg.std, channels),
+            cfg.augment,
+        ))
+    else:
+        raise ValueError(f"unknown dataset {cfg.name!r}")
+    if cfg.subset is not None:
+        dataset = cap_per_class(dataset, cfg.subset, cfg.seed)
+    return dataset

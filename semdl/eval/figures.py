@@ -32,7 +32,7 @@ def plot_partition(counts: np.ndarray, path: Path) -> None:
     """Heatmap of training samples per node (rows) and class (columns), counts written in the cells when few."""
     num_nodes, num_classes = counts.shape
     figure, axis = plt.subplots(figsize=(max(4, 0.45 * num_classes + 2), max(3, 0.4 * num_nodes + 1.5)))
-    image = axis.imshow(counts, cmap="viridis", aspect="auto")
+    image = axis.imshow(counts, cmap="viridis", aspect="auto", vmin=0)
     if num_nodes * num_classes <= 400:
         threshold = counts.max() / 2
         for (node, label), value in np.ndenumerate(counts):

@@ -1,6 +1,8 @@
 """Classification of frozen, unit-norm features."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -9,10 +11,12 @@ QUERY_CHUNK = 1024
 
 
 @torch.no_grad()
-def encode(encoder: nn.Module, inputs: Tensor, chunk_size: int = ENCODE_CHUNK) -> Tensor:
-    """Features of `inputs` with the encoder in eval mode, computed in chunks."""
+def encode(
+    encoder: nn.Module, stored: Tensor, pipeline: Callable[[Tensor], Tensor], chunk_size: int = ENCODE_CHUNK
+) -> Tensor:
+    """Features of stored samples (prepared by `pipeline`, no augmentation), encoder in eval mode, in chunks."""
     encoder.eval()
-    return torch.cat([encoder(chunk) for chunk in inputs.split(chunk_size)])
+    return torch.cat([encoder(pipeline(chunk)) for chunk in stored.split(chunk_size)])
 
 
 @torch.no_grad()

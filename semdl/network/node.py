@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from semdl.data import InputPipeline
 from semdl.objectives import class_grams
 
 STATISTICS_CHUNK = 4096
@@ -15,7 +16,8 @@ STATISTICS_CHUNK = 4096
 
 @dataclass
 class Node:
-    """Everything one node owns. `inputs`/`labels` are the shared training tensors; `indices` is this node's view."""
+    """Everything one node owns. `inputs`/`labels` are the shared training tensors (as stored); `indices` is
+    this node's view of them and `pipeline` turns stored samples into encoder inputs."""
 
     index: int
     architecture: str
@@ -23,6 +25,7 @@ class Node:
     optimizer: torch.optim.Optimizer
     inputs: Tensor
     labels: Tensor
+    pipeline: InputPipeline
     indices: Tensor
     generator: torch.Generator
     num_classes: int
@@ -33,6 +36,10 @@ class Node:
     @property
     def num_samples(self) -> int:
         return self.indices.shape[0]
+
+    def training_inputs(self, batch: Tensor) -> Tensor:
+        """Encoder inputs of a training batch, augmented with the node's own random stream."""
+        return self.pipeline(self.inputs[batch], self.generator)
 
     def minibatches(self, batch_size: int) -> Iterator[Tensor]:
         """A shuffled pass over the local data in ceil(n / batch_size) batches of near-equal size.
@@ -50,7 +57,9 @@ class Node:
         grams = torch.zeros_like(self.statistics)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.statistics.device)
         for chunk in self.indices.split(chunk_size):
-            chunk_grams, chunk_counts = class_grams(self.encoder(self.inputs[chunk]), self.labels[chunk], self.num_classes)
+            chunk_grams, chunk_counts = class_grams(
+                self.encoder(self.pipeline(self.inputs[chunk])), self.labels[chunk], self.num_classes
+            )
             grams += chunk_grams
             counts += chunk_counts
         self.statistics = grams / counts.clamp_min(1)[:, None, None].to(grams.dtype)

@@ -37,7 +37,7 @@ def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Te
     for _ in range(settings.local_epochs):
         for batch in node.minibatches(settings.batch_size):
             loss = primal_dual_loss_with_targets(
-                node.encoder(node.inputs[batch]), node.labels[batch], settings.num_classes, settings.eps_sq,
+                node.encoder(node.training_inputs(batch)), node.labels[batch], settings.num_classes, settings.eps_sq,
                 targets, node.dual, settings.rho, settings.gamma1, settings.gamma2,
             )
             node.optimizer.zero_grad(set_to_none=True)
