@@ -18,7 +18,10 @@ from semdl.errors import UserError
 from semdl.network import build_topology
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-COMMANDS = {"train": "run one experiment, or a sweep with -m (Hydra overrides follow)"}
+COMMANDS = {
+    "train": "run one experiment, or a sweep with -m (Hydra overrides follow)",
+    "partition": "print the node x class count table and save partition.json and its figure, without training",
+}
 
 register_schema()
 
@@ -94,7 +97,33 @@ def train_job(cfg: DictConfig) -> None:
     )
 
 
-def train(arguments: list[str]) -> None:
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def partition_job(cfg: DictConfig) -> None:
+    from semdl.experiment import partition_dataset
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate(cfg)
+        _, _, counts = partition_dataset(cfg, run_dir)
+    except UserError as error:
+        fail(str(error))
+    print(count_table(counts))
+    print(f"partition written to: {run_dir / 'partition.json'} and {run_dir / 'figures' / 'partition.png'}")
+
+
+def count_table(counts) -> str:
+    """The (nodes, classes) counts as aligned text, with per-node and per-class totals."""
+    num_classes = counts.shape[1]
+    width = max(5, len(str(counts.sum())) + 1)
+    header = "node".rjust(5) + "".join(str(k).rjust(width) for k in range(num_classes)) + "total".rjust(width + 1)
+    rows = [str(i).rjust(5) + "".join(str(v).rjust(width) for v in row) + str(row.sum()).rjust(width + 1)
+            for i, row in enumerate(counts)]
+    footer = "total".rjust(5) + "".join(str(v).rjust(width) for v in counts.sum(0)) + str(counts.sum()).rjust(width + 1)
+    return "\n".join([header, *rows, footer])
+
+
+def run_hydra_command(command: str, job, arguments: list[str]) -> None:
+    """Validate every job's config first (one line and exit 2 on a mistake), then let Hydra run `job`."""
     from hydra._internal.utils import get_args_parser
 
     parsed = get_args_parser().parse_args(arguments)
@@ -104,8 +133,8 @@ def train(arguments: list[str]) -> None:
             check_overrides(parsed.overrides, parsed.multirun)
         except UserError as error:
             fail(str(error))
-    sys.argv = ["semdl train", *arguments]
-    train_job()
+    sys.argv = [f"semdl {command}", *arguments]
+    job()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if arguments else 2)
     command, rest = arguments[0], arguments[1:]
     if command == "train":
-        train(rest)
+        run_hydra_command(command, train_job, rest)
+    elif command == "partition":
+        run_hydra_command(command, partition_job, rest)
     else:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (see semdl --help)")

@@ -124,6 +124,7 @@ def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProces
 
 
 def write_partition(run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """partition.json and figures/partition.png; returns the (nodes, classes) count matrix."""
     counts = class_counts(labels, parts, num_classes)
     write_json(run_dir / "partition.json", {
         "scheme": cfg.partition.name, "seed": cfg.seed, "num_nodes": len(parts), "num_classes": num_classes,
@@ -132,7 +133,17 @@ def write_partition(run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: l
             for i, part in enumerate(parts)
         ],
     })
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    plot_partition(counts, run_dir / "figures" / "partition.png")
     return counts
+
+
+def partition_dataset(cfg: DictConfig, run_dir: Path) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
+    """Load the dataset (on the CPU), partition its training set over the nodes and save the partition."""
+    dataset = load_dataset(cfg.data)
+    train_labels = dataset.train_y.numpy()
+    parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
+    return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
@@ -145,13 +156,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     torch.backends.cudnn.enabled = True
 
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
-    dataset = load_dataset(cfg.data)
-    train_labels = dataset.train_y.numpy()
-    parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
-    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-    counts = write_partition(run_dir, cfg, train_labels, parts, dataset.num_classes)
-    plot_partition(counts, run_dir / "figures" / "partition.png")
-
+    dataset, parts, _ = partition_dataset(cfg, run_dir)
     dataset = dataset.to(device)
     nodes = build_nodes(cfg, dataset, parts, device)
     communicator = InProcessCommunicator(topology, device)

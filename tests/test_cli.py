@@ -59,14 +59,15 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert "train" in top.stdout and "topology" in top.stdout and "paper10" in top.stdout and "synthetic" in top.stdout
     train = semdl("train", "--help", cwd=tmp_path)
     assert train.returncode == 0
-    for text in ["data: digits, synthetic", "solver: primal_dual", "erdos_renyi", "eps_sq", "semdl train -m"]:
+    for text in ["data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic", "solver: primal_dual",
+                 "erdos_renyi", "eps_sq", "semdl train -m", "semdl partition"]:
         assert text in train.stdout, text
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["data=imagenet"], "unknown data 'imagenet'; choose one of: digits, synthetic"),
+        (["data=imagenet"], "unknown data 'imagenet'; choose one of: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
         (["nodes=0"], "nodes=0 is out of range"),
         (["eps_sq=-1"], "eps_sq=-1.0 is out of range"),
         (["nodes=abc"], "nodes"),
@@ -95,6 +96,29 @@ def test_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path):
     assert result.returncode == 2
     assert "nodes=0 is out of range" in result.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_partition_command_prints_and_saves_without_training(tmp_path):
+    result = semdl("partition", "nodes=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    partition = json.loads((tmp_path / "run/partition.json").read_text())
+    counts = [node["class_counts"] for node in partition["nodes"]]
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["node", *map(str, range(10)), "total"]
+    for node, line in enumerate(lines[1:4]):
+        assert [int(value) for value in line.split()] == [node, *counts[node], sum(counts[node])]
+    assert lines[4].split()[-1] == "1257"
+    assert (tmp_path / "run/figures/partition.png").is_file()
+    assert not (tmp_path / "run/metrics.jsonl").exists()
+
+
+def test_partition_command_rejects_an_impossible_request(tmp_path):
+    result = semdl("partition", "nodes=300", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "semdl: error: partition=iid with nodes=300 needs at least 300 training samples per class; "
+        "the smallest class has 122"
+    )
 
 
 def test_unknown_command(tmp_path):
