@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import prod
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -21,6 +22,7 @@ class DataConfig:
     train_per_class: int = 100  # synthetic
     test_per_class: int = 50  # synthetic
     noise: float = 0.05  # synthetic: std of isotropic Gaussian noise added to each sample
+    shape: Optional[List[int]] = None  # synthetic: reshape samples to this shape, e.g. [1, 8, 8] (product = ambient_dim)
     root: str = "~/.cache/semdl/data"  # torchvision datasets: where their files are (or are downloaded to)
     download: bool = True  # torchvision datasets: download missing files
     subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
@@ -101,7 +103,7 @@ DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar10
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 AUGMENTATIONS = ("none", "crop_flip")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_client", "label_split", "table")
-ENCODERS = ("mlp",)
+ENCODERS = ("mlp", "cnn_mnist", "lenet", "resnet18", "resnet34", "vgg11", "vgg16")
 TOPOLOGIES = ("ring", "complete", "star", "erdos_renyi", "paper10", "paper5", "file")
 SOLVERS = ("primal_dual",)
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -160,6 +162,11 @@ def validate(cfg: DictConfig) -> None:
         _at_least("data.test_per_class", cfg.data.test_per_class, 1)
         if cfg.data.noise < 0:
             raise UserError(f"data.noise={cfg.data.noise} is out of range; it must be >= 0")
+        if cfg.data.shape is not None and prod(cfg.data.shape) != cfg.data.ambient_dim:
+            raise UserError(
+                f"data.shape={list(cfg.data.shape)} holds {prod(cfg.data.shape)} values but data.ambient_dim="
+                f"{cfg.data.ambient_dim}; make their product equal"
+            )
 
     if cfg.data.subset is not None:
         _at_least("data.subset", cfg.data.subset, 1)

@@ -58,6 +58,21 @@ def build_nodes(cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], devi
     return nodes
 
 
+def node_descriptions(nodes: list[Node]) -> list[dict]:
+    """Each node's architecture and size, and what sharing its weights would cost next to its statistics."""
+    return [
+        {
+            "node": node.index,
+            "architecture": node.architecture,
+            "parameters": sum(parameter.numel() for parameter in node.encoder.parameters()),
+            "weight_bytes": sum(parameter.nbytes for parameter in node.encoder.parameters()),
+            "statistics_bytes": node.statistics.nbytes + node.counts.nbytes,
+            "train_samples": node.num_samples,
+        }
+        for node in nodes
+    ]
+
+
 def round_rows(
     round_index: int, nodes: list[Node], inboxes: list[Inbox], work: list[NodeWork], bytes_sent: list[int],
     round_seconds: float, cfg: DictConfig,
@@ -165,6 +180,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         cfg.nodes, ", ".join(sorted(set(node.architecture for node in nodes))), topology.name, dataset.name,
         len(dataset.train_y), len(dataset.test_y), dataset.num_classes, device,
     )
+    for description in node_descriptions(nodes):
+        log.info(
+            "node %d: %s, %d parameters (%.1f MB of weights); its statistics take %.2f MB per message",
+            description["node"], description["architecture"], description["parameters"],
+            description["weight_bytes"] / 1e6, description["statistics_bytes"] / 1e6,
+        )
     settings = PrimalDualSettings(
         dataset.num_classes, cfg.eps_sq, cfg.solver.rho, cfg.solver.dual_step, cfg.solver.gamma1, cfg.solver.gamma2,
         cfg.train.local_epochs, cfg.train.batch_size,
@@ -207,15 +228,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "knn_accuracy": evaluation["knn"]["per_node"],
         "knn_accuracy_mean": evaluation["knn"]["mean"],
         "device": str(device),
-        "nodes": [
-            {
-                "node": node.index,
-                "architecture": node.architecture,
-                "parameters": sum(parameter.numel() for parameter in node.encoder.parameters()),
-                "train_samples": node.num_samples,
-            }
-            for node in nodes
-        ],
+        "nodes": node_descriptions(nodes),
     }
     write_json(run_dir / "summary.json", summary)
     return summary

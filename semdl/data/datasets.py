@@ -109,11 +109,13 @@ def make_synthetic(
     test_per_class: int = 50,
     noise: float = 0.05,
     seed: int = 0,
+    shape: tuple[int, ...] | None = None,
 ) -> Dataset:
     """A mixture of `num_classes` random `subspace_dim`-dimensional subspaces of R^ambient_dim.
 
     Class k draws x = U_k c / ||c|| + noise * n with U_k an orthonormal basis (ambient_dim, subspace_dim),
-    c and n standard Gaussian; samples are grouped by class, train first then test.
+    c and n standard Gaussian; samples are grouped by class, train first then test. `shape` reshapes each
+    sample (e.g. to a 1x8x8 image, for convolutional encoders).
     """
     generator = torch.Generator().manual_seed(seed)
     bases = torch.linalg.qr(torch.randn(num_classes, ambient_dim, subspace_dim, generator=generator)).Q
@@ -123,11 +125,12 @@ def make_synthetic(
     )
     samples = coefficients @ bases.mT + noise * torch.randn(num_classes, per_class, ambient_dim, generator=generator)
     labels = torch.arange(num_classes).unsqueeze(1).expand(num_classes, per_class)
+    sample_shape = tuple(shape) if shape is not None else (ambient_dim,)
     return Dataset(
         "synthetic",
-        samples[:, :train_per_class].reshape(-1, ambient_dim),
+        samples[:, :train_per_class].reshape(-1, *sample_shape),
         labels[:, :train_per_class].reshape(-1),
-        samples[:, train_per_class:].reshape(-1, ambient_dim),
+        samples[:, train_per_class:].reshape(-1, *sample_shape),
         labels[:, train_per_class:].reshape(-1),
         num_classes,
     )
@@ -238,7 +241,7 @@ def load_dataset(cfg) -> Dataset:
     elif cfg.name == "synthetic":
         dataset = make_synthetic(
             cfg.num_classes, cfg.ambient_dim, cfg.subspace_dim, cfg.train_per_class, cfg.test_per_class,
-            cfg.noise, cfg.seed,
+            cfg.noise, cfg.seed, cfg.shape,
         )
     elif cfg.name in TORCHVISION_CLASSES:
         dataset = load_torchvision(cfg.name, cfg.root, cfg.download)

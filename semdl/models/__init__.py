@@ -1,4 +1,22 @@
 """Encoders ending in L2 normalisation; nodes may run different architectures."""
-from semdl.models.encoders import ENCODERS, L2Normalize, architectures, build_encoder, mlp
+from semdl.models.encoders import (
+    ENCODERS,
+    IMAGE_ENCODERS,
+    L2Normalize,
+    architectures,
+    build_encoder,
+    check_input_shape,
+    mlp,
+    projection_head,
+)
 
-__all__ = ["ENCODERS", "L2Normalize", "architectures", "build_encoder", "mlp"]
+__all__ = [
+    "ENCODERS",
+    "IMAGE_ENCODERS",
+    "L2Normalize",
+    "architectures",
+    "build_encoder",
+    "check_input_shape",
+    "mlp",
+    "projection_head",
+]
