@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.config import register_schema, validate
+from semdl.data import input_shape
 from semdl.errors import UserError
+from semdl.models import architectures, check_input_shape
 from semdl.network import build_topology
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -74,6 +76,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                 cfg = compose(config_name="config", overrides=own)
                 validate(cfg)
                 build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+                for architecture in set(architectures(cfg.model, cfg.nodes)):
+                    check_input_shape(architecture, input_shape(cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
 

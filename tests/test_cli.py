@@ -67,7 +67,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["data=imagenet"], "unknown data 'imagenet'; choose one of: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
+        (["data=imagenet"],
+         "unknown data 'imagenet'; choose one of: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
         (["nodes=0"], "nodes=0 is out of range"),
         (["eps_sq=-1"], "eps_sq=-1.0 is out of range"),
         (["nodes=abc"], "nodes"),
@@ -77,6 +78,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
         (["model.per_node=[mlp,mlp]"], "model.per_node has 2 entries but nodes=5"),
         (["device=tpu"], "device='tpu' is not allowed"),
         (["+foo=1"], "unknown key foo"),
+        (["model=resnet18", "data=synthetic"], "encoder resnet18 needs square images of 1 or 3 channels"),
+        (["model.per_node=[mlp,mlp,lenet,mlp,vgg13]"], "model.per_node entry='vgg13' is not allowed"),
         (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
         (["topology=file"], "topology=file needs topology.path"),
     ],

@@ -9,7 +9,7 @@ from torchvision import datasets
 
 from conftest import composed
 from datafiles import write_cifar, write_mnist
-from semdl.data import load_dataset
+from semdl.data import input_shape, load_dataset
 from semdl.data.datasets import InputPipeline, random_crop_flip
 from semdl.errors import UserError
 from semdl.experiment import run_experiment
@@ -28,8 +28,10 @@ def test_mnist_family_from_gz_files(tmp_path, name, folder):
     assert torch.equal(raw.train_x[:, 0], torch.as_tensor(written["train_x"]))
     assert torch.equal(raw.train_y, torch.as_tensor(written["train_y"], dtype=torch.long))
     assert torch.equal(raw.test_y, torch.as_tensor(written["test_y"], dtype=torch.long))
+    assert raw.input_shape == input_shape(data_config(name, tmp_path, "data.resize=null"))
     resized = load_dataset(data_config(name, tmp_path))
     assert resized.train_x.shape == (60, 1, 32, 32) and resized.test_x.shape == (30, 1, 32, 32)
+    assert resized.input_shape == input_shape(data_config(name, tmp_path))
     assert resized.num_classes == 10
 
 
@@ -38,6 +40,7 @@ def test_cifar_from_pickle_batches(tmp_path, monkeypatch, variant, num_classes):
     written = write_cifar(tmp_path, variant, train_per_class=5 if variant == "cifar10" else 1, test_per_class=2,
                           monkeypatch=monkeypatch)
     dataset = load_dataset(data_config(variant, tmp_path))
+    assert dataset.input_shape == input_shape(data_config(variant, tmp_path))
     assert dataset.num_classes == num_classes
     assert dataset.train_x.dtype == torch.uint8 and dataset.train_x.shape[1:] == (3, 32, 32)
     assert torch.equal(dataset.train_x, torch.as_tensor(written["train_x"]))  # channel-first, sample order kept
@@ -122,3 +125,9 @@ def test_training_on_mnist_files_with_augmentation(tmp_path, monkeypatch):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 3 * 3 and all(np.isfinite(row["dR"]) for row in rows)
     assert len(summary["knn_accuracy"]) == 2
+
+
+@pytest.mark.parametrize("overrides", [[], ["data=synthetic"], ["data=synthetic", "data.ambient_dim=48", "data.shape=[3,4,4]"]])
+def test_input_shape_is_known_before_loading(overrides):
+    cfg = composed(overrides).data
+    assert load_dataset(cfg).input_shape == input_shape(cfg)

@@ -1,5 +1,5 @@
 """Datasets (device-resident tensors) and their partitions over nodes."""
-from semdl.data.datasets import Dataset, InputPipeline, load_dataset, load_digits, make_synthetic
+from semdl.data.datasets import Dataset, InputPipeline, input_shape, load_dataset, load_digits, make_synthetic
 from semdl.data.partition import build_partition, class_counts, partition_iid
 
 __all__ = [
@@ -7,6 +7,7 @@ __all__ = [
     "InputPipeline",
     "build_partition",
     "class_counts",
+    "input_shape",
     "load_dataset",
     "load_digits",
     "make_synthetic",

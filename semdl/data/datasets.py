@@ -234,6 +234,17 @@ def _per_channel(key: str, values, channels: int) -> tuple[float, ...]:
     return values
 
 
+def input_shape(cfg) -> tuple[int, ...]:
+    """The shape of one encoder input for the `data` config group, known without loading any data."""
+    if cfg.name == "digits":
+        return (1, 8, 8)
+    if cfg.name == "synthetic":
+        return tuple(cfg.shape) if cfg.shape is not None else (cfg.ambient_dim,)
+    channels, size = (1, 28) if cfg.name in ("mnist", "fashion_mnist") else (3, 32)
+    size = cfg.resize if cfg.resize is not None else size
+    return (channels, size, size)
+
+
 def load_dataset(cfg) -> Dataset:
     """The dataset named by the `data` config group, on the CPU (the caller moves it once to the device)."""
     if cfg.name == "digits":
