@@ -66,6 +66,9 @@ class SolverConfig:
     dual_step: float = 0.1  # alpha, the dual ascent step
     gamma1: float = 1.0  # weight of R in dR
     gamma2: float = 1.0  # weight of Rc in dR
+    min_class_samples: int = 1  # cluster_bcd: node i is responsible for class k when it holds this many samples
+    clusters: Optional[List[List[int]]] = None  # cluster_bcd: explicit clusters (lists of nodes); null = automatic
+    consensus: str = "holders"  # cluster_bcd: consensus among all holders of a class, or only along topology edges
 
 
 @dataclass
@@ -105,7 +108,8 @@ AUGMENTATIONS = ("none", "crop_flip")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_client", "label_split", "table")
 ENCODERS = ("mlp", "cnn_mnist", "lenet", "resnet18", "resnet34", "vgg11", "vgg16")
 TOPOLOGIES = ("ring", "complete", "star", "erdos_renyi", "paper10", "paper5", "file")
-SOLVERS = ("primal_dual",)
+SOLVERS = ("primal_dual", "cluster_bcd", "local")
+CONSENSUS_GRAPHS = ("holders", "topology")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -215,6 +219,8 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"solver.dual_step={cfg.solver.dual_step} is out of range; it must be >= 0")
     if cfg.solver.gamma1 < 0 or cfg.solver.gamma2 < 0:
         raise UserError("solver.gamma1 and solver.gamma2 must be >= 0")
+    _at_least("solver.min_class_samples", cfg.solver.min_class_samples, 1)
+    _choice("solver.consensus", cfg.solver.consensus, CONSENSUS_GRAPHS)
 
     _at_least("train.rounds", cfg.train.rounds, 1)
     _at_least("train.local_epochs", cfg.train.local_epochs, 1)

@@ -15,9 +15,10 @@ from semdl.errors import UserError
 from semdl.eval import encode, knn_accuracy, plot_partition, plot_training_curves
 from semdl.io import MetricsWriter, save_torch, write_json
 from semdl.models import architectures, build_encoder
-from semdl.network import InProcessCommunicator, Inbox, Node, build_optimizer, build_topology, node_seeds
-from semdl.objectives import consensus_residual, pool_statistics, rate_reduction_from_statistics
-from semdl.solvers import PrimalDualSettings, primal_dual_round
+from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_optimizer, build_topology, node_seeds
+from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
+from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
+from semdl.solvers import ClusterPlan, PrimalDualSettings, cluster_bcd_round, local_round, primal_dual_round
 from semdl.solvers.timing import NodeWork
 
 log = logging.getLogger("semdl")
@@ -31,7 +32,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_nodes(cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], device: torch.device) -> list[Node]:
+def build_nodes(
+    cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], responsible: np.ndarray, device: torch.device
+) -> list[Node]:
     """One node per partition part, each with its own seeded encoder, optimizer and shuffling stream."""
     nodes = []
     for index, (architecture, part) in enumerate(zip(architectures(cfg.model, cfg.nodes), parts)):
@@ -53,6 +56,7 @@ def build_nodes(cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], devi
                 statistics=torch.zeros(shape, device=device),
                 counts=torch.zeros(dataset.num_classes, device=device),
                 dual=torch.zeros(shape, device=device),
+                responsible=torch.as_tensor(responsible[index], device=device),
             )
         )
     return nodes
@@ -75,34 +79,48 @@ def node_descriptions(nodes: list[Node]) -> list[dict]:
 
 def round_rows(
     round_index: int, nodes: list[Node], inboxes: list[Inbox], work: list[NodeWork], bytes_sent: list[int],
-    round_seconds: float, cfg: DictConfig,
+    round_seconds: float, cfg: DictConfig, plan: ClusterPlan | None,
 ) -> list[dict]:
-    """metrics.jsonl rows of one round: one per node and one for the network, read from the device at once."""
-    per_node = []
+    """metrics.jsonl rows of one round: one per node, one per cluster (cluster_bcd) and one for the network,
+    all read from the device in one transfer."""
+    gammas = (cfg.solver.gamma1, cfg.solver.gamma2)
+    values = []
     for node, inbox, node_work in zip(nodes, inboxes, work):
-        dR, R, Rc = rate_reduction_from_statistics(
-            node.statistics, node.counts, cfg.eps_sq, cfg.solver.gamma1, cfg.solver.gamma2
+        dR, R, Rc = rate_reduction_from_statistics(node.statistics, node.counts * node.responsible, cfg.eps_sq, *gammas)
+        residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
+        values += [node_work.loss, R, Rc, dR, residual, node.dual.norm()]
+    clusters = plan.clusters if plan is not None else []
+    for members in clusters:
+        dR, R, Rc = cluster_rate_reduction(
+            torch.stack([nodes[j].shared_grams for j in members]),
+            torch.stack([nodes[j].counts * nodes[j].responsible for j in members]),
+            torch.tensor([1.0 / plan.replication[j] for j in members], device=nodes[0].counts.device), cfg.eps_sq,
+            *gammas,
         )
-        residual = consensus_residual(node.statistics, inbox.statistics)
-        per_node.append(torch.stack([node_work.loss, R, Rc, dR, residual, node.dual.norm()]))
+        values += [R, Rc, dR]
     pooled_V, pooled_counts = pool_statistics(
-        torch.stack([node.statistics for node in nodes]), torch.stack([node.counts for node in nodes])
+        torch.stack([node.statistics for node in nodes]), torch.stack([node.counts * node.responsible for node in nodes])
     )
-    network = torch.stack(rate_reduction_from_statistics(pooled_V, pooled_counts, cfg.eps_sq, cfg.solver.gamma1, cfg.solver.gamma2))
-    values = torch.cat([torch.stack(per_node).flatten(), network]).tolist()
+    dR, R, Rc = rate_reduction_from_statistics(pooled_V, pooled_counts, cfg.eps_sq, *gammas)
+    values += [R, Rc, dR]
+    numbers = torch.stack([value.to(torch.float32).reshape(()) for value in values]).tolist()
     rows = []
     for node, node_work in zip(nodes, work):
-        loss, R, Rc, dR, residual, dual_norm = values[6 * node.index : 6 * node.index + 6]
+        loss, R, Rc, dR, residual, dual_norm = numbers[6 * node.index : 6 * node.index + 6]
         rows.append({
             "round": round_index, "node": node.index, "loss": loss, "R": R, "Rc": Rc, "dR": dR,
             "consensus_residual": residual, "dual_norm": dual_norm, "bytes_sent": bytes_sent[node.index],
             "seconds": node_work.seconds,
         })
-    dR, R, Rc = values[-3:]
+    offset = 6 * len(nodes)
+    for cluster_index, members in enumerate(clusters):
+        R, Rc, dR = numbers[offset + 3 * cluster_index : offset + 3 * cluster_index + 3]
+        rows.append({"round": round_index, "node": f"cluster:{cluster_index}", "members": members, "R": R, "Rc": Rc, "dR": dR})
+    R, Rc, dR = numbers[-3:]
     rows.append({
         "round": round_index, "node": "network", "R": R, "Rc": Rc, "dR": dR,
-        "consensus_residual": max(row["consensus_residual"] for row in rows), "bytes_sent": sum(bytes_sent),
-        "seconds": round_seconds,
+        "consensus_residual": max(row["consensus_residual"] for row in rows[: len(nodes)]),
+        "bytes_sent": sum(bytes_sent), "seconds": round_seconds,
     })
     return rows
 
@@ -161,6 +179,43 @@ def partition_dataset(cfg: DictConfig, run_dir: Path) -> tuple[Dataset, list[np.
     return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes)
 
 
+IID_TOLERANCE = 0.05  # total-variation distance from the global class mix above which a partition is non-i.i.d.
+
+
+def plan_communication(
+    cfg: DictConfig, counts: np.ndarray, topology: Topology, run_dir: Path
+) -> tuple[np.ndarray, list[list[int]], ClusterPlan | None]:
+    """Who is responsible for which classes, who exchanges with whom, and (cluster_bcd) the clusters."""
+    if cfg.solver.name != "cluster_bcd":
+        proportions = counts / counts.sum(1, keepdims=True)
+        global_mix = counts.sum(0) / counts.sum()
+        if cfg.solver.name == "primal_dual" and 0.5 * np.abs(proportions - global_mix).sum(1).max() > IID_TOLERANCE:
+            log.warning("primal_dual's decoupling assumes i.i.d. data, but this partition is not; "
+                        "solver=cluster_bcd is made for it")
+        return np.ones_like(counts, dtype=bool), [list(adjacent) for adjacent in topology.neighbors], None
+    responsible = responsible_labels(counts, cfg.solver.min_class_samples)
+    if cfg.solver.clusters is not None:
+        clusters = check_clusters([list(cluster) for cluster in cfg.solver.clusters], responsible)
+    else:
+        clusters = automatic_clusters(responsible)
+    plan = ClusterPlan(clusters, replication_counts(clusters, len(counts)).tolist())
+    neighbors = [
+        [j for j in range(len(counts)) if j != i and (responsible[i] & responsible[j]).any()
+         and (cfg.solver.consensus == "holders" or j in topology.neighbors[i])]
+        for i in range(len(counts))
+    ]
+    label_sets = [np.flatnonzero(row).tolist() for row in responsible]
+    write_json(run_dir / "clusters.json", {
+        "clusters": clusters, "label_sets": label_sets, "replication": plan.replication,
+        "weights": [1.0 / count for count in plan.replication], "consensus_neighbors": neighbors,
+    })
+    for index, members in enumerate(clusters):
+        log.info("cluster %d: nodes %s", index, members)
+    for node, labels in enumerate(label_sets):
+        log.info("node %d: responsible for classes %s, in %d cluster(s)", node, labels, plan.replication[node])
+    return responsible, neighbors, plan
+
+
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured experiment, writing everything into `run_dir`; return the summary."""
     started = time.perf_counter()
@@ -171,10 +226,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     torch.backends.cudnn.enabled = True
 
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
-    dataset, parts, _ = partition_dataset(cfg, run_dir)
+    dataset, parts, counts = partition_dataset(cfg, run_dir)
+    responsible, neighbors, plan = plan_communication(cfg, counts, topology, run_dir)
     dataset = dataset.to(device)
-    nodes = build_nodes(cfg, dataset, parts, device)
-    communicator = InProcessCommunicator(topology, device)
+    nodes = build_nodes(cfg, dataset, parts, responsible, device)
+    communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
     log.info(
         "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
         cfg.nodes, ", ".join(sorted(set(node.architecture for node in nodes))), topology.name, dataset.name,
@@ -192,7 +248,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     )
     for node in nodes:
         node.refresh_statistics()
-    inboxes = communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+    inboxes = communicator.exchange(
+        [node.statistics for node in nodes], [node.counts for node in nodes], record=cfg.solver.name != "local"
+    )
 
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     network_rows = []
@@ -201,9 +259,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         for round_index in progress:
             round_start = time.perf_counter()
             bytes_before = list(communicator.bytes_sent)
-            work, inboxes = primal_dual_round(nodes, communicator, inboxes, settings)
+            if cfg.solver.name == "primal_dual":
+                work, inboxes = primal_dual_round(nodes, communicator, inboxes, settings)
+            elif cfg.solver.name == "cluster_bcd":
+                work, inboxes = cluster_bcd_round(nodes, communicator, inboxes, plan, settings)
+            else:
+                work, inboxes = local_round(nodes, communicator, settings)
             bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
-            rows = round_rows(round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg)
+            rows = round_rows(
+                round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg, plan
+            )
             metrics.write_round(rows)
             network_rows.append(rows[-1])
             progress.set_postfix(dR=f"{rows[-1]['dR']:.3f}", residual=f"{rows[-1]['consensus_residual']:.2e}", refresh=False)

@@ -59,7 +59,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert "train" in top.stdout and "topology" in top.stdout and "paper10" in top.stdout and "synthetic" in top.stdout
     train = semdl("train", "--help", cwd=tmp_path)
     assert train.returncode == 0
-    for text in ["data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic", "solver: primal_dual",
+    for text in ["data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic", "solver: cluster_bcd, local, primal_dual",
                  "erdos_renyi", "eps_sq", "semdl train -m", "semdl partition"]:
         assert text in train.stdout, text
 

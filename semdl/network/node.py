@@ -17,7 +17,9 @@ STATISTICS_CHUNK = 4096
 @dataclass
 class Node:
     """Everything one node owns. `inputs`/`labels` are the shared training tensors (as stored); `indices` is
-    this node's view of them and `pipeline` turns stored samples into encoder inputs."""
+    this node's view of them and `pipeline` turns stored samples into encoder inputs. `responsible` (K,) marks
+    the classes whose statistics the node shares and trains on (all of them, unless a non-i.i.d. solver
+    narrows them to its label set L_i)."""
 
     index: int
     architecture: str
@@ -32,10 +34,21 @@ class Node:
     statistics: Tensor  # V_i^k, (K, d, d)
     counts: Tensor  # m_i^k as float32, (K,)
     dual: Tensor  # Y_i^k, (K, d, d)
+    responsible: Tensor  # (K,) bool
 
     @property
     def num_samples(self) -> int:
         return self.indices.shape[0]
+
+    @property
+    def training_indices(self) -> Tensor:
+        """The local samples of the classes this node is responsible for."""
+        return self.indices[self.responsible[self.labels[self.indices]]]
+
+    @property
+    def shared_grams(self) -> Tensor:
+        """G_i^k = m_i^k V_i^k for responsible classes, zero elsewhere (K, d, d)."""
+        return self.statistics * (self.counts * self.responsible)[:, None, None]
 
     def training_inputs(self, batch: Tensor) -> Tensor:
         """Encoder inputs of a training batch, augmented with the node's own random stream."""
@@ -46,9 +59,10 @@ class Node:
 
         Near-equal sizes avoid a tiny last batch, whose class statistics (and BatchNorm) would be noise.
         """
-        order = torch.randperm(self.num_samples, generator=self.generator, device=self.indices.device)
-        num_batches = -(-self.num_samples // batch_size)
-        yield from self.indices[order].tensor_split(num_batches)
+        indices = self.training_indices
+        order = torch.randperm(indices.shape[0], generator=self.generator, device=indices.device)
+        num_batches = -(-indices.shape[0] // batch_size)
+        yield from indices[order].tensor_split(num_batches)
 
     @torch.no_grad()
     def refresh_statistics(self, chunk_size: int = STATISTICS_CHUNK) -> None:

@@ -1,8 +1,10 @@
 """MCR² objectives as pure tensor functions (rows are samples): usable on their own, like a loss library."""
+from semdl.objectives.cluster import ClusterContext, cluster_block_loss, cluster_rate_reduction
 from semdl.objectives.consensus import (
     ConsensusTargets,
     consensus_residual,
     consensus_targets,
+    consensus_terms,
     primal_dual_loss,
     primal_dual_loss_with_targets,
 )
@@ -14,19 +16,25 @@ from semdl.objectives.rates import (
     pool_statistics,
     rate_reduction,
     rate_reduction_from_statistics,
+    rates_from_class_grams,
 )
 
 __all__ = [
+    "ClusterContext",
     "ConsensusTargets",
     "class_grams",
     "class_statistics",
+    "cluster_block_loss",
+    "cluster_rate_reduction",
     "coding_rate",
     "consensus_residual",
     "consensus_targets",
+    "consensus_terms",
     "logdet_identity_plus",
     "pool_statistics",
     "primal_dual_loss",
     "primal_dual_loss_with_targets",
     "rate_reduction",
     "rate_reduction_from_statistics",
+    "rates_from_class_grams",
 ]

@@ -86,14 +86,17 @@ def class_statistics(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tenso
     return grams / counts.clamp_min(1)[:, None, None].to(grams.dtype), counts
 
 
-def _rates_from_class_grams(grams: Tensor, counts: Tensor, eps_sq: float) -> tuple[Tensor, Tensor]:
-    """(R, Rc) from per-class Grams (K, d, d): one batched factorisation of the total and every class."""
+def rates_from_class_grams(grams: Tensor, counts: Tensor, eps_sq: float) -> tuple[Tensor, Tensor]:
+    """(R, Rc) from per-class Grams (K, d, d) and sizes (K,): one batched factorisation of the total and every class.
+
+    Sizes may be fractional (replica-weighted counts); classes of size 0 add nothing.
+    """
     d = grams.shape[-1]
     sizes = counts.to(grams.dtype)
     total_size = sizes.sum()
     all_grams = torch.cat([grams.sum(0, keepdim=True), grams])
     all_sizes = torch.cat([total_size.reshape(1), sizes])
-    logdets = logdet_identity_plus(all_grams, d / (all_sizes.clamp_min(1) * eps_sq))
+    logdets = logdet_identity_plus(all_grams, d / (torch.where(all_sizes > 0, all_sizes, 1) * eps_sq))
     R = 0.5 * logdets[0]
     Rc = (sizes / (2 * total_size) * logdets[1:]).sum()
     return R, Rc
@@ -111,7 +114,7 @@ def rate_terms(
     width = padded.shape[1]
     grams = padded.mT @ padded if (need_grams or width >= d) else None
     if width >= d:
-        R, Rc = _rates_from_class_grams(grams, counts, eps_sq)
+        R, Rc = rates_from_class_grams(grams, counts, eps_sq)
         return R, Rc, grams, counts
     sizes = counts.to(Z.dtype)
     total_gram = grams.sum(0) if grams is not None and m >= d else _gram_smaller_side(Z)
@@ -138,7 +141,7 @@ def rate_reduction_from_statistics(
     sum_i m_i^k) to get the network-wide rate reduction of algorithms.md section 3.
     """
     grams = V * counts.to(V.dtype)[:, None, None]
-    R, Rc = _rates_from_class_grams(grams, counts, eps_sq)
+    R, Rc = rates_from_class_grams(grams, counts, eps_sq)
     return gamma1 * R - gamma2 * Rc, R, Rc
 
 

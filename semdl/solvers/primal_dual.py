@@ -24,14 +24,16 @@ class PrimalDualSettings:
 
 
 def dual_step(node: Node, inbox: Inbox, step: float) -> None:
-    """Y_i^k += alpha * sum_j (V_i^k - V_j^k), with round t-1 statistics."""
-    node.dual += step * (inbox.statistics.shape[0] * node.statistics - inbox.statistics.sum(0))
+    """Y_i^k += alpha * sum_j (V_i^k - V_j^k) over the neighbours sharing class k, with round t-1 statistics."""
+    weights = inbox.shared.to(node.statistics.dtype)
+    neighbor_sum = torch.einsum("jk,jkab->kab", weights, inbox.statistics)
+    node.dual += step * (weights.sum(0)[:, None, None] * node.statistics - neighbor_sum)
 
 
 def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Tensor:
     """`local_epochs` shuffled passes of optimizer steps on L_i; returns the mean loss (on the device)."""
     node.encoder.train()
-    targets = consensus_targets(node.statistics, inbox.statistics)
+    targets = consensus_targets(node.statistics, inbox.statistics, inbox.shared)
     total_loss = torch.zeros((), device=node.statistics.device)
     steps = 0
     for _ in range(settings.local_epochs):
