@@ -95,3 +95,25 @@ def test_bad_cluster_requests_are_one_line_errors(tmp_path, small_synthetic_conf
     cfg = small_synthetic_config(*LABEL_SPLIT, "solver=cluster_bcd", *overrides)
     with pytest.raises(UserError, match=message):
         run_experiment(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("preset, nodes, clusters", [
+    ("paper_niid4_cifar10", 4, [[0, 1], [2, 3]]),
+    ("paper_niid5_cifar10", 5, [[0, 1, 4], [1, 2, 3]]),
+])
+def test_published_non_iid_presets(tmp_path, preset, nodes, clusters):
+    import numpy as np
+    from conftest import composed
+    from semdl.experiment import plan_communication
+    from semdl.network import build_topology
+
+    cfg = composed([f"experiment={preset}"])
+    assert (cfg.data.name, cfg.model.name, cfg.solver.name, cfg.nodes) == ("cifar10", "resnet18", "cluster_bcd", nodes)
+    assert (cfg.solver.rho, cfg.solver.dual_step, cfg.train.local_epochs, cfg.train.batch_size) == (2.0, 0.1, 3, 3000)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.rounds, cfg.dim_z, cfg.eps_sq) == (0.01, 1e-5, 1000, 128, 0.5)
+    counts = np.array(cfg.partition.counts)
+    assert counts.shape == (nodes, 10) and set(counts.flatten()) == {0, 2500} and (counts > 0).sum(0).tolist() == [2] * 10
+    topology = build_topology(cfg.topology.name, nodes)
+    _, _, plan = plan_communication(cfg, counts, topology, tmp_path)
+    assert plan.clusters == clusters
+    assert json.loads((tmp_path / "clusters.json").read_text())["clusters"] == clusters
