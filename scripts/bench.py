@@ -7,6 +7,7 @@
 the features plus one batched Cholesky of K+1 d x d matrices. Both are timed interleaved in one process,
 so machine noise shifts both medians alike and the ratio is what matters.
 """
+
 from __future__ import annotations
 
 import argparse

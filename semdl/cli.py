@@ -1,4 +1,5 @@
 """The `semdl` command. Thin: it parses, validates and hands over to semdl.experiment."""
+
 from __future__ import annotations
 
 import sys
@@ -120,8 +121,10 @@ def count_table(counts) -> str:
     num_classes = counts.shape[1]
     width = max(5, len(str(counts.sum())) + 1)
     header = "node".rjust(5) + "".join(str(k).rjust(width) for k in range(num_classes)) + "total".rjust(width + 1)
-    rows = [str(i).rjust(5) + "".join(str(v).rjust(width) for v in row) + str(row.sum()).rjust(width + 1)
-            for i, row in enumerate(counts)]
+    rows = [
+        str(i).rjust(5) + "".join(str(v).rjust(width) for v in row) + str(row.sum()).rjust(width + 1)
+        for i, row in enumerate(counts)
+    ]
     footer = "total".rjust(5) + "".join(str(v).rjust(width) for v in counts.sum(0)) + str(counts.sum()).rjust(width + 1)
     return "\n".join([header, *rows, footer])
 

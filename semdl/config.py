@@ -1,4 +1,5 @@
 """Structured config schema (type checks at composition) and range validation (one clear error per mistake)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ class DataConfig:
     train_per_class: int = 100  # synthetic
     test_per_class: int = 50  # synthetic
     noise: float = 0.05  # synthetic: std of isotropic Gaussian noise added to each sample
-    shape: Optional[List[int]] = None  # synthetic: reshape samples to this shape, e.g. [1, 8, 8] (product = ambient_dim)
+    shape: Optional[List[int]] = (
+        None  # synthetic: reshape samples to this shape, e.g. [1, 8, 8] (product = ambient_dim)
+    )
     root: str = "~/.cache/semdl/data"  # torchvision datasets: where their files are (or are downloaded to)
     download: bool = True  # torchvision datasets: download missing files
     subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)

@@ -1,4 +1,5 @@
-"""One experiment, start to finish: config -> dataset -> partition -> network -> rounds -> evaluation -> run directory."""
+"""One experiment, start to finish: config, dataset, partition, network, rounds, evaluation, run directory."""
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,7 @@ from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_op
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
 from semdl.solvers import ClusterPlan, PrimalDualSettings, cluster_bcd_round, local_round, primal_dual_round
-from semdl.solvers.timing import NodeWork
+from semdl.solvers.common import NodeWork
 
 log = logging.getLogger("semdl")
 
@@ -46,7 +47,9 @@ def build_nodes(
                 index=index,
                 architecture=architecture,
                 encoder=encoder,
-                optimizer=build_optimizer(cfg.train.optimizer, encoder.parameters(), cfg.train.lr, cfg.train.weight_decay),
+                optimizer=build_optimizer(
+                    cfg.train.optimizer, encoder.parameters(), cfg.train.lr, cfg.train.weight_decay
+                ),
                 inputs=dataset.train_x,
                 labels=dataset.train_y,
                 pipeline=dataset.pipeline,
@@ -78,8 +81,14 @@ def node_descriptions(nodes: list[Node]) -> list[dict]:
 
 
 def round_rows(
-    round_index: int, nodes: list[Node], inboxes: list[Inbox], work: list[NodeWork], bytes_sent: list[int],
-    round_seconds: float, cfg: DictConfig, plan: ClusterPlan | None,
+    round_index: int,
+    nodes: list[Node],
+    inboxes: list[Inbox],
+    work: list[NodeWork],
+    bytes_sent: list[int],
+    round_seconds: float,
+    cfg: DictConfig,
+    plan: ClusterPlan | None,
 ) -> list[dict]:
     """metrics.jsonl rows of one round: one per node, one per cluster (cluster_bcd) and one for the network,
     all read from the device in one transfer."""
@@ -94,12 +103,14 @@ def round_rows(
         dR, R, Rc = cluster_rate_reduction(
             torch.stack([nodes[j].shared_grams for j in members]),
             torch.stack([nodes[j].counts * nodes[j].responsible for j in members]),
-            torch.tensor([1.0 / plan.replication[j] for j in members], device=nodes[0].counts.device), cfg.eps_sq,
+            torch.tensor([1.0 / plan.replication[j] for j in members], device=nodes[0].counts.device),
+            cfg.eps_sq,
             *gammas,
         )
         values += [R, Rc, dR]
     pooled_V, pooled_counts = pool_statistics(
-        torch.stack([node.statistics for node in nodes]), torch.stack([node.counts * node.responsible for node in nodes])
+        torch.stack([node.statistics for node in nodes]),
+        torch.stack([node.counts * node.responsible for node in nodes]),
     )
     dR, R, Rc = rate_reduction_from_statistics(pooled_V, pooled_counts, cfg.eps_sq, *gammas)
     values += [R, Rc, dR]
@@ -107,21 +118,39 @@ def round_rows(
     rows = []
     for node, node_work in zip(nodes, work):
         loss, R, Rc, dR, residual, dual_norm = numbers[6 * node.index : 6 * node.index + 6]
-        rows.append({
-            "round": round_index, "node": node.index, "loss": loss, "R": R, "Rc": Rc, "dR": dR,
-            "consensus_residual": residual, "dual_norm": dual_norm, "bytes_sent": bytes_sent[node.index],
-            "seconds": node_work.seconds,
-        })
+        rows.append(
+            {
+                "round": round_index,
+                "node": node.index,
+                "loss": loss,
+                "R": R,
+                "Rc": Rc,
+                "dR": dR,
+                "consensus_residual": residual,
+                "dual_norm": dual_norm,
+                "bytes_sent": bytes_sent[node.index],
+                "seconds": node_work.seconds,
+            }
+        )
     offset = 6 * len(nodes)
     for cluster_index, members in enumerate(clusters):
         R, Rc, dR = numbers[offset + 3 * cluster_index : offset + 3 * cluster_index + 3]
-        rows.append({"round": round_index, "node": f"cluster:{cluster_index}", "members": members, "R": R, "Rc": Rc, "dR": dR})
+        rows.append(
+            {"round": round_index, "node": f"cluster:{cluster_index}", "members": members, "R": R, "Rc": Rc, "dR": dR}
+        )
     R, Rc, dR = numbers[-3:]
-    rows.append({
-        "round": round_index, "node": "network", "R": R, "Rc": Rc, "dR": dR,
-        "consensus_residual": max(row["consensus_residual"] for row in rows[: len(nodes)]),
-        "bytes_sent": sum(bytes_sent), "seconds": round_seconds,
-    })
+    rows.append(
+        {
+            "round": round_index,
+            "node": "network",
+            "R": R,
+            "Rc": Rc,
+            "dR": dR,
+            "consensus_residual": max(row["consensus_residual"] for row in rows[: len(nodes)]),
+            "bytes_sent": sum(bytes_sent),
+            "seconds": round_seconds,
+        }
+    )
     return rows
 
 
@@ -131,9 +160,14 @@ def evaluate(nodes: list[Node], dataset: Dataset, k: int) -> dict:
     for node in nodes:
         reference = encode(node.encoder, node.inputs[node.indices], dataset.pipeline)
         queries = encode(node.encoder, dataset.test_x, dataset.pipeline)
-        accuracies.append(knn_accuracy(reference, node.labels[node.indices], queries, dataset.test_y, dataset.num_classes, k))
+        accuracies.append(
+            knn_accuracy(reference, node.labels[node.indices], queries, dataset.test_y, dataset.num_classes, k)
+        )
     per_node = torch.stack(accuracies).tolist()
-    return {"knn": {"k": k, "per_node": per_node, "mean": float(np.mean(per_node))}, "test_samples": len(dataset.test_y)}
+    return {
+        "knn": {"k": k, "per_node": per_node, "mean": float(np.mean(per_node))},
+        "test_samples": len(dataset.test_y),
+    }
 
 
 def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProcessCommunicator, cfg: DictConfig) -> dict:
@@ -156,16 +190,24 @@ def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProces
     }
 
 
-def write_partition(run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+def write_partition(
+    run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int
+) -> np.ndarray:
     """partition.json and figures/partition.png; returns the (nodes, classes) count matrix."""
     counts = class_counts(labels, parts, num_classes)
-    write_json(run_dir / "partition.json", {
-        "scheme": cfg.partition.name, "seed": cfg.seed, "num_nodes": len(parts), "num_classes": num_classes,
-        "nodes": [
-            {"node": i, "num_samples": len(part), "class_counts": counts[i].tolist(), "indices": part.tolist()}
-            for i, part in enumerate(parts)
-        ],
-    })
+    write_json(
+        run_dir / "partition.json",
+        {
+            "scheme": cfg.partition.name,
+            "seed": cfg.seed,
+            "num_nodes": len(parts),
+            "num_classes": num_classes,
+            "nodes": [
+                {"node": i, "num_samples": len(part), "class_counts": counts[i].tolist(), "indices": part.tolist()}
+                for i, part in enumerate(parts)
+            ],
+        },
+    )
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     plot_partition(counts, run_dir / "figures" / "partition.png")
     return counts
@@ -190,8 +232,10 @@ def plan_communication(
         proportions = counts / counts.sum(1, keepdims=True)
         global_mix = counts.sum(0) / counts.sum()
         if cfg.solver.name == "primal_dual" and 0.5 * np.abs(proportions - global_mix).sum(1).max() > IID_TOLERANCE:
-            log.warning("primal_dual's decoupling assumes i.i.d. data, but this partition is not; "
-                        "solver=cluster_bcd is made for it")
+            log.warning(
+                "primal_dual's decoupling assumes i.i.d. data, but this partition is not; "
+                "solver=cluster_bcd is made for it"
+            )
         return np.ones_like(counts, dtype=bool), [list(adjacent) for adjacent in topology.neighbors], None
     responsible = responsible_labels(counts, cfg.solver.min_class_samples)
     if cfg.solver.clusters is not None:
@@ -200,15 +244,26 @@ def plan_communication(
         clusters = automatic_clusters(responsible)
     plan = ClusterPlan(clusters, replication_counts(clusters, len(counts)).tolist())
     neighbors = [
-        [j for j in range(len(counts)) if j != i and (responsible[i] & responsible[j]).any()
-         and (cfg.solver.consensus == "holders" or j in topology.neighbors[i])]
+        [
+            j
+            for j in range(len(counts))
+            if j != i
+            and (responsible[i] & responsible[j]).any()
+            and (cfg.solver.consensus == "holders" or j in topology.neighbors[i])
+        ]
         for i in range(len(counts))
     ]
     label_sets = [np.flatnonzero(row).tolist() for row in responsible]
-    write_json(run_dir / "clusters.json", {
-        "clusters": clusters, "label_sets": label_sets, "replication": plan.replication,
-        "weights": [1.0 / count for count in plan.replication], "consensus_neighbors": neighbors,
-    })
+    write_json(
+        run_dir / "clusters.json",
+        {
+            "clusters": clusters,
+            "label_sets": label_sets,
+            "replication": plan.replication,
+            "weights": [1.0 / count for count in plan.replication],
+            "consensus_neighbors": neighbors,
+        },
+    )
     for index, members in enumerate(clusters):
         log.info("cluster %d: nodes %s", index, members)
     for node, labels in enumerate(label_sets):
@@ -233,18 +288,33 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
     log.info(
         "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
-        cfg.nodes, ", ".join(sorted(set(node.architecture for node in nodes))), topology.name, dataset.name,
-        len(dataset.train_y), len(dataset.test_y), dataset.num_classes, device,
+        cfg.nodes,
+        ", ".join(sorted(set(node.architecture for node in nodes))),
+        topology.name,
+        dataset.name,
+        len(dataset.train_y),
+        len(dataset.test_y),
+        dataset.num_classes,
+        device,
     )
     for description in node_descriptions(nodes):
         log.info(
             "node %d: %s, %d parameters (%.1f MB of weights); its statistics take %.2f MB per message",
-            description["node"], description["architecture"], description["parameters"],
-            description["weight_bytes"] / 1e6, description["statistics_bytes"] / 1e6,
+            description["node"],
+            description["architecture"],
+            description["parameters"],
+            description["weight_bytes"] / 1e6,
+            description["statistics_bytes"] / 1e6,
         )
     settings = PrimalDualSettings(
-        dataset.num_classes, cfg.eps_sq, cfg.solver.rho, cfg.solver.dual_step, cfg.solver.gamma1, cfg.solver.gamma2,
-        cfg.train.local_epochs, cfg.train.batch_size,
+        dataset.num_classes,
+        cfg.eps_sq,
+        cfg.solver.rho,
+        cfg.solver.dual_step,
+        cfg.solver.gamma1,
+        cfg.solver.gamma2,
+        cfg.train.local_epochs,
+        cfg.train.batch_size,
     )
     for node in nodes:
         node.refresh_statistics()
@@ -271,7 +341,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             )
             metrics.write_round(rows)
             network_rows.append(rows[-1])
-            progress.set_postfix(dR=f"{rows[-1]['dR']:.3f}", residual=f"{rows[-1]['consensus_residual']:.2e}", refresh=False)
+            progress.set_postfix(
+                dR=f"{rows[-1]['dR']:.3f}", residual=f"{rows[-1]['consensus_residual']:.2e}", refresh=False
+            )
     finally:
         metrics.close()
         progress.close()

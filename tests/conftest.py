@@ -1,4 +1,5 @@
 """Shared helpers: compose the real Hydra config (with overrides) as the CLI would."""
+
 from __future__ import annotations
 
 import pytest

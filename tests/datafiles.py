@@ -3,6 +3,7 @@
 torchvision verifies CIFAR files against the MD5 sums of the published archives; `write_cifar` records the
 sums of the files it writes in the dataset class (through pytest's monkeypatch, undone after the test).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,7 +20,9 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def labelled_images(per_class: int, num_classes: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+def labelled_images(
+    per_class: int, num_classes: int, shape: tuple[int, ...], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Random uint8 images, `per_class` of each class, in a shuffled order."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(num_classes), per_class)).astype(np.uint8)
@@ -39,8 +42,12 @@ def write_mnist(root: Path, folder: str, train_per_class: int, test_per_class: i
     raw.mkdir(parents=True, exist_ok=True)
     train_x, train_y = labelled_images(train_per_class, 10, (28, 28), seed=1)
     test_x, test_y = labelled_images(test_per_class, 10, (28, 28), seed=2)
-    for name, array in [("train-images-idx3-ubyte", train_x), ("train-labels-idx1-ubyte", train_y),
-                        ("t10k-images-idx3-ubyte", test_x), ("t10k-labels-idx1-ubyte", test_y)]:
+    for name, array in [
+        ("train-images-idx3-ubyte", train_x),
+        ("train-labels-idx1-ubyte", train_y),
+        ("t10k-images-idx3-ubyte", test_x),
+        ("t10k-labels-idx1-ubyte", test_y),
+    ]:
         write_idx_gz(raw / f"{name}.gz", array)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
@@ -50,7 +57,9 @@ def _pickle(path: Path, payload: dict) -> None:
         pickle.dump(payload, handle, protocol=2)
 
 
-def write_cifar(root: Path, variant: str, train_per_class: int, test_per_class: int, monkeypatch) -> dict[str, np.ndarray]:
+def write_cifar(
+    root: Path, variant: str, train_per_class: int, test_per_class: int, monkeypatch
+) -> dict[str, np.ndarray]:
     """CIFAR python-pickle batches (variant: cifar10 or cifar100) and their meta file, checksums registered."""
     dataset_class = datasets.CIFAR10 if variant == "cifar10" else datasets.CIFAR100
     num_classes = 10 if variant == "cifar10" else 100
@@ -60,13 +69,18 @@ def write_cifar(root: Path, variant: str, train_per_class: int, test_per_class: 
     train_x, train_y = labelled_images(train_per_class, num_classes, (3, 32, 32), seed=3)
     test_x, test_y = labelled_images(test_per_class, num_classes, (3, 32, 32), seed=4)
     train_files = [entry[0] for entry in dataset_class.train_list]
-    for name, images, labels in zip(train_files, np.array_split(train_x, len(train_files)),
-                                    np.array_split(train_y, len(train_files))):
+    for name, images, labels in zip(
+        train_files, np.array_split(train_x, len(train_files)), np.array_split(train_y, len(train_files))
+    ):
         _pickle(folder / name, {"data": images.reshape(len(images), -1), label_key: labels.tolist()})
-    _pickle(folder / dataset_class.test_list[0][0], {"data": test_x.reshape(len(test_x), -1), label_key: test_y.tolist()})
+    _pickle(
+        folder / dataset_class.test_list[0][0], {"data": test_x.reshape(len(test_x), -1), label_key: test_y.tolist()}
+    )
     meta = dict(dataset_class.meta)
     _pickle(folder / meta["filename"], {meta["key"]: [f"class {k}" for k in range(num_classes)]})
     monkeypatch.setattr(dataset_class, "train_list", [[name, _md5(folder / name)] for name in train_files])
-    monkeypatch.setattr(dataset_class, "test_list", [[dataset_class.test_list[0][0], _md5(folder / dataset_class.test_list[0][0])]])
+    monkeypatch.setattr(
+        dataset_class, "test_list", [[dataset_class.test_list[0][0], _md5(folder / dataset_class.test_list[0][0])]]
+    )
     monkeypatch.setattr(dataset_class, "meta", {**meta, "md5": _md5(folder / meta["filename"])})
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}

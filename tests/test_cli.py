@@ -1,9 +1,9 @@
 """The `semdl` command as a user runs it: a subprocess, its exit status, what it prints and writes."""
+
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +15,12 @@ QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
 def semdl(*arguments, cwd):
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     return subprocess.run(
-        [sys.executable, "-m", "semdl", *arguments], cwd=cwd, capture_output=True, text=True, timeout=300, env=environment
+        [sys.executable, "-m", "semdl", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
     )
 
 
@@ -25,18 +30,31 @@ def test_default_experiment_runs_and_reports(tmp_path):
     run_dirs = [path.parent for path in (tmp_path / "outputs").rglob("summary.json")]
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
-    assert f"run directory: {run_dir}" in result.stdout or f"run directory: {run_dir.relative_to(tmp_path)}" in result.stdout
+    assert (
+        f"run directory: {run_dir}" in result.stdout
+        or f"run directory: {run_dir.relative_to(tmp_path)}" in result.stdout
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 100 and len(summary["knn_accuracy"]) == 5
     assert summary["knn_accuracy_mean"] > 0.88  # 10 digit classes: chance is 0.1
     assert f"{summary['knn_accuracy_mean']:.4f}" in result.stdout
-    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "semdl.log", "metrics.jsonl", "partition.json",
-                 "eval.json", "checkpoints/last.pt", "figures/training_curves.png"]:
+    for name in [
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "semdl.log",
+        "metrics.jsonl",
+        "partition.json",
+        "eval.json",
+        "checkpoints/last.pt",
+        "figures/training_curves.png",
+    ]:
         assert (run_dir / name).is_file(), name
 
 
 def test_multirun_gives_one_run_directory_per_job(tmp_path):
-    result = semdl("train", "-m", *QUICK, "seed=0,1", "solver.rho=1,5", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    result = semdl(
+        "train", "-m", *QUICK, "seed=0,1", "solver.rho=1,5", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert [path.parent.name for path in summaries] == ["0", "1", "2", "3"]
@@ -59,16 +77,24 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert "train" in top.stdout and "topology" in top.stdout and "paper10" in top.stdout and "synthetic" in top.stdout
     train = semdl("train", "--help", cwd=tmp_path)
     assert train.returncode == 0
-    for text in ["data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic", "solver: cluster_bcd, local, primal_dual",
-                 "erdos_renyi", "eps_sq", "semdl train -m", "semdl partition"]:
+    for text in [
+        "data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic",
+        "solver: cluster_bcd, local, primal_dual",
+        "erdos_renyi",
+        "eps_sq",
+        "semdl train -m",
+        "semdl partition",
+    ]:
         assert text in train.stdout, text
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["data=imagenet"],
-         "unknown data 'imagenet'; choose one of: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
+        (
+            ["data=imagenet"],
+            "unknown data 'imagenet'; choose one of: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic",
+        ),
         (["nodes=0"], "nodes=0 is out of range"),
         (["eps_sq=-1"], "eps_sq=-1.0 is out of range"),
         (["nodes=abc"], "nodes"),

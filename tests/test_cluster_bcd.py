@@ -1,4 +1,5 @@
 """The non-i.i.d. solver end to end: it must beat local training and align the nodes' class subspaces."""
+
 import json
 
 import pytest
@@ -10,8 +11,16 @@ from semdl.experiment import run_experiment
 from semdl.io import read_metrics
 
 ROUNDS = 20
-LABEL_SPLIT = ["nodes=4", "partition=label_split", "partition.classes_per_node=2", f"train.rounds={ROUNDS}",
-               "train.local_epochs=4", "train.batch_size=30", "train.lr=0.01", "seed=0"]
+LABEL_SPLIT = [
+    "nodes=4",
+    "partition=label_split",
+    "partition.classes_per_node=2",
+    f"train.rounds={ROUNDS}",
+    "train.local_epochs=4",
+    "train.batch_size=30",
+    "train.lr=0.01",
+    "seed=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,9 @@ def test_cluster_bcd_beats_local_training(runs):
 def test_shared_class_subspaces_align_only_with_cluster_bcd(runs):
     clusters = json.loads((runs["cluster_bcd"][0] / "clusters.json").read_text())
     label_sets = clusters["label_sets"]
-    pairs = [(a, b, label) for a in range(4) for b in range(a + 1, 4) for label in set(label_sets[a]) & set(label_sets[b])]
+    pairs = [
+        (a, b, label) for a in range(4) for b in range(a + 1, 4) for label in set(label_sets[a]) & set(label_sets[b])
+    ]
     assert pairs
     aligned = [shared_class_angle(runs["cluster_bcd"][0], *pair) for pair in pairs]
     unaligned = [shared_class_angle(runs["local"][0], *pair) for pair in pairs]
@@ -85,22 +96,28 @@ def test_primal_dual_warns_on_non_iid_data(tmp_path, small_synthetic_config, cap
     assert sum("assumes i.i.d. data" in record.message for record in caplog.records) == 1
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["solver.min_class_samples=1000"], "class 0 is held by no node with at least solver.min_class_samples=1000"),
-    (["solver.clusters=[[0,1]]"], "leaves node 2 out"),
-    (["solver.clusters=[[0,1],[2,3],[0,5]]"], "names node 5"),
-    (["solver.clusters=[[0,2],[1,3]]"], "does not cover class"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["solver.min_class_samples=1000"], "class 0 is held by no node with at least solver.min_class_samples=1000"),
+        (["solver.clusters=[[0,1]]"], "leaves node 2 out"),
+        (["solver.clusters=[[0,1],[2,3],[0,5]]"], "names node 5"),
+        (["solver.clusters=[[0,2],[1,3]]"], "does not cover class"),
+    ],
+)
 def test_bad_cluster_requests_are_one_line_errors(tmp_path, small_synthetic_config, overrides, message):
     cfg = small_synthetic_config(*LABEL_SPLIT, "solver=cluster_bcd", *overrides)
     with pytest.raises(UserError, match=message):
         run_experiment(cfg, tmp_path)
 
 
-@pytest.mark.parametrize("preset, nodes, clusters", [
-    ("paper_niid4_cifar10", 4, [[0, 1], [2, 3]]),
-    ("paper_niid5_cifar10", 5, [[0, 1, 4], [1, 2, 3]]),
-])
+@pytest.mark.parametrize(
+    "preset, nodes, clusters",
+    [
+        ("paper_niid4_cifar10", 4, [[0, 1], [2, 3]]),
+        ("paper_niid5_cifar10", 5, [[0, 1, 4], [1, 2, 3]]),
+    ],
+)
 def test_published_non_iid_presets(tmp_path, preset, nodes, clusters):
     import numpy as np
     from conftest import composed
@@ -110,9 +127,17 @@ def test_published_non_iid_presets(tmp_path, preset, nodes, clusters):
     cfg = composed([f"experiment={preset}"])
     assert (cfg.data.name, cfg.model.name, cfg.solver.name, cfg.nodes) == ("cifar10", "resnet18", "cluster_bcd", nodes)
     assert (cfg.solver.rho, cfg.solver.dual_step, cfg.train.local_epochs, cfg.train.batch_size) == (2.0, 0.1, 3, 3000)
-    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.rounds, cfg.dim_z, cfg.eps_sq) == (0.01, 1e-5, 1000, 128, 0.5)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.rounds, cfg.dim_z, cfg.eps_sq) == (
+        0.01,
+        1e-5,
+        1000,
+        128,
+        0.5,
+    )
     counts = np.array(cfg.partition.counts)
-    assert counts.shape == (nodes, 10) and set(counts.flatten()) == {0, 2500} and (counts > 0).sum(0).tolist() == [2] * 10
+    assert (
+        counts.shape == (nodes, 10) and set(counts.flatten()) == {0, 2500} and (counts > 0).sum(0).tolist() == [2] * 10
+    )
     topology = build_topology(cfg.topology.name, nodes)
     _, _, plan = plan_communication(cfg, counts, topology, tmp_path)
     assert plan.clusters == clusters

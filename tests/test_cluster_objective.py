@@ -3,6 +3,7 @@
 The references below are written out with Python loops over classes, members and neighbours and take
 torch.logdet of d x d float64 matrices; they use nothing from semdl.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -285,8 +286,16 @@ def test_block_loss_uses_stored_gram_only_for_absent_classes():
 
     def loss_with(stored_grams):
         return cluster_block_loss(
-            Z, torch.tensor(labels), NUM_CLASSES, EPS_SQ, own_counts, stored_grams,
-            [ClusterContext(other_grams, other_counts, 1.0)], targets, dual, 0.0,
+            Z,
+            torch.tensor(labels),
+            NUM_CLASSES,
+            EPS_SQ,
+            own_counts,
+            stored_grams,
+            [ClusterContext(other_grams, other_counts, 1.0)],
+            targets,
+            dual,
+            0.0,
         )
 
     base = loss_with(stored)
@@ -363,8 +372,16 @@ def test_consensus_terms_ignore_unshared_neighbours_and_absent_classes():
 
     def loss_with(neighbors, dual_):
         return cluster_block_loss(
-            Z, torch.tensor(labels), NUM_CLASSES, EPS_SQ, own_counts, stored, cluster,
-            consensus_targets(V_self, neighbors, SHARED), dual_, rho,
+            Z,
+            torch.tensor(labels),
+            NUM_CLASSES,
+            EPS_SQ,
+            own_counts,
+            stored,
+            cluster,
+            consensus_targets(V_self, neighbors, SHARED),
+            dual_,
+            rho,
         )
 
     base = loss_with(V_neighbors, dual)
@@ -480,8 +497,11 @@ def test_block_loss_node_in_two_clusters_averages_the_cluster_rate_reductions():
         return R - Rc
 
     G_i_plain = G_i.detach()
-    plain = -(
-        plain_dR([(G_i_plain, own_counts, w_i), (G_a, m_a, 1.0)])
-        + plain_dR([(G_i_plain, own_counts, w_i), (G_b, m_b, w_b), (G_c, m_c, 1.0)])
-    ) / 2
+    plain = (
+        -(
+            plain_dR([(G_i_plain, own_counts, w_i), (G_a, m_a, 1.0)])
+            + plain_dR([(G_i_plain, own_counts, w_i), (G_b, m_b, w_b), (G_c, m_c, 1.0)])
+        )
+        / 2
+    )
     torch.testing.assert_close(loss.detach(), plain, rtol=1e-6, atol=0)

@@ -1,4 +1,5 @@
 """Responsible label sets, automatic and explicit clusters, and replication (algorithms.md section 5, steps 1-3)."""
+
 from __future__ import annotations
 
 import numpy as np

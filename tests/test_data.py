@@ -16,8 +16,9 @@ def test_digits_split_is_fixed_stratified_and_scaled():
 
 
 def test_synthetic_classes_lie_on_their_subspaces():
-    data = make_synthetic(num_classes=3, ambient_dim=20, subspace_dim=2, train_per_class=50, test_per_class=10,
-                          noise=0.0, seed=1)
+    data = make_synthetic(
+        num_classes=3, ambient_dim=20, subspace_dim=2, train_per_class=50, test_per_class=10, noise=0.0, seed=1
+    )
     assert data.train_x.shape == (150, 20) and data.test_x.shape == (30, 20)
     for k in range(3):
         samples = data.train_x[data.train_y == k]

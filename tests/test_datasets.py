@@ -1,4 +1,5 @@
 """torchvision datasets loaded from files written here in their real formats, through the code users run."""
+
 import subprocess
 import sys
 
@@ -37,8 +38,9 @@ def test_mnist_family_from_gz_files(tmp_path, name, folder):
 
 @pytest.mark.parametrize("variant, num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_from_pickle_batches(tmp_path, monkeypatch, variant, num_classes):
-    written = write_cifar(tmp_path, variant, train_per_class=5 if variant == "cifar10" else 1, test_per_class=2,
-                          monkeypatch=monkeypatch)
+    written = write_cifar(
+        tmp_path, variant, train_per_class=5 if variant == "cifar10" else 1, test_per_class=2, monkeypatch=monkeypatch
+    )
     dataset = load_dataset(data_config(variant, tmp_path))
     assert dataset.input_shape == input_shape(data_config(variant, tmp_path))
     assert dataset.num_classes == num_classes
@@ -70,11 +72,15 @@ def test_crop_flip_moves_whole_images_within_the_padding():
     for index in range(2):
         candidates = [
             window.flip(-1) if flip else window
-            for top in range(9) for left in range(9) for flip in (False, True)
-            for window in [padded[index, :, top:top + 8, left:left + 8]]
+            for top in range(9)
+            for left in range(9)
+            for flip in (False, True)
+            for window in [padded[index, :, top : top + 8, left : left + 8]]
         ]
         assert any(torch.equal(augmented[index], candidate) for candidate in candidates)
-    outcomes = {tuple(random_crop_flip(images, torch.Generator().manual_seed(seed))[0, 0, 4].tolist()) for seed in range(8)}
+    outcomes = {
+        tuple(random_crop_flip(images, torch.Generator().manual_seed(seed))[0, 0, 4].tolist()) for seed in range(8)
+    }
     assert len(outcomes) > 1
 
 
@@ -108,9 +114,19 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
 
 def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "semdl", "train", "data=cifar100", f"data.root={tmp_path}/none", "data.download=false",
-         f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "semdl",
+            "train",
+            "data=cifar100",
+            f"data.root={tmp_path}/none",
+            "data.download=false",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -119,15 +135,27 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
 
 def test_training_on_mnist_files_with_augmentation(tmp_path, monkeypatch):
     write_mnist(tmp_path / "data", "MNIST", train_per_class=12, test_per_class=5)
-    cfg = composed(["data=mnist", f"data.root={tmp_path}/data", "data.download=false", "nodes=2",
-                    "train.rounds=3", "model.hidden=[32]", "dim_z=8", "device=cpu"])
+    cfg = composed(
+        [
+            "data=mnist",
+            f"data.root={tmp_path}/data",
+            "data.download=false",
+            "nodes=2",
+            "train.rounds=3",
+            "model.hidden=[32]",
+            "dim_z=8",
+            "device=cpu",
+        ]
+    )
     summary = run_experiment(cfg, tmp_path / "run")
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 3 * 3 and all(np.isfinite(row["dR"]) for row in rows)
     assert len(summary["knn_accuracy"]) == 2
 
 
-@pytest.mark.parametrize("overrides", [[], ["data=synthetic"], ["data=synthetic", "data.ambient_dim=48", "data.shape=[3,4,4]"]])
+@pytest.mark.parametrize(
+    "overrides", [[], ["data=synthetic"], ["data=synthetic", "data.ambient_dim=48", "data.shape=[3,4,4]"]]
+)
 def test_input_shape_is_known_before_loading(overrides):
     cfg = composed(overrides).data
     assert load_dataset(cfg).input_shape == input_shape(cfg)

@@ -1,4 +1,5 @@
 """The primal-dual solver learns on synthetic subspace data: checked through the run directory it writes."""
+
 import json
 
 import pytest
@@ -14,8 +15,18 @@ ROUNDS = 25
 def finished_run(tmp_path_factory):
     from conftest import composed, SMALL_SYNTHETIC
 
-    cfg = composed(SMALL_SYNTHETIC + ["nodes=4", "topology=ring", f"train.rounds={ROUNDS}", "seed=1",
-                                      "train.local_epochs=4", "train.batch_size=30", "train.lr=0.01"])
+    cfg = composed(
+        SMALL_SYNTHETIC
+        + [
+            "nodes=4",
+            "topology=ring",
+            f"train.rounds={ROUNDS}",
+            "seed=1",
+            "train.local_epochs=4",
+            "train.batch_size=30",
+            "train.lr=0.01",
+        ]
+    )
     run_dir = tmp_path_factory.mktemp("run")
     summary = run_experiment(cfg, run_dir)
     return cfg, run_dir, summary
@@ -23,8 +34,15 @@ def finished_run(tmp_path_factory):
 
 def test_run_directory_holds_every_artifact(finished_run):
     _, run_dir, _ = finished_run
-    for name in ["metrics.jsonl", "partition.json", "eval.json", "summary.json", "checkpoints/last.pt",
-                 "figures/training_curves.png", "figures/partition.png"]:
+    for name in [
+        "metrics.jsonl",
+        "partition.json",
+        "eval.json",
+        "summary.json",
+        "checkpoints/last.pt",
+        "figures/training_curves.png",
+        "figures/partition.png",
+    ]:
         assert (run_dir / name).is_file(), name
     assert (run_dir / "figures/training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -86,5 +104,7 @@ def test_same_seed_same_metrics(tmp_path, small_synthetic_config):
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
     first = strip(read_metrics(tmp_path / "first" / "metrics.jsonl"))
     assert first == strip(read_metrics(tmp_path / "second" / "metrics.jsonl"))
-    run_experiment(small_synthetic_config("nodes=3", "topology=complete", "train.rounds=3", "seed=8"), tmp_path / "third")
+    run_experiment(
+        small_synthetic_config("nodes=3", "topology=complete", "train.rounds=3", "seed=8"), tmp_path / "third"
+    )
     assert first != strip(read_metrics(tmp_path / "third" / "metrics.jsonl"))

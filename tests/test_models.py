@@ -1,4 +1,5 @@
 """Encoders: every architecture on every input shape semdl's datasets produce."""
+
 import pytest
 import torch
 import torchvision
@@ -67,15 +68,19 @@ def test_cnn_mnist_matches_the_published_layers():
     encoder = build_encoder("cnn_mnist", (1, 32, 32), 128, MLP_CFG, 0)
     convolutions = [layer for layer in encoder if isinstance(layer, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convolutions] == [
-        (1, 64, (4, 4), (2, 2)), (64, 128, (4, 4), (2, 2)), (128, 256, (4, 4), (2, 2)), (256, 128, (4, 4), (1, 1)),
+        (1, 64, (4, 4), (2, 2)),
+        (64, 128, (4, 4), (2, 2)),
+        (128, 256, (4, 4), (2, 2)),
+        (256, 128, (4, 4), (1, 1)),
     ]
     assert all(c.bias is None for c in convolutions)
     assert sum(isinstance(layer, torch.nn.BatchNorm2d) for layer in encoder) == 2
     assert parameter_count(encoder) == 16 * 64 + 64 * 128 * 16 + 128 * 256 * 16 + 256 * 128 * 16 + 2 * (128 + 256)
 
 
-@pytest.mark.parametrize("name, shape", [("resnet18", (64,)), ("cnn_mnist", (2, 8, 8)), ("vgg11", (3, 64, 64)),
-                                         ("lenet", (1, 4, 4))])
+@pytest.mark.parametrize(
+    "name, shape", [("resnet18", (64,)), ("cnn_mnist", (2, 8, 8)), ("vgg11", (3, 64, 64)), ("lenet", (1, 4, 4))]
+)
 def test_encoder_rejects_an_input_it_cannot_take(name, shape):
     with pytest.raises(UserError, match=f"encoder {name} needs square images of 1 or 3 channels"):
         build_encoder(name, shape, DIM_Z, MLP_CFG, 0)
@@ -83,8 +88,15 @@ def test_encoder_rejects_an_input_it_cannot_take(name, shape):
 
 def test_heterogeneous_nodes_reach_consensus(tmp_path, small_synthetic_config):
     cfg = small_synthetic_config(
-        "data.ambient_dim=64", "data.shape=[1,8,8]", "nodes=3", "model.per_node=[mlp,lenet,cnn_mnist]",
-        "topology=complete", "train.rounds=20", "train.local_epochs=4", "train.batch_size=30", "train.lr=0.01",
+        "data.ambient_dim=64",
+        "data.shape=[1,8,8]",
+        "nodes=3",
+        "model.per_node=[mlp,lenet,cnn_mnist]",
+        "topology=complete",
+        "train.rounds=20",
+        "train.local_epochs=4",
+        "train.batch_size=30",
+        "train.lr=0.01",
     )
     summary = run_experiment(cfg, tmp_path)
     assert [node["architecture"] for node in summary["nodes"]] == ["mlp", "lenet", "cnn_mnist"]

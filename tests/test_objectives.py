@@ -3,6 +3,7 @@
 The reference below loops over classes and neighbours in Python and takes torch.logdet of d x d matrices;
 it uses nothing from semdl.
 """
+
 from __future__ import annotations
 
 import math
@@ -291,8 +292,10 @@ def test_float32_matches_float64_reference(counts):
     labels = labels_from_counts(counts, seed=11)
     bases = torch.randn(K, 12, d, generator=g, dtype=F64)
     coefficients = torch.randn(1000, 12, generator=g, dtype=F64)
-    Z64 = F.normalize(torch.einsum("mi,mid->md", coefficients, bases[labels]) + 0.1 * torch.randn(1000, d, generator=g,
-                                                                                                  dtype=F64), dim=1)
+    Z64 = F.normalize(
+        torch.einsum("mi,mid->md", coefficients, bases[labels]) + 0.1 * torch.randn(1000, d, generator=g, dtype=F64),
+        dim=1,
+    )
     Z32 = Z64.to(torch.float32).requires_grad_(True)
     Z64 = Z32.detach().to(F64).requires_grad_(True)  # the very same points
 
@@ -325,7 +328,7 @@ def test_orthogonal_subspaces_beat_collapsed_classes(K, block, counts):
     Z = torch.zeros(m, d, dtype=F64)
     for k in range(K):
         rows = labels == k
-        Z[rows, k * block:(k + 1) * block] = torch.randn(int(rows.sum()), block, generator=g, dtype=F64)
+        Z[rows, k * block : (k + 1) * block] = torch.randn(int(rows.sum()), block, generator=g, dtype=F64)
     Z = F.normalize(Z, dim=1)
     collapsed = Z.clone()
     representatives = {}
@@ -485,8 +488,11 @@ def test_pool_statistics_equals_statistics_of_concatenated_data():
     torch.testing.assert_close(pooled_V, ref_V, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(pooled_V, class_statistics(Z_all, y_all, K)[0], rtol=1e-12, atol=1e-14)
     # the network objective from statistics alone equals the rate reduction of the union of the data
-    assert_rel(rate_reduction_from_statistics(pooled_V, pooled_counts, EPS_SQ)[0],
-               ref_rate_reduction(Z_all, y_all, K, EPS_SQ)[0], 1e-10)
+    assert_rel(
+        rate_reduction_from_statistics(pooled_V, pooled_counts, EPS_SQ)[0],
+        ref_rate_reduction(Z_all, y_all, K, EPS_SQ)[0],
+        1e-10,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -518,11 +524,13 @@ def test_logdet_identity_plus_falls_back_when_cholesky_fails():
     assert torch.isfinite(result).all()
 
     fallback = torch.log1p(scales[1] * torch.linalg.eigvalsh(grams[1]).clamp(min=0)).sum()
-    expected = torch.stack([
-        ref_logdet_identity_plus(float(scales[0]), grams[0]),
-        fallback,
-        ref_logdet_identity_plus(float(scales[2]), grams[2]),
-    ])
+    expected = torch.stack(
+        [
+            ref_logdet_identity_plus(float(scales[0]), grams[0]),
+            fallback,
+            ref_logdet_identity_plus(float(scales[2]), grams[2]),
+        ]
+    )
     torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-12)
     # the clamped eigenvalue contributes nothing: log1p(1e4 * 1) + log1p(1e4 * .5) + log1p(1e4 * .2)
     assert float(result[1].detach()) == pytest.approx(math.log1p(1e4) + math.log1p(5e3) + math.log1p(2e3), rel=1e-10)

@@ -1,4 +1,5 @@
 """Partitioners: validity, seeding, the published tables, heterogeneity statistics and one-line errors."""
+
 import numpy as np
 import pytest
 
@@ -39,8 +40,10 @@ PARTITIONERS = {  # name: (labels, seed -> partition)
     "dirichlet": (GAPPED_LABELS, lambda seed: partition_dirichlet(GAPPED_LABELS, 10, 6, 0.5, 10, 1000, seed)),
     "dirichlet_client": (GAPPED_LABELS, lambda seed: partition_dirichlet_client(GAPPED_LABELS, 10, 6, 0.5, None, seed)),
     "label_split": (UNEVEN_LABELS, lambda seed: partition_label_split(UNEVEN_LABELS, 10, 6, 3, seed)),
-    "table": (GAPPED_LABELS, lambda seed: partition_table(
-        GAPPED_LABELS, 10, np.tile([30, 30, 10, 0, 0, 5, 1, 2, 3, 4], (3, 1)), seed)),
+    "table": (
+        GAPPED_LABELS,
+        lambda seed: partition_table(GAPPED_LABELS, 10, np.tile([30, 30, 10, 0, 0, 5, 1, 2, 3, 4], (3, 1)), seed),
+    ),
 }
 
 
@@ -82,6 +85,7 @@ def one_line_error(call, match: str) -> str:
 
 # ---- properties shared by every partitioner ----
 
+
 @pytest.mark.parametrize("name", sorted(PARTITIONERS))
 def test_partition_is_disjoint_in_range_and_seeded(name):
     labels, make = PARTITIONERS[name]
@@ -92,6 +96,7 @@ def test_partition_is_disjoint_in_range_and_seeded(name):
 
 
 # ---- iid ----
+
 
 def test_iid_partition_is_stratified_disjoint_and_seeded():
     labels = UNEVEN_LABELS
@@ -118,6 +123,7 @@ def test_iid_partition_needs_a_sample_of_each_class_per_node():
 
 # ---- dirichlet ----
 
+
 def test_dirichlet_uses_every_sample_and_respects_min_size():
     parts = partition_dirichlet(CIFAR10_LABELS, 10, 10, alpha=0.1, min_size=500, max_tries=1000, seed=0)
     assert_valid(parts, 10, len(CIFAR10_LABELS))
@@ -136,17 +142,22 @@ def test_dirichlet_heterogeneity_follows_alpha():
 
 def test_dirichlet_gives_up_after_max_tries():
     labels = np.repeat(np.arange(10), 5)
-    message = one_line_error(lambda: partition_dirichlet(labels, 10, 5, 0.05, 9, 20, seed=0),
-                             "lower partition.min_size or raise partition.alpha")
+    message = one_line_error(
+        lambda: partition_dirichlet(labels, 10, 5, 0.05, 9, 20, seed=0),
+        "lower partition.min_size or raise partition.alpha",
+    )
     assert "partition.max_tries=20" in message and "partition.min_size=9" in message
 
 
 def test_dirichlet_refuses_a_min_size_the_data_cannot_cover():
-    one_line_error(lambda: partition_dirichlet(CIFAR10_LABELS, 10, 10, 0.5, 5001, 1000, seed=0),
-                   r"partition.min_size=5001 samples from only 50000 training samples; lower partition.min_size")
+    one_line_error(
+        lambda: partition_dirichlet(CIFAR10_LABELS, 10, 10, 0.5, 5001, 1000, seed=0),
+        r"partition.min_size=5001 samples from only 50000 training samples; lower partition.min_size",
+    )
 
 
 # ---- dirichlet_client ----
+
 
 def test_dirichlet_client_fills_equal_quotas_with_every_sample():
     labels = UNEVEN_LABELS
@@ -172,11 +183,14 @@ def test_dirichlet_client_heterogeneity_follows_alpha():
 
 
 def test_dirichlet_client_refuses_quotas_beyond_the_training_set():
-    one_line_error(lambda: partition_dirichlet_client(CIFAR10_LABELS, 10, 10, 0.5, 5001, seed=0),
-                   r"partition.node_size=5001 times nodes=10 is 50010, more than the 50000 training samples")
+    one_line_error(
+        lambda: partition_dirichlet_client(CIFAR10_LABELS, 10, 10, 0.5, 5001, seed=0),
+        r"partition.node_size=5001 times nodes=10 is 50010, more than the 50000 training samples",
+    )
 
 
 # ---- label_split ----
+
 
 def test_label_split_gives_each_node_its_classes_in_even_shares():
     parts = partition_label_split(CIFAR10_LABELS, 10, 10, classes_per_node=2, seed=0)
@@ -201,17 +215,22 @@ def test_label_split_balances_holders_when_classes_do_not_divide_evenly():
 
 
 def test_label_split_refuses_more_classes_per_node_than_classes():
-    one_line_error(lambda: partition_label_split(CIFAR10_LABELS, 10, 4, 11, seed=0),
-                   r"partition.classes_per_node=11 is out of range; it must be between 1 and the 10 classes")
+    one_line_error(
+        lambda: partition_label_split(CIFAR10_LABELS, 10, 4, 11, seed=0),
+        r"partition.classes_per_node=11 is out of range; it must be between 1 and the 10 classes",
+    )
 
 
 def test_label_split_refuses_a_class_with_fewer_samples_than_holders():
     labels = np.repeat(np.arange(4), [50, 50, 2, 50])
-    one_line_error(lambda: partition_label_split(labels, 4, 12, 2, seed=0),
-                   r"gives class 2 to 6 nodes but it has 2 training samples; lower partition.classes_per_node=2")
+    one_line_error(
+        lambda: partition_label_split(labels, 4, 12, 2, seed=0),
+        r"gives class 2 to 6 nodes but it has 2 training samples; lower partition.classes_per_node=2",
+    )
 
 
 # ---- table ----
+
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_tables_are_reproduced_exactly(name):
@@ -232,8 +251,10 @@ def test_published_presets_compose_to_the_published_tables(name):
 
 def test_published_preset_with_the_wrong_node_count_is_one_line():
     cfg = composed(["partition=paper_niid4", "nodes=5"])
-    one_line_error(lambda: build_partition(cfg.partition, CIFAR10_LABELS, 10, cfg.nodes, cfg.seed),
-                   "the table has 4 rows but nodes=5")
+    one_line_error(
+        lambda: build_partition(cfg.partition, CIFAR10_LABELS, 10, cfg.nodes, cfg.seed),
+        "the table has 4 rows but nodes=5",
+    )
 
 
 @pytest.mark.parametrize("preset", ["dirichlet", "dirichlet_client", "label_split"])
@@ -255,27 +276,36 @@ def test_table_from_a_file(tmp_path):
 
 def test_table_errors_are_one_line(tmp_path):
     table = PUBLISHED["paper_niid4"]
-    one_line_error(lambda: partition_table(CIFAR10_LABELS, 10, table[:, :9], seed=0),
-                   "the partition table has 9 columns but the data has 10 classes")
+    one_line_error(
+        lambda: partition_table(CIFAR10_LABELS, 10, table[:, :9], seed=0),
+        "the partition table has 9 columns but the data has 10 classes",
+    )
     overdrawn = table.copy()
     overdrawn[0, 3] = 5000
-    one_line_error(lambda: partition_table(CIFAR10_LABELS, 10, overdrawn, seed=0),
-                   "class 3 has 5000 training samples but the table asks for 7500")
+    one_line_error(
+        lambda: partition_table(CIFAR10_LABELS, 10, overdrawn, seed=0),
+        "class 3 has 5000 training samples but the table asks for 7500",
+    )
     negative = table.copy()
     negative[2, 1] = -1
-    one_line_error(lambda: partition_table(CIFAR10_LABELS, 10, negative, seed=0),
-                   "asks for -1 samples of class 1 at node 2; counts .* must be >= 0")
+    one_line_error(
+        lambda: partition_table(CIFAR10_LABELS, 10, negative, seed=0),
+        "asks for -1 samples of class 1 at node 2; counts .* must be >= 0",
+    )
     empty_row = table.copy()
     empty_row[1] = 0
-    one_line_error(lambda: partition_table(CIFAR10_LABELS, 10, empty_row, seed=0),
-                   "row 1 of the partition table is all zeros")
+    one_line_error(
+        lambda: partition_table(CIFAR10_LABELS, 10, empty_row, seed=0), "row 1 of the partition table is all zeros"
+    )
     cfg = composed(["partition=table", "partition.counts=[[1,2],[3,4],[5,6]]", "nodes=4"])
-    one_line_error(lambda: build_partition(cfg.partition, np.repeat(np.arange(2), 10), 2, 4, 0),
-                   "the table has 3 rows but nodes=4")
+    one_line_error(
+        lambda: build_partition(cfg.partition, np.repeat(np.arange(2), 10), 2, 4, 0), "the table has 3 rows but nodes=4"
+    )
     one_line_error(lambda: read_count_table(str(tmp_path / "missing.txt")), "cannot read partition.path=.*missing.txt")
     (tmp_path / "words.txt").write_text("1 2\n3 x\n")
-    one_line_error(lambda: read_count_table(str(tmp_path / "words.txt")),
-                   "line 2 must hold whitespace-separated integer")
+    one_line_error(
+        lambda: read_count_table(str(tmp_path / "words.txt")), "line 2 must hold whitespace-separated integer"
+    )
     (tmp_path / "ragged.txt").write_text("1 2 3\n4 5\n")
     one_line_error(lambda: read_count_table(str(tmp_path / "ragged.txt")), "row 2 has 2 counts but row 1 has 3")
     (tmp_path / "blank.txt").write_text("# nothing\n")
@@ -284,18 +314,26 @@ def test_table_errors_are_one_line(tmp_path):
 
 # ---- requests no partitioner can meet ----
 
-@pytest.mark.parametrize("call", [
-    lambda: partition_dirichlet(np.arange(3) % 2, 2, 4, 0.5, 1, 10, seed=0),
-    lambda: partition_dirichlet_client(np.arange(3) % 2, 2, 4, 0.5, None, seed=0),
-    lambda: partition_label_split(np.arange(3) % 2, 2, 4, 1, seed=0),
-])
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: partition_dirichlet(np.arange(3) % 2, 2, 4, 0.5, 1, 10, seed=0),
+        lambda: partition_dirichlet_client(np.arange(3) % 2, 2, 4, 0.5, None, seed=0),
+        lambda: partition_label_split(np.arange(3) % 2, 2, 4, 1, seed=0),
+    ],
+)
 def test_more_nodes_than_samples_is_one_line(call):
     one_line_error(call, "cannot split 3 training samples over nodes=4; lower nodes to at most 3")
 
 
 @pytest.mark.parametrize("alpha", [0.0, -1.0])
 def test_non_positive_alpha_is_one_line(alpha):
-    one_line_error(lambda: partition_dirichlet(CIFAR10_LABELS, 10, 4, alpha, 10, 10, seed=0),
-                   f"partition.alpha={alpha} is out of range; it must be > 0")
-    one_line_error(lambda: partition_dirichlet_client(CIFAR10_LABELS, 10, 4, alpha, None, seed=0),
-                   f"partition.alpha={alpha} is out of range; it must be > 0")
+    one_line_error(
+        lambda: partition_dirichlet(CIFAR10_LABELS, 10, 4, alpha, 10, 10, seed=0),
+        f"partition.alpha={alpha} is out of range; it must be > 0",
+    )
+    one_line_error(
+        lambda: partition_dirichlet_client(CIFAR10_LABELS, 10, 4, alpha, None, seed=0),
+        f"partition.alpha={alpha} is out of range; it must be > 0",
+    )

@@ -3,6 +3,7 @@
 Images stay stored as uint8 (a quarter of float32's memory); `InputPipeline` scales, normalises and
 optionally augments them on the device, batch by batch.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -149,7 +150,9 @@ def expected_files(name: str, root: Path) -> list[Path]:
         raw = root / dataset_class.__name__ / "raw"
         return [raw / Path(filename).stem for filename, _ in dataset_class.resources]
     folder = root / dataset_class.base_folder
-    names = [entry[0] for entry in dataset_class.train_list + dataset_class.test_list] + [dataset_class.meta["filename"]]
+    names = [entry[0] for entry in dataset_class.train_list + dataset_class.test_list] + [
+        dataset_class.meta["filename"]
+    ]
     return [folder / file_name for file_name in names]
 
 
@@ -230,7 +233,9 @@ def _per_channel(key: str, values, channels: int) -> tuple[float, ...]:
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
-        raise UserError(f"{key} has {len(values)} entries but the images have {channels} channels; give 1 or {channels}")
+        raise UserError(
+            f"{key} has {len(values)} entries but the images have {channels} channels; give 1 or {channels}"
+        )
     return values
 
 
@@ -251,19 +256,33 @@ def load_dataset(cfg) -> Dataset:
         dataset = load_digits(cfg.seed, cfg.test_fraction)
     elif cfg.name == "synthetic":
         dataset = make_synthetic(
-            cfg.num_classes, cfg.ambient_dim, cfg.subspace_dim, cfg.train_per_class, cfg.test_per_class,
-            cfg.noise, cfg.seed, cfg.shape,
+            cfg.num_classes,
+            cfg.ambient_dim,
+            cfg.subspace_dim,
+            cfg.train_per_class,
+            cfg.test_per_class,
+            cfg.noise,
+            cfg.seed,
+            cfg.shape,
         )
     elif cfg.name in TORCHVISION_CLASSES:
         dataset = load_torchvision(cfg.name, cfg.root, cfg.download)
         if cfg.resize is not None:
-            dataset = replace(dataset, train_x=resize_images(dataset.train_x, cfg.resize),
-                              test_x=resize_images(dataset.test_x, cfg.resize))
+            dataset = replace(
+                dataset,
+                train_x=resize_images(dataset.train_x, cfg.resize),
+                test_x=resize_images(dataset.test_x, cfg.resize),
+            )
         channels = dataset.input_shape[0]
-        dataset = replace(dataset, pipeline=InputPipeline(
-            1 / 255, _per_channel("data.mean", cfg.mean, channels), _per_channel("data.std", cfg.std, channels),
-            cfg.augment,
-        ))
+        dataset = replace(
+            dataset,
+            pipeline=InputPipeline(
+                1 / 255,
+                _per_channel("data.mean", cfg.mean, channels),
+                _per_channel("data.std", cfg.std, channels),
+                cfg.augment,
+            ),
+        )
     else:
         raise ValueError(f"unknown dataset {cfg.name!r}")
     if cfg.subset is not None:

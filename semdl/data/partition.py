@@ -4,6 +4,7 @@ Every partitioner returns one sorted int64 array of training-set indices per nod
 depend only on the labels, the arguments and the seed (numpy's `default_rng`). A request that cannot be met
 raises `UserError` with one line naming the config key to change.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,9 @@ def partition_iid(labels: np.ndarray, num_nodes: int, seed: int) -> list[np.ndar
     return [np.sort(np.concatenate(parts)) for parts in shares]
 
 
-def partition_dirichlet(labels: np.ndarray, num_classes: int, num_nodes: int, alpha: float, min_size: int,
-                        max_tries: int, seed: int) -> list[np.ndarray]:
+def partition_dirichlet(
+    labels: np.ndarray, num_classes: int, num_nodes: int, alpha: float, min_size: int, max_tries: int, seed: int
+) -> list[np.ndarray]:
     """The common "hetero-dir" split: each class is shared out over the nodes in Dir(alpha) proportions.
 
     Class k's samples go to the nodes in proportions p_k ~ Dir(alpha, ..., alpha) (one draw per class), rounded
@@ -62,8 +64,9 @@ def partition_dirichlet(labels: np.ndarray, num_classes: int, num_nodes: int, al
     for _ in range(max_tries):
         proportions = rng.dirichlet(np.full(num_nodes, float(alpha)), size=num_classes)  # (classes, nodes)
         cuts = np.floor(np.cumsum(proportions, axis=1)[:, :-1] * sizes[:, None]).astype(np.int64)
-        edges = np.concatenate([np.zeros((num_classes, 1), np.int64), np.minimum(cuts, sizes[:, None]),
-                                sizes[:, None]], axis=1)
+        edges = np.concatenate(
+            [np.zeros((num_classes, 1), np.int64), np.minimum(cuts, sizes[:, None]), sizes[:, None]], axis=1
+        )
         counts = np.diff(edges, axis=1).T  # (nodes, classes)
         if counts.sum(1).min() >= min_size:
             return _split_by_counts(labels, counts, rng)
@@ -74,8 +77,9 @@ def partition_dirichlet(labels: np.ndarray, num_classes: int, num_nodes: int, al
     )
 
 
-def partition_dirichlet_client(labels: np.ndarray, num_classes: int, num_nodes: int, alpha: float,
-                               node_size: int | None, seed: int) -> list[np.ndarray]:
+def partition_dirichlet_client(
+    labels: np.ndarray, num_classes: int, num_nodes: int, alpha: float, node_size: int | None, seed: int
+) -> list[np.ndarray]:
     """The Hsu et al. (2019) split: each node has its own class mix p_i ~ Dir(alpha) and a fixed quota.
 
     Quotas are `node_size` samples per node, or (node_size=None) the whole training set in equal shares that
@@ -113,7 +117,7 @@ def partition_dirichlet_client(labels: np.ndarray, num_classes: int, num_nodes: 
     owners, samples = [], []
     done = 0
     while done < len(slots):
-        block = slots[done: done + _CLIENT_BLOCK]
+        block = slots[done : done + _CLIENT_BLOCK]
         weights = mixes * (left > 0)
         stranded = weights.sum(1) == 0
         weights[stranded] = left
@@ -136,8 +140,9 @@ def partition_dirichlet_client(labels: np.ndarray, num_classes: int, num_nodes: 
     return [np.sort(sample[owner == i]).astype(np.int64) for i in range(num_nodes)]
 
 
-def partition_label_split(labels: np.ndarray, num_classes: int, num_nodes: int, classes_per_node: int,
-                          seed: int) -> list[np.ndarray]:
+def partition_label_split(
+    labels: np.ndarray, num_classes: int, num_nodes: int, classes_per_node: int, seed: int
+) -> list[np.ndarray]:
     """Each node holds `classes_per_node` classes; a class's samples are split evenly among its holders.
 
     Classes are dealt round-robin from a seeded permutation: node i takes the next `classes_per_node` entries of
@@ -176,11 +181,15 @@ def partition_table(labels: np.ndarray, num_classes: int, counts: np.ndarray, se
     """
     counts = np.asarray(counts)
     if not np.issubdtype(counts.dtype, np.integer):
-        raise UserError(f"the partition table must hold integer counts, not {counts.dtype} values; "
-                        f"check partition.counts or partition.path")
+        raise UserError(
+            f"the partition table must hold integer counts, not {counts.dtype} values; "
+            f"check partition.counts or partition.path"
+        )
     if counts.ndim != 2:
-        raise UserError(f"the partition table must be a matrix (one row per node, one column per class), "
-                        f"not an array of shape {counts.shape}; check partition.counts or partition.path")
+        raise UserError(
+            f"the partition table must be a matrix (one row per node, one column per class), "
+            f"not an array of shape {counts.shape}; check partition.counts or partition.path"
+        )
     if counts.shape[1] != num_classes:
         raise UserError(
             f"the partition table has {counts.shape[1]} columns but the data has {num_classes} classes; give one "
@@ -188,8 +197,10 @@ def partition_table(labels: np.ndarray, num_classes: int, counts: np.ndarray, se
         )
     if (counts < 0).any():
         row, column = np.argwhere(counts < 0)[0]
-        raise UserError(f"the partition table asks for {counts[row, column]} samples of class {column} at node "
-                        f"{row}; counts in partition.counts or partition.path must be >= 0")
+        raise UserError(
+            f"the partition table asks for {counts[row, column]} samples of class {column} at node "
+            f"{row}; counts in partition.counts or partition.path must be >= 0"
+        )
     sizes = np.bincount(labels, minlength=num_classes)
     asked = counts.sum(0)
     short = np.flatnonzero(asked > sizes)
@@ -201,8 +212,10 @@ def partition_table(labels: np.ndarray, num_classes: int, counts: np.ndarray, se
         )
     empty = np.flatnonzero(counts.sum(1) == 0)
     if len(empty):
-        raise UserError(f"row {empty[0]} of the partition table is all zeros; every node needs at least one sample "
-                        f"(partition.counts or partition.path)")
+        raise UserError(
+            f"row {empty[0]} of the partition table is all zeros; every node needs at least one sample "
+            f"(partition.counts or partition.path)"
+        )
     return _split_by_counts(labels, counts, np.random.default_rng(seed))
 
 
@@ -223,8 +236,10 @@ def read_count_table(path: str) -> np.ndarray:
         try:
             rows.append([int(field) for field in fields])
         except ValueError:
-            raise UserError(f"partition.path={path} line {number} must hold whitespace-separated integer counts, "
-                            f"not {line.strip()!r}") from None
+            raise UserError(
+                f"partition.path={path} line {number} must hold whitespace-separated integer counts, "
+                f"not {line.strip()!r}"
+            ) from None
     return _count_matrix(rows, f"partition.path={path}")
 
 
@@ -246,8 +261,10 @@ def build_partition(cfg, labels: np.ndarray, num_classes: int, num_nodes: int, s
         else:
             raise UserError("partition=table needs partition.counts=[[...],...] or partition.path=<file>")
         if len(counts) != num_nodes:
-            raise UserError(f"the table has {len(counts)} rows but nodes={num_nodes}; give one row per node in "
-                            f"partition.counts or partition.path, or set nodes={len(counts)}")
+            raise UserError(
+                f"the table has {len(counts)} rows but nodes={num_nodes}; give one row per node in "
+                f"partition.counts or partition.path, or set nodes={len(counts)}"
+            )
         return partition_table(labels, num_classes, counts, seed)
     raise ValueError(f"unknown partition {cfg.name!r}")
 
@@ -274,8 +291,10 @@ def _count_matrix(rows: list[list[int]], source: str) -> np.ndarray:
         raise UserError(f"{source} holds no counts; give one row per node, one column per class")
     for number, row in enumerate(rows, start=1):
         if len(row) != len(rows[0]):
-            raise UserError(f"{source} row {number} has {len(row)} counts but row 1 has {len(rows[0])}; "
-                            f"every row needs one count per class")
+            raise UserError(
+                f"{source} row {number} has {len(row)} counts but row 1 has {len(rows[0])}; "
+                f"every row needs one count per class"
+            )
     return np.array(rows, dtype=np.int64)
 
 
@@ -286,5 +305,7 @@ def _check_alpha(alpha: float) -> None:
 
 def _check_nodes(labels: np.ndarray, num_nodes: int, scheme: str) -> None:
     if num_nodes > len(labels):
-        raise UserError(f"partition={scheme} cannot split {len(labels)} training samples over nodes={num_nodes}; "
-                        f"lower nodes to at most {len(labels)}")
+        raise UserError(
+            f"partition={scheme} cannot split {len(labels)} training samples over nodes={num_nodes}; "
+            f"lower nodes to at most {len(labels)}"
+        )

@@ -1,4 +1,5 @@
 """Evaluation of learned representations: classifiers on frozen features and figures."""
+
 from semdl.eval.figures import plot_partition, plot_training_curves
 from semdl.eval.knn import encode, knn_accuracy
 from semdl.eval.subspaces import principal_angles, top_subspace

@@ -1,4 +1,5 @@
 """Figures of a run, drawn with matplotlib's file-only backend."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,15 @@ def plot_partition(counts: np.ndarray, path: Path) -> None:
     if num_nodes * num_classes <= 400:
         threshold = counts.max() / 2
         for (node, label), value in np.ndenumerate(counts):
-            axis.text(label, node, str(value), ha="center", va="center", fontsize=7,
-                      color="black" if value > threshold else "white")
+            axis.text(
+                label,
+                node,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if value > threshold else "white",
+            )
     axis.set(xlabel="class", ylabel="node", title="Training samples per node and class")
     if num_classes <= 20:
         axis.set_xticks(range(num_classes))

@@ -1,4 +1,5 @@
 """Classification of frozen, unit-norm features."""
+
 from __future__ import annotations
 
 from typing import Callable

@@ -1,4 +1,5 @@
 """Class subspaces and the angles between them: how the paper's structure claims are measured."""
+
 from __future__ import annotations
 
 import torch

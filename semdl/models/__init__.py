@@ -1,4 +1,5 @@
 """Encoders ending in L2 normalisation; nodes may run different architectures."""
+
 from semdl.models.encoders import (
     ENCODERS,
     IMAGE_ENCODERS,

@@ -4,6 +4,7 @@ ResNets and VGGs come from torchvision.models, adapted to small images the CIFAR
 max-pool for ResNet, BatchNorm VGG with only as many max-pools as the input size allows), followed by the
 published projection head Linear(feat, 512, no bias) - BatchNorm - ReLU - Linear(512, dim_z).
 """
+
 from __future__ import annotations
 
 from math import log2, prod
@@ -36,7 +37,9 @@ def projection_head(feature_dim: int, dim_z: int) -> nn.Sequential:
     )
 
 
-def mlp(input_shape: Sequence[int], dim_z: int, hidden: Sequence[int] = (512, 512), batch_norm: bool = True) -> nn.Sequential:
+def mlp(
+    input_shape: Sequence[int], dim_z: int, hidden: Sequence[int] = (512, 512), batch_norm: bool = True
+) -> nn.Sequential:
     """Flatten, then [Linear-BatchNorm-ReLU] per hidden width, then Linear to dim_z and L2 normalisation."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = prod(input_shape)
@@ -104,7 +107,7 @@ def cifar_vgg(depth: int) -> Callable[[Sequence[int], int], nn.Sequential]:
         backbone.features[0] = nn.Conv2d(input_shape[0], first.out_channels, 3, padding=1)
         pools = [index for index, layer in enumerate(backbone.features) if isinstance(layer, nn.MaxPool2d)]
         # Keep only the pools the image can take (5 at 32x32, 3 at 8x8), dropping the last ones.
-        for index in pools[int(log2(input_shape[-1])):]:
+        for index in pools[int(log2(input_shape[-1])) :]:
             backbone.features[index] = nn.Identity()
         backbone.avgpool = nn.AdaptiveAvgPool2d(1)
         backbone.classifier = nn.Flatten()
@@ -133,7 +136,8 @@ def check_input_shape(name: str, input_shape: Sequence[int]) -> None:
     if not is_image or not MIN_IMAGE_SIZE <= shape[-1] <= MAX_IMAGE_SIZE:
         raise UserError(
             f"encoder {name} needs square images of 1 or 3 channels, {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} to "
-            f"{MAX_IMAGE_SIZE}x{MAX_IMAGE_SIZE}, but the data has shape {list(shape)}; use model=mlp or an image dataset"
+            f"{MAX_IMAGE_SIZE}x{MAX_IMAGE_SIZE}, but the data has shape {list(shape)}; "
+            "use model=mlp or an image dataset"
         )
 
 

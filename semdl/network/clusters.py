@@ -1,4 +1,5 @@
 """Responsible label sets, clusters of nodes that together cover every class, and virtual replication."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,7 @@ def automatic_clusters(responsible: np.ndarray) -> list[list[int]]:
 
 
 def check_clusters(clusters: list[list[int]], responsible: np.ndarray) -> list[list[int]]:
-    """Validate an explicit cluster list: known nodes, every node in some cluster, every cluster covering every class."""
+    """Validate explicit clusters: known nodes, every node in some cluster, every cluster covering every class."""
     num_nodes, num_classes = responsible.shape
     for index, cluster in enumerate(clusters):
         unknown = [node for node in cluster if not 0 <= node < num_nodes]

@@ -1,4 +1,5 @@
 """Delivery of semantic statistics along the edges of a graph; the only code that knows where nodes live."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

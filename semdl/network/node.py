@@ -1,4 +1,5 @@
 """A learning node: its encoder and optimizer, an index view of its local data, its statistics and duals."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Communication graphs: undirected, connected, given as sorted neighbour lists."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,8 +10,16 @@ import numpy as np
 from semdl.errors import UserError
 
 PAPER10 = {
-    0: (3, 4, 6, 7, 9), 1: (2, 8), 2: (1, 5, 6, 8), 3: (0, 4, 5, 8, 9), 4: (0, 3, 6, 8),
-    5: (2, 3), 6: (0, 2, 4, 7, 9), 7: (0, 6, 8), 8: (1, 2, 3, 4, 7, 9), 9: (0, 3, 6, 8),
+    0: (3, 4, 6, 7, 9),
+    1: (2, 8),
+    2: (1, 5, 6, 8),
+    3: (0, 4, 5, 8, 9),
+    4: (0, 3, 6, 8),
+    5: (2, 3),
+    6: (0, 2, 4, 7, 9),
+    7: (0, 6, 8),
+    8: (1, 2, 3, 4, 7, 9),
+    9: (0, 3, 6, 8),
 }
 PAPER5 = {0: (2, 3, 4), 1: (2, 4), 2: (0, 1), 3: (0, 4), 4: (0, 1, 3)}
 ERDOS_RENYI_MAX_DRAWS = 1000

@@ -1,4 +1,5 @@
 """MCR² objectives as pure tensor functions (rows are samples): usable on their own, like a loss library."""
+
 from semdl.objectives.cluster import ClusterContext, cluster_block_loss, cluster_rate_reduction
 from semdl.objectives.consensus import (
     ConsensusTargets,

@@ -1,4 +1,5 @@
 """The cluster objective of the non-i.i.d. solver (algorithms.md section 5)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def cluster_block_loss(
     grams, batch_counts = class_grams(Z, labels, num_classes)
     present = batch_counts > 0
     batch_sizes = batch_counts.clamp_min(1).to(Z.dtype)[:, None, None]
-    own_grams = torch.where(present[:, None, None], own_counts[:, None, None] / batch_sizes * grams, stored_grams.detach())
+    own_grams = torch.where(
+        present[:, None, None], own_counts[:, None, None] / batch_sizes * grams, stored_grams.detach()
+    )
     rate_reduction_sum = Z.new_zeros(())
     for cluster in clusters:
         R, Rc = rates_from_class_grams(

@@ -1,4 +1,5 @@
 """The primal-dual consensus objective of algorithms.md section 4 and the consensus residual."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Every logdet is taken on the smaller side of its Gram matrix (Sylvester's identity) and all classes
 share one batched Cholesky factorisation; zero padding leaves logdet(I + c G) unchanged.
 """
+
 from __future__ import annotations
 
 import torch

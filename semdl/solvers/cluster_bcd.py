@@ -1,4 +1,5 @@
 """Cluster block-coordinate descent with virtual node replication, for non-i.i.d. data (algorithms.md section 5)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from torch import Tensor
 from semdl.network import InProcessCommunicator, Inbox, Node
 from semdl.objectives import ClusterContext, ConsensusTargets, cluster_block_loss, consensus_targets
 from semdl.solvers.primal_dual import PrimalDualSettings, dual_step
-from semdl.solvers.timing import NodeWork, timed
+from semdl.solvers.common import NodeWork, optimise_locally, timed
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,13 @@ def cluster_contexts(node: Node, nodes: list[Node], plan: ClusterPlan) -> list[C
         if node.index not in members:
             continue
         others = [nodes[j] for j in members if j != node.index]
-        other_grams = sum((other.shared_grams / plan.replication[other.index] for other in others),
-                          torch.zeros_like(node.statistics))
-        other_counts = sum((other.counts * other.responsible / plan.replication[other.index] for other in others),
-                           torch.zeros_like(node.counts))
+        other_grams = sum(
+            (other.shared_grams / plan.replication[other.index] for other in others), torch.zeros_like(node.statistics)
+        )
+        other_counts = sum(
+            (other.counts * other.responsible / plan.replication[other.index] for other in others),
+            torch.zeros_like(node.counts),
+        )
         contexts.append(ClusterContext(other_grams, other_counts, 1.0 / plan.replication[node.index]))
     return contexts
 
@@ -39,27 +43,34 @@ def block_training(
     node: Node, contexts: list[ClusterContext], targets: ConsensusTargets, settings: PrimalDualSettings
 ) -> Tensor:
     """Node i's block: `local_epochs` passes over its responsible samples; returns the mean loss (on the device)."""
-    node.encoder.train()
     own_counts = node.counts * node.responsible
     stored_grams = node.shared_grams
-    total_loss = torch.zeros((), device=node.statistics.device)
-    steps = 0
-    for _ in range(settings.local_epochs):
-        for batch in node.minibatches(settings.batch_size):
-            loss = cluster_block_loss(
-                node.encoder(node.training_inputs(batch)), node.labels[batch], settings.num_classes, settings.eps_sq,
-                own_counts, stored_grams, contexts, targets, node.dual, settings.rho, settings.gamma1, settings.gamma2,
-            )
-            node.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            node.optimizer.step()
-            total_loss += loss.detach()
-            steps += 1
-    return total_loss / steps
+    return optimise_locally(
+        node,
+        settings.local_epochs,
+        settings.batch_size,
+        lambda features, labels: cluster_block_loss(
+            features,
+            labels,
+            settings.num_classes,
+            settings.eps_sq,
+            own_counts,
+            stored_grams,
+            contexts,
+            targets,
+            node.dual,
+            settings.rho,
+            settings.gamma1,
+            settings.gamma2,
+        ),
+    )
 
 
 def cluster_bcd_round(
-    nodes: list[Node], communicator: InProcessCommunicator, inboxes: list[Inbox], plan: ClusterPlan,
+    nodes: list[Node],
+    communicator: InProcessCommunicator,
+    inboxes: list[Inbox],
+    plan: ClusterPlan,
     settings: PrimalDualSettings,
 ) -> tuple[list[NodeWork], list[Inbox]]:
     """(a) dual steps; (b) per cluster, each member's block then its refreshed statistics, pushed to its cluster
@@ -74,9 +85,13 @@ def cluster_bcd_round(
         for index in members:
             node = nodes[index]
             with timed(node.statistics.device) as clock:
-                losses[index].append(block_training(node, cluster_contexts(node, nodes, plan), targets[index], settings))
+                losses[index].append(
+                    block_training(node, cluster_contexts(node, nodes, plan), targets[index], settings)
+                )
                 node.refresh_statistics()
             seconds[index] += clock.seconds
             communicator.record_push(index, len(members) - 1, int(node.responsible.sum()), node.statistics.shape[-1])
-    work = [NodeWork(torch.stack(node_losses).mean(), node_seconds) for node_losses, node_seconds in zip(losses, seconds)]
+    work = [
+        NodeWork(torch.stack(node_losses).mean(), node_seconds) for node_losses, node_seconds in zip(losses, seconds)
+    ]
     return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])

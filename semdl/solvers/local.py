@@ -1,32 +1,27 @@
 """The no-communication baseline: every node maximises the rate reduction of its own data alone."""
+
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from semdl.network import InProcessCommunicator, Inbox, Node
 from semdl.objectives import rate_reduction
 from semdl.solvers.primal_dual import PrimalDualSettings
-from semdl.solvers.timing import NodeWork, timed
+from semdl.solvers.common import NodeWork, optimise_locally, timed
 
 
 def local_rate_reduction_training(node: Node, settings: PrimalDualSettings) -> Tensor:
     """`local_epochs` passes of optimizer steps on -dR of the node's own mini-batches; the mean loss."""
-    node.encoder.train()
-    total_loss = torch.zeros((), device=node.statistics.device)
-    steps = 0
-    for _ in range(settings.local_epochs):
-        for batch in node.minibatches(settings.batch_size):
-            dR, _, _ = rate_reduction(
-                node.encoder(node.training_inputs(batch)), node.labels[batch], settings.num_classes, settings.eps_sq,
-                settings.gamma1, settings.gamma2,
-            )
-            node.optimizer.zero_grad(set_to_none=True)
-            (-dR).backward()
-            node.optimizer.step()
-            total_loss += -dR.detach()
-            steps += 1
-    return total_loss / steps
+    return optimise_locally(
+        node,
+        settings.local_epochs,
+        settings.batch_size,
+        lambda features, labels: (
+            -rate_reduction(features, labels, settings.num_classes, settings.eps_sq, settings.gamma1, settings.gamma2)[
+                0
+            ]
+        ),
+    )
 
 
 def local_round(
@@ -39,4 +34,6 @@ def local_round(
             loss = local_rate_reduction_training(node, settings)
             node.refresh_statistics()
         work.append(NodeWork(loss, clock.seconds))
-    return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes], record=False)
+    return work, communicator.exchange(
+        [node.statistics for node in nodes], [node.counts for node in nodes], record=False
+    )

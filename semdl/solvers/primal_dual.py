@@ -1,4 +1,5 @@
 """Primal-dual consensus for i.i.d. data (algorithms.md section 4): one synchronous round."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from torch import Tensor
 
 from semdl.network import InProcessCommunicator, Inbox, Node
 from semdl.objectives import consensus_targets, primal_dual_loss_with_targets
-from semdl.solvers.timing import NodeWork, timed
+from semdl.solvers.common import NodeWork, optimise_locally, timed
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,24 @@ def dual_step(node: Node, inbox: Inbox, step: float) -> None:
 
 
 def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Tensor:
-    """`local_epochs` shuffled passes of optimizer steps on L_i; returns the mean loss (on the device)."""
-    node.encoder.train()
+    """`local_epochs` passes of optimizer steps on L_i; returns the mean loss (on the device)."""
     targets = consensus_targets(node.statistics, inbox.statistics, inbox.shared)
-    total_loss = torch.zeros((), device=node.statistics.device)
-    steps = 0
-    for _ in range(settings.local_epochs):
-        for batch in node.minibatches(settings.batch_size):
-            loss = primal_dual_loss_with_targets(
-                node.encoder(node.training_inputs(batch)), node.labels[batch], settings.num_classes, settings.eps_sq,
-                targets, node.dual, settings.rho, settings.gamma1, settings.gamma2,
-            )
-            node.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            node.optimizer.step()
-            total_loss += loss.detach()
-            steps += 1
-    return total_loss / steps
+    return optimise_locally(
+        node,
+        settings.local_epochs,
+        settings.batch_size,
+        lambda features, labels: primal_dual_loss_with_targets(
+            features,
+            labels,
+            settings.num_classes,
+            settings.eps_sq,
+            targets,
+            node.dual,
+            settings.rho,
+            settings.gamma1,
+            settings.gamma2,
+        ),
+    )
 
 
 def primal_dual_round(
