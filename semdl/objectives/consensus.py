@@ -29,16 +29,19 @@ def consensus_targets(V_self: Tensor, V_neighbors: Tensor, shared: Tensor | None
 
     shared (J, K), optional: whether neighbour j takes part in class k's consensus (default: all do).
     """
+    neighbor_sq_norms = torch.linalg.vector_norm(V_neighbors, dim=(2, 3)).pow(2)  # (J, K)
     if shared is None:
-        shared = torch.ones(V_neighbors.shape[:2], dtype=torch.bool, device=V_neighbors.device)
-    weights = shared.to(V_self.dtype)
-    num_neighbors = weights.sum(0)
-    neighbor_sum = torch.einsum("jk,jkab->kab", weights, V_neighbors)
+        num_neighbors = V_self.new_full(V_self.shape[:1], V_neighbors.shape[0])
+        neighbor_sum = V_neighbors.sum(0)
+        neighbor_sq_sum = neighbor_sq_norms.sum(0)
+    else:
+        weights = shared.to(V_self.dtype)
+        num_neighbors = weights.sum(0)
+        neighbor_sum = torch.einsum("jk,jkab->kab", weights, V_neighbors)
+        neighbor_sq_sum = (weights * neighbor_sq_norms).sum(0)
     # ||V_self + V_j||^2 expanded, so no (J, K, d, d) temporary is built.
     sq_norms = (
-        num_neighbors * V_self.pow(2).sum((1, 2))
-        + 2 * (V_self * neighbor_sum).sum((1, 2))
-        + torch.einsum("jk,jk->k", weights, V_neighbors.pow(2).sum((2, 3)))
+        num_neighbors * V_self.pow(2).sum((1, 2)) + 2 * (V_self * neighbor_sum).sum((1, 2)) + neighbor_sq_sum
     ) / 4
     return ConsensusTargets(num_neighbors, (num_neighbors[:, None, None] * V_self + neighbor_sum) / 2, sq_norms)
 
