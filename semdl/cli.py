@@ -24,6 +24,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = {
     "train": "run one experiment, or a sweep with -m (Hydra overrides follow)",
     "partition": "print the node x class count table and save partition.json and its figure, without training",
+    "eval": "evaluate a finished run again: semdl eval <run_dir> [eval.key=value ...]",
 }
 
 register_schema()
@@ -93,13 +94,33 @@ def train_job(cfg: DictConfig) -> None:
         summary = run_experiment(cfg, run_dir)
     except UserError as error:
         fail(str(error))
-    accuracies = " ".join(f"{value:.3f}" for value in summary["knn_accuracy"])
     print(f"run directory: {run_dir}")
     print(
         f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
-        f"kNN accuracy mean {summary['knn_accuracy_mean']:.4f} (nodes: {accuracies}) | "
         f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s"
     )
+    print(accuracy_lines(summary["accuracy"]))
+
+
+def accuracy_lines(accuracies: dict) -> str:
+    """One line per classifier: mean test accuracy and every node's."""
+    return "\n".join(
+        f"{name:>18} accuracy mean {result['mean']:.4f} (nodes: {' '.join(f'{v:.3f}' for v in result['per_node'])})"
+        for name, result in accuracies.items()
+    )
+
+
+def evaluate_run(arguments: list[str]) -> None:
+    if not arguments or arguments[0].startswith("-"):
+        fail("semdl eval needs a run directory: semdl eval <run_dir> [eval.key=value ...]")
+    from semdl.experiment import headline, reevaluate
+
+    try:
+        evaluation, out_dir = reevaluate(Path(arguments[0]), arguments[1:])
+    except UserError as error:
+        fail(str(error))
+    print(f"evaluation written to: {out_dir}")
+    print(accuracy_lines(headline(evaluation)["accuracy"]))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -156,5 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         run_hydra_command(command, train_job, rest)
     elif command == "partition":
         run_hydra_command(command, partition_job, rest)
+    elif command == "eval":
+        evaluate_run(rest)
     else:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (see semdl --help)")

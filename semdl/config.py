@@ -86,7 +86,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    knn_k: int = 10
+    knn_k: int = 10  # neighbours of the cosine k-NN classifier
+    every: int = 0  # also evaluate every this many rounds (0: only at the end)
+    classifiers: List[str] = field(
+        default_factory=lambda: ["knn", "nearest_subspace", "semantic_subspace", "linear_probe"]
+    )
+    n_components: Optional[int] = None  # dimension of class subspaces (null: min(30, dim_z))
+    probe_epochs: int = 100  # linear probe: full-batch optimisation steps
+    heatmap_per_class: int = 50  # similarity heatmap: samples per class
 
 
 @dataclass
@@ -115,6 +122,7 @@ SOLVERS = ("primal_dual", "cluster_bcd", "local")
 CONSENSUS_GRAPHS = ("holders", "topology")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+CLASSIFIERS = ("knn", "nearest_subspace", "semantic_subspace", "linear_probe")
 
 
 def register_schema() -> None:
@@ -234,3 +242,12 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"train.weight_decay={cfg.train.weight_decay} is out of range; it must be >= 0")
 
     _at_least("eval.knn_k", cfg.eval.knn_k, 1)
+    _at_least("eval.every", cfg.eval.every, 0)
+    if not cfg.eval.classifiers:
+        raise UserError("eval.classifiers is empty; choose from: " + ", ".join(CLASSIFIERS))
+    for name in cfg.eval.classifiers:
+        _choice("eval.classifiers entry", name, CLASSIFIERS)
+    if cfg.eval.n_components is not None and not 1 <= cfg.eval.n_components <= cfg.dim_z:
+        raise UserError(f"eval.n_components={cfg.eval.n_components} is out of range; it must be in [1, dim_z]")
+    _at_least("eval.probe_epochs", cfg.eval.probe_epochs, 1)
+    _at_least("eval.heatmap_per_class", cfg.eval.heatmap_per_class, 1)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from semdl.config import Config, validate
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.errors import UserError
-from semdl.eval import encode, knn_accuracy, plot_partition, plot_training_curves
+from semdl.eval import plot_partition, plot_training_curves
+from semdl.eval.evaluate import evaluate_accuracy, evaluate_network
+from semdl.eval.plots import plot_accuracy_curves
 from semdl.io import MetricsWriter, save_torch, write_json
 from semdl.models import architectures, build_encoder
 from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_optimizer, build_topology, node_seeds
@@ -154,22 +160,6 @@ def round_rows(
     return rows
 
 
-def evaluate(nodes: list[Node], dataset: Dataset, k: int) -> dict:
-    """kNN test accuracy of every node: cosine, reference = the node's own training features, whole test set."""
-    accuracies = []
-    for node in nodes:
-        reference = encode(node.encoder, node.inputs[node.indices], dataset.pipeline)
-        queries = encode(node.encoder, dataset.test_x, dataset.pipeline)
-        accuracies.append(
-            knn_accuracy(reference, node.labels[node.indices], queries, dataset.test_y, dataset.num_classes, k)
-        )
-    per_node = torch.stack(accuracies).tolist()
-    return {
-        "knn": {"k": k, "per_node": per_node, "mean": float(np.mean(per_node))},
-        "test_samples": len(dataset.test_y),
-    }
-
-
 def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProcessCommunicator, cfg: DictConfig) -> dict:
     return {
         "round": round_index,
@@ -183,6 +173,7 @@ def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProces
                 "statistics": node.statistics,
                 "counts": node.counts,
                 "dual": node.dual,
+                "responsible": node.responsible,
                 "generator": node.generator.get_state(),
             }
             for node in nodes
@@ -324,6 +315,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
 
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     network_rows = []
+    evaluation_rows = []
     progress = tqdm(range(1, cfg.train.rounds + 1), desc="rounds", unit="round", mininterval=1.0)
     try:
         for round_index in progress:
@@ -339,19 +331,34 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             rows = round_rows(
                 round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg, plan
             )
+            if cfg.eval.every and round_index % cfg.eval.every == 0 and round_index < cfg.train.rounds:
+                evaluation_rows.append(
+                    evaluation_row(round_index, evaluate_accuracy(nodes, dataset, cfg.eval, cfg.dim_z))
+                )
+                rows.append(evaluation_rows[-1])
             metrics.write_round(rows)
-            network_rows.append(rows[-1])
+            network_rows.append(next(row for row in rows if row["node"] == "network"))
             progress.set_postfix(
-                dR=f"{rows[-1]['dR']:.3f}", residual=f"{rows[-1]['consensus_residual']:.2e}", refresh=False
+                dR=f"{network_rows[-1]['dR']:.3f}",
+                residual=f"{network_rows[-1]['consensus_residual']:.2e}",
+                refresh=False,
             )
+        progress.close()
+        save_torch(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg.train.rounds, nodes, communicator, cfg))
+        evaluation = evaluate_network(nodes, dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
+        write_json(run_dir / "eval.json", evaluation)
+        evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
+        metrics.write_round([evaluation_rows[-1]])
     finally:
         metrics.close()
         progress.close()
 
-    save_torch(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg.train.rounds, nodes, communicator, cfg))
-    evaluation = evaluate(nodes, dataset, cfg.eval.knn_k)
-    write_json(run_dir / "eval.json", evaluation)
     plot_training_curves(network_rows, run_dir / "figures" / "training_curves.png")
+    plot_accuracy_curves(
+        [row["round"] for row in evaluation_rows],
+        {name: [row["accuracy"][name] for row in evaluation_rows] for name in cfg.eval.classifiers},
+        run_dir / "figures" / "accuracy_curves.png",
+    )
 
     final = network_rows[-1]
     summary = {
@@ -362,10 +369,79 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "consensus_residual": final["consensus_residual"],
         "total_bytes_sent": sum(communicator.bytes_sent),
         "wall_seconds": time.perf_counter() - started,
-        "knn_accuracy": evaluation["knn"]["per_node"],
-        "knn_accuracy_mean": evaluation["knn"]["mean"],
+        **headline(evaluation),
         "device": str(device),
         "nodes": node_descriptions(nodes),
     }
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def evaluation_row(round_index: int, accuracies: dict) -> dict:
+    """The metrics.jsonl row of an evaluation: mean and per-node accuracy of every classifier."""
+    return {
+        "round": round_index,
+        "node": "eval",
+        "accuracy": {name: result["mean"] for name, result in accuracies.items()},
+        "accuracy_per_node": {name: result["per_node"] for name, result in accuracies.items()},
+    }
+
+
+def headline(evaluation: dict) -> dict:
+    """The numbers of eval.json that summary.json repeats."""
+    return {
+        "accuracy": {
+            name: {key: result[key] for key in ("mean", "per_node", "own_classes_mean")}
+            for name, result in evaluation["classifiers"].items()
+        },
+        "mean_cross_node_angle": evaluation["consistency"]["mean_cross_node_angle"],
+        "mean_class_angle": evaluation["discriminability"]["mean_class_angle"],
+        "mean_effective_rank": evaluation["diversity"]["mean_effective_rank"],
+    }
+
+
+RUN_FILES = ("partition.json", "checkpoints/last.pt")
+EVAL_OVERRIDE_PREFIXES = ("eval.", "device=")
+
+
+def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Dataset, list[Node]]:
+    """A finished run's config (from its checkpoint, with eval.* / device overrides), dataset and restored nodes."""
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a finished semdl run: {', '.join(missing)} missing")
+    foreign = [item for item in overrides if not item.startswith(EVAL_OVERRIDE_PREFIXES)]
+    if foreign:
+        raise UserError(f"semdl eval takes only eval.* and device= overrides; {foreign[0]!r} would change the run")
+    try:
+        state = torch.load(run_dir / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+        saved_config = state["config"]
+    except Exception as error:  # a truncated or foreign file fails in many ways inside torch.load
+        raise UserError(f"cannot read {run_dir / 'checkpoints/last.pt'} as a semdl checkpoint: {error}") from None
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved_config, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as error:
+        raise UserError(f"cannot apply {' '.join(overrides)} to {run_dir}: {str(error).splitlines()[0]}") from None
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg.data).to(device)
+    partition = json.loads((run_dir / "partition.json").read_text())
+    parts = [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]
+    responsible = np.stack([saved["responsible"].numpy() for saved in state["nodes"]])
+    nodes = build_nodes(cfg, dataset, parts, responsible, device)
+    for node, saved in zip(nodes, state["nodes"]):
+        node.encoder.load_state_dict(saved["encoder"])
+        node.statistics = saved["statistics"].to(device)
+        node.counts = saved["counts"].to(device)
+        node.dual = saved["dual"].to(device)
+    return cfg, dataset, nodes
+
+
+def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
+    """Evaluate a finished run again, with other evaluation settings, into <run_dir>/evaluations/<time>/."""
+    run_dir = Path(run_dir)
+    cfg, dataset, nodes = load_run(run_dir, overrides)
+    out_dir = run_dir / "evaluations" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    evaluation = evaluate_network(nodes, dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out_dir / "figures")
+    write_json(out_dir / "eval.json", evaluation)
+    write_json(out_dir / "overrides.json", overrides)
+    return evaluation, out_dir

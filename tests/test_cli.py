@@ -35,9 +35,11 @@ def test_default_experiment_runs_and_reports(tmp_path):
         or f"run directory: {run_dir.relative_to(tmp_path)}" in result.stdout
     )
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds"] == 100 and len(summary["knn_accuracy"]) == 5
-    assert summary["knn_accuracy_mean"] > 0.88  # 10 digit classes: chance is 0.1
-    assert f"{summary['knn_accuracy_mean']:.4f}" in result.stdout
+    knn = summary["accuracy"]["knn"]
+    assert summary["rounds"] == 100 and len(knn["per_node"]) == 5
+    assert knn["mean"] > 0.88  # 10 digit classes: chance is 0.1
+    assert f"knn accuracy mean {knn['mean']:.4f}" in result.stdout
+    assert set(summary["accuracy"]) == {"knn", "nearest_subspace", "semantic_subspace", "linear_probe"}
     for name in [
         ".hydra/config.yaml",
         ".hydra/overrides.yaml",
@@ -66,7 +68,7 @@ def test_overrides_reach_the_run(tmp_path):
     result = semdl("train", *QUICK, "topology=complete", "seed=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 4
+    assert len(rows) == 2 * 4 + 1 and rows[-1]["node"] == "eval"  # 3 nodes + network per round, final evaluation
     message_bytes = 4 * (4 * 16 * 16 + 4)
     assert rows[0]["bytes_sent"] == 2 * message_bytes  # complete graph on 3 nodes: 2 neighbours each
 

@@ -149,8 +149,8 @@ def test_training_on_mnist_files_with_augmentation(tmp_path, monkeypatch):
     )
     summary = run_experiment(cfg, tmp_path / "run")
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert len(rows) == 3 * 3 and all(np.isfinite(row["dR"]) for row in rows)
-    assert len(summary["knn_accuracy"]) == 2
+    assert len(rows) == 3 * 3 + 1 and all(np.isfinite(row["dR"]) for row in rows[:-1])
+    assert len(summary["accuracy"]["knn"]["per_node"]) == 2
 
 
 @pytest.mark.parametrize(

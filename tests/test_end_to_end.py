@@ -50,16 +50,17 @@ def test_run_directory_holds_every_artifact(finished_run):
 def test_metrics_rows_per_node_and_network(finished_run):
     cfg, run_dir, _ = finished_run
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert len(rows) == ROUNDS * (cfg.nodes + 1)
+    assert len(rows) == ROUNDS * (cfg.nodes + 1) + 1
+    assert rows[-1]["node"] == "eval" and rows[-1]["round"] == ROUNDS
     node_keys = {"round", "node", "loss", "R", "Rc", "dR", "consensus_residual", "dual_norm", "bytes_sent", "seconds"}
     assert node_keys <= rows[0].keys()
     network = [row for row in rows if row["node"] == "network"]
     assert [row["round"] for row in network] == list(range(1, ROUNDS + 1))
     message_bytes = 4 * (4 * 16 * 16 + 4)
-    assert all(row["bytes_sent"] == 2 * message_bytes for row in rows if row["node"] != "network")
+    assert all(row["bytes_sent"] == 2 * message_bytes for row in rows if isinstance(row["node"], int))
     assert all(row["bytes_sent"] == 8 * message_bytes for row in network)
     for row in network:
-        node_rows = [r for r in rows if r["round"] == row["round"] and r["node"] != "network"]
+        node_rows = [r for r in rows if r["round"] == row["round"] and isinstance(r["node"], int)]
         assert row["consensus_residual"] == max(r["consensus_residual"] for r in node_rows)
         assert row["dR"] == pytest.approx(row["R"] - row["Rc"], rel=1e-5)
 
@@ -70,18 +71,19 @@ def test_solver_learns_and_reaches_consensus(finished_run):
     assert network[-1]["dR"] > network[0]["dR"] + 1.0
     largest_residual = max(row["consensus_residual"] for row in network)
     assert network[-1]["consensus_residual"] < 0.5 * largest_residual
-    assert min(summary["knn_accuracy"]) > 0.8  # chance is 0.25 with 4 classes
+    assert min(summary["accuracy"]["knn"]["per_node"]) > 0.8  # chance is 0.25 with 4 classes
 
 
 def test_summary_and_eval_agree_with_metrics(finished_run):
     cfg, run_dir, summary = finished_run
-    last = read_metrics(run_dir / "metrics.jsonl")[-1]
+    last = [row for row in read_metrics(run_dir / "metrics.jsonl") if row["node"] == "network"][-1]
     assert summary["network_dR"] == last["dR"] and summary["consensus_residual"] == last["consensus_residual"]
     message_bytes = 4 * (4 * 16 * 16 + 4)
     assert summary["total_bytes_sent"] == (ROUNDS + 1) * 8 * message_bytes  # the initial exchange counts too
     evaluation = json.loads((run_dir / "eval.json").read_text())
-    assert evaluation["knn"]["per_node"] == summary["knn_accuracy"]
-    assert summary["knn_accuracy_mean"] == pytest.approx(sum(summary["knn_accuracy"]) / cfg.nodes)
+    for name, result in evaluation["classifiers"].items():
+        assert summary["accuracy"][name]["per_node"] == result["per_node"]
+        assert summary["accuracy"][name]["mean"] == pytest.approx(sum(result["per_node"]) / cfg.nodes)
     partition = json.loads((run_dir / "partition.json").read_text())
     assert [node["num_samples"] for node in partition["nodes"]] == [60] * 4
 

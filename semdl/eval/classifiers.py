@@ -1,0 +1,92 @@
+"""Classifiers on frozen, unit-norm features: k-NN, nearest class subspace (from features or from shared
+statistics alone), and a linear probe; all batched over queries and classes, on the inputs' device."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from semdl.eval.features import QUERY_CHUNK
+from semdl.eval.subspaces import top_subspace
+from semdl.objectives.rates import class_statistics, pool_statistics
+
+
+@torch.no_grad()
+def knn_predict(reference: Tensor, reference_labels: Tensor, queries: Tensor, num_classes: int, k: int = 10) -> Tensor:
+    """Labels (n,) by majority vote among the k most cosine-similar reference rows (ties: lowest class)."""
+    k = min(k, reference.shape[0])
+    predictions = []
+    for chunk in queries.split(QUERY_CHUNK):
+        nearest = (chunk @ reference.T).topk(k, dim=1).indices
+        votes = nn.functional.one_hot(reference_labels[nearest], num_classes).sum(1)
+        predictions.append(votes.argmax(1))
+    return torch.cat(predictions)
+
+
+def subspaces_from_statistics(statistics: Tensor, n_components: int) -> Tensor:
+    """Orthonormal bases (K, d, r) of each class's top-r eigenvectors of V^k (K, d, d); zero where V^k = 0."""
+    present = statistics.diagonal(dim1=-2, dim2=-1).sum(-1) != 0
+    return top_subspace(statistics, n_components) * present[..., None, None].to(statistics.dtype)
+
+
+def subspaces_from_features(features: Tensor, labels: Tensor, num_classes: int, n_components: int) -> Tensor:
+    """Class bases (K, d, r) spanning the top-r directions of each class's features; zero for absent classes."""
+    statistics, _ = class_statistics(features, labels, num_classes)
+    return subspaces_from_statistics(statistics, n_components)
+
+
+@torch.no_grad()
+def nearest_subspace_predict(queries: Tensor, bases: Tensor, allowed: Tensor | None = None) -> Tensor:
+    """Labels (n,) minimising the residual ||x - U_k U_k^T x||^2 over the `allowed` classes (default: nonzero bases)."""
+    if allowed is None:
+        allowed = bases.flatten(1).ne(0).any(1)
+    predictions = []
+    for chunk in queries.split(QUERY_CHUNK):
+        captured = torch.einsum("nd,kdr->nkr", chunk, bases).square().sum(-1)
+        residuals = chunk.square().sum(1, keepdim=True) - captured
+        predictions.append(residuals.masked_fill(~allowed, torch.inf).argmin(1))
+    return torch.cat(predictions)
+
+
+def semantic_subspace_predict(
+    queries: Tensor, node_statistics: Tensor, node_counts: Tensor, n_components: int
+) -> Tensor:
+    """Nearest-subspace labels from shared statistics alone: pool the nodes' V (N, K, d, d) by their counts (N, K)
+    (zero where a class is not shared) and classify among the classes some node holds."""
+    statistics, counts = pool_statistics(node_statistics, node_counts)
+    return nearest_subspace_predict(queries, subspaces_from_statistics(statistics, n_components), counts > 0)
+
+
+def linear_probe_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 0.1,
+    seed: int = 0,
+) -> Tensor:
+    """Labels (n,) from a linear layer (with bias) fit by full-batch Adam and cross-entropy on frozen features;
+    seeded by its own generator, so deterministic and leaving the global RNG alone."""
+    features = train_features.detach()
+    generator = torch.Generator(device=features.device).manual_seed(seed)
+    shape = (num_classes, features.shape[1])
+    uniform = torch.rand(shape, generator=generator, device=features.device, dtype=features.dtype)
+    weight = ((2 * uniform - 1) * features.shape[1] ** -0.5).requires_grad_()
+    bias = features.new_zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(torch.addmm(bias, features, weight.T), train_labels).backward()
+            optimizer.step()
+    with torch.no_grad():
+        return torch.addmm(bias, queries, weight.T).argmax(1)
+
+
+def accuracy(predictions: Tensor, labels: Tensor, mask: Tensor | None = None) -> float:
+    """Fraction of correct predictions, over the rows where `mask` holds if given (nan if it selects none)."""
+    correct = predictions == labels
+    if mask is not None:
+        correct = correct[mask]
+    return float(correct.float().mean())

@@ -1,0 +1,172 @@
+"""The evaluation of a network of trained nodes: classifiers on frozen features and the paper's structure claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from semdl.data import Dataset
+from semdl.eval.classifiers import (
+    accuracy,
+    knn_predict,
+    linear_probe_predict,
+    nearest_subspace_predict,
+    semantic_subspace_predict,
+    subspaces_from_features,
+)
+from semdl.eval.diagnostics import (
+    class_spectra,
+    class_subspace_angles,
+    cross_node_accuracy,
+    cross_node_angles,
+    effective_rank,
+    similarity_matrix,
+)
+from semdl.eval.features import encode
+from semdl.eval.plots import plot_class_spectra, plot_cross_node_accuracy, plot_similarity_heatmap
+from semdl.network import Node
+from semdl.objectives import rate_reduction
+
+
+def _rates(features: Tensor, labels: Tensor, num_classes: int, eps_sq: float) -> dict:
+    dR, R, Rc = rate_reduction(features, labels, num_classes, eps_sq)
+    return {"R": float(R), "Rc": float(Rc), "dR": float(dR)}
+
+
+def _masked_mean(matrices: Tensor, mask: Tensor) -> float:
+    """Mean of the entries selected by `mask`, or nan when nothing is selected."""
+    return float(matrices[mask].mean()) if bool(mask.any()) else float("nan")
+
+
+@torch.no_grad()
+def node_features(nodes: list[Node], dataset: Dataset) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Each node's features of its own training samples (and their labels), and of the whole test set (N, n, d)."""
+    train_features = [encode(node.encoder, node.inputs[node.indices], node.pipeline) for node in nodes]
+    train_labels = [node.labels[node.indices] for node in nodes]
+    test_features = torch.stack([encode(node.encoder, dataset.test_x, node.pipeline) for node in nodes])
+    return train_features, train_labels, test_features
+
+
+def n_components_of(cfg: DictConfig, dim_z: int) -> int:
+    return cfg.n_components if cfg.n_components is not None else min(30, dim_z)
+
+
+@torch.no_grad()
+def classify(
+    nodes: list[Node],
+    features: tuple[list[Tensor], list[Tensor], Tensor],
+    test_labels: Tensor,
+    num_classes: int,
+    cfg: DictConfig,
+    n_components: int,
+) -> dict:
+    """Test accuracy of every node and classifier, on all classes and on the classes the node holds."""
+    train_features, train_labels, test_features = features
+    statistics = torch.stack([node.statistics for node in nodes])
+    shared_counts = torch.stack([node.counts * node.responsible for node in nodes])
+    results: dict = {name: {"per_node": [], "own_classes": []} for name in cfg.classifiers}
+    for node, reference, reference_labels, queries in zip(nodes, train_features, train_labels, test_features):
+        predictions = {
+            "knn": lambda: knn_predict(reference, reference_labels, queries, num_classes, cfg.knn_k),
+            "nearest_subspace": lambda: nearest_subspace_predict(
+                queries, subspaces_from_features(reference, reference_labels, num_classes, n_components)
+            ),
+            "semantic_subspace": lambda: semantic_subspace_predict(queries, statistics, shared_counts, n_components),
+            "linear_probe": lambda: linear_probe_predict(
+                reference, reference_labels, queries, num_classes, cfg.probe_epochs, seed=node.index
+            ),
+        }
+        own_classes = (torch.bincount(reference_labels, minlength=num_classes) > 0)[test_labels]
+        for name in cfg.classifiers:
+            predicted = predictions[name]()
+            results[name]["per_node"].append(accuracy(predicted, test_labels))
+            results[name]["own_classes"].append(accuracy(predicted, test_labels, own_classes))
+    for result in results.values():
+        result["mean"] = sum(result["per_node"]) / len(nodes)
+        result["own_classes_mean"] = sum(result["own_classes"]) / len(nodes)
+    return results
+
+
+def evaluate_accuracy(nodes: list[Node], dataset: Dataset, cfg: DictConfig, dim_z: int) -> dict:
+    """Only the classifiers: the periodic evaluation during training."""
+    features = node_features(nodes, dataset)
+    return classify(nodes, features, dataset.test_y, dataset.num_classes, cfg, n_components_of(cfg, dim_z))
+
+
+@torch.no_grad()
+def evaluate_network(
+    nodes: list[Node], dataset: Dataset, cfg: DictConfig, dim_z: int, eps_sq: float, figures: Path | None
+) -> dict:
+    """Every number of eval.json: accuracies, rates of train and test features, diversity, discriminability and
+    cross-node consistency of the class subspaces; draws the figures into `figures` when given."""
+    num_classes = dataset.num_classes
+    n_components = n_components_of(cfg, dim_z)
+    features = node_features(nodes, dataset)
+    accuracies = classify(nodes, features, dataset.test_y, num_classes, cfg, n_components)
+    train_features, train_labels, test_features = features
+    held = torch.stack([torch.bincount(labels, minlength=num_classes) > 0 for labels in train_labels])
+    spectra = torch.stack([class_spectra(f, y, num_classes) for f, y in zip(train_features, train_labels)])
+    ranks = effective_rank(spectra)
+    # Angles between subspaces padded with noise directions read near 90 degrees whatever the structure, so the
+    # structure diagnostics use the typical class dimension (median effective rank) rather than n_components.
+    subspace_rank = max(1, min(n_components, round(float(ranks[held].median()))))
+    bases = torch.stack(
+        [subspaces_from_features(f, y, num_classes, subspace_rank) for f, y in zip(train_features, train_labels)]
+    )
+    class_angles = torch.stack([class_subspace_angles(basis) for basis in bases])
+    node_angles = cross_node_angles(bases)
+    cross_accuracy = cross_node_accuracy(bases, test_features, dataset.test_y, allowed=held)
+
+    pair_held = (
+        held.T[:, :, None] & held.T[:, None, :] & ~torch.eye(len(nodes), dtype=torch.bool, device=held.device)[None]
+    )
+    class_pairs = (
+        held[:, :, None] & held[:, None, :] & ~torch.eye(num_classes, dtype=torch.bool, device=held.device)[None]
+    )
+    pooled_train = torch.cat(train_features)
+    pooled_train_labels = torch.cat(train_labels)
+    evaluation = {
+        "classifiers": accuracies,
+        "n_components": n_components,
+        "subspace_rank": subspace_rank,
+        "rates": {
+            "per_node": [
+                {
+                    "train": _rates(f, y, num_classes, eps_sq),
+                    "test": _rates(test, dataset.test_y, num_classes, eps_sq),
+                }
+                for f, y, test in zip(train_features, train_labels, test_features)
+            ],
+            "pooled": {
+                "train": _rates(pooled_train, pooled_train_labels, num_classes, eps_sq),
+                "test": _rates(
+                    test_features.reshape(-1, dim_z), dataset.test_y.repeat(len(nodes)), num_classes, eps_sq
+                ),
+            },
+        },
+        "diversity": {
+            "effective_rank": ranks.tolist(),
+            "mean_effective_rank": _masked_mean(ranks, held),
+            "spectra": spectra.tolist(),
+        },
+        "discriminability": {
+            "class_angles": class_angles.tolist(),
+            "mean_class_angle": _masked_mean(class_angles, class_pairs),
+        },
+        "consistency": {
+            "cross_node_angles": node_angles.tolist(),
+            "mean_cross_node_angle": _masked_mean(node_angles, pair_held),
+            "cross_node_accuracy": cross_accuracy.tolist(),
+        },
+        "test_samples": len(dataset.test_y),
+    }
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+        similarity, sorted_labels = similarity_matrix(pooled_train, pooled_train_labels, cfg.heatmap_per_class)
+        plot_similarity_heatmap(similarity, sorted_labels, figures / "similarity.png")
+        plot_class_spectra(class_spectra(pooled_train, pooled_train_labels, num_classes), figures / "spectra.png")
+        plot_cross_node_accuracy(cross_accuracy, figures / "cross_node_accuracy.png")
+    return evaluation
