@@ -72,6 +72,7 @@ class SolverConfig:
     min_class_samples: int = 1  # cluster_bcd: node i is responsible for class k when it holds this many samples
     clusters: Optional[List[List[int]]] = None  # cluster_bcd: explicit clusters (lists of nodes); null = automatic
     consensus: str = "holders"  # cluster_bcd: consensus among all holders of a class, or only along topology edges
+    aggregation: str = "server"  # fedavg_*: average weights over all nodes (server) or topology neighbours (gossip)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class EvalConfig:
     classifiers: List[str] = field(
         default_factory=lambda: ["knn", "nearest_subspace", "semantic_subspace", "linear_probe"]
     )
-    n_components: Optional[int] = None  # dimension of class subspaces (null: min(30, dim_z))
+    n_components: Optional[int] = None  # dimension of class subspaces (null: dim_z // classes, at most 30)
     probe_epochs: int = 100  # linear probe: full-batch optimisation steps
     heatmap_per_class: int = 50  # similarity heatmap: samples per class
 
@@ -118,7 +119,9 @@ AUGMENTATIONS = ("none", "crop_flip")
 PARTITIONS = ("iid", "dirichlet", "dirichlet_client", "label_split", "table")
 ENCODERS = ("mlp", "cnn_mnist", "lenet", "resnet18", "resnet34", "vgg11", "vgg16")
 TOPOLOGIES = ("ring", "complete", "star", "erdos_renyi", "paper10", "paper5", "file")
-SOLVERS = ("primal_dual", "cluster_bcd", "local")
+SOLVERS = ("primal_dual", "cluster_bcd", "local", "centralized", "fedavg_mcr2", "fedavg_ce")
+WEIGHT_AVERAGING = ("fedavg_mcr2", "fedavg_ce")
+AGGREGATIONS = ("server", "gossip")
 CONSENSUS_GRAPHS = ("holders", "topology")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -232,6 +235,12 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("solver.gamma1 and solver.gamma2 must be >= 0")
     _at_least("solver.min_class_samples", cfg.solver.min_class_samples, 1)
     _choice("solver.consensus", cfg.solver.consensus, CONSENSUS_GRAPHS)
+    _choice("solver.aggregation", cfg.solver.aggregation, AGGREGATIONS)
+    if cfg.solver.name in WEIGHT_AVERAGING and cfg.model.per_node is not None and len(set(cfg.model.per_node)) > 1:
+        raise UserError(
+            f"solver={cfg.solver.name} averages weights, so every node needs the same architecture; "
+            f"model.per_node mixes {', '.join(sorted(set(cfg.model.per_node)))}"
+        )
 
     _at_least("train.rounds", cfg.train.rounds, 1)
     _at_least("train.local_epochs", cfg.train.local_epochs, 1)

@@ -7,6 +7,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_op
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
 from semdl.solvers import ClusterPlan, PrimalDualSettings, cluster_bcd_round, local_round, primal_dual_round
+from semdl.solvers.fedavg import build_federation, fedavg_round
 from semdl.solvers.common import NodeWork
 
 log = logging.getLogger("semdl")
@@ -219,6 +221,8 @@ def plan_communication(
     cfg: DictConfig, counts: np.ndarray, topology: Topology, run_dir: Path
 ) -> tuple[np.ndarray, list[list[int]], ClusterPlan | None]:
     """Who is responsible for which classes, who exchanges with whom, and (cluster_bcd) the clusters."""
+    if cfg.solver.name == "centralized":
+        return np.ones((1, counts.shape[1]), dtype=bool), [[]], None
     if cfg.solver.name != "cluster_bcd":
         proportions = counts / counts.sum(1, keepdims=True)
         global_mix = counts.sum(0) / counts.sum()
@@ -262,6 +266,29 @@ def plan_communication(
     return responsible, neighbors, plan
 
 
+STATISTICS_SHARING = ("primal_dual", "cluster_bcd")
+
+
+def round_function(
+    cfg: DictConfig,
+    nodes: list[Node],
+    communicator: InProcessCommunicator,
+    neighbors: list[list[int]],
+    plan: ClusterPlan | None,
+    settings: PrimalDualSettings,
+) -> Callable[[list[Inbox]], tuple[list[NodeWork], list[Inbox]]]:
+    """The configured solver's round, as a function of the inboxes."""
+    name = cfg.solver.name
+    if name == "primal_dual":
+        return lambda inboxes: primal_dual_round(nodes, communicator, inboxes, settings)
+    if name == "cluster_bcd":
+        return lambda inboxes: cluster_bcd_round(nodes, communicator, inboxes, plan, settings)
+    if name in ("local", "centralized"):
+        return lambda inboxes: local_round(nodes, communicator, settings)
+    federation = build_federation(nodes, neighbors, cfg.solver.aggregation, name == "fedavg_ce", cfg.train.lr)
+    return lambda inboxes: fedavg_round(nodes, communicator, federation, settings)
+
+
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured experiment, writing everything into `run_dir`; return the summary."""
     started = time.perf_counter()
@@ -273,6 +300,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
 
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
     dataset, parts, counts = partition_dataset(cfg, run_dir)
+    if cfg.solver.name == "centralized":
+        parts = [np.sort(np.concatenate(parts))]
     responsible, neighbors, plan = plan_communication(cfg, counts, topology, run_dir)
     dataset = dataset.to(device)
     nodes = build_nodes(cfg, dataset, parts, responsible, device)
@@ -310,8 +339,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     for node in nodes:
         node.refresh_statistics()
     inboxes = communicator.exchange(
-        [node.statistics for node in nodes], [node.counts for node in nodes], record=cfg.solver.name != "local"
+        [node.statistics for node in nodes],
+        [node.counts for node in nodes],
+        record=cfg.solver.name in STATISTICS_SHARING,
     )
+    run_round = round_function(cfg, nodes, communicator, neighbors, plan, settings)
 
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     network_rows = []
@@ -321,12 +353,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         for round_index in progress:
             round_start = time.perf_counter()
             bytes_before = list(communicator.bytes_sent)
-            if cfg.solver.name == "primal_dual":
-                work, inboxes = primal_dual_round(nodes, communicator, inboxes, settings)
-            elif cfg.solver.name == "cluster_bcd":
-                work, inboxes = cluster_bcd_round(nodes, communicator, inboxes, plan, settings)
-            else:
-                work, inboxes = local_round(nodes, communicator, settings)
+            work, inboxes = run_round(inboxes)
             bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
             rows = round_rows(
                 round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg, plan

@@ -50,8 +50,11 @@ def node_features(nodes: list[Node], dataset: Dataset) -> tuple[list[Tensor], li
     return train_features, train_labels, test_features
 
 
-def n_components_of(cfg: DictConfig, dim_z: int) -> int:
-    return cfg.n_components if cfg.n_components is not None else min(30, dim_z)
+def n_components_of(cfg: DictConfig, dim_z: int, num_classes: int) -> int:
+    """eval.n_components, or by default d / K (the share of the feature space each class gets when classes are
+    orthogonal, as MCR² arranges them), at most 30: a class subspace as large as the feature space explains
+    every feature equally well and cannot classify."""
+    return cfg.n_components if cfg.n_components is not None else max(1, min(30, dim_z // num_classes))
 
 
 @torch.no_grad()
@@ -93,7 +96,9 @@ def classify(
 def evaluate_accuracy(nodes: list[Node], dataset: Dataset, cfg: DictConfig, dim_z: int) -> dict:
     """Only the classifiers: the periodic evaluation during training."""
     features = node_features(nodes, dataset)
-    return classify(nodes, features, dataset.test_y, dataset.num_classes, cfg, n_components_of(cfg, dim_z))
+    return classify(
+        nodes, features, dataset.test_y, dataset.num_classes, cfg, n_components_of(cfg, dim_z, dataset.num_classes)
+    )
 
 
 @torch.no_grad()
@@ -103,7 +108,7 @@ def evaluate_network(
     """Every number of eval.json: accuracies, rates of train and test features, diversity, discriminability and
     cross-node consistency of the class subspaces; draws the figures into `figures` when given."""
     num_classes = dataset.num_classes
-    n_components = n_components_of(cfg, dim_z)
+    n_components = n_components_of(cfg, dim_z, num_classes)
     features = node_features(nodes, dataset)
     accuracies = classify(nodes, features, dataset.test_y, num_classes, cfg, n_components)
     train_features, train_labels, test_features = features

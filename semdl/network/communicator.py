@@ -53,4 +53,8 @@ class InProcessCommunicator:
 
     def record_push(self, sender: int, receivers: int, classes: int, dim: int) -> None:
         """Count a push of `classes` classes of statistics from `sender` to `receivers` other nodes."""
-        self.bytes_sent[sender] += receivers * classes * (dim * dim + 1) * BYTES_PER_VALUE
+        self.record_bytes(sender, receivers * classes * (dim * dim + 1) * BYTES_PER_VALUE)
+
+    def record_bytes(self, sender: int, num_bytes: int) -> None:
+        """Count bytes a node sends outside the statistics exchange (in-cluster pushes, weights)."""
+        self.bytes_sent[sender] += num_bytes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -38,19 +38,27 @@ def timed(device: torch.device) -> Iterator[Clock]:
 
 
 def optimise_locally(
-    node: Node, local_epochs: int, batch_size: int, batch_loss: Callable[[Tensor, Tensor], Tensor]
+    node: Node,
+    local_epochs: int,
+    batch_size: int,
+    batch_loss: Callable[[Tensor, Tensor], Tensor],
+    extra_optimizers: Sequence[torch.optim.Optimizer] = (),
 ) -> Tensor:
     """`local_epochs` shuffled passes over the node's training samples, one optimizer step on
-    batch_loss(features, labels) per mini-batch; returns the mean loss (a device scalar, no synchronisation)."""
+    batch_loss(features, labels) per mini-batch (also of `extra_optimizers`, for parameters the loss adds, such
+    as a classification head); returns the mean loss (a device scalar, no synchronisation)."""
+    optimizers = [node.optimizer, *extra_optimizers]
     node.encoder.train()
     total_loss = torch.zeros((), device=node.statistics.device)
     steps = 0
     for _ in range(local_epochs):
         for batch in node.minibatches(batch_size):
             loss = batch_loss(node.encoder(node.training_inputs(batch)), node.labels[batch])
-            node.optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            node.optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             total_loss += loss.detach()
             steps += 1
     return total_loss / steps

@@ -1,0 +1,94 @@
+"""Baselines: centralized (upper bound), local (lower bound), and the weight-averaging fedavg_mcr2 / fedavg_ce."""
+
+import pytest
+import torch
+
+from semdl.errors import UserError
+from semdl.experiment import run_experiment
+from semdl.io import read_metrics
+from semdl.solvers.fedavg import average_modules, mixing_matrix
+
+ROUNDS = 8
+TRAINING = [
+    f"train.rounds={ROUNDS}",
+    "train.local_epochs=4",
+    "train.batch_size=30",
+    "train.lr=0.01",
+    "nodes=4",
+    "eval.classifiers=[knn,semantic_subspace]",
+]
+# mlp 24 -> [64] -> 16 as float32: Linear(24, 64, no bias), BatchNorm1d(64) weights and running statistics,
+# Linear(64, 16) with bias; the CE head is Linear(16, 4) with bias.
+ENCODER_BYTES = 4 * (24 * 64 + 4 * 64 + 64 * 16 + 16)
+HEAD_BYTES = 4 * (16 * 4 + 4)
+
+
+def run(tmp_path, config, solver, *extra):
+    summary = run_experiment(config(*TRAINING, f"solver={solver}", *extra), tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    return (
+        summary,
+        [row for row in rows if row["node"] == "network"],
+        [row for row in rows if isinstance(row["node"], int)],
+    )
+
+
+@pytest.mark.parametrize("solver", ["centralized", "local", "fedavg_mcr2", "fedavg_ce"])
+def test_every_baseline_learns(tmp_path, small_synthetic_config, solver):
+    summary, _, _ = run(tmp_path, small_synthetic_config, solver)
+    assert summary["accuracy"]["knn"]["mean"] > 0.8  # 4 classes: chance is 0.25
+    assert len(summary["nodes"]) == (1 if solver == "centralized" else 4)
+
+
+def test_centralized_beats_local_on_a_non_iid_split(tmp_path, small_synthetic_config):
+    split = ["partition=label_split", "partition.classes_per_node=2"]
+    _, centralized, _ = run(tmp_path / "centralized", small_synthetic_config, "centralized", *split)
+    _, local, _ = run(tmp_path / "local", small_synthetic_config, "local", *split)
+    assert centralized[-1]["dR"] > local[-1]["dR"] + 1.0
+
+
+@pytest.mark.parametrize(
+    "solver, aggregation, per_node_bytes",
+    [
+        ("fedavg_mcr2", "server", [ENCODER_BYTES] * 4),
+        ("fedavg_ce", "server", [ENCODER_BYTES + HEAD_BYTES] * 4),
+        ("fedavg_mcr2", "gossip", [2 * ENCODER_BYTES, 3 * ENCODER_BYTES, 1 * ENCODER_BYTES, 2 * ENCODER_BYTES]),
+        ("local", "server", [0] * 4),
+    ],
+)
+def test_bytes_sent_equal_their_closed_form(tmp_path, small_synthetic_config, solver, aggregation, per_node_bytes):
+    topology = ["topology=file", f"topology.path={tmp_path / 'graph.txt'}"]
+    (tmp_path / "graph.txt").write_text("0 1 0 1\n1 0 1 1\n0 1 0 0\n1 1 0 0\n")
+    summary, network, nodes = run(
+        tmp_path / "run", small_synthetic_config, solver, f"solver.aggregation={aggregation}", *topology
+    )
+    assert [row["bytes_sent"] for row in nodes if row["round"] == ROUNDS] == per_node_bytes
+    assert summary["total_bytes_sent"] == ROUNDS * sum(per_node_bytes)
+    assert summary["nodes"][0]["weight_bytes"] == 4 * (24 * 64 + 2 * 64 + 64 * 16 + 16)  # parameters only
+
+
+def test_mixing_matrix_is_count_weighted_and_follows_the_topology():
+    neighbors = [[1], [0, 2], [1]]
+    server = mixing_matrix(neighbors, [10, 30, 60], "server", torch.device("cpu"))
+    assert torch.allclose(server, torch.tensor([[0.1, 0.3, 0.6]] * 3))
+    gossip = mixing_matrix(neighbors, [10, 30, 60], "gossip", torch.device("cpu"))
+    assert torch.allclose(gossip, torch.tensor([[0.25, 0.75, 0.0], [0.1, 0.3, 0.6], [0.0, 1 / 3, 2 / 3]]))
+
+
+def test_averaging_mixes_parameters_and_batch_norm_statistics():
+    modules = [torch.nn.BatchNorm1d(2) for _ in range(2)]
+    for value, module in zip((1.0, 3.0), modules):
+        torch.nn.init.constant_(module.weight, value)
+        module.running_mean.fill_(value)
+    average_modules(modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
+    assert modules[0].weight.tolist() == [2.0, 2.0] and modules[1].running_mean.tolist() == [2.5, 2.5]
+    assert int(modules[0].num_batches_tracked) == 0
+
+
+def test_weight_averaging_needs_one_architecture(tmp_path, small_synthetic_config):
+    with pytest.raises(
+        UserError, match="solver=fedavg_mcr2 averages weights, so every node needs the same architecture"
+    ):
+        small_synthetic_config(
+            "nodes=2", "data.shape=[1,8,8]", "data.ambient_dim=64", "model.per_node=[mlp,lenet]", "solver=fedavg_mcr2"
+        )
