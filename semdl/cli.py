@@ -25,6 +25,7 @@ COMMANDS = {
     "train": "run one experiment, or a sweep with -m (Hydra overrides follow)",
     "partition": "print the node x class count table and save partition.json and its figure, without training",
     "eval": "evaluate a finished run again: semdl eval <run_dir> [eval.key=value ...]",
+    "table": "tabulate runs and sweeps, mean ± std over seeds: semdl table <dir>... [--rows K,..] [--columns K,..]",
 }
 
 register_schema()
@@ -165,6 +166,29 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     job()
 
 
+def table(arguments: list[str]) -> None:
+    import argparse
+
+    from semdl.io.table import table_command
+
+    parser = argparse.ArgumentParser(
+        prog="semdl table",
+        description="Group runs that differ only in seed and print mean ± std (n seeds) of their headline metrics "
+        "as a Markdown table; the same table is written as CSV.",
+    )
+    parser.add_argument("paths", nargs="+", help="run directories or folders holding them (sweeps)")
+    parser.add_argument("--rows", default="solver.name", help="comma-separated config keys for the rows")
+    parser.add_argument("--columns", default="", help="comma-separated config keys for the columns (then --metric)")
+    parser.add_argument("--metric", default="acc.knn", help="the metric shown in each cell when --columns is set")
+    parser.add_argument("--csv", default=None, help="where to write the CSV (default: table.csv here)")
+    parsed = parser.parse_args(arguments)
+    split = lambda text: [key for key in text.split(",") if key]  # noqa: E731
+    try:
+        print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), parsed.metric, parsed.csv))
+    except UserError as error:
+        fail(str(error))
+
+
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     if not CONF_DIR.is_dir():
@@ -179,5 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         run_hydra_command(command, partition_job, rest)
     elif command == "eval":
         evaluate_run(rest)
+    elif command == "table":
+        table(rest)
     else:
         fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (see semdl --help)")

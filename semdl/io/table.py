@@ -1,0 +1,240 @@
+"""`semdl table`: the headline metrics of finished runs, mean ± std over seeds, as Markdown and CSV.
+
+Runs whose configs differ only in `seed` form one group. Every cell is the mean, the sample standard deviation
+(ddof=1) and the number n of runs of its group. With one run the standard deviation is undefined: the CSV holds
+`nan` and the Markdown shows the mean and `(n=1)` without `±`. A cell no run has a value for is `-` in the Markdown
+and empty in the CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from semdl.errors import UserError
+from semdl.io.files import _replace_atomically, read_metrics
+
+SEED_KEY = "seed"
+# What reading a foreign or damaged run directory can raise.
+UNREADABLE = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    ZeroDivisionError,
+    yaml.YAMLError,
+    OmegaConfBaseException,
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (nan when n == 1) and count of one metric over the seeds of a group."""
+
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass
+class Table:
+    """Rows keyed by the values of `row_keys`, in order; `cells[row][header]` is a Stat, or None where no run has it."""
+
+    row_keys: list[str]
+    headers: list[str]
+    cells: dict[tuple, dict[str, Stat | None]]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Every run directory (holding summary.json and .hydra/config.yaml) under `paths`, sorted, without repeats."""
+    runs: set[Path] = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path} does not exist")
+        found = {
+            summary.parent.resolve()
+            for summary in path.rglob("summary.json")
+            if (summary.parent / ".hydra" / "config.yaml").is_file()
+        }
+        if not found:
+            raise UserError(f"no run directory (summary.json with .hydra/config.yaml) under {path}")
+        runs |= found
+    return sorted(runs)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys; lists become tuples so that values can be compared and hashed."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: _hashable(value)}
+
+
+def _hashable(value: Any) -> Any:
+    """Lists (also nested) as tuples."""
+    return tuple(_hashable(item) for item in value) if isinstance(value, list) else value
+
+
+def _number(value: Any) -> float:
+    """A summary number as float; null (a non-finite value written by write_json) becomes nan."""
+    return math.nan if value is None else float(value)
+
+
+def load_run_record(run_dir: Path) -> dict:
+    """{"path", "config": flattened .hydra/config.yaml, "metrics": headline numbers} of one run directory."""
+    run_dir = Path(run_dir)
+    try:
+        config = _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True))
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        network = [row for row in read_metrics(run_dir / "metrics.jsonl") if row.get("node") == "network"]
+        metrics = {f"acc.{name}": _number(result["mean"]) for name, result in summary["accuracy"].items()}
+        metrics["network_dR"] = _number(summary["network_dR"])
+        metrics["consensus_residual"] = _number(summary["consensus_residual"])
+        num_nodes = len(summary["nodes"])
+    except UNREADABLE as error:
+        raise UserError(f"{run_dir} is not a readable semdl run ({type(error).__name__}: {error})") from None
+    if not network:
+        raise UserError(f"{run_dir} is not a readable semdl run (metrics.jsonl has no network rows)")
+    # Per round from the round rows, so the exchange before round 1 does not inflate short runs.
+    metrics["MB/node/round"] = float(np.mean([row["bytes_sent"] for row in network])) / 1e6 / num_nodes
+    metrics["s/round"] = float(np.mean([row["seconds"] for row in network]))
+    return {"path": run_dir, "config": config, "metrics": metrics}
+
+
+def _label(value: Any) -> str:
+    """A config value as text: lists in brackets, None as null."""
+    if isinstance(value, tuple):
+        return "[" + ",".join(_label(item) for item in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def _sort_key(values: tuple) -> tuple:
+    """Numbers numerically, anything else by its text."""
+    return tuple(
+        (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, _label(value))
+        for value in values
+    )
+
+
+def _check_keys(records: list[dict], keys: list[str], option: str) -> None:
+    """Every key must be in some run's config; else a UserError listing the keys there are."""
+    available = sorted({key for record in records for key in record["config"]})
+    unknown = [key for key in keys if key not in available]
+    if unknown:
+        raise UserError(f"unknown {option} key {', '.join(unknown)}; available: {', '.join(available)}")
+
+
+def _cell(group: list[dict], name: str) -> Stat | None:
+    """Mean, sample std and count of metric `name` over the runs of `group` that have it; None if none has."""
+    values = [record["metrics"][name] for record in group if name in record["metrics"]]
+    if not values:
+        return None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return Stat(float(np.mean(values)), std, len(values))
+
+
+def _check_one_group(records: list[dict], keys: list[str]) -> None:
+    """The runs of one cell must differ only in seed and the row and column keys; two with one seed are an error."""
+    ignored = {SEED_KEY, *keys}
+    first = records[0]["config"]
+    for record in records[1:]:
+        other = record["config"]
+        differing = sorted(
+            key for key in first.keys() | other.keys() if key not in ignored and first.get(key) != other.get(key)
+        )
+        if differing:
+            raise UserError(
+                f"runs {records[0]['path']} and {record['path']} fall into one cell but differ in "
+                f"{', '.join(differing)}; add {'it' if len(differing) == 1 else 'them'} to the rows or columns"
+            )
+    seeds = [record["config"].get(SEED_KEY) for record in records]
+    repeated = next((seed for seed in seeds if seeds.count(seed) > 1), None)
+    if repeated is not None:
+        twins = [str(record["path"]) for record in records if record["config"].get(SEED_KEY) == repeated]
+        raise UserError(f"runs {' and '.join(twins)} have the same config and seed {repeated}; pass only one")
+
+
+def build_table(records: list[dict], rows: list[str], columns: list[str], metric: str = "acc.knn") -> Table:
+    """Group runs by the values of `rows` (and `columns`); cells are the metrics, or `metric` per column value."""
+    _check_keys(records, rows, "row")
+    _check_keys(records, columns, "column")
+    metric_names = list(dict.fromkeys(name for record in records for name in record["metrics"]))
+    if columns and metric not in metric_names:
+        raise UserError(f"unknown metric {metric}; available: {', '.join(metric_names)}")
+    cells: dict[tuple, dict[tuple, list[dict]]] = {}
+    for record in records:
+        row = tuple(record["config"].get(key) for key in rows)
+        column = tuple(record["config"].get(key) for key in columns)
+        cells.setdefault(row, {}).setdefault(column, []).append(record)
+    for by_column in cells.values():
+        for group in by_column.values():
+            _check_one_group(group, rows + columns)
+    if columns:
+        column_values = sorted({column for by_column in cells.values() for column in by_column}, key=_sort_key)
+        labels = {
+            column: f"{metric} @ " + ", ".join(f"{key}={_label(value)}" for key, value in zip(columns, column))
+            for column in column_values
+        }
+        stats = {
+            row: {labels[column]: _cell(group, metric) for column, group in by_column.items()}
+            for row, by_column in cells.items()
+        }
+        headers = list(labels.values())
+    else:
+        stats = {row: {name: _cell(by_column[()], name) for name in metric_names} for row, by_column in cells.items()}
+        headers = metric_names
+    return Table(list(rows), headers, dict(sorted(stats.items(), key=lambda item: _sort_key(item[0]))))
+
+
+def _format_stat(stat: Stat | None) -> str:
+    """A Markdown cell: '-' for no value, no '± std' for one run."""
+    if stat is None:
+        return "-"
+    if stat.n == 1:
+        return f"{stat.mean:.4g} (n=1)"
+    return f"{stat.mean:.4g} ± {stat.std:.4g} (n={stat.n})"
+
+
+def format_markdown(table: Table) -> str:
+    """The table as Markdown, cells "mean ± std (n=N)" with 4 significant digits."""
+    header = [*table.row_keys, *table.headers]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, stats in table.cells.items():
+        cells = [*map(_label, row), *(_format_stat(stats.get(name)) for name in table.headers)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(table: Table, path: Path) -> None:
+    """The table as CSV (mean, std and n columns per header, full precision), written via a temporary file."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([*table.row_keys, *(f"{name} {part}" for name in table.headers for part in ("mean", "std", "n"))])
+    for row, stats in table.cells.items():
+        values = [*map(_label, row)]
+        for name in table.headers:
+            stat = stats.get(name)
+            values += ["", "", ""] if stat is None else [repr(stat.mean), repr(stat.std), str(stat.n)]
+        writer.writerow(values)
+    _replace_atomically(Path(path), lambda handle: handle.write(text.getvalue().encode()))
+
+
+def table_command(paths: list[str], rows: list[str], columns: list[str], metric: str, csv_path: str | None) -> str:
+    """Tabulate the runs under `paths`, write the CSV to `csv_path` (None: table.csv in the current directory), return the Markdown."""
+    records = [load_run_record(run_dir) for run_dir in find_runs([Path(path) for path in paths])]
+    table = build_table(records, rows or ["solver.name"], columns, metric)
+    write_csv(table, Path(csv_path) if csv_path is not None else Path("table.csv"))
+    return format_markdown(table)
