@@ -233,7 +233,8 @@ def write_csv(table: Table, path: Path) -> None:
 
 
 def table_command(paths: list[str], rows: list[str], columns: list[str], metric: str, csv_path: str | None) -> str:
-    """Tabulate the runs under `paths`, write the CSV to `csv_path` (None: table.csv in the current directory), return the Markdown."""
+    """Tabulate the runs under `paths`, write the CSV to `csv_path` (None: table.csv in the current directory)
+    and return the Markdown."""
     records = [load_run_record(run_dir) for run_dir in find_runs([Path(path) for path in paths])]
     table = build_table(records, rows or ["solver.name"], columns, metric)
     write_csv(table, Path(csv_path) if csv_path is not None else Path("table.csv"))
