@@ -81,7 +81,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     assert train.returncode == 0
     for text in [
         "data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic",
-        "solver: cluster_bcd, local, primal_dual",
+        "solver: centralized, cluster_bcd, fedavg_ce, fedavg_mcr2, local, primal_dual",
         "erdos_renyi",
         "eps_sq",
         "semdl train -m",
