@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from semdl.network import InProcessCommunicator, Inbox, Node
-from semdl.objectives import rate_reduction
 from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.solvers.local import local_rate_reduction_training
 from semdl.solvers.primal_dual import PrimalDualSettings
 
 
@@ -86,16 +86,7 @@ def fedavg_round(
     for index, node in enumerate(nodes):
         with timed(node.statistics.device) as clock:
             if federation.heads is None:
-                loss = optimise_locally(
-                    node,
-                    settings.local_epochs,
-                    settings.batch_size,
-                    lambda features, labels: (
-                        -rate_reduction(
-                            features, labels, settings.num_classes, settings.eps_sq, settings.gamma1, settings.gamma2
-                        )[0]
-                    ),
-                )
+                loss = local_rate_reduction_training(node, settings)
             else:
                 head = federation.heads[index]
                 loss = optimise_locally(
