@@ -2,28 +2,60 @@
 
     python scripts/bench.py objective [--device cpu|cuda] [--threads 2] [--m 1000] [--d 128]
                                       [--classes 10 100] [--neighbors 5] [--repeats N] [--json PATH]
+    python scripts/bench.py round [OVERRIDE ...] [--device auto|cpu|cuda] [--rounds N] [--warmup N] [--json PATH]
+    python scripts/bench.py scaling [--device auto|cpu|cuda] [--nodes 2 4 8 16 32 64] [--per-node-per-class 10]
+                                    [--rounds N] [--json PATH]
 
 `objective` times primal_dual_loss (forward + backward to Z) against its irreducible work: one Gram of
 the features plus one batched Cholesky of K+1 d x d matrices. Both are timed interleaved in one process,
 so machine noise shifts both medians alike and the ratio is what matters.
+
+`round` times the solver round of an experiment (Hydra overrides as for `semdl train`; default: the default
+digits experiment) against the encoder work the algorithm cannot avoid: the same mini-batches through each
+encoder (forward, trivial loss, backward, optimizer step) plus one eval-mode forward over the node's local
+data (the statistics pass). The floor trains deep copies of the encoders and optimizers, with a copy of each
+node's random stream, so the real run's state is untouched; rounds and floors are interleaved.
+
+`scaling` times the primal-dual round of N nodes of a small MLP on a ring, every node with the same local
+data, so the work grows linearly with N. Memory is the bytes of the state the network holds (encoder
+parameters, optimizer state, statistics, counts, duals), plus the peak allocated memory on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from torch import Tensor
 
+from semdl.cli import CONF_DIR
+from semdl.config import validate
+from semdl.experiment import (
+    STATISTICS_SHARING,
+    build_nodes,
+    partition_dataset,
+    plan_communication,
+    resolve_device,
+    round_function,
+)
+from semdl.network import InProcessCommunicator, Node, build_topology
+from semdl.network.node import STATISTICS_CHUNK
 from semdl.objectives import primal_dual_loss
+from semdl.solvers import PrimalDualSettings
 
 RHO = 5.0
 EPS_SQ = 0.5
@@ -151,6 +183,204 @@ def run_objective(args: argparse.Namespace) -> int:
     return 0
 
 
+def cuda_missing(device: str) -> bool:
+    """Print the one-line error and return True when CUDA is asked for but absent."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench.py: error: --device cuda but CUDA is not available; use --device cpu", file=sys.stderr)
+        return True
+    return False
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The experiment's config as `semdl train` would compose it, validated."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
+        cfg = compose(config_name="config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def build_network(cfg: DictConfig) -> tuple[list[Node], PrimalDualSettings, Callable[[], None]]:
+    """Nodes, solver settings and a one-round step, built as semdl.experiment.run_experiment builds them."""
+    device = resolve_device(cfg.device)
+    topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+    with tempfile.TemporaryDirectory() as run_dir:
+        dataset, parts, counts = partition_dataset(cfg, Path(run_dir))
+        if cfg.solver.name == "centralized":
+            parts = [np.sort(np.concatenate(parts))]
+        responsible, neighbors, plan = plan_communication(cfg, counts, topology, Path(run_dir))
+    dataset = dataset.to(device)
+    nodes = build_nodes(cfg, dataset, parts, responsible, device)
+    communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
+    settings = PrimalDualSettings(
+        dataset.num_classes,
+        cfg.eps_sq,
+        cfg.solver.rho,
+        cfg.solver.dual_step,
+        cfg.solver.gamma1,
+        cfg.solver.gamma2,
+        cfg.train.local_epochs,
+        cfg.train.batch_size,
+    )
+    for node in nodes:
+        node.refresh_statistics()
+    inboxes = communicator.exchange(
+        [node.statistics for node in nodes],
+        [node.counts for node in nodes],
+        record=cfg.solver.name in STATISTICS_SHARING,
+    )
+    solver_round = round_function(cfg, nodes, communicator, neighbors, plan, settings)
+
+    def run_round() -> None:
+        nonlocal inboxes
+        _, inboxes = solver_round(inboxes)
+
+    return nodes, settings, run_round
+
+
+def floor_node(node: Node) -> Node:
+    """The node with deep copies of its encoder, optimizer and random stream, sharing its data."""
+    encoder, optimizer = copy.deepcopy((node.encoder, node.optimizer))
+    generator = torch.Generator(device=node.indices.device)
+    generator.set_state(node.generator.get_state())
+    return dataclasses.replace(node, encoder=encoder, optimizer=optimizer, generator=generator)
+
+
+def encoder_floor(nodes: list[Node], settings: PrimalDualSettings) -> Callable[[], None]:
+    """The encoder work of one round no algorithm avoids: training steps on a trivial loss plus the statistics pass."""
+
+    def floor() -> None:
+        for node in nodes:
+            node.encoder.train()
+            for _ in range(settings.local_epochs):
+                for batch in node.minibatches(settings.batch_size):
+                    features = node.encoder(node.training_inputs(batch))
+                    loss = features.sum() * 0 + features.pow(2).mean()
+                    node.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    node.optimizer.step()
+            node.encoder.eval()
+            with torch.no_grad():
+                for chunk in node.indices.split(STATISTICS_CHUNK):
+                    node.encoder(node.pipeline(node.inputs[chunk]))
+
+    return floor
+
+
+def timed_medians(steps: list[Callable[[], None]], warmup: int, repeats: int, device: str) -> list[float]:
+    """Median seconds of each step after `warmup` calls of each, calling the steps in turn (A, B, A, B, ...)."""
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeats):
+        for step, step_times in zip(steps, times):
+            step_times.append(time_once(step, device) / 1e3)
+    return [statistics.median(step_times) for step_times in times]
+
+
+def run_round_bench(args: argparse.Namespace) -> int:
+    """The `round` subcommand: seconds per solver round against the encoder floor, printed and optionally as JSON."""
+    if cuda_missing(args.device):
+        return 2
+    torch.set_num_threads(args.threads)
+    cfg = compose_config([*args.overrides, f"device={args.device}"])
+    device = resolve_device(cfg.device).type
+    nodes, settings, run_round = build_network(cfg)
+    floor = encoder_floor([floor_node(node) for node in nodes], settings)
+    round_s, floor_s = timed_medians([run_round, floor], args.warmup, args.rounds, device)
+    machine = machine_info(device, args.threads)
+    print(", ".join(f"{key}={value}" for key, value in machine.items()))
+    row = {
+        "overrides": " ".join(args.overrides) or "(default)",
+        "solver": cfg.solver.name,
+        "nodes": cfg.nodes,
+        "samples": sum(node.num_samples for node in nodes),
+        "round_s": round_s,
+        "floor_s": floor_s,
+        "ratio": round_s / floor_s,
+    }
+    print(f"{'overrides':<30} {'solver':<12} {'nodes':>5} {'samples':>7} {'round s':>9} {'floor s':>9} {'ratio':>6}")
+    print(
+        f"{row['overrides']:<30} {row['solver']:<12} {row['nodes']:>5} {row['samples']:>7} {round_s:>9.4f}"
+        f" {floor_s:>9.4f} {row['ratio']:>6.2f}"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": machine, "rows": [row]}, indent=2) + "\n")
+    return 0
+
+
+def state_bytes(nodes: list[Node]) -> int:
+    """Bytes of the tensors the network holds: encoder parameters and buffers, optimizer state, statistics, duals."""
+    total = 0
+    for node in nodes:
+        tensors = [*node.encoder.parameters(), *node.encoder.buffers(), node.statistics, node.counts, node.dual]
+        tensors += [
+            value for state in node.optimizer.state.values() for value in state.values() if torch.is_tensor(value)
+        ]
+        total += sum(tensor.nbytes for tensor in tensors)
+    return total
+
+
+def scaling_row(num_nodes: int, args: argparse.Namespace) -> dict[str, float | int]:
+    """Time the primal-dual round of `num_nodes` small-MLP nodes on a ring; return one table row."""
+    cfg = compose_config(
+        [
+            "data=synthetic",
+            f"data.train_per_class={num_nodes * args.per_node_per_class}",
+            "partition=iid",
+            "model=mlp",
+            "model.hidden=[64]",
+            "dim_z=32",
+            "topology=ring",
+            "solver=primal_dual",
+            f"nodes={num_nodes}",
+            f"device={args.device}",
+        ]
+    )
+    device = resolve_device(cfg.device).type
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    nodes, _, run_round = build_network(cfg)
+    (round_s,) = timed_medians([run_round], 1, args.rounds, device)
+    return {
+        "N": num_nodes,
+        "samples_per_node": sum(node.num_samples for node in nodes) // num_nodes,
+        "round_s": round_s,
+        "round_s_per_node": round_s / num_nodes,
+        "state_mb": state_bytes(nodes) / 1e6,
+        "peak_mb": torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else None,
+    }
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    """The `scaling` subcommand: one row per node count, and the growth of the round time against linear."""
+    if cuda_missing(args.device):
+        return 2
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device).type
+    machine = machine_info(device, args.threads)
+    print(", ".join(f"{key}={value}" for key, value in machine.items()))
+    print("state MB: bytes of the network's tensors (weights, optimizer state, statistics, duals); peak MB: CUDA only")
+    print(f"{'N':>4} {'per node':>8} {'s/round':>9} {'s/round/node':>13} {'state MB':>9} {'peak MB':>9}")
+    rows = []
+    for num_nodes in args.nodes:
+        row = scaling_row(num_nodes, args)
+        rows.append(row)
+        peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}"
+        print(
+            f"{row['N']:>4} {row['samples_per_node']:>8} {row['round_s']:>9.4f} {row['round_s_per_node']:>13.5f}"
+            f" {row['state_mb']:>9.2f} {peak:>9}"
+        )
+    first, last = rows[0], rows[-1]
+    growth = {"time_ratio": last["round_s"] / first["round_s"], "linear_ratio": last["N"] / first["N"]}
+    print(
+        f"time(N={last['N']}) / time(N={first['N']}) = {growth['time_ratio']:.2f}, linear: {growth['linear_ratio']:.2f}"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows, "growth": growth}, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
     objective.add_argument("--repeats", type=int, default=20, help="timed calls of each measurement")
     objective.add_argument("--json", type=Path, default=None, help="write the rows and machine info here")
     objective.set_defaults(handler=run_objective)
+    round_parser = subcommands.add_parser("round", help="seconds per solver round vs the encoder work it cannot avoid")
+    round_parser.add_argument("overrides", nargs="*", help="Hydra overrides of the experiment, as for semdl train")
+    round_parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    round_parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    round_parser.add_argument("--rounds", type=int, default=5, help="timed rounds (and floors)")
+    round_parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (and floors) first")
+    round_parser.add_argument("--json", type=Path, default=None, help="write the row and machine info here")
+    round_parser.set_defaults(handler=run_round_bench)
+    scaling = subcommands.add_parser("scaling", help="seconds per round and state size against the node count")
+    scaling.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    scaling.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    scaling.add_argument("--nodes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64], help="node counts N")
+    scaling.add_argument("--per-node-per-class", type=int, default=10, help="training samples per node and class")
+    scaling.add_argument("--rounds", type=int, default=3, help="timed rounds per node count")
+    scaling.add_argument("--json", type=Path, default=None, help="write the rows and machine info here")
+    scaling.set_defaults(handler=run_scaling)
     return parser
 
 
