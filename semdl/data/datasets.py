@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +18,38 @@ from torch import Tensor
 from semdl.errors import UserError
 
 
-@dataclass(frozen=True)
 class InputPipeline:
-    """Stored samples -> encoder inputs: x * scale, then (x - mean) / std per channel, then augmentation.
+    """Stored samples -> encoder inputs: (x * scale - mean) / std per channel, then augmentation.
 
     `mean`/`std` are None for data stored already normalised (digits, synthetic). `augment` is `none` or
-    `crop_flip` (random 4-pixel-padded crop and horizontal flip, applied to training batches only).
+    `crop_flip` (random 4-pixel-padded crop and horizontal flip, applied to training batches only). The affine
+    map is held as per-channel tensors on the data's device, so a batch costs no host-to-device copy.
     """
 
-    scale: float = 1.0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    augment: str = "none"
+    def __init__(
+        self,
+        scale: float = 1.0,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        augment: str = "none",
+        device: torch.device | str = "cpu",
+    ):
+        self.scale, self.mean, self.std, self.augment = scale, mean, std, augment
+        self.weight = self.bias = None
+        if mean is not None:
+            std_tensor = torch.tensor(std, device=device)[:, None, None]
+            self.weight = scale / std_tensor
+            self.bias = -torch.tensor(mean, device=device)[:, None, None] / std_tensor
+
+    def to(self, device: torch.device) -> "InputPipeline":
+        return InputPipeline(self.scale, self.mean, self.std, self.augment, device)
 
     def __call__(self, stored: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Prepare a batch; pass the node's generator to augment (training), none for statistics and evaluation."""
-        inputs = stored.float() * self.scale if self.scale != 1.0 else stored.float()
-        if self.mean is not None:
-            shape = (1, -1) + (1,) * (inputs.dim() - 2)
-            mean = torch.tensor(self.mean, device=inputs.device).view(shape)
-            std = torch.tensor(self.std, device=inputs.device).view(shape)
-            inputs = (inputs - mean) / std
+        if self.weight is not None:
+            inputs = torch.addcmul(self.bias, stored.float(), self.weight)
+        else:
+            inputs = stored.float() * self.scale if self.scale != 1.0 else stored.float()
         if generator is not None and self.augment == "crop_flip":
             inputs = random_crop_flip(inputs, generator)
         return inputs
@@ -69,7 +80,7 @@ class Dataset:
     test_x: Tensor
     test_y: Tensor
     num_classes: int
-    pipeline: InputPipeline = InputPipeline()
+    pipeline: InputPipeline = field(default_factory=InputPipeline)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -82,6 +93,7 @@ class Dataset:
             train_y=self.train_y.to(device),
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
+            pipeline=self.pipeline.to(device),
         )
 
 
