@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -44,18 +43,10 @@ from torch import Tensor
 
 from semdl.cli import CONF_DIR
 from semdl.config import validate
-from semdl.experiment import (
-    STATISTICS_SHARING,
-    build_nodes,
-    partition_dataset,
-    plan_communication,
-    resolve_device,
-    round_function,
-)
-from semdl.network import InProcessCommunicator, Node, build_topology
+from semdl.experiment import build_network, resolve_device
+from semdl.network import Node
 from semdl.network.node import STATISTICS_CHUNK
 from semdl.objectives import primal_dual_loss
-from semdl.solvers import PrimalDualSettings
 
 RHO = 5.0
 EPS_SQ = 0.5
@@ -199,42 +190,17 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def build_network(cfg: DictConfig) -> tuple[list[Node], PrimalDualSettings, Callable[[], None]]:
-    """Nodes, solver settings and a one-round step, built as semdl.experiment.run_experiment builds them."""
-    device = resolve_device(cfg.device)
-    topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+def round_step(cfg: DictConfig) -> tuple[list[Node], Callable[[], None]]:
+    """The network of `cfg`, built by semdl.experiment.build_network as a run builds it, and a one-round step."""
     with tempfile.TemporaryDirectory() as run_dir:
-        dataset, parts, counts = partition_dataset(cfg, Path(run_dir))
-        if cfg.solver.name == "centralized":
-            parts = [np.sort(np.concatenate(parts))]
-        responsible, neighbors, plan = plan_communication(cfg, counts, topology, Path(run_dir))
-    dataset = dataset.to(device)
-    nodes = build_nodes(cfg, dataset, parts, responsible, device)
-    communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
-    settings = PrimalDualSettings(
-        dataset.num_classes,
-        cfg.eps_sq,
-        cfg.solver.rho,
-        cfg.solver.dual_step,
-        cfg.solver.gamma1,
-        cfg.solver.gamma2,
-        cfg.train.local_epochs,
-        cfg.train.batch_size,
-    )
-    for node in nodes:
-        node.refresh_statistics()
-    inboxes = communicator.exchange(
-        [node.statistics for node in nodes],
-        [node.counts for node in nodes],
-        record=cfg.solver.name in STATISTICS_SHARING,
-    )
-    solver_round = round_function(cfg, nodes, communicator, neighbors, plan, settings)
+        network = build_network(cfg, Path(run_dir), resolve_device(cfg.device))
+    inboxes = network.inboxes
 
     def run_round() -> None:
         nonlocal inboxes
-        _, inboxes = solver_round(inboxes)
+        _, inboxes = network.run_round(inboxes)
 
-    return nodes, settings, run_round
+    return network.nodes, run_round
 
 
 def floor_node(node: Node) -> Node:
@@ -245,14 +211,14 @@ def floor_node(node: Node) -> Node:
     return dataclasses.replace(node, encoder=encoder, optimizer=optimizer, generator=generator)
 
 
-def encoder_floor(nodes: list[Node], settings: PrimalDualSettings) -> Callable[[], None]:
+def encoder_floor(nodes: list[Node], local_epochs: int, batch_size: int) -> Callable[[], None]:
     """The encoder work of one round no algorithm avoids: training steps on a trivial loss plus the statistics pass."""
 
     def floor() -> None:
         for node in nodes:
             node.encoder.train()
-            for _ in range(settings.local_epochs):
-                for batch in node.minibatches(settings.batch_size):
+            for _ in range(local_epochs):
+                for batch in node.minibatches(batch_size):
                     features = node.encoder(node.training_inputs(batch))
                     loss = features.sum() * 0 + features.pow(2).mean()
                     node.optimizer.zero_grad(set_to_none=True)
@@ -285,8 +251,8 @@ def run_round_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = compose_config([*args.overrides, f"device={args.device}"])
     device = resolve_device(cfg.device).type
-    nodes, settings, run_round = build_network(cfg)
-    floor = encoder_floor([floor_node(node) for node in nodes], settings)
+    nodes, run_round = round_step(cfg)
+    floor = encoder_floor([floor_node(node) for node in nodes], cfg.train.local_epochs, cfg.train.batch_size)
     round_s, floor_s = timed_medians([run_round, floor], args.warmup, args.rounds, device)
     machine = machine_info(device, args.threads)
     print(", ".join(f"{key}={value}" for key, value in machine.items()))
@@ -340,7 +306,7 @@ def scaling_row(num_nodes: int, args: argparse.Namespace) -> dict[str, float | i
     device = resolve_device(cfg.device).type
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    nodes, _, run_round = build_network(cfg)
+    nodes, run_round = round_step(cfg)
     (round_s,) = timed_medians([run_round], 1, args.rounds, device)
     return {
         "N": num_nodes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -289,15 +290,20 @@ def round_function(
     return lambda inboxes: fedavg_round(nodes, communicator, federation, settings)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run the configured experiment, writing everything into `run_dir`; return the summary."""
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir")
-    device = resolve_device(cfg.device)
-    torch.backends.cudnn.enabled = True
+@dataclass
+class Network:
+    """Everything a run's rounds act on, ready for round 1 (statistics of the untrained encoders exchanged)."""
 
+    dataset: Dataset
+    nodes: list[Node]
+    communicator: InProcessCommunicator
+    plan: ClusterPlan | None
+    inboxes: list[Inbox]
+    run_round: Callable[[list[Inbox]], tuple[list[NodeWork], list[Inbox]]]
+
+
+def build_network(cfg: DictConfig, run_dir: Path, device: torch.device) -> Network:
+    """Topology, dataset on the device, partition (saved in run_dir), nodes, communicator and the solver's round."""
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
     dataset, parts, counts = partition_dataset(cfg, run_dir)
     if cfg.solver.name == "centralized":
@@ -306,26 +312,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     dataset = dataset.to(device)
     nodes = build_nodes(cfg, dataset, parts, responsible, device)
     communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
-    log.info(
-        "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
-        cfg.nodes,
-        ", ".join(sorted(set(node.architecture for node in nodes))),
-        topology.name,
-        dataset.name,
-        len(dataset.train_y),
-        len(dataset.test_y),
-        dataset.num_classes,
-        device,
-    )
-    for description in node_descriptions(nodes):
-        log.info(
-            "node %d: %s, %d parameters (%.1f MB of weights); its statistics take %.2f MB per message",
-            description["node"],
-            description["architecture"],
-            description["parameters"],
-            description["weight_bytes"] / 1e6,
-            description["statistics_bytes"] / 1e6,
-        )
     settings = PrimalDualSettings(
         dataset.num_classes,
         cfg.eps_sq,
@@ -344,6 +330,41 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         record=cfg.solver.name in STATISTICS_SHARING,
     )
     run_round = round_function(cfg, nodes, communicator, neighbors, plan, settings)
+    return Network(dataset, nodes, communicator, plan, inboxes, run_round)
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run the configured experiment, writing everything into `run_dir`; return the summary."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir")
+    device = resolve_device(cfg.device)
+    torch.backends.cudnn.enabled = True
+
+    network = build_network(cfg, run_dir, device)
+    dataset, nodes, communicator, plan = network.dataset, network.nodes, network.communicator, network.plan
+    inboxes = network.inboxes
+    log.info(
+        "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
+        cfg.nodes,
+        ", ".join(sorted(set(node.architecture for node in nodes))),
+        cfg.topology.name,
+        dataset.name,
+        len(dataset.train_y),
+        len(dataset.test_y),
+        dataset.num_classes,
+        device,
+    )
+    for description in node_descriptions(nodes):
+        log.info(
+            "node %d: %s, %d parameters (%.1f MB of weights); its statistics take %.2f MB per message",
+            description["node"],
+            description["architecture"],
+            description["parameters"],
+            description["weight_bytes"] / 1e6,
+            description["statistics_bytes"] / 1e6,
+        )
 
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     network_rows = []
@@ -353,7 +374,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         for round_index in progress:
             round_start = time.perf_counter()
             bytes_before = list(communicator.bytes_sent)
-            work, inboxes = run_round(inboxes)
+            work, inboxes = network.run_round(inboxes)
             bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
             rows = round_rows(
                 round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg, plan
