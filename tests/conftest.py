@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from semdl.cli import CONF_DIR
@@ -32,3 +33,12 @@ def composed(overrides: list[str]):
 @pytest.fixture
 def small_synthetic_config():
     return lambda *extra: composed(SMALL_SYNTHETIC + list(extra))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Modules of many tiny factorisations use one intra-op thread: OpenMP threads contend on a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from semdl.data.partition import class_counts, partition_dirichlet, partition_label_split
 from semdl.errors import UserError
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def table(label_sets: list[set[int]], num_classes: int = 10) -> np.ndarray:

@@ -19,12 +19,7 @@ from semdl.eval.plots import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -143,13 +143,7 @@ def grad_of(value: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     return g
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Many tiny factorisations: one intra-op thread avoids OpenMP contention on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
