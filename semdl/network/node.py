@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -41,9 +42,10 @@ class Node:
     def num_samples(self) -> int:
         return self.indices.shape[0]
 
-    @property
+    @cached_property
     def training_indices(self) -> Tensor:
-        """The local samples of the classes this node is responsible for."""
+        """The local samples of the classes this node is responsible for (computed once: a boolean gather
+        waits for the device, and neither the indices nor the label set change during a run)."""
         return self.indices[self.responsible[self.labels[self.indices]]]
 
     @property
