@@ -13,8 +13,8 @@ from semdl.objectives import (
     ClusterContext,
     cluster_block_loss,
     cluster_rate_reduction,
+    consensus_penalty,
     consensus_residual,
-    consensus_targets,
     rate_reduction,
 )
 
@@ -242,8 +242,7 @@ def test_block_loss_published_cluster_value_and_gradient(d, absent):
     V_neighbors = torch.stack(
         [torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)]) for _ in range(2)]
     )
-    targets = consensus_targets(V_self, V_neighbors)
-    dual = torch.zeros(NUM_CLASSES, d, d, dtype=F64)
+    penalty = consensus_penalty(V_self, V_neighbors, torch.zeros(NUM_CLASSES, d, d, dtype=F64), 0.0)
 
     Z_lib = Z.clone().requires_grad_(True)
     stored_lib = stored.clone().requires_grad_(True)
@@ -255,9 +254,7 @@ def test_block_loss_published_cluster_value_and_gradient(d, absent):
         own_counts,
         stored_lib,
         [ClusterContext(other_grams, other_counts, 1.0)],
-        targets,
-        dual,
-        0.0,
+        penalty,
     )
     loss.backward()
 
@@ -276,8 +273,8 @@ def test_block_loss_uses_stored_gram_only_for_absent_classes():
     """Changing the stored Gram of a class present in the batch changes nothing; of the absent class, it does."""
     d = 5
     Z, labels, own_counts, stored, other_grams, other_counts = _published_cluster(seed=1, d=d, absent=4)
-    targets = consensus_targets(torch.zeros(NUM_CLASSES, d, d, dtype=F64), torch.zeros(1, NUM_CLASSES, d, d, dtype=F64))
-    dual = torch.zeros(NUM_CLASSES, d, d, dtype=F64)
+    zeros = torch.zeros(NUM_CLASSES, d, d, dtype=F64)
+    penalty = consensus_penalty(zeros, zeros[None], zeros, 0.0)
 
     def loss_with(stored_grams):
         return cluster_block_loss(
@@ -288,9 +285,7 @@ def test_block_loss_uses_stored_gram_only_for_absent_classes():
             own_counts,
             stored_grams,
             [ClusterContext(other_grams, other_counts, 1.0)],
-            targets,
-            dual,
-            0.0,
+            penalty,
         )
 
     base = loss_with(stored)
@@ -328,16 +323,14 @@ def test_block_loss_consensus_part_with_per_class_neighbour_sets():
     )
     dual = torch.randn(NUM_CLASSES, d, d, generator=generator, dtype=F64)
     dual = dual + dual.mT
-    targets = consensus_targets(V_self, V_neighbors, SHARED)
-    zero_dual = torch.zeros_like(dual)
+    penalty = consensus_penalty(V_self, V_neighbors, dual, rho, SHARED)
+    no_penalty = consensus_penalty(V_self, V_neighbors, torch.zeros_like(dual), 0.0, SHARED)
     cluster = [ClusterContext(other_grams, other_counts, 1.0)]
     label_tensor = torch.tensor(labels)
 
     Z_lib = Z.clone().requires_grad_(True)
-    full = cluster_block_loss(Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, targets, dual, rho)
-    rates_only = cluster_block_loss(
-        Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, targets, zero_dual, 0.0
-    )
+    full = cluster_block_loss(Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, penalty)
+    rates_only = cluster_block_loss(Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, no_penalty)
     consensus_lib = full - rates_only
     consensus_lib.backward()
 
@@ -374,9 +367,7 @@ def test_consensus_terms_ignore_unshared_neighbours_and_absent_classes():
             own_counts,
             stored,
             cluster,
-            consensus_targets(V_self, neighbors, SHARED),
-            dual_,
-            rho,
+            consensus_penalty(V_self, neighbors, dual_, rho, SHARED),
         )
 
     base = loss_with(V_neighbors, dual)
@@ -448,11 +439,11 @@ def test_block_loss_node_in_two_clusters_averages_the_cluster_rate_reductions():
         ClusterContext(G_a, m_a, w_i),
         ClusterContext(w_b * G_b + G_c, w_b * m_b + m_c, w_i),
     ]
-    targets = consensus_targets(torch.zeros(K, d, d, dtype=F64), torch.zeros(1, K, d, d, dtype=F64))
-    dual = torch.zeros(K, d, d, dtype=F64)
+    zeros = torch.zeros(K, d, d, dtype=F64)
+    penalty = consensus_penalty(zeros, zeros[None], zeros, 0.0)
 
     Z_lib = Z.clone().requires_grad_(True)
-    loss = cluster_block_loss(Z_lib, torch.tensor(labels), K, EPS_SQ, own_counts, stored, clusters, targets, dual, 0.0)
+    loss = cluster_block_loss(Z_lib, torch.tensor(labels), K, EPS_SQ, own_counts, stored, clusters, penalty)
     loss.backward()
 
     # Node i's own batch-rescaled Grams, built by hand.

@@ -16,10 +16,12 @@ import semdl.objectives.rates as rates_module
 from semdl.objectives import (
     class_statistics,
     coding_rate,
+    consensus_penalty,
     consensus_residual,
     logdet_identity_plus,
     pool_statistics,
     primal_dual_loss,
+    primal_dual_loss_with_penalty,
     rate_reduction,
     rate_reduction_from_statistics,
 )
@@ -416,6 +418,26 @@ def test_primal_dual_matches_reference(K, d, counts, J, rho):
     # the multipliers and penalty really enter: not just -dR
     minus_dR = -ref_rate_reduction(Z, labels, K, EPS_SQ, 1.3, 0.7)[0]
     assert abs(float((expected - minus_dR).detach())) > 1e-3
+
+
+@pytest.mark.parametrize("K,d,counts,J", PRIMAL_DUAL_CASES)
+@pytest.mark.parametrize("extra_width", [0, 3, 40])
+def test_primal_dual_with_a_width_bound_equals_the_exact_width(K, d, counts, J, extra_width):
+    """A node passes an upper bound on the largest class instead of reading it; the zero padding it adds changes
+    neither the loss nor its gradient, even where the bound moves the batch from the kernel to the feature side."""
+    g = torch.Generator().manual_seed(K + 3 * d + J)
+    Z = unit_rows(sum(counts), d, seed=K + 3 * d).requires_grad_(True)
+    labels = labels_from_counts(counts, seed=K + 3 * d)
+    penalty = consensus_penalty(
+        random_symmetric(K, d, d, generator=g),
+        random_symmetric(J, K, d, d, generator=g),
+        random_symmetric(K, d, d, generator=g),
+        2.0,
+    )
+    exact = primal_dual_loss_with_penalty(Z, labels, K, EPS_SQ, penalty, 1.3, 0.7)
+    bounded = primal_dual_loss_with_penalty(Z, labels, K, EPS_SQ, penalty, 1.3, 0.7, width=max(counts) + extra_width)
+    assert_rel(bounded, exact, 1e-10)
+    assert_rel(grad_of(bounded, Z), grad_of(exact, Z), 1e-10)
 
 
 def test_primal_dual_ignores_the_statistics_of_absent_classes():

@@ -48,6 +48,19 @@ class Node:
         waits for the device, and neither the indices nor the label set change during a run)."""
         return self.indices[self.responsible[self.labels[self.indices]]]
 
+    @cached_property
+    def largest_training_class(self) -> int:
+        """The most samples of one class among the training samples (read from the device once)."""
+        return int(torch.bincount(self.labels[self.training_indices]).max())
+
+    def class_width(self, batch_size: int) -> int:
+        """An upper bound on the samples of one class in any of this node's mini-batches: the width that
+        groups a batch by class without reading its class counts from the device."""
+        return min(self.largest_training_class, -(-self.training_indices.shape[0] // self.num_batches(batch_size)))
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self.training_indices.shape[0] // batch_size)
+
     @property
     def shared_grams(self) -> Tensor:
         """G_i^k = m_i^k V_i^k for responsible classes, zero elsewhere (K, d, d)."""
@@ -64,8 +77,7 @@ class Node:
         """
         indices = self.training_indices
         order = torch.randperm(indices.shape[0], generator=self.generator, device=indices.device)
-        num_batches = -(-indices.shape[0] // batch_size)
-        yield from indices[order].tensor_split(num_batches)
+        yield from indices[order].tensor_split(self.num_batches(batch_size))
 
     @torch.no_grad()
     def refresh_statistics(self, chunk_size: int = STATISTICS_CHUNK) -> None:

@@ -2,12 +2,13 @@
 
 from semdl.objectives.cluster import ClusterContext, cluster_block_loss, cluster_rate_reduction
 from semdl.objectives.consensus import (
-    ConsensusTargets,
+    ConsensusPenalty,
+    batch_consensus_terms,
+    consensus_penalty,
     consensus_residual,
-    consensus_targets,
     consensus_terms,
     primal_dual_loss,
-    primal_dual_loss_with_targets,
+    primal_dual_loss_with_penalty,
 )
 from semdl.objectives.rates import (
     class_grams,
@@ -22,19 +23,20 @@ from semdl.objectives.rates import (
 
 __all__ = [
     "ClusterContext",
-    "ConsensusTargets",
+    "ConsensusPenalty",
+    "batch_consensus_terms",
     "class_grams",
     "class_statistics",
     "cluster_block_loss",
     "cluster_rate_reduction",
     "coding_rate",
     "consensus_residual",
-    "consensus_targets",
+    "consensus_penalty",
     "consensus_terms",
     "logdet_identity_plus",
     "pool_statistics",
     "primal_dual_loss",
-    "primal_dual_loss_with_targets",
+    "primal_dual_loss_with_penalty",
     "rate_reduction",
     "rate_reduction_from_statistics",
     "rates_from_class_grams",

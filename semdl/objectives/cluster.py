@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semdl.objectives.consensus import ConsensusTargets, consensus_terms
-from semdl.objectives.rates import class_grams, rates_from_class_grams
+from semdl.objectives.consensus import ConsensusPenalty, consensus_terms
+from semdl.objectives.rates import pad_by_class, rates_from_class_grams
 
 
 def cluster_rate_reduction(
@@ -48,11 +48,10 @@ def cluster_block_loss(
     own_counts: Tensor,
     stored_grams: Tensor,
     clusters: list[ClusterContext],
-    targets: ConsensusTargets,
-    dual: Tensor,
-    rho: float,
+    penalty: ConsensusPenalty,
     gamma1: float = 1.0,
     gamma2: float = 1.0,
+    width: int | None = None,
 ) -> Tensor:
     """Node i's loss on a mini-batch of its responsible classes (algorithms.md section 5, step 4).
 
@@ -60,9 +59,11 @@ def cluster_block_loss(
 
     Node i's terms in each dR_C come from the batch rescaled to its full size, Ghat^k = (m_i^k / m_B^k) Z_k^T Z_k;
     responsible classes absent from the batch keep their stored Gram `stored_grams` (K, d, d), without gradient.
-    own_counts (K,): m_i^k for responsible classes, 0 elsewhere; S_i = len(clusters).
+    own_counts (K,): m_i^k for responsible classes, 0 elsewhere; S_i = len(clusters). penalty: the round's
+    consensus terms (consensus_penalty); width: an upper bound on the batch's largest class (see pad_by_class).
     """
-    grams, batch_counts = class_grams(Z, labels, num_classes)
+    padded, batch_counts = pad_by_class(Z, labels, num_classes, width)
+    grams = padded.mT @ padded
     present = batch_counts > 0
     batch_sizes = batch_counts.clamp_min(1).to(Z.dtype)[:, None, None]
     own_grams = torch.where(
@@ -74,4 +75,4 @@ def cluster_block_loss(
             cluster.weight * own_grams + cluster.other_grams, cluster.weight * own_counts + cluster.other_counts, eps_sq
         )
         rate_reduction_sum = rate_reduction_sum + gamma1 * R - gamma2 * Rc
-    return -rate_reduction_sum / len(clusters) + consensus_terms(grams / batch_sizes, present, targets, dual, rho)
+    return -rate_reduction_sum / len(clusters) + consensus_terms(grams / batch_sizes, present, penalty)

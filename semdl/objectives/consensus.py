@@ -7,71 +7,94 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semdl.objectives.rates import rate_terms
+from semdl.objectives.rates import ClassBatch, rate_terms
+
+
+def frobenius_products(A: Tensor, B: Tensor) -> Tensor:
+    """<A^k, B^k>_F for stacks (K, a, b) of matrices, as one batched matrix product (an elementwise product
+    and reduction would pass over the (K, a, b) data several times, forward and backward)."""
+    K = A.shape[0]
+    return (A.reshape(K, 1, -1) @ B.reshape(K, -1, 1)).reshape(K)
 
 
 @dataclass(frozen=True)
-class ConsensusTargets:
-    """What the penalty needs of the anchors M_j^k = (V_self^k + V_j^k) / 2, fixed for a whole round.
+class ConsensusPenalty:
+    """The multiplier and penalty terms of a round as a quadratic in the batch statistics Vhat, fixed for the round.
 
-    sum_j ||Vhat^k - M_j^k||^2 = J_k ||Vhat^k||^2 - 2 <Vhat^k, sum_j M_j^k> + sum_j ||M_j^k||^2, so computing
-    these once per round makes the per-step cost independent of the number of neighbours. J_k, the number of
-    neighbours taking part in class k's consensus, may differ between classes (non-i.i.d. label sets).
+    <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||^2 = <W^k, Vhat^k> + q_k ||Vhat^k||^2 + c_k, with anchors
+    M_j^k = (V_self^k + V_j^k) / 2, W^k = Y^k - rho sum_j M_j^k, q_k = rho J_k / 2 and c_k = rho/2 sum_j ||M_j^k||^2.
+    Computed once per round, it makes each step's cost independent of the number of neighbours J_k (which
+    may differ between classes under non-i.i.d. label sets).
     """
 
-    num_neighbors: Tensor  # J_k, (K,)
-    anchor_sum: Tensor  # sum_j M_j^k, (K, d, d)
-    anchor_sq_norms: Tensor  # sum_j ||M_j^k||_F^2, (K,)
+    linear: Tensor  # W^k, (K, d, d)
+    quadratic: Tensor  # q_k, (K,)
+    constant: Tensor  # c_k, (K,)
 
 
-def consensus_targets(V_self: Tensor, V_neighbors: Tensor, shared: Tensor | None = None) -> ConsensusTargets:
-    """ConsensusTargets of statistics V_self (K, d, d) and the neighbours' V_neighbors (J, K, d, d).
+def consensus_penalty(
+    V_self: Tensor, V_neighbors: Tensor, dual: Tensor, rho: float, shared: Tensor | None = None
+) -> ConsensusPenalty:
+    """The ConsensusPenalty of statistics V_self (K, d, d), the neighbours' V_neighbors (J, K, d, d) and duals Y (K, d, d).
 
     shared (J, K), optional: whether neighbour j takes part in class k's consensus (default: all do).
     """
-    neighbor_sq_norms = torch.linalg.vector_norm(V_neighbors, dim=(2, 3)).pow(2)  # (J, K)
-    if shared is None:
-        num_neighbors = V_self.new_full(V_self.shape[:1], V_neighbors.shape[0])
-        neighbor_sum = V_neighbors.sum(0)
-        neighbor_sq_sum = neighbor_sq_norms.sum(0)
-    else:
-        weights = shared.to(V_self.dtype)
-        num_neighbors = weights.sum(0)
-        neighbor_sum = torch.einsum("jk,jkab->kab", weights, V_neighbors)
-        neighbor_sq_sum = (weights * neighbor_sq_norms).sum(0)
-    # ||V_self + V_j||^2 expanded, so no (J, K, d, d) temporary is built.
-    sq_norms = (
+    weights = V_self.new_ones(V_neighbors.shape[:2]) if shared is None else shared.to(V_self.dtype)
+    num_neighbors = weights.sum(0)
+    neighbor_sum = torch.einsum("jk,jkab->kab", weights, V_neighbors)
+    neighbor_sq_sum = (weights * torch.linalg.vector_norm(V_neighbors, dim=(2, 3)).pow(2)).sum(0)
+    # sum_j ||V_self + V_j||^2 expanded, so no (J, K, d, d) temporary is built.
+    anchor_sq_norms = (
         num_neighbors * V_self.pow(2).sum((1, 2)) + 2 * (V_self * neighbor_sum).sum((1, 2)) + neighbor_sq_sum
     ) / 4
-    return ConsensusTargets(num_neighbors, (num_neighbors[:, None, None] * V_self + neighbor_sum) / 2, sq_norms)
+    anchor_sum = (num_neighbors[:, None, None] * V_self + neighbor_sum) / 2
+    return ConsensusPenalty(dual - rho * anchor_sum, 0.5 * rho * num_neighbors, 0.5 * rho * anchor_sq_norms)
 
 
-def consensus_terms(V_hat: Tensor, present: Tensor, targets: ConsensusTargets, dual: Tensor, rho: float) -> Tensor:
-    """sum over classes present in the batch of <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||_F^2."""
-    squared_distances = (
-        targets.num_neighbors * V_hat.pow(2).sum((1, 2))
-        - 2 * (V_hat * targets.anchor_sum).sum((1, 2))
-        + targets.anchor_sq_norms
+def consensus_terms(V_hat: Tensor, present: Tensor, penalty: ConsensusPenalty) -> Tensor:
+    """sum over classes present in the batch of <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||_F^2, for batch
+    statistics V_hat (K, d, d)."""
+    per_class = (
+        frobenius_products(V_hat, penalty.linear)
+        + penalty.quadratic * frobenius_products(V_hat, V_hat)
+        + penalty.constant
     )
-    linear = (dual * V_hat).sum((1, 2))
-    return (present.to(V_hat.dtype) * (linear + 0.5 * rho * squared_distances)).sum()
+    return (present.to(V_hat.dtype) * per_class).sum()
 
 
-def primal_dual_loss_with_targets(
+def batch_consensus_terms(batch: ClassBatch, penalty: ConsensusPenalty) -> Tensor:
+    """consensus_terms of a batch's statistics Vhat^k = Z_k^T Z_k / m_k, without forming them when classes are thin.
+
+    With width < d, <W^k, Z_k^T Z_k> = sum((Z_k W^k) * Z_k) and ||Z_k^T Z_k|| = ||Z_k Z_k^T||: no d x d
+    matrix per class is built, and no pass over one is made beyond the product with W^k.
+    """
+    sizes = batch.counts.clamp_min(1).to(batch.padded.dtype)
+    if batch.grams is not None:
+        return consensus_terms(batch.grams / sizes[:, None, None], batch.counts > 0, penalty)
+    per_class = (
+        frobenius_products(batch.padded @ penalty.linear, batch.padded) / sizes
+        + penalty.quadratic * frobenius_products(batch.products, batch.products) / sizes.pow(2)
+        + penalty.constant
+    )
+    return ((batch.counts > 0).to(sizes.dtype) * per_class).sum()
+
+
+def primal_dual_loss_with_penalty(
     Z: Tensor,
     labels: Tensor,
     num_classes: int,
     eps_sq: float,
-    targets: ConsensusTargets,
-    dual: Tensor,
-    rho: float,
+    penalty: ConsensusPenalty,
     gamma1: float = 1.0,
     gamma2: float = 1.0,
+    width: int | None = None,
 ) -> Tensor:
-    """primal_dual_loss with the neighbour aggregates computed beforehand (once per round)."""
-    R, Rc, grams, counts = rate_terms(Z, labels, num_classes, eps_sq, need_grams=True)
-    V_hat = grams / counts.clamp_min(1).to(Z.dtype)[:, None, None]
-    return -(gamma1 * R - gamma2 * Rc) + consensus_terms(V_hat, counts > 0, targets, dual, rho)
+    """primal_dual_loss with the round's ConsensusPenalty computed beforehand (once per round).
+
+    width: an upper bound on the largest class count of the batch (see pad_by_class), or None to read it.
+    """
+    R, Rc, batch = rate_terms(Z, labels, num_classes, eps_sq, width)
+    return -(gamma1 * R - gamma2 * Rc) + batch_consensus_terms(batch, penalty)
 
 
 def primal_dual_loss(
@@ -92,10 +115,10 @@ def primal_dual_loss(
 
     Z: (m, d) unit-norm features; V_self, dual: (K, d, d); V_neighbors: (J, K, d, d), fixed during the round.
     Vhat^k = Z_k^T Z_k / m_k over the batch; classes absent from the batch add nothing. A training loop
-    should call consensus_targets once per round and primal_dual_loss_with_targets per step.
+    should call consensus_penalty once per round and primal_dual_loss_with_penalty per step.
     """
-    return primal_dual_loss_with_targets(
-        Z, labels, num_classes, eps_sq, consensus_targets(V_self, V_neighbors), dual, rho, gamma1, gamma2
+    return primal_dual_loss_with_penalty(
+        Z, labels, num_classes, eps_sq, consensus_penalty(V_self, V_neighbors, dual, rho), gamma1, gamma2
     )
 
 

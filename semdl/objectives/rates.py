@@ -6,6 +6,8 @@ share one batched Cholesky factorisation; zero padding leaves logdet(I + c G) un
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -58,10 +60,11 @@ def coding_rate(Z: Tensor, eps_sq: float) -> Tensor:
     return 0.5 * logdet_identity_plus(_gram_smaller_side(Z), scale)
 
 
-def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int, width: int | None = None) -> tuple[Tensor, Tensor]:
     """Rows of Z grouped by class into a zero-padded (K, width, d) tensor, and the class counts (K,).
 
-    width is the largest class count: reading it is the one host synchronisation, since it is a shape.
+    width defaults to the largest class count, which is read from the device (a host synchronisation, since
+    it is a shape); a caller that knows an upper bound (a node knows its largest local class) passes it.
     """
     counts = torch.bincount(labels, minlength=num_classes)
     if counts.shape[0] != num_classes:
@@ -70,7 +73,8 @@ def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, T
     sorted_labels = labels[order]
     starts = torch.cumsum(counts, 0) - counts
     slots = torch.arange(labels.shape[0], device=labels.device) - starts[sorted_labels]
-    width = int(counts.max()) if labels.numel() else 0
+    if width is None:
+        width = int(counts.max()) if labels.numel() else 0
     padded = Z.new_zeros(num_classes, width, Z.shape[-1])
     return padded.index_put((sorted_labels, slots), Z[order]), counts
 
@@ -103,33 +107,47 @@ def rates_from_class_grams(grams: Tensor, counts: Tensor, eps_sq: float) -> tupl
     return R, Rc
 
 
-def rate_terms(
-    Z: Tensor, labels: Tensor, num_classes: int, eps_sq: float, need_grams: bool = False
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """(R, Rc, class Grams or None, counts) of a labelled batch, each logdet on its cheaper side.
+@dataclass(frozen=True)
+class ClassBatch:
+    """A labelled batch grouped by class, with each class's Gram matrix on its cheaper side.
 
-    The class Grams (K, d, d) are returned when `need_grams` or when they are the cheaper side anyway.
+    padded (K, width, d): each class's rows, zero-padded; counts (K,): class sizes m_k. Exactly one of
+    grams Z_k^T Z_k (K, d, d), when width >= d, and products Z_k Z_k^T (K, width, width), otherwise, is set.
+    """
+
+    padded: Tensor
+    counts: Tensor
+    grams: Tensor | None
+    products: Tensor | None
+
+
+def rate_terms(
+    Z: Tensor, labels: Tensor, num_classes: int, eps_sq: float, width: int | None = None
+) -> tuple[Tensor, Tensor, ClassBatch]:
+    """(R, Rc, the batch grouped by class) of a labelled batch, each logdet on its cheaper side.
+
+    width: an upper bound on the largest class count (see pad_by_class), or None to read it.
     """
     m, d = Z.shape
-    padded, counts = pad_by_class(Z, labels, num_classes)
-    width = padded.shape[1]
-    grams = padded.mT @ padded if (need_grams or width >= d) else None
-    if width >= d:
+    padded, counts = pad_by_class(Z, labels, num_classes, width)
+    if padded.shape[1] >= d:
+        grams = padded.mT @ padded
         R, Rc = rates_from_class_grams(grams, counts, eps_sq)
-        return R, Rc, grams, counts
+        return R, Rc, ClassBatch(padded, counts, grams, None)
     sizes = counts.to(Z.dtype)
-    total_gram = grams.sum(0) if grams is not None and m >= d else _gram_smaller_side(Z)
-    R = 0.5 * logdet_identity_plus(total_gram, torch.tensor(d / (m * eps_sq), dtype=Z.dtype, device=Z.device))
-    class_logdets = logdet_identity_plus(padded @ padded.mT, d / (sizes.clamp_min(1) * eps_sq))
-    Rc = (sizes / (2 * m) * class_logdets).sum()
-    return R, Rc, grams, counts
+    R = 0.5 * logdet_identity_plus(
+        _gram_smaller_side(Z), torch.tensor(d / (m * eps_sq), dtype=Z.dtype, device=Z.device)
+    )
+    products = padded @ padded.mT
+    Rc = (sizes / (2 * m) * logdet_identity_plus(products, d / (sizes.clamp_min(1) * eps_sq))).sum()
+    return R, Rc, ClassBatch(padded, counts, None, products)
 
 
 def rate_reduction(
     Z: Tensor, labels: Tensor, num_classes: int, eps_sq: float, gamma1: float = 1.0, gamma2: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dR, R, Rc) with dR = gamma1 R(Z) - gamma2 Rc(Z | labels); classes without samples add 0."""
-    R, Rc, _, _ = rate_terms(Z, labels, num_classes, eps_sq)
+    R, Rc, _ = rate_terms(Z, labels, num_classes, eps_sq)
     return gamma1 * R - gamma2 * Rc, R, Rc
 
 

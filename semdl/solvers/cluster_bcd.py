@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semdl.network import InProcessCommunicator, Inbox, Node
-from semdl.objectives import ClusterContext, ConsensusTargets, cluster_block_loss, consensus_targets
-from semdl.solvers.primal_dual import PrimalDualSettings, dual_step
+from semdl.network import Inbox, InProcessCommunicator, Node
+from semdl.objectives import ClusterContext, ConsensusPenalty, cluster_block_loss, consensus_penalty
 from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.solvers.primal_dual import PrimalDualSettings, dual_step
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,12 @@ def cluster_contexts(node: Node, nodes: list[Node], plan: ClusterPlan) -> list[C
 
 
 def block_training(
-    node: Node, contexts: list[ClusterContext], targets: ConsensusTargets, settings: PrimalDualSettings
+    node: Node, contexts: list[ClusterContext], penalty: ConsensusPenalty, settings: PrimalDualSettings
 ) -> Tensor:
     """Node i's block: `local_epochs` passes over its responsible samples; returns the mean loss (on the device)."""
     own_counts = node.counts * node.responsible
     stored_grams = node.shared_grams
+    width = node.class_width(settings.batch_size)
     return optimise_locally(
         node,
         settings.local_epochs,
@@ -57,11 +58,10 @@ def block_training(
             own_counts,
             stored_grams,
             contexts,
-            targets,
-            node.dual,
-            settings.rho,
+            penalty,
             settings.gamma1,
             settings.gamma2,
+            width,
         ),
     )
 
@@ -75,10 +75,10 @@ def cluster_bcd_round(
 ) -> tuple[list[NodeWork], list[Inbox]]:
     """(a) dual steps; (b) per cluster, each member's block then its refreshed statistics, pushed to its cluster
     (Gauss-Seidel: the next member sees them); (c) exchange among class holders. Returns each node's work."""
-    targets = []
+    penalties = []
     for node, inbox in zip(nodes, inboxes):
         dual_step(node, inbox, settings.dual_step)
-        targets.append(consensus_targets(node.statistics, inbox.statistics, inbox.shared))
+        penalties.append(consensus_penalty(node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared))
     losses: list[list[Tensor]] = [[] for _ in nodes]
     seconds = [0.0] * len(nodes)
     for members in plan.clusters:
@@ -86,7 +86,7 @@ def cluster_bcd_round(
             node = nodes[index]
             with timed(node.statistics.device) as clock:
                 losses[index].append(
-                    block_training(node, cluster_contexts(node, nodes, plan), targets[index], settings)
+                    block_training(node, cluster_contexts(node, nodes, plan), penalties[index], settings)
                 )
                 node.refresh_statistics()
             seconds[index] += clock.seconds

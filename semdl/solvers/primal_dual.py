@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semdl.network import InProcessCommunicator, Inbox, Node
-from semdl.objectives import consensus_targets, primal_dual_loss_with_targets
+from semdl.network import Inbox, InProcessCommunicator, Node
+from semdl.objectives import consensus_penalty, primal_dual_loss_with_penalty
 from semdl.solvers.common import NodeWork, optimise_locally, timed
 
 
@@ -33,21 +33,14 @@ def dual_step(node: Node, inbox: Inbox, step: float) -> None:
 
 def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Tensor:
     """`local_epochs` passes of optimizer steps on L_i; returns the mean loss (on the device)."""
-    targets = consensus_targets(node.statistics, inbox.statistics, inbox.shared)
+    penalty = consensus_penalty(node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared)
+    width = node.class_width(settings.batch_size)
     return optimise_locally(
         node,
         settings.local_epochs,
         settings.batch_size,
-        lambda features, labels: primal_dual_loss_with_targets(
-            features,
-            labels,
-            settings.num_classes,
-            settings.eps_sq,
-            targets,
-            node.dual,
-            settings.rho,
-            settings.gamma1,
-            settings.gamma2,
+        lambda features, labels: primal_dual_loss_with_penalty(
+            features, labels, settings.num_classes, settings.eps_sq, penalty, settings.gamma1, settings.gamma2, width
         ),
     )
 
