@@ -13,8 +13,8 @@ so machine noise shifts both medians alike and the ratio is what matters.
 `round` times the solver round of an experiment (Hydra overrides as for `semdl train`; default: the default
 digits experiment) against the encoder work the algorithm cannot avoid: the same mini-batches through each
 encoder (forward, trivial loss, backward, optimizer step) plus one eval-mode forward over the node's local
-data (the statistics pass). The floor trains deep copies of the encoders and optimizers, with a copy of each
-node's random stream, so the real run's state is untouched; rounds and floors are interleaved.
+data (the statistics pass). The floor runs on a twin of the network, built from the same config and seeds,
+with the same execution groups (a vectorised run's floor is vectorised too); rounds and floors are interleaved.
 
 `scaling` times the primal-dual round of N nodes of a small MLP on a ring, every node with the same local
 data, so the work grows linearly with N. Memory is the bytes of the state the network holds (encoder
@@ -24,8 +24,6 @@ parameters, optimizer state, statistics, counts, duals), plus the peak allocated
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import os
 import platform
@@ -43,9 +41,8 @@ from torch import Tensor
 
 from semdl.cli import CONF_DIR
 from semdl.config import validate
-from semdl.experiment import build_network, resolve_device
+from semdl.experiment import Network, build_network, resolve_device
 from semdl.network import Node
-from semdl.network.node import STATISTICS_CHUNK
 from semdl.objectives import primal_dual_loss
 
 RHO = 5.0
@@ -190,7 +187,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def round_step(cfg: DictConfig) -> tuple[list[Node], Callable[[], None]]:
+def round_step(cfg: DictConfig) -> tuple[Network, Callable[[], None]]:
     """The network of `cfg`, built by semdl.experiment.build_network as a run builds it, and a one-round step."""
     with tempfile.TemporaryDirectory() as run_dir:
         network = build_network(cfg, Path(run_dir), resolve_device(cfg.device))
@@ -200,34 +197,24 @@ def round_step(cfg: DictConfig) -> tuple[list[Node], Callable[[], None]]:
         nonlocal inboxes
         _, inboxes = network.run_round(inboxes)
 
-    return network.nodes, run_round
+    return network, run_round
 
 
-def floor_node(node: Node) -> Node:
-    """The node with deep copies of its encoder, optimizer and random stream, sharing its data."""
-    encoder, optimizer = copy.deepcopy((node.encoder, node.optimizer))
-    generator = torch.Generator(device=node.indices.device)
-    generator.set_state(node.generator.get_state())
-    return dataclasses.replace(node, encoder=encoder, optimizer=optimizer, generator=generator)
+def trivial_loss(features: Tensor, labels: Tensor) -> Tensor:
+    return features.pow(2).mean()
 
 
-def encoder_floor(nodes: list[Node], local_epochs: int, batch_size: int) -> Callable[[], None]:
-    """The encoder work of one round no algorithm avoids: training steps on a trivial loss plus the statistics pass."""
+def encoder_floor(cfg: DictConfig) -> Callable[[], None]:
+    """The encoder work of one round no algorithm avoids, on a twin of the network (same seeds, same execution
+    groups, so vectorised runs are compared with vectorised encoder work): training steps on a trivial loss
+    plus the eval-mode forward pass over the local data."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        twin = build_network(cfg, Path(run_dir), resolve_device(cfg.device))
 
     def floor() -> None:
-        for node in nodes:
-            node.encoder.train()
-            for _ in range(local_epochs):
-                for batch in node.minibatches(batch_size):
-                    features = node.encoder(node.training_inputs(batch))
-                    loss = features.sum() * 0 + features.pow(2).mean()
-                    node.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    node.optimizer.step()
-            node.encoder.eval()
-            with torch.no_grad():
-                for chunk in node.indices.split(STATISTICS_CHUNK):
-                    node.encoder(node.pipeline(node.inputs[chunk]))
+        for group in twin.groups:
+            group.optimise(cfg.train.local_epochs, cfg.train.batch_size, [trivial_loss] * len(group.nodes))
+            group.local_features()
 
     return floor
 
@@ -251,8 +238,9 @@ def run_round_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = compose_config([*args.overrides, f"device={args.device}"])
     device = resolve_device(cfg.device).type
-    nodes, run_round = round_step(cfg)
-    floor = encoder_floor([floor_node(node) for node in nodes], cfg.train.local_epochs, cfg.train.batch_size)
+    network, run_round = round_step(cfg)
+    nodes = network.nodes
+    floor = encoder_floor(cfg)
     round_s, floor_s = timed_medians([run_round, floor], args.warmup, args.rounds, device)
     machine = machine_info(device, args.threads)
     print(", ".join(f"{key}={value}" for key, value in machine.items()))
@@ -306,7 +294,8 @@ def scaling_row(num_nodes: int, args: argparse.Namespace) -> dict[str, float | i
     device = resolve_device(cfg.device).type
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    nodes, run_round = round_step(cfg)
+    network, run_round = round_step(cfg)
+    nodes = network.nodes
     (round_s,) = timed_medians([run_round], 1, args.rounds, device)
     return {
         "N": num_nodes,

@@ -83,6 +83,13 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 0.001
     weight_decay: float = 1e-5
+    amp: str = "auto"  # bf16 autocast of the encoders (objectives stay float32): auto = on CUDA
+    compile: str = "auto"  # torch.compile of the encoders: auto = on CUDA
+
+
+@dataclass
+class SimConfig:
+    vectorize: str = "auto"  # run nodes of one architecture and equal data as one vmapped group: auto = on CUDA
 
 
 @dataclass
@@ -106,6 +113,7 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
     nodes: int = 5
     seed: int = 0
     device: str = "auto"
@@ -125,7 +133,14 @@ AGGREGATIONS = ("server", "gossip")
 CONSENSUS_GRAPHS = ("holders", "topology")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+SWITCHES = ("auto", "on", "off")
+VECTORIZED_SOLVERS = ("primal_dual", "local")
 CLASSIFIERS = ("knn", "nearest_subspace", "semantic_subspace", "linear_probe")
+
+
+def switch(value: str, automatic: bool) -> bool:
+    """An on/off/auto setting resolved: auto takes `automatic`."""
+    return automatic if value == "auto" else value == "on"
 
 
 def register_schema() -> None:
@@ -247,6 +262,14 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.batch_size", cfg.train.batch_size, 2)
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     _positive("train.lr", cfg.train.lr)
+    _choice("train.amp", cfg.train.amp, SWITCHES)
+    _choice("train.compile", cfg.train.compile, SWITCHES)
+    _choice("sim.vectorize", cfg.sim.vectorize, SWITCHES)
+    if cfg.sim.vectorize == "on" and cfg.solver.name not in VECTORIZED_SOLVERS:
+        raise UserError(
+            f"sim.vectorize=on needs nodes that train independently within a round ({', '.join(VECTORIZED_SOLVERS)});"
+            f" solver={cfg.solver.name} does not"
+        )
     if cfg.train.weight_decay < 0:
         raise UserError(f"train.weight_decay={cfg.train.weight_decay} is out of range; it must be >= 0")
 

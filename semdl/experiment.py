@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from semdl.config import Config, validate
+from semdl.config import VECTORIZED_SOLVERS, Config, switch, validate
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.errors import UserError
 from semdl.eval import plot_partition, plot_training_curves
@@ -27,7 +27,16 @@ from semdl.models import architectures, build_encoder
 from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_optimizer, build_topology, node_seeds
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
-from semdl.solvers import ClusterPlan, PrimalDualSettings, cluster_bcd_round, local_round, primal_dual_round
+from semdl.solvers import (
+    ClusterPlan,
+    PrimalDualSettings,
+    SingleNode,
+    VectorizedGroup,
+    build_groups,
+    cluster_bcd_round,
+    local_round,
+    primal_dual_round,
+)
 from semdl.solvers.fedavg import build_federation, fedavg_round
 from semdl.solvers.common import NodeWork
 
@@ -46,6 +55,9 @@ def build_nodes(
     cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], responsible: np.ndarray, device: torch.device
 ) -> list[Node]:
     """One node per partition part, each with its own seeded encoder, optimizer and shuffling stream."""
+    on_cuda = device.type == "cuda"
+    amp = switch(cfg.train.amp, on_cuda)
+    compile_encoders = switch(cfg.train.compile, on_cuda)
     nodes = []
     for index, (architecture, part) in enumerate(zip(architectures(cfg.model, cfg.nodes), parts)):
         init_seed, shuffle_seed = node_seeds(cfg.seed, index)
@@ -69,6 +81,8 @@ def build_nodes(
                 counts=torch.zeros(dataset.num_classes, device=device),
                 dual=torch.zeros(shape, device=device),
                 responsible=torch.as_tensor(responsible[index], device=device),
+                amp=amp,
+                compiled_encoder=torch.compile(encoder) if compile_encoders else None,
             )
         )
     return nodes
@@ -95,12 +109,12 @@ def round_rows(
     inboxes: list[Inbox],
     work: list[NodeWork],
     bytes_sent: list[int],
-    round_seconds: float,
+    round_start: float,
     cfg: DictConfig,
     plan: ClusterPlan | None,
 ) -> list[dict]:
     """metrics.jsonl rows of one round: one per node, one per cluster (cluster_bcd) and one for the network,
-    all read from the device in one transfer."""
+    all read from the device in one transfer; the round's seconds run from `round_start` to that transfer."""
     gammas = (cfg.solver.gamma1, cfg.solver.gamma2)
     values = []
     for node, inbox, node_work in zip(nodes, inboxes, work):
@@ -124,6 +138,7 @@ def round_rows(
     dR, R, Rc = rate_reduction_from_statistics(pooled_V, pooled_counts, cfg.eps_sq, *gammas)
     values += [R, Rc, dR]
     numbers = torch.stack([value.to(torch.float32).reshape(()) for value in values]).tolist()
+    round_seconds = time.perf_counter() - round_start
     rows = []
     for node, node_work in zip(nodes, work):
         loss, R, Rc, dR, residual, dual_norm = numbers[6 * node.index : 6 * node.index + 6]
@@ -163,15 +178,19 @@ def round_rows(
     return rows
 
 
-def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProcessCommunicator, cfg: DictConfig) -> dict:
+def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict:
+    """Everything of every node, in the per-node layout whatever groups ran it (encoder tensors are copied out
+    of a vectorised group's stacked storage, which would otherwise be saved whole with each view)."""
+    for group in network.groups:
+        group.sync_optimizers()
     return {
         "round": round_index,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "bytes_sent": list(communicator.bytes_sent),
+        "bytes_sent": list(network.communicator.bytes_sent),
         "nodes": [
             {
                 "architecture": node.architecture,
-                "encoder": node.encoder.state_dict(),
+                "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
                 "optimizer": node.optimizer.state_dict(),
                 "statistics": node.statistics,
                 "counts": node.counts,
@@ -179,7 +198,7 @@ def checkpoint_state(round_index: int, nodes: list[Node], communicator: InProces
                 "responsible": node.responsible,
                 "generator": node.generator.get_state(),
             }
-            for node in nodes
+            for node in network.nodes
         ],
     }
 
@@ -273,6 +292,7 @@ STATISTICS_SHARING = ("primal_dual", "cluster_bcd")
 def round_function(
     cfg: DictConfig,
     nodes: list[Node],
+    groups: list[SingleNode | VectorizedGroup],
     communicator: InProcessCommunicator,
     neighbors: list[list[int]],
     plan: ClusterPlan | None,
@@ -281,11 +301,11 @@ def round_function(
     """The configured solver's round, as a function of the inboxes."""
     name = cfg.solver.name
     if name == "primal_dual":
-        return lambda inboxes: primal_dual_round(nodes, communicator, inboxes, settings)
+        return lambda inboxes: primal_dual_round(groups, communicator, inboxes, settings)
     if name == "cluster_bcd":
         return lambda inboxes: cluster_bcd_round(nodes, communicator, inboxes, plan, settings)
     if name in ("local", "centralized"):
-        return lambda inboxes: local_round(nodes, communicator, settings)
+        return lambda inboxes: local_round(groups, communicator, settings)
     federation = build_federation(nodes, neighbors, cfg.solver.aggregation, name == "fedavg_ce", cfg.train.lr)
     return lambda inboxes: fedavg_round(nodes, communicator, federation, settings)
 
@@ -296,6 +316,7 @@ class Network:
 
     dataset: Dataset
     nodes: list[Node]
+    groups: list[SingleNode | VectorizedGroup]  # how the nodes execute (vectorised solvers only; else one each)
     communicator: InProcessCommunicator
     plan: ClusterPlan | None
     inboxes: list[Inbox]
@@ -322,15 +343,17 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device) -> Netwo
         cfg.train.local_epochs,
         cfg.train.batch_size,
     )
-    for node in nodes:
-        node.refresh_statistics()
+    vectorize = cfg.solver.name in VECTORIZED_SOLVERS and switch(cfg.sim.vectorize, device.type == "cuda")
+    groups = build_groups(nodes, vectorize, switch(cfg.train.compile, device.type == "cuda"))
+    for group in groups:
+        group.refresh_statistics()
     inboxes = communicator.exchange(
         [node.statistics for node in nodes],
         [node.counts for node in nodes],
         record=cfg.solver.name in STATISTICS_SHARING,
     )
-    run_round = round_function(cfg, nodes, communicator, neighbors, plan, settings)
-    return Network(dataset, nodes, communicator, plan, inboxes, run_round)
+    run_round = round_function(cfg, nodes, groups, communicator, neighbors, plan, settings)
+    return Network(dataset, nodes, groups, communicator, plan, inboxes, run_round)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
@@ -376,9 +399,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             bytes_before = list(communicator.bytes_sent)
             work, inboxes = network.run_round(inboxes)
             bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
-            rows = round_rows(
-                round_index, nodes, inboxes, work, bytes_sent, time.perf_counter() - round_start, cfg, plan
-            )
+            rows = round_rows(round_index, nodes, inboxes, work, bytes_sent, round_start, cfg, plan)
             if cfg.eval.every and round_index % cfg.eval.every == 0 and round_index < cfg.train.rounds:
                 evaluation_rows.append(
                     evaluation_row(round_index, evaluate_accuracy(nodes, dataset, cfg.eval, cfg.dim_z))
@@ -392,7 +413,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
                 refresh=False,
             )
         progress.close()
-        save_torch(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg.train.rounds, nodes, communicator, cfg))
+        save_torch(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg.train.rounds, network, cfg))
         evaluation = evaluate_network(nodes, dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
         write_json(run_dir / "eval.json", evaluation)
         evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))

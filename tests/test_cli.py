@@ -110,6 +110,8 @@ def test_help_lists_commands_and_config_groups(tmp_path):
         (["model.per_node=[mlp,mlp,lenet,mlp,vgg13]"], "model.per_node entry='vgg13' is not allowed"),
         (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
         (["topology=file"], "topology=file needs topology.path"),
+        (["train.amp=fast"], "train.amp='fast' is not allowed; choose one of: auto, on, off"),
+        (["solver=cluster_bcd", "sim.vectorize=on"], "sim.vectorize=on needs nodes that train independently"),
     ],
 )
 def test_bad_overrides_give_one_line_and_exit_2(tmp_path, overrides, message):

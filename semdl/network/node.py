@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from semdl.data import InputPipeline
-from semdl.objectives import class_grams
+from semdl.objectives.rates import pad_by_class
 
 STATISTICS_CHUNK = 4096
 
@@ -21,7 +21,9 @@ class Node:
     """Everything one node owns. `inputs`/`labels` are the shared training tensors (as stored); `indices` is
     this node's view of them and `pipeline` turns stored samples into encoder inputs. `responsible` (K,) marks
     the classes whose statistics the node shares and trains on (all of them, unless a non-i.i.d. solver
-    narrows them to its label set L_i)."""
+    narrows them to its label set L_i). `amp` runs the encoder under bf16 autocast (features come back in float32
+    for the objectives); `compiled_encoder`, when set, is torch.compile(encoder), used for the training and
+    statistics passes."""
 
     index: int
     architecture: str
@@ -37,6 +39,8 @@ class Node:
     counts: Tensor  # m_i^k as float32, (K,)
     dual: Tensor  # Y_i^k, (K, d, d)
     responsible: Tensor  # (K,) bool
+    amp: bool = False
+    compiled_encoder: Callable[[Tensor], Tensor] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -52,6 +56,17 @@ class Node:
     def largest_training_class(self) -> int:
         """The most samples of one class among the training samples (read from the device once)."""
         return int(torch.bincount(self.labels[self.training_indices]).max())
+
+    @cached_property
+    def largest_local_class(self) -> int:
+        """The most samples of one class in the local data (read from the device once)."""
+        return int(torch.bincount(self.labels[self.indices]).max())
+
+    def features(self, inputs: Tensor) -> Tensor:
+        """The encoder's float32 features of a batch of encoder inputs, in the node's precision and compile mode."""
+        forward = self.compiled_encoder or self.encoder
+        with torch.autocast(self.indices.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return forward(inputs).float()
 
     def class_width(self, batch_size: int) -> int:
         """An upper bound on the samples of one class in any of this node's mini-batches: the width that
@@ -79,20 +94,33 @@ class Node:
         order = torch.randperm(indices.shape[0], generator=self.generator, device=indices.device)
         yield from indices[order].tensor_split(self.num_batches(batch_size))
 
+    def local_chunks(self, chunk_size: int = STATISTICS_CHUNK) -> tuple[Tensor, ...]:
+        """The local data's indices in the chunks of a statistics pass (bounded memory)."""
+        return self.indices.split(chunk_size)
+
+    def chunk_grams(self, features: Tensor, chunk: Tensor) -> tuple[Tensor, Tensor]:
+        """Class Grams and counts of one statistics chunk, grouped with a width known without a device read."""
+        padded, counts = pad_by_class(
+            features, self.labels[chunk], self.num_classes, min(chunk.shape[0], self.largest_local_class)
+        )
+        return padded.mT @ padded, counts
+
+    def set_statistics(self, grams: Tensor, counts: Tensor) -> None:
+        """V_i^k = G_i^k / m_i^k (zero for classes the node lacks) and m_i^k, from the Grams of the whole local set."""
+        self.statistics = grams / counts.clamp_min(1)[:, None, None].to(grams.dtype)
+        self.counts = counts.to(grams.dtype)
+
     @torch.no_grad()
-    def refresh_statistics(self, chunk_size: int = STATISTICS_CHUNK) -> None:
+    def refresh_statistics(self) -> None:
         """Recompute V_i^k and m_i^k over the whole local set, encoder in eval mode, in bounded memory."""
         self.encoder.eval()
         grams = torch.zeros_like(self.statistics)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.statistics.device)
-        for chunk in self.indices.split(chunk_size):
-            chunk_grams, chunk_counts = class_grams(
-                self.encoder(self.pipeline(self.inputs[chunk])), self.labels[chunk], self.num_classes
-            )
+        for chunk in self.local_chunks():
+            chunk_grams, chunk_counts = self.chunk_grams(self.features(self.pipeline(self.inputs[chunk])), chunk)
             grams += chunk_grams
             counts += chunk_counts
-        self.statistics = grams / counts.clamp_min(1)[:, None, None].to(grams.dtype)
-        self.counts = counts.to(grams.dtype)
+        self.set_statistics(grams, counts)
 
 
 def node_seeds(seed: int, node_index: int) -> tuple[int, int]:

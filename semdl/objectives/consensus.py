@@ -35,7 +35,7 @@ class ConsensusPenalty:
 def consensus_penalty(
     V_self: Tensor, V_neighbors: Tensor, dual: Tensor, rho: float, shared: Tensor | None = None
 ) -> ConsensusPenalty:
-    """The ConsensusPenalty of statistics V_self (K, d, d), the neighbours' V_neighbors (J, K, d, d) and duals Y (K, d, d).
+    """The ConsensusPenalty of statistics V_self (K, d, d), neighbours' V_neighbors (J, K, d, d) and duals Y (K, d, d).
 
     shared (J, K), optional: whether neighbour j takes part in class k's consensus (default: all do).
     """

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from semdl.network import Inbox, InProcessCommunicator, Node
 from semdl.objectives import ClusterContext, ConsensusPenalty, cluster_block_loss, consensus_penalty
-from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.solvers.common import Clock, NodeWork, optimise_locally, timed
 from semdl.solvers.primal_dual import PrimalDualSettings, dual_step
 
 
@@ -80,7 +80,7 @@ def cluster_bcd_round(
         dual_step(node, inbox, settings.dual_step)
         penalties.append(consensus_penalty(node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared))
     losses: list[list[Tensor]] = [[] for _ in nodes]
-    seconds = [0.0] * len(nodes)
+    clocks: list[list[Clock]] = [[] for _ in nodes]
     for members in plan.clusters:
         for index in members:
             node = nodes[index]
@@ -89,9 +89,10 @@ def cluster_bcd_round(
                     block_training(node, cluster_contexts(node, nodes, plan), penalties[index], settings)
                 )
                 node.refresh_statistics()
-            seconds[index] += clock.seconds
+            clocks[index].append(clock)
             communicator.record_push(index, len(members) - 1, int(node.responsible.sum()), node.statistics.shape[-1])
     work = [
-        NodeWork(torch.stack(node_losses).mean(), node_seconds) for node_losses, node_seconds in zip(losses, seconds)
+        NodeWork(torch.stack(node_losses).mean(), tuple(node_clocks))
+        for node_losses, node_clocks in zip(losses, clocks)
     ]
     return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])

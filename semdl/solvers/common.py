@@ -13,28 +13,52 @@ from torch import Tensor
 from semdl.network import Node
 
 
-@dataclass
 class Clock:
-    seconds: float = 0.0
+    """Seconds spent on a block of work. On the CPU, wall time; on CUDA, the time between two events queued
+    on the stream, read only when asked (after the round's one synchronisation), so timing adds no host wait."""
+
+    def __init__(self, device: torch.device):
+        self._events = None
+        if device.type == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
+        self._start = time.perf_counter()
+        self._seconds: float | None = None
+
+    def stop(self) -> None:
+        if self._events is not None:
+            self._events[1].record()
+        else:
+            self._seconds = time.perf_counter() - self._start
+
+    @property
+    def seconds(self) -> float:
+        if self._events is not None:
+            self._events[1].synchronize()
+            return self._events[0].elapsed_time(self._events[1]) / 1e3
+        return self._seconds
 
 
 @dataclass(frozen=True)
 class NodeWork:
-    """One node's share of a round: its mean training loss (a device scalar) and seconds spent."""
+    """One node's share of a round: its mean training loss (a device scalar) and the clocks of its work, of
+    which it owns `share` (1, or 1/n for a node trained in a vectorised group of n)."""
 
     loss: Tensor
-    seconds: float
+    clocks: tuple[Clock, ...]
+    share: float = 1.0
+
+    @property
+    def seconds(self) -> float:
+        return self.share * sum(clock.seconds for clock in self.clocks)
 
 
 @contextmanager
 def timed(device: torch.device) -> Iterator[Clock]:
-    """Measure the enclosed block; on CUDA, wait for its kernels so the time is the node's own."""
-    clock = Clock()
-    start = time.perf_counter()
+    """Measure the enclosed block (see Clock)."""
+    clock = Clock(device)
     yield clock
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    clock.seconds = time.perf_counter() - start
+    clock.stop()
 
 
 def optimise_locally(
@@ -53,7 +77,7 @@ def optimise_locally(
     steps = 0
     for _ in range(local_epochs):
         for batch in node.minibatches(batch_size):
-            loss = batch_loss(node.encoder(node.training_inputs(batch)), node.labels[batch])
+            loss = batch_loss(node.features(node.training_inputs(batch)), node.labels[batch])
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -96,7 +96,7 @@ def fedavg_round(
                     lambda features, labels: nn.functional.cross_entropy(head(features), labels),
                     [federation.head_optimizers[index]],
                 )
-        work.append(NodeWork(loss, clock.seconds))
+        work.append(NodeWork(loss, (clock,)))
     average_modules([node.encoder for node in nodes], federation.mixing)
     if federation.heads is not None:
         average_modules(federation.heads, federation.mixing)

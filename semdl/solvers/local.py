@@ -5,35 +5,44 @@ from __future__ import annotations
 from torch import Tensor
 
 from semdl.network import InProcessCommunicator, Inbox, Node
-from semdl.objectives import rate_reduction
-from semdl.solvers.primal_dual import PrimalDualSettings
+from semdl.objectives.rates import rate_terms
 from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup
+from semdl.solvers.primal_dual import PrimalDualSettings
+
+
+def local_rate_reduction_loss(node: Node, settings: PrimalDualSettings) -> BatchLoss:
+    """-dR of a mini-batch of the node's own data."""
+    width = node.class_width(settings.batch_size)
+
+    def loss(features: Tensor, labels: Tensor) -> Tensor:
+        R, Rc, _ = rate_terms(features, labels, settings.num_classes, settings.eps_sq, width)
+        return -(settings.gamma1 * R - settings.gamma2 * Rc)
+
+    return loss
 
 
 def local_rate_reduction_training(node: Node, settings: PrimalDualSettings) -> Tensor:
     """`local_epochs` passes of optimizer steps on -dR of the node's own mini-batches; the mean loss."""
-    return optimise_locally(
-        node,
-        settings.local_epochs,
-        settings.batch_size,
-        lambda features, labels: (
-            -rate_reduction(features, labels, settings.num_classes, settings.eps_sq, settings.gamma1, settings.gamma2)[
-                0
-            ]
-        ),
-    )
+    return optimise_locally(node, settings.local_epochs, settings.batch_size, local_rate_reduction_loss(node, settings))
 
 
 def local_round(
-    nodes: list[Node], communicator: InProcessCommunicator, settings: PrimalDualSettings
+    groups: list[SingleNode | VectorizedGroup], communicator: InProcessCommunicator, settings: PrimalDualSettings
 ) -> tuple[list[NodeWork], list[Inbox]]:
     """Every node trains alone; the inboxes are an observer's view (no bytes counted) for the diagnostics."""
-    work = []
-    for node in nodes:
-        with timed(node.statistics.device) as clock:
-            loss = local_rate_reduction_training(node, settings)
-            node.refresh_statistics()
-        work.append(NodeWork(loss, clock.seconds))
-    return work, communicator.exchange(
+    work = {}
+    for group in groups:
+        with timed(group.nodes[0].statistics.device) as clock:
+            losses = group.optimise(
+                settings.local_epochs,
+                settings.batch_size,
+                [local_rate_reduction_loss(node, settings) for node in group.nodes],
+            )
+            group.refresh_statistics()
+        for node, loss in zip(group.nodes, losses):
+            work[node.index] = NodeWork(loss, (clock,), 1 / len(group.nodes))
+    nodes = sorted((node for group in groups for node in group.nodes), key=lambda node: node.index)
+    return [work[node.index] for node in nodes], communicator.exchange(
         [node.statistics for node in nodes], [node.counts for node in nodes], record=False
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from semdl.network import Inbox, InProcessCommunicator, Node
 from semdl.objectives import consensus_penalty, primal_dual_loss_with_penalty
-from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.solvers.common import NodeWork, timed
+from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup
 
 
 @dataclass(frozen=True)
@@ -31,33 +31,40 @@ def dual_step(node: Node, inbox: Inbox, step: float) -> None:
     node.dual += step * (weights.sum(0)[:, None, None] * node.statistics - neighbor_sum)
 
 
-def local_training(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> Tensor:
-    """`local_epochs` passes of optimizer steps on L_i; returns the mean loss (on the device)."""
+def node_loss(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> BatchLoss:
+    """L_i of this round as a function of a mini-batch's features and labels."""
     penalty = consensus_penalty(node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared)
     width = node.class_width(settings.batch_size)
-    return optimise_locally(
-        node,
-        settings.local_epochs,
-        settings.batch_size,
-        lambda features, labels: primal_dual_loss_with_penalty(
-            features, labels, settings.num_classes, settings.eps_sq, penalty, settings.gamma1, settings.gamma2, width
-        ),
+    return lambda features, labels: primal_dual_loss_with_penalty(
+        features, labels, settings.num_classes, settings.eps_sq, penalty, settings.gamma1, settings.gamma2, width
     )
 
 
 def primal_dual_round(
-    nodes: list[Node], communicator: InProcessCommunicator, inboxes: list[Inbox], settings: PrimalDualSettings
+    groups: list[SingleNode | VectorizedGroup],
+    communicator: InProcessCommunicator,
+    inboxes: list[Inbox],
+    settings: PrimalDualSettings,
 ) -> tuple[list[NodeWork], list[Inbox]]:
     """Dual step, local training and statistics at every node, then the exchange; returns each node's work.
 
-    Each node reads only its inbox (round t-1 values), so running the nodes one after another is the
-    synchronous round of the algorithm.
+    Each node reads only its inbox (round t-1 values), so running the nodes (or groups of them) one after
+    another is the synchronous round of the algorithm.
     """
-    work = []
-    for node, inbox in zip(nodes, inboxes):
-        with timed(node.statistics.device) as clock:
-            dual_step(node, inbox, settings.dual_step)
-            loss = local_training(node, inbox, settings)
-            node.refresh_statistics()
-        work.append(NodeWork(loss, clock.seconds))
-    return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+    work = {}
+    for group in groups:
+        with timed(group.nodes[0].statistics.device) as clock:
+            for node in group.nodes:
+                dual_step(node, inboxes[node.index], settings.dual_step)
+            losses = group.optimise(
+                settings.local_epochs,
+                settings.batch_size,
+                [node_loss(node, inboxes[node.index], settings) for node in group.nodes],
+            )
+            group.refresh_statistics()
+        for node, loss in zip(group.nodes, losses):
+            work[node.index] = NodeWork(loss, (clock,), 1 / len(group.nodes))
+    nodes = sorted((node for group in groups for node in group.nodes), key=lambda node: node.index)
+    return [work[node.index] for node in nodes], communicator.exchange(
+        [node.statistics for node in nodes], [node.counts for node in nodes]
+    )
