@@ -10,13 +10,6 @@ from torch import Tensor
 from semdl.objectives.rates import ClassBatch, rate_terms
 
 
-def frobenius_products(A: Tensor, B: Tensor) -> Tensor:
-    """<A^k, B^k>_F for stacks (K, a, b) of matrices, as one batched matrix product (an elementwise product
-    and reduction would pass over the (K, a, b) data several times, forward and backward)."""
-    K = A.shape[0]
-    return (A.reshape(K, 1, -1) @ B.reshape(K, -1, 1)).reshape(K)
-
-
 @dataclass(frozen=True)
 class ConsensusPenalty:
     """The multiplier and penalty terms of a round as a quadratic in the batch statistics Vhat, fixed for the round.
@@ -54,29 +47,30 @@ def consensus_penalty(
 def consensus_terms(V_hat: Tensor, present: Tensor, penalty: ConsensusPenalty) -> Tensor:
     """sum over classes present in the batch of <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||_F^2, for batch
     statistics V_hat (K, d, d)."""
-    per_class = (
-        frobenius_products(V_hat, penalty.linear)
-        + penalty.quadratic * frobenius_products(V_hat, V_hat)
-        + penalty.constant
-    )
-    return (present.to(V_hat.dtype) * per_class).sum()
+    return _penalty_of_grams(V_hat, present.to(V_hat.dtype), penalty)
+
+
+def _penalty_of_grams(grams: Tensor, scale: Tensor, penalty: ConsensusPenalty) -> Tensor:
+    """sum_k [<W^k, s_k G^k> + q_k ||s_k G^k||^2 + c_k] over classes with s_k > 0, as two flat reductions (one
+    pass over the K d x d matrices each way, where elementwise products and per-class sums would make several)."""
+    K = grams.shape[0]
+    flat = grams.reshape(K, -1)
+    linear = torch.vdot(flat.reshape(-1), (scale[:, None] * penalty.linear.reshape(K, -1)).reshape(-1))
+    quadratic = (penalty.quadratic * scale.pow(2) * (flat * flat).sum(1)).sum()
+    return linear + quadratic + (penalty.constant * (scale > 0)).sum()
 
 
 def batch_consensus_terms(batch: ClassBatch, penalty: ConsensusPenalty) -> Tensor:
-    """consensus_terms of a batch's statistics Vhat^k = Z_k^T Z_k / m_k, without forming them when classes are thin.
-
-    With width < d, <W^k, Z_k^T Z_k> = sum((Z_k W^k) * Z_k) and ||Z_k^T Z_k|| = ||Z_k Z_k^T||: no d x d
-    matrix per class is built, and no pass over one is made beyond the product with W^k.
-    """
-    sizes = batch.counts.clamp_min(1).to(batch.padded.dtype)
+    """consensus_terms of a batch's statistics Vhat^k = Z_k^T Z_k / m_k. Without class Grams (thin classes,
+    many of them), <W^k, Z_k^T Z_k> = <Z_k W^k, Z_k> and ||Z_k^T Z_k|| = ||Z_k Z_k^T||: no d x d matrix per
+    class is built."""
+    present = (batch.counts > 0).to(batch.padded.dtype)
+    scale = present / batch.counts.clamp_min(1).to(present.dtype)  # 1/m_k for classes in the batch, else 0
     if batch.grams is not None:
-        return consensus_terms(batch.grams / sizes[:, None, None], batch.counts > 0, penalty)
-    per_class = (
-        frobenius_products(batch.padded @ penalty.linear, batch.padded) / sizes
-        + penalty.quadratic * frobenius_products(batch.products, batch.products) / sizes.pow(2)
-        + penalty.constant
-    )
-    return ((batch.counts > 0).to(sizes.dtype) * per_class).sum()
+        return _penalty_of_grams(batch.grams, scale, penalty)
+    linear = torch.vdot((batch.padded @ penalty.linear).reshape(-1), (scale[:, None, None] * batch.padded).reshape(-1))
+    quadratic = (penalty.quadratic * scale.pow(2) * batch.products.pow(2).sum((1, 2))).sum()
+    return linear + quadratic + (penalty.constant * present).sum()
 
 
 def primal_dual_loss_with_penalty(
