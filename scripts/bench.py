@@ -1,13 +1,15 @@
 """Benchmarks of semdl, one subcommand each; ratios are measured against a floor computed in the same run.
 
     python scripts/bench.py objective [--device cpu|cuda] [--threads 2] [--m 1000] [--d 128]
-                                      [--classes 10 100] [--neighbors 5] [--repeats N] [--json PATH]
+                                      [--classes 10 100] [--neighbors 5] [--objectives primal_dual cluster]
+                                      [--repeats N] [--json PATH]
     python scripts/bench.py round [OVERRIDE ...] [--device auto|cpu|cuda] [--rounds N] [--warmup N] [--json PATH]
     python scripts/bench.py scaling [--device auto|cpu|cuda] [--nodes 2 4 8 16 32 64] [--per-node-per-class 10]
                                     [--rounds N] [--json PATH]
 
-`objective` times primal_dual_loss (forward + backward to Z) against its irreducible work: one Gram of
-the features plus one batched Cholesky of K+1 d x d matrices. Both are timed interleaved in one process,
+`objective` times primal_dual_loss and cluster_block_loss (a node's block step in one cluster), forward +
+backward to Z, against their irreducible work: one Gram of the features plus one batched Cholesky of K+1 d x d
+matrices. Both are timed interleaved in one process,
 so machine noise shifts both medians alike and the ratio is what matters.
 
 `round` times the solver round of an experiment (Hydra overrides as for `semdl train`; default: the default
@@ -17,8 +19,10 @@ data (the statistics pass). The floor runs on a twin of the network, built from 
 with the same execution groups (a vectorised run's floor is vectorised too); rounds and floors are interleaved.
 
 `scaling` times the primal-dual round of N nodes of a small MLP on a ring, every node with the same local
-data, so the work grows linearly with N. Memory is the bytes of the state the network holds (encoder
-parameters, optimizer state, statistics, counts, duals), plus the peak allocated memory on CUDA.
+data, so the work grows linearly with N. All networks are built first, then their rounds are timed
+interleaved. Memory: the bytes of the state each network holds (encoder parameters, optimizer state,
+statistics, counts, duals), the resident memory its construction added, and on CUDA the peak a round
+allocates beyond the state.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -43,7 +48,7 @@ from semdl.cli import CONF_DIR
 from semdl.config import validate
 from semdl.experiment import Network, build_network, resolve_device
 from semdl.network import Node
-from semdl.objectives import primal_dual_loss
+from semdl.objectives import ClusterContext, cluster_block_loss, consensus_penalty, primal_dual_loss
 
 RHO = 5.0
 EPS_SQ = 0.5
@@ -96,8 +101,8 @@ def interleaved_medians(steps: list[Callable[[], None]], repeats: int, device: s
     return [statistics.median(step_times) for step_times in times]
 
 
-def objective_row(num_classes: int, args: argparse.Namespace) -> dict[str, float | int]:
-    """Time primal_dual_loss and its irreducible work for one class count; return one table row."""
+def objective_row(name: str, num_classes: int, args: argparse.Namespace) -> dict[str, float | int | str]:
+    """Time one objective (primal_dual or cluster) and its irreducible work for one class count; one table row."""
     m, d, J, device = args.m, args.d, args.neighbors, args.device
     generator = torch.Generator().manual_seed(num_classes)
     Z = unit_features(m, d, generator, device)
@@ -110,9 +115,25 @@ def objective_row(num_classes: int, args: argparse.Namespace) -> dict[str, float
     eye = torch.eye(d, device=device)
     scales = d / (m * EPS_SQ) * torch.linspace(1.0, 2.0, num_classes + 1, device=device)
 
-    def objective() -> None:
-        Z.grad = None
-        primal_dual_loss(Z, labels, num_classes, EPS_SQ, V_self, V_neighbors, dual, RHO).backward()
+    if name == "primal_dual":
+
+        def objective() -> None:
+            Z.grad = None
+            primal_dual_loss(Z, labels, num_classes, EPS_SQ, V_self, V_neighbors, dual, RHO).backward()
+
+    else:
+        # Node i's block step in one cluster with another member holding every class (its Grams and counts
+        # from 10x the batch), as the solver calls it: the round's penalty computed once beforehand.
+        own_counts = torch.full((num_classes,), 10.0 * m / num_classes, device=device)
+        other = ClusterContext(
+            own_counts[:, None, None] * random_statistics((num_classes,), d, generator, device), own_counts, 0.5
+        )
+        stored = own_counts[:, None, None] * V_self
+        penalty = consensus_penalty(V_self, V_neighbors, dual, RHO)
+
+        def objective() -> None:
+            Z.grad = None
+            cluster_block_loss(Z, labels, num_classes, EPS_SQ, own_counts, stored, [other], penalty).backward()
 
     def irreducible() -> None:
         Z.grad = None
@@ -122,6 +143,7 @@ def objective_row(num_classes: int, args: argparse.Namespace) -> dict[str, float
 
     objective_ms, irreducible_ms = interleaved_medians([objective, irreducible], args.repeats, device)
     return {
+        "objective": name,
         "K": num_classes,
         "m": m,
         "d": d,
@@ -144,11 +166,15 @@ def machine_info(device: str, threads: int) -> dict[str, str | int]:
 
 
 def print_table(rows: list[dict[str, float | int]]) -> None:
-    """One line per class count, the ratio last: it is the number the issue's target is about."""
-    print(f"{'K':>5} {'m':>6} {'d':>5} {'J':>3} {'objective ms':>13} {'irreducible ms':>15} {'ratio':>6}")
+    """One line per objective and class count, the ratio last: it is the number the targets are about."""
+    print(
+        f"{'objective':<12} {'K':>5} {'m':>6} {'d':>5} {'J':>3} {'objective ms':>13}"
+        f" {'irreducible ms':>15} {'ratio':>6}"
+    )
     for row in rows:
         print(
-            f"{row['K']:>5} {row['m']:>6} {row['d']:>5} {row['J']:>3} {row['objective_ms']:>13.2f}"
+            f"{row['objective']:<12} {row['K']:>5} {row['m']:>6} {row['d']:>5} {row['J']:>3}"
+            f" {row['objective_ms']:>13.2f}"
             f" {row['irreducible_ms']:>15.2f} {row['ratio']:>6.2f}"
         )
 
@@ -164,7 +190,7 @@ def run_objective(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     machine = machine_info(args.device, args.threads)
     print(", ".join(f"{key}={value}" for key, value in machine.items()))
-    rows = [objective_row(num_classes, args) for num_classes in args.classes]
+    rows = [objective_row(name, num_classes, args) for name in args.objectives for num_classes in args.classes]
     print_table(rows)
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
@@ -275,9 +301,9 @@ def state_bytes(nodes: list[Node]) -> int:
     return total
 
 
-def scaling_row(num_nodes: int, args: argparse.Namespace) -> dict[str, float | int]:
-    """Time the primal-dual round of `num_nodes` small-MLP nodes on a ring; return one table row."""
-    cfg = compose_config(
+def scaling_config(num_nodes: int, args: argparse.Namespace) -> DictConfig:
+    """`num_nodes` small-MLP primal-dual nodes on a ring, each with per_node_per_class samples of every class."""
+    return compose_config(
         [
             "data=synthetic",
             f"data.train_per_class={num_nodes * args.per_node_per_class}",
@@ -291,45 +317,66 @@ def scaling_row(num_nodes: int, args: argparse.Namespace) -> dict[str, float | i
             f"device={args.device}",
         ]
     )
-    device = resolve_device(cfg.device).type
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    network, run_round = round_step(cfg)
-    nodes = network.nodes
-    (round_s,) = timed_medians([run_round], 1, args.rounds, device)
-    return {
-        "N": num_nodes,
-        "samples_per_node": sum(node.num_samples for node in nodes) // num_nodes,
-        "round_s": round_s,
-        "round_s_per_node": round_s / num_nodes,
-        "state_mb": state_bytes(nodes) / 1e6,
-        "peak_mb": torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else None,
-    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
 def run_scaling(args: argparse.Namespace) -> int:
-    """The `scaling` subcommand: one row per node count, and the growth of the round time against linear."""
+    """The `scaling` subcommand: one row per node count, and the growth of time and memory against linear.
+
+    Every network is built first (in increasing N, recording the memory each adds), then their rounds are
+    timed interleaved, so machine noise and cache state affect all node counts alike.
+    """
     if cuda_missing(args.device):
         return 2
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device).type
     machine = machine_info(device, args.threads)
     print(", ".join(f"{key}={value}" for key, value in machine.items()))
-    print("state MB: bytes of the network's tensors (weights, optimizer state, statistics, duals); peak MB: CUDA only")
-    print(f"{'N':>4} {'per node':>8} {'s/round':>9} {'s/round/node':>13} {'state MB':>9} {'peak MB':>9}")
-    rows = []
+    rows, steps = [], []
     for num_nodes in args.nodes:
-        row = scaling_row(num_nodes, args)
-        rows.append(row)
-        peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}"
+        rss_before = peak_rss_mb()
+        network, run_round = round_step(scaling_config(num_nodes, args))
+        if device == "cuda":
+            torch.cuda.synchronize()
+            allocated = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        run_round()
+        rows.append(
+            {
+                "N": num_nodes,
+                "samples_per_node": sum(node.num_samples for node in network.nodes) // num_nodes,
+                "state_mb": state_bytes(network.nodes) / 1e6,
+                "round_peak_mb": (torch.cuda.max_memory_allocated() - allocated) / 1e6 if device == "cuda" else None,
+                "rss_growth_mb": peak_rss_mb() - rss_before,
+            }
+        )
+        steps.append(run_round)
+    for row, round_s in zip(rows, timed_medians(steps, 1, args.rounds, device)):
+        row["round_s"] = round_s
+        row["round_s_per_node"] = round_s / row["N"]
+    print(
+        "state MB: the network's tensors (weights, optimizer state, statistics, duals); round peak MB: CUDA memory a"
+        " round allocates beyond them; RSS MB: the process's resident memory that building the network added"
+    )
+    print(f"{'N':>4} {'per node':>8} {'s/round':>9} {'s/round/node':>13} {'state MB':>9} {'round MB':>9} {'RSS MB':>7}")
+    for row in rows:
+        peak = "-" if row["round_peak_mb"] is None else f"{row['round_peak_mb']:.1f}"
         print(
             f"{row['N']:>4} {row['samples_per_node']:>8} {row['round_s']:>9.4f} {row['round_s_per_node']:>13.5f}"
-            f" {row['state_mb']:>9.2f} {peak:>9}"
+            f" {row['state_mb']:>9.2f} {peak:>9} {row['rss_growth_mb']:>7.1f}"
         )
     first, last = rows[0], rows[-1]
-    growth = {"time_ratio": last["round_s"] / first["round_s"], "linear_ratio": last["N"] / first["N"]}
+    growth = {
+        "time_ratio": last["round_s"] / first["round_s"],
+        "state_ratio": last["state_mb"] / first["state_mb"],
+        "linear_ratio": last["N"] / first["N"],
+    }
     print(
-        f"time(N={last['N']}) / time(N={first['N']}) = {growth['time_ratio']:.2f}, linear: {growth['linear_ratio']:.2f}"
+        f"time(N={last['N']}) / time(N={first['N']}) = {growth['time_ratio']:.2f}, state memory ratio"
+        f" {growth['state_ratio']:.2f}, linear: {growth['linear_ratio']:.2f}"
     )
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": machine, "rows": rows, "growth": growth}, indent=2) + "\n")
@@ -346,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     objective.add_argument("--d", type=int, default=128, help="feature dimension")
     objective.add_argument("--classes", type=int, nargs="+", default=[10, 100], help="class counts K")
     objective.add_argument("--neighbors", type=int, default=5, help="neighbour count J")
+    objective.add_argument(
+        "--objectives", nargs="+", choices=["primal_dual", "cluster"], default=["primal_dual", "cluster"]
+    )
     objective.add_argument("--repeats", type=int, default=20, help="timed calls of each measurement")
     objective.add_argument("--json", type=Path, default=None, help="write the rows and machine info here")
     objective.set_defaults(handler=run_objective)
@@ -362,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     scaling.add_argument("--nodes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64], help="node counts N")
     scaling.add_argument("--per-node-per-class", type=int, default=10, help="training samples per node and class")
-    scaling.add_argument("--rounds", type=int, default=3, help="timed rounds per node count")
+    scaling.add_argument("--rounds", type=int, default=10, help="timed rounds per node count (interleaved)")
     scaling.add_argument("--json", type=Path, default=None, help="write the rows and machine info here")
     scaling.set_defaults(handler=run_scaling)
     return parser
