@@ -90,11 +90,57 @@ def train_job(cfg: DictConfig) -> None:
     from semdl.experiment import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+
+    def train() -> dict:
         validate(cfg)
-        summary = run_experiment(cfg, run_dir)
+        return run_experiment(cfg, run_dir)
+
+    report(run_dir, guarded(train))
+
+
+def guarded(run):
+    """Run a training; its stops that are not bugs become one line and an exit status."""
+    from semdl.errors import Interrupted, NumericalError
+
+    try:
+        return run()
     except UserError as error:
         fail(str(error))
+    except NumericalError as error:
+        print(f"semdl: numerical failure: {error}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as error:
+        print(f"semdl: {error}", file=sys.stderr)
+        sys.exit(130)
+
+
+def resume_run(arguments: list[str]) -> None:
+    """`semdl train resume=<run_dir> [train.rounds=... eval....]`: continue a run from its last checkpoint."""
+    if any(argument in ("-m", "--multirun") for argument in arguments):
+        fail("resume= continues one run directory; it cannot be part of a -m sweep")
+    directories = [argument.split("=", 1)[1] for argument in arguments if argument.startswith("resume=")]
+    overrides = [argument for argument in arguments if not argument.startswith("resume=")]
+    if len(directories) != 1 or not directories[0]:
+        fail("give one run directory: semdl train resume=<run_dir>")
+    from semdl.experiment import resume_experiment
+
+    run_dir = Path(directories[0])
+    if run_dir.is_dir():
+        log_to(run_dir / "semdl.log")
+    report(run_dir, guarded(lambda: resume_experiment(run_dir, overrides)))
+
+
+def log_to(path: Path) -> None:
+    """Console and run-log output as a Hydra job has them (a resumed run appends to its own log)."""
+    import logging
+
+    handlers = [logging.StreamHandler(), logging.FileHandler(path, mode="a")]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+
+
+def report(run_dir: Path, summary: dict) -> None:
     print(f"run directory: {run_dir}")
     print(
         f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
@@ -197,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         sys.exit(0 if arguments else 2)
     command, rest = arguments[0], arguments[1:]
-    if command == "train":
+    if command == "train" and any(argument.startswith("resume=") for argument in rest):
+        resume_run(rest)
+    elif command == "train":
         run_hydra_command(command, train_job, rest)
     elif command == "partition":
         run_hydra_command(command, partition_job, rest)

@@ -83,6 +83,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 0.001
     weight_decay: float = 1e-5
+    checkpoint_every: int = 10  # write checkpoints/last.pt every this many rounds (0: only at the end)
     amp: str = "auto"  # bf16 autocast of the encoders (objectives stay float32): auto = on CUDA
     compile: str = "auto"  # torch.compile of the encoders: auto = on CUDA
 
@@ -116,6 +117,7 @@ class Config:
     sim: SimConfig = field(default_factory=SimConfig)
     nodes: int = 5
     seed: int = 0
+    resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
     device: str = "auto"
     dim_z: int = 128
     eps_sq: float = 0.5
@@ -178,6 +180,8 @@ def validate(cfg: DictConfig) -> None:
     _at_least("nodes", cfg.nodes, 1)
     _at_least("dim_z", cfg.dim_z, 1)
     _positive("eps_sq", cfg.eps_sq)
+    if cfg.resume is not None:
+        raise UserError("resume= continues one run directory; give it to `semdl train` with no -m sweep")
     _choice("device", cfg.device, DEVICES)
 
     _choice("data", cfg.data.name, DATASETS)
@@ -262,6 +266,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.batch_size", cfg.train.batch_size, 2)
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     _positive("train.lr", cfg.train.lr)
+    _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0)
     _choice("train.amp", cfg.train.amp, SWITCHES)
     _choice("train.compile", cfg.train.compile, SWITCHES)
     _choice("sim.vectorize", cfg.sim.vectorize, SWITCHES)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -16,16 +19,25 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from semdl.config import VECTORIZED_SOLVERS, Config, switch, validate
+from semdl.checkpoint import (
+    checkpoint_state,
+    load_resumable,
+    read_checkpoint,
+    restore_global_generators,
+    restore_network_state,
+    saved_partition,
+)
+from semdl.config import VECTORIZED_SOLVERS, WEIGHT_AVERAGING, Config, switch, validate
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
-from semdl.errors import UserError
+from semdl.errors import Interrupted, NumericalError, UserError
 from semdl.eval import plot_partition, plot_training_curves
 from semdl.eval.evaluate import evaluate_accuracy, evaluate_network
 from semdl.eval.plots import plot_accuracy_curves
-from semdl.io import MetricsWriter, save_torch, write_json
+from semdl.io import MetricsWriter, save_checkpoint, truncate_metrics, write_json
 from semdl.models import architectures, build_encoder
 from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_optimizer, build_topology, node_seeds
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
+from semdl.objectives.rates import FallbackCount
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
 from semdl.solvers import (
     ClusterPlan,
@@ -37,7 +49,7 @@ from semdl.solvers import (
     local_round,
     primal_dual_round,
 )
-from semdl.solvers.fedavg import build_federation, fedavg_round
+from semdl.solvers.fedavg import Federation, build_federation, fedavg_round
 from semdl.solvers.common import NodeWork
 
 log = logging.getLogger("semdl")
@@ -112,15 +124,19 @@ def round_rows(
     round_start: float,
     cfg: DictConfig,
     plan: ClusterPlan | None,
+    cholesky_fallbacks: int = 0,
 ) -> list[dict]:
     """metrics.jsonl rows of one round: one per node, one per cluster (cluster_bcd) and one for the network,
-    all read from the device in one transfer; the round's seconds run from `round_start` to that transfer."""
+    all read from the device in one transfer; the round's seconds run from `round_start` to that transfer.
+
+    Raises NumericalError, naming the first node and quantity, when a loss, statistic or dual is not finite.
+    """
     gammas = (cfg.solver.gamma1, cfg.solver.gamma2)
     values = []
     for node, inbox, node_work in zip(nodes, inboxes, work):
         dR, R, Rc = rate_reduction_from_statistics(node.statistics, node.counts * node.responsible, cfg.eps_sq, *gammas)
         residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
-        values += [node_work.loss, R, Rc, dR, residual, node.dual.norm()]
+        values += [node_work.loss, R, Rc, dR, residual, node.dual.norm(), torch.isfinite(node.statistics).all()]
     clusters = plan.clusters if plan is not None else []
     for members in clusters:
         dR, R, Rc = cluster_rate_reduction(
@@ -139,9 +155,10 @@ def round_rows(
     values += [R, Rc, dR]
     numbers = torch.stack([value.to(torch.float32).reshape(()) for value in values]).tolist()
     round_seconds = time.perf_counter() - round_start
+    per_node = [numbers[NODE_VALUES * node.index : NODE_VALUES * (node.index + 1)] for node in nodes]
+    check_finite(round_index, per_node)
     rows = []
-    for node, node_work in zip(nodes, work):
-        loss, R, Rc, dR, residual, dual_norm = numbers[6 * node.index : 6 * node.index + 6]
+    for node, node_work, (loss, R, Rc, dR, residual, dual_norm, _) in zip(nodes, work, per_node):
         rows.append(
             {
                 "round": round_index,
@@ -156,7 +173,7 @@ def round_rows(
                 "seconds": node_work.seconds,
             }
         )
-    offset = 6 * len(nodes)
+    offset = NODE_VALUES * len(nodes)
     for cluster_index, members in enumerate(clusters):
         R, Rc, dR = numbers[offset + 3 * cluster_index : offset + 3 * cluster_index + 3]
         rows.append(
@@ -172,35 +189,26 @@ def round_rows(
             "dR": dR,
             "consensus_residual": max(row["consensus_residual"] for row in rows[: len(nodes)]),
             "bytes_sent": sum(bytes_sent),
+            "cholesky_fallbacks": cholesky_fallbacks,
             "seconds": round_seconds,
         }
     )
     return rows
 
 
-def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict:
-    """Everything of every node, in the per-node layout whatever groups ran it (encoder tensors are copied out
-    of a vectorised group's stacked storage, which would otherwise be saved whole with each view)."""
-    for group in network.groups:
-        group.sync_optimizers()
-    return {
-        "round": round_index,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "bytes_sent": list(network.communicator.bytes_sent),
-        "nodes": [
-            {
-                "architecture": node.architecture,
-                "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
-                "optimizer": node.optimizer.state_dict(),
-                "statistics": node.statistics,
-                "counts": node.counts,
-                "dual": node.dual,
-                "responsible": node.responsible,
-                "generator": node.generator.get_state(),
-            }
-            for node in network.nodes
-        ],
-    }
+NODE_VALUES = 7  # loss, R, Rc, dR, consensus residual, dual norm, statistics finite
+
+
+def check_finite(round_index: int, per_node: list[list[float]]) -> None:
+    """Stop at the first node whose loss, statistics or duals are not finite (NaN or inf)."""
+    for node, (loss, _, _, _, _, dual_norm, statistics_finite) in enumerate(per_node):
+        for finite, quantity in (
+            (math.isfinite(loss), f"its training loss is {loss}"),
+            (statistics_finite == 1.0, "its statistics V_i^k hold non-finite values"),
+            (math.isfinite(dual_norm), "its duals Y_i^k hold non-finite values"),
+        ):
+            if not finite:
+                raise NumericalError(f"round {round_index}, node {node}: {quantity}")
 
 
 def write_partition(
@@ -238,9 +246,10 @@ IID_TOLERANCE = 0.05  # total-variation distance from the global class mix above
 
 
 def plan_communication(
-    cfg: DictConfig, counts: np.ndarray, topology: Topology, run_dir: Path
+    cfg: DictConfig, counts: np.ndarray, topology: Topology, run_dir: Path | None
 ) -> tuple[np.ndarray, list[list[int]], ClusterPlan | None]:
-    """Who is responsible for which classes, who exchanges with whom, and (cluster_bcd) the clusters."""
+    """Who is responsible for which classes, who exchanges with whom, and (cluster_bcd) the clusters, which are
+    saved to run_dir/clusters.json unless run_dir is None (a resumed run has them already)."""
     if cfg.solver.name == "centralized":
         return np.ones((1, counts.shape[1]), dtype=bool), [[]], None
     if cfg.solver.name != "cluster_bcd":
@@ -269,16 +278,17 @@ def plan_communication(
         for i in range(len(counts))
     ]
     label_sets = [np.flatnonzero(row).tolist() for row in responsible]
-    write_json(
-        run_dir / "clusters.json",
-        {
-            "clusters": clusters,
-            "label_sets": label_sets,
-            "replication": plan.replication,
-            "weights": [1.0 / count for count in plan.replication],
-            "consensus_neighbors": neighbors,
-        },
-    )
+    if run_dir is not None:
+        write_json(
+            run_dir / "clusters.json",
+            {
+                "clusters": clusters,
+                "label_sets": label_sets,
+                "replication": plan.replication,
+                "weights": [1.0 / count for count in plan.replication],
+                "consensus_neighbors": neighbors,
+            },
+        )
     for index, members in enumerate(clusters):
         log.info("cluster %d: nodes %s", index, members)
     for node, labels in enumerate(label_sets):
@@ -294,8 +304,8 @@ def round_function(
     nodes: list[Node],
     groups: list[SingleNode | VectorizedGroup],
     communicator: InProcessCommunicator,
-    neighbors: list[list[int]],
     plan: ClusterPlan | None,
+    federation: Federation | None,
     settings: PrimalDualSettings,
 ) -> Callable[[list[Inbox]], tuple[list[NodeWork], list[Inbox]]]:
     """The configured solver's round, as a function of the inboxes."""
@@ -306,7 +316,6 @@ def round_function(
         return lambda inboxes: cluster_bcd_round(nodes, communicator, inboxes, plan, settings)
     if name in ("local", "centralized"):
         return lambda inboxes: local_round(groups, communicator, settings)
-    federation = build_federation(nodes, neighbors, cfg.solver.aggregation, name == "fedavg_ce", cfg.train.lr)
     return lambda inboxes: fedavg_round(nodes, communicator, federation, settings)
 
 
@@ -319,20 +328,38 @@ class Network:
     groups: list[SingleNode | VectorizedGroup]  # how the nodes execute (vectorised solvers only; else one each)
     communicator: InProcessCommunicator
     plan: ClusterPlan | None
+    federation: Federation | None  # the weight-averaging baselines' mixing and heads
     inboxes: list[Inbox]
     run_round: Callable[[list[Inbox]], tuple[list[NodeWork], list[Inbox]]]
 
 
-def build_network(cfg: DictConfig, run_dir: Path, device: torch.device) -> Network:
-    """Topology, dataset on the device, partition (saved in run_dir), nodes, communicator and the solver's round."""
+def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoint: dict | None = None) -> Network:
+    """Topology, dataset on the device, partition, nodes, communicator and the solver's round.
+
+    A fresh network saves its partition (and clusters) in run_dir and starts from the untrained encoders'
+    statistics; given a checkpoint, it reads the run's saved partition, writes nothing, and continues
+    from the checkpoint's state.
+    """
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
-    dataset, parts, counts = partition_dataset(cfg, run_dir)
+    if checkpoint is None:
+        dataset, parts, counts = partition_dataset(cfg, run_dir)
+    else:
+        dataset = load_dataset(cfg.data)
+        parts = saved_partition(run_dir)
+        counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     if cfg.solver.name == "centralized":
         parts = [np.sort(np.concatenate(parts))]
-    responsible, neighbors, plan = plan_communication(cfg, counts, topology, run_dir)
+    responsible, neighbors, plan = plan_communication(cfg, counts, topology, run_dir if checkpoint is None else None)
     dataset = dataset.to(device)
     nodes = build_nodes(cfg, dataset, parts, responsible, device)
     communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
+    federation = None
+    if cfg.solver.name in WEIGHT_AVERAGING:
+        federation = build_federation(
+            nodes, neighbors, cfg.solver.aggregation, cfg.solver.name == "fedavg_ce", cfg.train.lr
+        )
+    if checkpoint is not None:
+        restore_network_state(checkpoint, nodes, communicator, federation, device)
     settings = PrimalDualSettings(
         dataset.num_classes,
         cfg.eps_sq,
@@ -345,15 +372,17 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device) -> Netwo
     )
     vectorize = cfg.solver.name in VECTORIZED_SOLVERS and switch(cfg.sim.vectorize, device.type == "cuda")
     groups = build_groups(nodes, vectorize, switch(cfg.train.compile, device.type == "cuda"))
-    for group in groups:
-        group.refresh_statistics()
+    if checkpoint is None:
+        for group in groups:
+            group.refresh_statistics()
+    # Resuming, the inboxes are those the checkpointed round delivered: already counted then.
     inboxes = communicator.exchange(
         [node.statistics for node in nodes],
         [node.counts for node in nodes],
-        record=cfg.solver.name in STATISTICS_SHARING,
+        record=cfg.solver.name in STATISTICS_SHARING and checkpoint is None,
     )
-    run_round = round_function(cfg, nodes, groups, communicator, neighbors, plan, settings)
-    return Network(dataset, nodes, groups, communicator, plan, inboxes, run_round)
+    run_round = round_function(cfg, nodes, groups, communicator, plan, federation, settings)
+    return Network(dataset, nodes, groups, communicator, plan, federation, inboxes, run_round)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
@@ -361,11 +390,60 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     run_dir = Path(run_dir)
     if (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir")
+        raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir or continue it with resume=")
     device = resolve_device(cfg.device)
-    torch.backends.cudnn.enabled = True
-
     network = build_network(cfg, run_dir, device)
+    return train_and_evaluate(cfg, run_dir, network, device, 0, [], started)
+
+
+def resume_experiment(run_dir: Path, overrides: list[str]) -> dict:
+    """Continue the run in `run_dir` from its newest readable checkpoint (with only allowed overrides), appending
+    to its metrics.jsonl; return the summary. The result equals the uninterrupted run's (CPU)."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    cfg, checkpoint = load_resumable(run_dir, overrides)
+    restore_global_generators(checkpoint["generators"])
+    device = resolve_device(cfg.device)
+    network = build_network(cfg, run_dir, device, checkpoint)
+    done = checkpoint["round"]
+    finished = done == checkpoint["config"]["train"]["rounds"] and (run_dir / "summary.json").is_file()
+    history = truncate_metrics(
+        run_dir / "metrics.jsonl",
+        # Rows after the checkpoint are redone; so is the final evaluation of a run that had not finished.
+        lambda row: row["round"] < done or (row["round"] == done and (finished or row["node"] != "eval")),
+    )
+    log.info("resuming %s at round %d of %d", run_dir, done + 1, cfg.train.rounds)
+    return train_and_evaluate(cfg, run_dir, network, device, done, history, started)
+
+
+@contextmanager
+def checkpoint_on_sigint() -> Iterator[list[bool]]:
+    """While active, a first Ctrl-C only raises a flag (the round finishes and a checkpoint is written); a
+    second one interrupts at once."""
+    requested = [False]
+
+    def handler(signum, frame):
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+        log.warning("interrupt: stopping after this round, with a checkpoint (Ctrl-C again to stop now)")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_and_evaluate(
+    cfg: DictConfig, run_dir: Path, network: Network, device: torch.device, done: int, history: list[dict], started
+) -> dict:
+    """Rounds done+1 .. train.rounds (metrics appended each round, a checkpoint every train.checkpoint_every),
+    then the final checkpoint, evaluation, figures and summary. `history`: the metrics rows already written."""
+    torch.backends.cudnn.enabled = True
     dataset, nodes, communicator, plan = network.dataset, network.nodes, network.communicator, network.plan
     inboxes = network.inboxes
     log.info(
@@ -389,35 +467,65 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             description["statistics_bytes"] / 1e6,
         )
 
+    checkpoints = run_dir / "checkpoints"
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
-    network_rows = []
-    evaluation_rows = []
-    progress = tqdm(range(1, cfg.train.rounds + 1), desc="rounds", unit="round", mininterval=1.0)
+    network_rows = [row for row in history if row["node"] == "network"]
+    evaluation_rows = [row for row in history if row["node"] == "eval"]
+    progress = tqdm(
+        range(done + 1, cfg.train.rounds + 1),
+        desc="rounds",
+        unit="round",
+        mininterval=1.0,
+        initial=done,
+        total=cfg.train.rounds,
+    )
     try:
-        for round_index in progress:
-            round_start = time.perf_counter()
-            bytes_before = list(communicator.bytes_sent)
-            work, inboxes = network.run_round(inboxes)
-            bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
-            rows = round_rows(round_index, nodes, inboxes, work, bytes_sent, round_start, cfg, plan)
-            if cfg.eval.every and round_index % cfg.eval.every == 0 and round_index < cfg.train.rounds:
-                evaluation_rows.append(
-                    evaluation_row(round_index, evaluate_accuracy(nodes, dataset, cfg.eval, cfg.dim_z))
+        with checkpoint_on_sigint() as interrupt:
+            for round_index in progress:
+                round_start = time.perf_counter()
+                bytes_before = list(communicator.bytes_sent)
+                fallbacks_before = FallbackCount.total
+                work, inboxes = network.run_round(inboxes)
+                bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
+                rows = round_rows(
+                    round_index,
+                    nodes,
+                    inboxes,
+                    work,
+                    bytes_sent,
+                    round_start,
+                    cfg,
+                    plan,
+                    FallbackCount.total - fallbacks_before,
                 )
-                rows.append(evaluation_rows[-1])
-            metrics.write_round(rows)
-            network_rows.append(next(row for row in rows if row["node"] == "network"))
-            progress.set_postfix(
-                dR=f"{network_rows[-1]['dR']:.3f}",
-                residual=f"{network_rows[-1]['consensus_residual']:.2e}",
-                refresh=False,
-            )
+                if cfg.eval.every and round_index % cfg.eval.every == 0 and round_index < cfg.train.rounds:
+                    evaluation_rows.append(
+                        evaluation_row(round_index, evaluate_accuracy(nodes, dataset, cfg.eval, cfg.dim_z))
+                    )
+                    rows.append(evaluation_rows[-1])
+                metrics.write_round(rows)
+                network_rows.append(next(row for row in rows if row["node"] == "network"))
+                progress.set_postfix(
+                    dR=f"{network_rows[-1]['dR']:.3f}",
+                    residual=f"{network_rows[-1]['consensus_residual']:.2e}",
+                    refresh=False,
+                )
+                every = cfg.train.checkpoint_every
+                if interrupt[0] or (every and round_index % every == 0 and round_index < cfg.train.rounds):
+                    save_checkpoint(checkpoints, checkpoint_state(round_index, network, cfg))
+                if interrupt[0] and round_index < cfg.train.rounds:
+                    raise Interrupted(
+                        f"interrupted after round {round_index} of {cfg.train.rounds}, checkpoint saved; continue "
+                        f"with: semdl train resume={run_dir}"
+                    )
         progress.close()
-        save_torch(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg.train.rounds, network, cfg))
+        save_checkpoint(checkpoints, checkpoint_state(cfg.train.rounds, network, cfg))
         evaluation = evaluate_network(nodes, dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
         write_json(run_dir / "eval.json", evaluation)
         evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
         metrics.write_round([evaluation_rows[-1]])
+    except NumericalError as error:
+        raise NumericalError(f"{error}; stopped, the last good checkpoint is in {checkpoints}") from None
     finally:
         metrics.close()
         progress.close()
@@ -437,6 +545,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "network_Rc": final["Rc"],
         "consensus_residual": final["consensus_residual"],
         "total_bytes_sent": sum(communicator.bytes_sent),
+        "cholesky_fallbacks": sum(row.get("cholesky_fallbacks", 0) for row in network_rows),
         "wall_seconds": time.perf_counter() - started,
         **headline(evaluation),
         "device": str(device),
@@ -469,23 +578,22 @@ def headline(evaluation: dict) -> dict:
     }
 
 
-RUN_FILES = ("partition.json", "checkpoints/last.pt")
+RUN_FILES = ("partition.json", "checkpoints")
 EVAL_OVERRIDE_PREFIXES = ("eval.", "device=")
 
 
 def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Dataset, list[Node]]:
     """A finished run's config (from its checkpoint, with eval.* / device overrides), dataset and restored nodes."""
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    missing = [name for name in RUN_FILES if not (run_dir / name).exists()]
     if missing:
-        raise UserError(f"{run_dir} is not a finished semdl run: {', '.join(missing)} missing")
+        raise UserError(f"{run_dir} is not a semdl run: {', '.join(missing)} missing")
     foreign = [item for item in overrides if not item.startswith(EVAL_OVERRIDE_PREFIXES)]
     if foreign:
         raise UserError(f"semdl eval takes only eval.* and device= overrides; {foreign[0]!r} would change the run")
-    try:
-        state = torch.load(run_dir / "checkpoints/last.pt", map_location="cpu", weights_only=True)
-        saved_config = state["config"]
-    except Exception as error:  # a truncated or foreign file fails in many ways inside torch.load
-        raise UserError(f"cannot read {run_dir / 'checkpoints/last.pt'} as a semdl checkpoint: {error}") from None
+    state = read_checkpoint(run_dir)
+    saved_config = state["config"]
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), saved_config, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as error:
@@ -493,8 +601,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Dataset, 
     validate(cfg)
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.data).to(device)
-    partition = json.loads((run_dir / "partition.json").read_text())
-    parts = [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]
+    parts = saved_partition(run_dir)
     responsible = np.stack([saved["responsible"].numpy() for saved in state["nodes"]])
     nodes = build_nodes(cfg, dataset, parts, responsible, device)
     for node, saved in zip(nodes, state["nodes"]):

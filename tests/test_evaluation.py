@@ -117,7 +117,7 @@ def test_semdl_eval_on_a_directory_that_is_not_a_run(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"semdl: error: {tmp_path} is not a finished semdl run: partition.json, checkpoints/last.pt missing"
+        f"semdl: error: {tmp_path} is not a semdl run: partition.json, checkpoints missing"
     ]
 
 
@@ -145,6 +145,6 @@ def test_semdl_eval_on_a_truncated_checkpoint(finished_run, tmp_path):
     shutil.copytree(run_dir, copy)
     checkpoint = copy / "checkpoints/last.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    with pytest.raises(UserError, match="as a semdl checkpoint") as error:
+    with pytest.raises(UserError, match="no usable checkpoint in .*last.pt is unreadable") as error:
         reevaluate(copy, [])
     assert "\n" not in str(error.value)

@@ -1,5 +1,21 @@
 """The run directory: metrics, summaries and checkpoints, each written so a crash cannot corrupt it."""
 
-from semdl.io.files import MetricsWriter, read_metrics, save_torch, write_json
+from semdl.io.files import (
+    MetricsWriter,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+    save_torch,
+    truncate_metrics,
+    write_json,
+)
 
-__all__ = ["MetricsWriter", "read_metrics", "save_torch", "write_json"]
+__all__ = [
+    "MetricsWriter",
+    "load_checkpoint",
+    "read_metrics",
+    "save_checkpoint",
+    "save_torch",
+    "truncate_metrics",
+    "write_json",
+]

@@ -11,14 +11,29 @@ from typing import Any
 import torch
 
 
-def _replace_atomically(path: Path, write) -> None:
+def _write_synced(path: Path, write) -> Path:
+    """Write a temporary file beside `path` and fsync it; return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         write(handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    return temporary
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make renames in `directory` durable (a crash right after os.replace could otherwise undo them)."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _replace_atomically(path: Path, write) -> None:
+    os.replace(_write_synced(path, write), path)
+    _sync_directory(path.parent)
 
 
 def _json_ready(value: Any) -> Any:
@@ -41,6 +56,57 @@ def write_json(path: Path, payload: Any) -> None:
 def save_torch(path: Path, payload: Any) -> None:
     """torch.save via a temporary file, fsync and rename: the previous file stays intact until the new one is whole."""
     _replace_atomically(Path(path), lambda handle: torch.save(payload, handle))
+
+
+CHECKPOINT = "last.pt"
+PREVIOUS_CHECKPOINT = "previous.pt"
+
+
+def save_checkpoint(directory: Path, payload: Any) -> None:
+    """Write `payload` as directory/last.pt, keeping the one it replaces as previous.pt.
+
+    The new file is complete and synced before either rename, so at every moment at least one of the two
+    files is a whole checkpoint.
+    """
+    directory = Path(directory)
+    temporary = _write_synced(directory / CHECKPOINT, lambda handle: torch.save(payload, handle))
+    if (directory / CHECKPOINT).exists():
+        os.replace(directory / CHECKPOINT, directory / PREVIOUS_CHECKPOINT)
+    os.replace(temporary, directory / CHECKPOINT)
+    _sync_directory(directory)
+
+
+def load_checkpoint(directory: Path, is_valid) -> tuple[dict, Path, list[str]]:
+    """The newest readable checkpoint in `directory` (last.pt, else previous.pt), loaded with weights_only=True.
+
+    is_valid(payload) -> str | None says what is wrong with a payload that loads but is not a checkpoint of
+    this kind. Returns (payload, its path, the problems of the files skipped); raises FileNotFoundError with
+    those problems when neither file is usable.
+    """
+    problems = []
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or foreign file fails in many ways inside torch.load
+            reason = (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0][:160]
+            problems.append(f"{path} is unreadable ({reason})")
+            continue
+        problem = is_valid(payload)
+        if problem is None:
+            return payload, path, problems
+        problems.append(f"{path} {problem}")
+    raise FileNotFoundError("; ".join(problems) or f"no checkpoint in {directory}")
+
+
+def truncate_metrics(path: Path, keep) -> list[dict]:
+    """Rewrite metrics.jsonl with the rows for which keep(row) holds (a torn last line is dropped); return them."""
+    rows = [row for row in read_metrics(path) if keep(row)]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    _replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
+    return rows
 
 
 class MetricsWriter:

@@ -33,6 +33,12 @@ class _CholeskyLogdet(torch.autograd.Function):
         return weight[..., None, None] * torch.cholesky_inverse(factor), None
 
 
+class FallbackCount:
+    """How many matrices took the eigenvalue fallback since the process started (read per round into metrics)."""
+
+    total = 0
+
+
 def logdet_identity_plus(gram: Tensor, scale: Tensor | float) -> Tensor:
     """logdet(I + scale * gram) for a batch (..., n, n) of symmetric PSD matrices; `scale` (...) is a constant,
     a tensor or a Python number (which costs no host-to-device copy)."""
@@ -46,8 +52,12 @@ def logdet_identity_plus(gram: Tensor, scale: Tensor | float) -> Tensor:
     if failed.any():
         # Rounding can make a nearly singular Gram slightly indefinite; its eigenvalues, clamped at 0, still
         # give the logdet of the PSD matrix it approximates.
-        eigenvalues = torch.linalg.eigvalsh(grams[failed]).clamp_min(0)
-        fallback = torch.log1p(scales[failed][:, None] * eigenvalues).sum(-1)
+        FallbackCount.total += int(failed.sum())
+        # A non-finite matrix has no logdet: it becomes NaN, for the run's numerical guard, not an eigh error.
+        candidates = grams[failed]
+        finite = torch.isfinite(candidates).all(-1).all(-1)
+        eigenvalues = torch.linalg.eigvalsh(torch.where(finite[:, None, None], candidates, 0)).clamp_min(0)
+        fallback = torch.where(finite, torch.log1p(scales[failed][:, None] * eigenvalues).sum(-1), float("nan"))
         logdet = logdet.index_put((failed,), fallback)
     return logdet.reshape(batch_shape)
 

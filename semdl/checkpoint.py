@@ -1,0 +1,221 @@
+"""A run's whole state as a checkpoint: what it holds, how it is checked and restored, and what may change on
+resume. Checkpoints hold plain tensors, numbers and strings only, so they load with weights_only=True."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from semdl.config import Config, validate
+from semdl.errors import UserError
+from semdl.io import load_checkpoint
+from semdl.network import InProcessCommunicator, Node
+
+if TYPE_CHECKING:
+    from semdl.experiment import Network
+    from semdl.solvers.fedavg import Federation
+
+log = logging.getLogger("semdl")
+
+CHECKPOINT_KEYS = ("round", "config", "bytes_sent", "generators", "nodes")
+# What a resumed run may change: its length, its evaluation, and how often it checkpoints.
+RESUMABLE_KEYS = ("train.rounds", "train.checkpoint_every", "eval.")
+
+
+def generator_states() -> dict:
+    """The process-wide random generators: Python's, NumPy's legacy one, torch's CPU one and every CUDA device's."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": numpy_state["state"]["pos"],
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_global_generators(states: dict) -> None:
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss"]))
+    numpy = states["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},
+            "has_gauss": numpy["has_gauss"],
+            "gauss": numpy["gauss"],
+        }
+    )
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict:
+    """Everything of every node, in the per-node layout whatever groups ran it (encoder tensors are copied out
+    of a vectorised group's stacked storage, which would otherwise be saved whole with each view), the
+    communicator's byte counters, the weight-averaging heads, and every random generator."""
+    for group in network.groups:
+        group.sync_optimizers()
+    federation = network.federation
+    heads = federation.heads if federation is not None and federation.heads is not None else []
+    return {
+        "round": round_index,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "bytes_sent": list(network.communicator.bytes_sent),
+        "generators": generator_states(),
+        "nodes": [
+            {
+                "architecture": node.architecture,
+                "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
+                "optimizer": node.optimizer.state_dict(),
+                "statistics": node.statistics,
+                "counts": node.counts,
+                "dual": node.dual,
+                "responsible": node.responsible,
+                "generator": node.generator.get_state(),
+            }
+            for node in network.nodes
+        ],
+        "heads": [
+            {"head": head.state_dict(), "optimizer": optimizer.state_dict()}
+            for head, optimizer in zip(heads, federation.head_optimizers if heads else [])
+        ],
+    }
+
+
+def checkpoint_problem(payload) -> str | None:
+    """None for a semdl checkpoint, else what is wrong with it."""
+    if not isinstance(payload, dict) or any(key not in payload for key in CHECKPOINT_KEYS):
+        return (
+            "is not a semdl checkpoint (missing "
+            + ", ".join(key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload)
+            + ")"
+        )
+    if len(payload["nodes"]) != payload["config"].get("nodes"):
+        return f"holds {len(payload['nodes'])} nodes but its config says {payload['config'].get('nodes')}"
+    return None
+
+
+def read_checkpoint(run_dir: Path) -> dict:
+    """The newest readable checkpoint of a run (last.pt, else previous.pt, saying why), or a UserError."""
+    try:
+        payload, path, skipped = load_checkpoint(Path(run_dir) / "checkpoints", checkpoint_problem)
+    except FileNotFoundError as error:
+        raise UserError(f"no usable checkpoint in {run_dir}: {error}") from None
+    for problem in skipped:
+        log.warning("%s; using %s instead", problem, path.name)
+    return payload
+
+
+def restore_network_state(
+    checkpoint: dict,
+    nodes: list[Node],
+    communicator: InProcessCommunicator,
+    federation: Federation | None,
+    device: torch.device,
+) -> None:
+    """Put a checkpoint's per-node state, byte counters and heads into freshly built nodes (before grouping)."""
+    for node, saved in zip(nodes, checkpoint["nodes"]):
+        node.encoder.load_state_dict(saved["encoder"])
+        node.optimizer.load_state_dict(saved["optimizer"])
+        node.statistics = saved["statistics"].to(device)
+        node.counts = saved["counts"].to(device)
+        node.dual = saved["dual"].to(device)
+        node.generator.set_state(saved["generator"])
+    communicator.bytes_sent = list(checkpoint["bytes_sent"])
+    if federation is not None and federation.heads is not None:
+        for head, optimizer, saved in zip(federation.heads, federation.head_optimizers, checkpoint["heads"]):
+            head.load_state_dict(saved["head"])
+            optimizer.load_state_dict(saved["optimizer"])
+
+
+def saved_partition(run_dir: Path) -> list[np.ndarray]:
+    """The partition a run saved (partition.json), one index array per node."""
+    try:
+        partition = json.loads((Path(run_dir) / "partition.json").read_text())
+        return [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"cannot read {Path(run_dir) / 'partition.json'}: {error}") from None
+
+
+def _flat(container: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in container.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(before: dict, after: dict) -> list[str]:
+    old, new = _flat(before), _flat(after)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
+def load_resumable(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict]:
+    """The config to continue `run_dir` with (its checkpoint's, plus allowed overrides) and the checkpoint.
+
+    Refuses, with one line each: a missing directory or one that is not a semdl run, a checkpoint from another
+    experiment than the run's own config, an override outside RESUMABLE_KEYS, a run already finished.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"resume={run_dir}: no such directory")
+    missing = [name for name in ("partition.json", "metrics.jsonl", "checkpoints") if not (run_dir / name).exists()]
+    if missing:
+        raise UserError(f"resume={run_dir} is not a semdl run directory: {', '.join(missing)} missing")
+    checkpoint = read_checkpoint(run_dir)
+    saved = checkpoint["config"]
+    own_config = run_dir / ".hydra" / "config.yaml"
+    if own_config.is_file():
+        own = OmegaConf.to_container(OmegaConf.load(own_config), resolve=True)
+        foreign = [key for key in changed_keys(own, saved) if not key.startswith(RESUMABLE_KEYS)]
+        if foreign:
+            raise UserError(
+                f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
+                f"({', '.join(foreign[:3])} differ from .hydra/config.yaml)"
+            )
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as error:
+        raise UserError(f"cannot apply {' '.join(overrides)} to {run_dir}: {str(error).splitlines()[0]}") from None
+    refused = [key for key in changed_keys(saved, OmegaConf.to_container(cfg)) if not key.startswith(RESUMABLE_KEYS)]
+    if refused:
+        raise UserError(
+            f"resume cannot change {', '.join(refused)}: a resumed run continues the same experiment; only "
+            f"train.rounds, train.checkpoint_every and eval.* may change"
+        )
+    validate(cfg)
+    partition = json.loads((run_dir / "partition.json").read_text())
+    if (partition.get("num_nodes"), partition.get("seed"), partition.get("scheme")) != (
+        cfg.nodes,
+        cfg.seed,
+        cfg.partition.name,
+    ):
+        raise UserError(
+            f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
+            f"(nodes, seed or partition differ from partition.json)"
+        )
+    done = checkpoint["round"]
+    if done > cfg.train.rounds:
+        raise UserError(f"{run_dir} is checkpointed at round {done}; train.rounds={cfg.train.rounds} cannot go back")
+    if done == cfg.train.rounds and (run_dir / "summary.json").is_file():
+        raise UserError(
+            f"{run_dir} already finished its {done} rounds; resume with train.rounds=N > {done} to continue it"
+        )
+    return cfg, checkpoint

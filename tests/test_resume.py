@@ -1,0 +1,218 @@
+"""Nothing lost: a run killed at a random moment and resumed ends exactly as the uninterrupted run; checkpoints
+survive truncation; SIGINT stops with a checkpoint; non-finite values stop the run with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL_SYNTHETIC, composed
+from semdl.errors import NumericalError
+from semdl.experiment import resume_experiment, run_experiment
+from semdl.io import read_metrics
+
+ROUNDS = 8
+LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
+SOLVERS = {
+    "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual"],
+    "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd"],
+}
+TIMING = ("seconds", "wall_seconds")
+
+
+def semdl_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "semdl", *arguments]
+
+
+def environment() -> dict:
+    return {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+
+
+def without_timing(value):
+    """Metrics and summaries as numbers that must repeat exactly: wall-clock times left out."""
+    if isinstance(value, dict):
+        return {key: without_timing(item) for key, item in value.items() if key not in TIMING}
+    if isinstance(value, list):
+        return [without_timing(item) for item in value]
+    return value
+
+
+def outcome(run_dir: Path) -> tuple[list[dict], dict]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return without_timing(read_metrics(run_dir / "metrics.jsonl")), without_timing(summary)
+
+
+def train(overrides: list[str], run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        semdl_command("train", *overrides, f"hydra.run.dir={run_dir}"),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment(),
+    )
+
+
+def rounds_written(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return max((row["round"] for row in read_metrics(path)), default=0)
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path):
+    overrides = SOLVERS[solver] + [f"train.rounds={ROUNDS}", "train.checkpoint_every=2"]
+    reference = tmp_path / "reference"
+    assert train(overrides, reference, tmp_path).returncode == 0
+
+    round_seconds = [row["seconds"] for row in read_metrics(reference / "metrics.jsonl") if row["node"] == "network"]
+    seed = random.randrange(10**6)
+    chooser = random.Random(seed)
+    # Somewhere in the round after round k (or in its checkpoint write), k in 3 .. ROUNDS-3.
+    kill_after_round, delay = chooser.randint(3, ROUNDS - 3), chooser.uniform(0.0, min(round_seconds))
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        semdl_command("train", *overrides, f"hydra.run.dir={killed}"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment(),
+    )
+    deadline = time.monotonic() + 240
+    while rounds_written(killed) < kill_after_round and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    context = f"random seed {seed}: killed {delay:.3f} s after round {kill_after_round} was written"
+    assert process.returncode == -signal.SIGKILL, context
+    assert rounds_written(killed) < ROUNDS, context  # killed during training, not in the final evaluation
+
+    resumed = subprocess.run(
+        semdl_command("train", f"resume={killed}"), cwd=tmp_path, capture_output=True, text=True, env=environment()
+    )
+    assert resumed.returncode == 0, f"{context}\n{resumed.stderr}"
+    metrics, summary = outcome(killed)
+    expected_metrics, expected_summary = outcome(reference)
+    assert [(row["round"], row["node"]) for row in metrics] == [(row["round"], row["node"]) for row in expected_metrics]
+    assert metrics == expected_metrics, context
+    assert summary == expected_summary, context
+
+
+def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
+    """Eight rounds, then resume to twelve: the same as twelve rounds at once (up to the extra final evaluation
+    row the first run wrote at round eight)."""
+    config = SOLVERS["primal_dual"] + ["train.checkpoint_every=0"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_experiment(composed(config + ["train.rounds=12"]), straight)
+    run_experiment(composed(config + [f"train.rounds={ROUNDS}"]), split)
+    resume_experiment(split, ["train.rounds=12"])
+    metrics, summary = outcome(split)
+    expected_metrics, expected_summary = outcome(straight)
+    assert [row for row in metrics if row["node"] != "eval"] == [
+        row for row in expected_metrics if row["node"] != "eval"
+    ]
+    assert [row["round"] for row in metrics if row["node"] == "eval"] == [ROUNDS, 12]
+    assert summary == expected_summary
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thread):
+    """A run that died while its final checkpoint was on its way to disk: last.pt cut short, previous.pt (round 6)
+    whole, metrics.jsonl up to round 7 with a torn last line. Resuming uses previous.pt and ends as the reference."""
+    config = SOLVERS["primal_dual"] + [f"train.rounds={ROUNDS}", "train.checkpoint_every=2"]
+    reference, damaged = tmp_path / "reference", tmp_path / "damaged"
+    run_experiment(composed(config), reference)
+    run_experiment(composed(config), damaged)
+    checkpoints = damaged / "checkpoints"
+    assert torch.load(checkpoints / "previous.pt", weights_only=True)["round"] == 6
+    last = (checkpoints / "last.pt").read_bytes()
+    (checkpoints / "last.pt").write_bytes(last[: len(last) // 2])
+    (damaged / "summary.json").unlink()
+    rows = [row for row in read_metrics(damaged / "metrics.jsonl") if row["round"] <= 7]
+    torn = '{"round": 8, "node": 0, "lo'
+    (damaged / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows) + torn)
+
+    resume_experiment(damaged, [])
+    assert outcome(damaged) == outcome(reference)
+
+
+def test_sigint_stops_after_a_checkpoint_and_the_run_resumes(tmp_path):
+    overrides = SOLVERS["primal_dual"] + ["train.rounds=200", "train.checkpoint_every=0"]
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        semdl_command("train", *overrides, f"hydra.run.dir={run_dir}"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    deadline = time.monotonic() + 240
+    while rounds_written(run_dir) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("semdl: interrupted after round ") and f"semdl train resume={run_dir}" in message
+    stopped_at = int(message.split("round ")[1].split()[0])
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["round"] == stopped_at == rounds_written(run_dir)
+    assert not (run_dir / "summary.json").exists()
+    resume_experiment(run_dir, ["train.rounds=" + str(stopped_at + 2)])
+    assert rounds_written(run_dir) == stopped_at + 2
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, one_thread):
+    """The test hook: from round 5 on, node 1's loss is multiplied by NaN."""
+    import semdl.solvers.primal_dual as primal_dual
+
+    original = primal_dual.node_loss
+    rounds_of_node_one = []
+
+    def poisoned(node, inbox, settings):
+        loss = original(node, inbox, settings)
+        if node.index != 1:
+            return loss
+        rounds_of_node_one.append(1)
+        if len(rounds_of_node_one) < 5:
+            return loss
+        return lambda features, labels: loss(features, labels) * float("nan")
+
+    monkeypatch.setattr(primal_dual, "node_loss", poisoned)
+    with pytest.raises(NumericalError) as stopped:
+        run_experiment(
+            composed(SOLVERS["primal_dual"] + [f"train.rounds={ROUNDS}", "train.checkpoint_every=2"]), tmp_path
+        )
+    message = str(stopped.value)
+    assert message.startswith("round 5, node 1: its training loss is nan"), message
+    assert f"the last good checkpoint is in {tmp_path / 'checkpoints'}" in message
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["round"] == 4
+    assert rounds_written(tmp_path) == 4  # the bad round's rows were not written
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_failed_cholesky_is_counted_not_fatal():
+    """An indefinite matrix takes the eigenvalue fallback and is counted; a non-finite one gives NaN, no exception."""
+    from semdl.objectives import logdet_identity_plus
+    from semdl.objectives.rates import FallbackCount
+
+    before = FallbackCount.total
+    indefinite = torch.diag(torch.tensor([1.0, -5.0]))
+    non_finite = torch.full((2, 2), float("nan"))
+    values = logdet_identity_plus(torch.stack([torch.eye(2), indefinite, non_finite]), 1.0)
+    assert FallbackCount.total - before == 2
+    torch.testing.assert_close(
+        values[:2], torch.tensor([2 * torch.log(torch.tensor(2.0)), torch.log(torch.tensor(2.0))])
+    )
+    assert torch.isnan(values[2])
