@@ -134,7 +134,7 @@ def log_to(path: Path) -> None:
     """Console and run-log output as a Hydra job has them (a resumed run appends to its own log)."""
     import logging
 
-    handlers = [logging.StreamHandler(), logging.FileHandler(path, mode="a")]
+    handlers = [logging.StreamHandler(), logging.FileHandler(path, mode="a", delay=True)]
     for handler in handlers:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
@@ -225,12 +225,15 @@ def table(arguments: list[str]) -> None:
     parser.add_argument("paths", nargs="+", help="run directories or folders holding them (sweeps)")
     parser.add_argument("--rows", default="solver.name", help="comma-separated config keys for the rows")
     parser.add_argument("--columns", default="", help="comma-separated config keys for the columns (then --metric)")
-    parser.add_argument("--metric", default="acc.knn", help="the metric shown in each cell when --columns is set")
+    parser.add_argument("--metric", default=None, help="the metric in each cell of a --columns table (acc.knn)")
     parser.add_argument("--csv", default=None, help="where to write the CSV (default: table.csv here)")
     parsed = parser.parse_args(arguments)
     split = lambda text: [key for key in text.split(",") if key]  # noqa: E731
+    if parsed.metric is not None and not parsed.columns:
+        fail("--metric chooses what the cells of a --columns table show; add --columns <keys>")
     try:
-        print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), parsed.metric, parsed.csv))
+        metric = parsed.metric or "acc.knn"
+        print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), metric, parsed.csv))
     except UserError as error:
         fail(str(error))
 

@@ -7,6 +7,8 @@ optionally augments them on the device, batch by batch.
 from __future__ import annotations
 
 import gzip
+import os
+import zlib
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -169,12 +171,21 @@ def expected_files(name: str, root: Path) -> list[Path]:
 
 
 def _extract_copied_archives(files: list[Path]) -> None:
-    """Users often copy MNIST's .gz files as downloaded; torchvision reads them only once extracted."""
+    """Users often copy MNIST's .gz files as downloaded; torchvision reads them only once extracted. A file is
+    extracted beside its target and renamed when whole, so a corrupt archive leaves no half-written file."""
     for file in files:
         archive = file.with_name(file.name + ".gz")
         if not file.exists() and archive.exists():
-            with gzip.open(archive, "rb") as source, open(file, "wb") as target:
-                shutil.copyfileobj(source, target)
+            partial = file.with_name(f".{file.name}.partial")
+            try:
+                with gzip.open(archive, "rb") as source, open(partial, "wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (OSError, EOFError, zlib.error) as error:
+                partial.unlink(missing_ok=True)
+                raise UserError(
+                    f"{archive} is corrupt or truncated ({error}); replace it, or delete it and set data.download=true"
+                ) from None
+            os.replace(partial, file)
 
 
 def _missing_files_error(name: str, root: Path, files: list[Path], reason: str) -> UserError:
@@ -200,7 +211,7 @@ def load_torchvision(name: str, root: str, download: bool) -> Dataset:
     try:
         train = dataset_class(str(root_path), train=True, download=download)
         test = dataset_class(str(root_path), train=False, download=download)
-    except (RuntimeError, OSError) as error:
+    except (RuntimeError, OSError, ValueError, EOFError) as error:
         reason = "the download failed" if download else "data.download=false"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _missing_files_error(name, root_path, files, f"{reason}: {first_line}") from None
