@@ -27,7 +27,7 @@ log = logging.getLogger("semdl")
 
 CHECKPOINT_KEYS = ("round", "config", "bytes_sent", "generators", "nodes")
 # What a resumed run may change: its length, its evaluation, and how often it checkpoints.
-RESUMABLE_KEYS = ("train.rounds", "train.checkpoint_every", "eval.")
+RESUMABLE_KEYS = ("train.rounds", "train.checkpoint_every", "eval.", "comm", "device")
 
 
 def generator_states() -> dict:
@@ -64,36 +64,57 @@ def restore_global_generators(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict:
-    """Everything of every node, in the per-node layout whatever groups ran it (encoder tensors are copied out
-    of a vectorised group's stacked storage, which would otherwise be saved whole with each view), the
-    communicator's byte counters, the weight-averaging heads, and every random generator."""
+def _to_cpu(value):
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
+
+
+def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict | None:
+    """Everything of every node, in the per-node layout whatever groups or ranks ran it, the byte counters, the
+    weight-averaging heads and every random generator; on the CPU. A distributed run gathers the nodes' states
+    to rank 0 (every rank must call this); other ranks get None. Encoder tensors are copied out of a vectorised
+    group's stacked storage, which would otherwise be saved whole with each view."""
     for group in network.groups:
         group.sync_optimizers()
     federation = network.federation
     heads = federation.heads if federation is not None and federation.heads is not None else []
+    nodes = network.communicator.gather_objects(
+        [
+            _to_cpu(
+                {
+                    "architecture": node.architecture,
+                    "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
+                    "optimizer": node.optimizer.state_dict(),
+                    "statistics": node.statistics,
+                    "counts": node.counts,
+                    "dual": node.dual,
+                    "responsible": node.responsible,
+                    "generator": node.generator.get_state(),
+                }
+            )
+            for node in network.nodes
+        ]
+    )
+    head_states = network.communicator.gather_objects(
+        [
+            _to_cpu({"head": head.state_dict(), "optimizer": optimizer.state_dict()})
+            for head, optimizer in zip(heads, federation.head_optimizers if heads else [])
+        ]
+    )
+    if nodes is None:
+        return None
     return {
         "round": round_index,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "bytes_sent": list(network.communicator.bytes_sent),
         "generators": generator_states(),
-        "nodes": [
-            {
-                "architecture": node.architecture,
-                "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
-                "optimizer": node.optimizer.state_dict(),
-                "statistics": node.statistics,
-                "counts": node.counts,
-                "dual": node.dual,
-                "responsible": node.responsible,
-                "generator": node.generator.get_state(),
-            }
-            for node in network.nodes
-        ],
-        "heads": [
-            {"head": head.state_dict(), "optimizer": optimizer.state_dict()}
-            for head, optimizer in zip(heads, federation.head_optimizers if heads else [])
-        ],
+        "nodes": nodes,
+        "heads": head_states,
     }
 
 
@@ -129,7 +150,8 @@ def restore_network_state(
     device: torch.device,
 ) -> None:
     """Put a checkpoint's per-node state, byte counters and heads into freshly built nodes (before grouping)."""
-    for node, saved in zip(nodes, checkpoint["nodes"]):
+    for node in nodes:
+        saved = checkpoint["nodes"][node.index]
         node.encoder.load_state_dict(saved["encoder"])
         node.optimizer.load_state_dict(saved["optimizer"])
         node.statistics = saved["statistics"].to(device)
@@ -138,7 +160,8 @@ def restore_network_state(
         node.generator.set_state(saved["generator"])
     communicator.bytes_sent = list(checkpoint["bytes_sent"])
     if federation is not None and federation.heads is not None:
-        for head, optimizer, saved in zip(federation.heads, federation.head_optimizers, checkpoint["heads"]):
+        for node, head, optimizer in zip(nodes, federation.heads, federation.head_optimizers):
+            saved = checkpoint["heads"][node.index]
             head.load_state_dict(saved["head"])
             optimizer.load_state_dict(saved["optimizer"])
 
@@ -198,7 +221,7 @@ def load_resumable(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dic
     if refused:
         raise UserError(
             f"resume cannot change {', '.join(refused)}: a resumed run continues the same experiment; only "
-            f"train.rounds, train.checkpoint_every and eval.* may change"
+            f"train.rounds, train.checkpoint_every, eval.*, comm* and device may change"
         )
     validate(cfg)
     partition = json.loads((run_dir / "partition.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -90,28 +91,47 @@ def train_job(cfg: DictConfig) -> None:
     from semdl.experiment import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from semdl.network.distributed import process_rank
 
-    def train() -> dict:
+    if process_rank() != 0:
+        logging.getLogger("semdl").setLevel(logging.WARNING)  # rank 0 speaks for the job
+
+    def train() -> dict | None:
         validate(cfg)
         return run_experiment(cfg, run_dir)
 
-    report(run_dir, guarded(train))
+    report(run_dir, guarded(train, cfg.nodes))
 
 
-def guarded(run):
-    """Run a training; its stops that are not bugs become one line and an exit status."""
+def guarded(run, num_nodes: int):
+    """Run a training; its stops that are not bugs become one line and an exit status. Under torchrun, any
+    failure of this rank is reported with the rank and its nodes, and ends this process (torchrun then stops
+    the others)."""
+    import torch.distributed as dist
+
     from semdl.errors import Interrupted, NumericalError
+    from semdl.network.distributed import launched_by_torchrun, process_rank, rank_nodes
 
+    prefix = f"rank {process_rank()} (nodes {rank_nodes(num_nodes)}): " if launched_by_torchrun() else ""
     try:
         return run()
     except UserError as error:
-        fail(str(error))
+        fail(f"{prefix}{error}")
     except NumericalError as error:
-        print(f"semdl: numerical failure: {error}", file=sys.stderr)
+        print(f"semdl: numerical failure: {prefix}{error}", file=sys.stderr)
         sys.exit(3)
     except Interrupted as error:
         print(f"semdl: {error}", file=sys.stderr)
         sys.exit(130)
+    except Exception as error:
+        if not launched_by_torchrun():
+            raise
+        message = (str(error).strip().splitlines() or [""])[0][:300]
+        print(f"semdl: {prefix}failed: {type(error).__name__}: {message}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def resume_run(arguments: list[str]) -> None:
@@ -127,7 +147,7 @@ def resume_run(arguments: list[str]) -> None:
     run_dir = Path(directories[0])
     if run_dir.is_dir():
         log_to(run_dir / "semdl.log")
-    report(run_dir, guarded(lambda: resume_experiment(run_dir, overrides)))
+    report(run_dir, guarded(lambda: resume_experiment(run_dir, overrides), 0))
 
 
 def log_to(path: Path) -> None:
@@ -140,7 +160,10 @@ def log_to(path: Path) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
-def report(run_dir: Path, summary: dict) -> None:
+def report(run_dir: Path, summary: dict | None) -> None:
+    """The run's headline numbers (rank 0 of a distributed run; the other ranks print nothing)."""
+    if summary is None:
+        return
     print(f"run directory: {run_dir}")
     print(
         f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
@@ -208,6 +231,13 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
             check_overrides(parsed.overrides, parsed.multirun)
         except UserError as error:
             fail(str(error))
+    from semdl.network.distributed import launched_by_torchrun, process_rank
+
+    if launched_by_torchrun() and process_rank() != 0:
+        # Only rank 0 writes the run directory; the other ranks' Hydra bookkeeping goes to a scratch folder.
+        import tempfile
+
+        arguments = [*arguments, f"hydra.run.dir={tempfile.mkdtemp(prefix='semdl-rank-')}", "hydra.output_subdir=null"]
     sys.argv = [f"semdl {command}", *arguments]
     job()
 

@@ -118,6 +118,9 @@ class Config:
     nodes: int = 5
     seed: int = 0
     resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
+    comm: str = "in_process"  # in_process | torch_distributed (launched by torchrun)
+    comm_backend: str = "auto"  # torch_distributed: auto (NCCL with CUDA, gloo otherwise) | gloo | nccl
+    comm_timeout: float = 300.0  # torch_distributed: seconds a collective waits before the job stops
     device: str = "auto"
     dim_z: int = 128
     eps_sq: float = 0.5
@@ -136,6 +139,8 @@ CONSENSUS_GRAPHS = ("holders", "topology")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
+COMMUNICATORS = ("in_process", "torch_distributed")
+BACKENDS = ("auto", "gloo", "nccl")
 VECTORIZED_SOLVERS = ("primal_dual", "local")
 CLASSIFIERS = ("knn", "nearest_subspace", "semantic_subspace", "linear_probe")
 
@@ -183,6 +188,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.resume is not None:
         raise UserError("resume= continues one run directory; give it to `semdl train` with no -m sweep")
     _choice("device", cfg.device, DEVICES)
+    _choice("comm", cfg.comm, COMMUNICATORS)
+    _choice("comm_backend", cfg.comm_backend, BACKENDS)
+    _positive("comm_timeout", cfg.comm_timeout)
 
     _choice("data", cfg.data.name, DATASETS)
     if cfg.data.name == "digits" and not 0 < cfg.data.test_fraction < 1:

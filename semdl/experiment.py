@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
@@ -36,6 +38,13 @@ from semdl.eval.plots import plot_accuracy_curves
 from semdl.io import MetricsWriter, save_checkpoint, truncate_metrics, write_json
 from semdl.models import architectures, build_encoder
 from semdl.network import InProcessCommunicator, Inbox, Node, Topology, build_optimizer, build_topology, node_seeds
+from semdl.network.distributed import (
+    DistributedCommunicator,
+    RankLayout,
+    launched_by_torchrun,
+    process_rank,
+    start_process_group,
+)
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives.rates import FallbackCount
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
@@ -64,14 +73,22 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_nodes(
-    cfg: DictConfig, dataset: Dataset, parts: list[np.ndarray], responsible: np.ndarray, device: torch.device
+    cfg: DictConfig,
+    dataset: Dataset,
+    parts: list[np.ndarray],
+    responsible: np.ndarray,
+    device: torch.device,
+    local: list[int] | None = None,
 ) -> list[Node]:
-    """One node per partition part, each with its own seeded encoder, optimizer and shuffling stream."""
+    """One node per partition part (only those in `local`, when given: the nodes this process runs), each with
+    its own encoder, optimizer and shuffling stream, seeded by the run seed and its index alone."""
     on_cuda = device.type == "cuda"
     amp = switch(cfg.train.amp, on_cuda)
     compile_encoders = switch(cfg.train.compile, on_cuda)
     nodes = []
     for index, (architecture, part) in enumerate(zip(architectures(cfg.model, cfg.nodes), parts)):
+        if local is not None and index not in local:
+            continue
         init_seed, shuffle_seed = node_seeds(cfg.seed, index)
         encoder = build_encoder(architecture, dataset.input_shape, cfg.dim_z, cfg.model, init_seed).to(device)
         shape = (dataset.num_classes, cfg.dim_z, cfg.dim_z)
@@ -118,62 +135,83 @@ def node_descriptions(nodes: list[Node]) -> list[dict]:
 def round_rows(
     round_index: int,
     nodes: list[Node],
-    inboxes: list[Inbox],
+    communicator: InProcessCommunicator,
+    inboxes: dict[int, Inbox],
     work: list[NodeWork],
-    bytes_sent: list[int],
+    bytes_before: list[int],
     round_start: float,
     cfg: DictConfig,
     plan: ClusterPlan | None,
     cholesky_fallbacks: int = 0,
 ) -> list[dict]:
-    """metrics.jsonl rows of one round: one per node, one per cluster (cluster_bcd) and one for the network,
-    all read from the device in one transfer; the round's seconds run from `round_start` to that transfer.
+    """metrics.jsonl rows of one round: one per node, one per cluster (cluster_bcd) and one for the network.
 
-    Raises NumericalError, naming the first node and quantity, when a loss, statistic or dual is not finite.
+    `nodes` are the nodes this process runs; their values are gathered from every process (in-process, they
+    are all here) and read from the device in one transfer. The round's seconds run from `round_start` to that
+    transfer. Raises NumericalError, naming the first node and quantity, when a loss, statistic or dual is not
+    finite (every process sees the same numbers, so all stop together).
     """
     gammas = (cfg.solver.gamma1, cfg.solver.gamma2)
-    values = []
-    for node, inbox, node_work in zip(nodes, inboxes, work):
+    local_values = []
+    for node, node_work in zip(nodes, work):
+        inbox = inboxes[node.index]
         dR, R, Rc = rate_reduction_from_statistics(node.statistics, node.counts * node.responsible, cfg.eps_sq, *gammas)
         residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
-        values += [node_work.loss, R, Rc, dR, residual, node.dual.norm(), torch.isfinite(node.statistics).all()]
+        finite = torch.isfinite(node.statistics).all()
+        local_values.append(
+            torch.stack(
+                [
+                    value.to(torch.float64).reshape(())
+                    for value in (node_work.loss, R, Rc, dR, residual, node.dual.norm(), finite)
+                ]
+            )
+        )
+    statistics, responsible = communicator.statistics, communicator.responsible
+    shared_counts = communicator.counts * responsible
+    network_values = []
     clusters = plan.clusters if plan is not None else []
     for members in clusters:
         dR, R, Rc = cluster_rate_reduction(
-            torch.stack([nodes[j].shared_grams for j in members]),
-            torch.stack([nodes[j].counts * nodes[j].responsible for j in members]),
-            torch.tensor([1.0 / plan.replication[j] for j in members], device=nodes[0].counts.device),
+            statistics[members] * shared_counts[members][..., None, None],
+            shared_counts[members],
+            torch.tensor([1.0 / plan.replication[j] for j in members], device=statistics.device),
             cfg.eps_sq,
             *gammas,
         )
-        values += [R, Rc, dR]
-    pooled_V, pooled_counts = pool_statistics(
-        torch.stack([node.statistics for node in nodes]),
-        torch.stack([node.counts * node.responsible for node in nodes]),
-    )
+        network_values += [R, Rc, dR]
+    pooled_V, pooled_counts = pool_statistics(statistics, shared_counts)
     dR, R, Rc = rate_reduction_from_statistics(pooled_V, pooled_counts, cfg.eps_sq, *gammas)
-    values += [R, Rc, dR]
-    numbers = torch.stack([value.to(torch.float32).reshape(()) for value in values]).tolist()
+    network_values += [R, Rc, dR]
+    per_node_values = communicator.gather(torch.stack(local_values))
+    numbers = torch.cat(
+        [per_node_values.flatten(), torch.stack([value.to(torch.float64) for value in network_values])]
+    ).tolist()
     round_seconds = time.perf_counter() - round_start
-    per_node = [numbers[NODE_VALUES * node.index : NODE_VALUES * (node.index + 1)] for node in nodes]
+    num_nodes = len(communicator.bytes_sent)
+    per_node = [numbers[NODE_VALUES * index : NODE_VALUES * (index + 1)] for index in range(num_nodes)]
     check_finite(round_index, per_node)
+    host = communicator.gather_host(
+        [[node_work.seconds, cholesky_fallbacks if position == 0 else 0] for position, node_work in enumerate(work)]
+    )
+    communicator.sync_bytes()
+    bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
     rows = []
-    for node, node_work, (loss, R, Rc, dR, residual, dual_norm, _) in zip(nodes, work, per_node):
+    for index, ((loss, R, Rc, dR, residual, dual_norm, _), (seconds, _)) in enumerate(zip(per_node, host)):
         rows.append(
             {
                 "round": round_index,
-                "node": node.index,
+                "node": index,
                 "loss": loss,
                 "R": R,
                 "Rc": Rc,
                 "dR": dR,
                 "consensus_residual": residual,
                 "dual_norm": dual_norm,
-                "bytes_sent": bytes_sent[node.index],
-                "seconds": node_work.seconds,
+                "bytes_sent": bytes_sent[index],
+                "seconds": seconds,
             }
         )
-    offset = NODE_VALUES * len(nodes)
+    offset = NODE_VALUES * num_nodes
     for cluster_index, members in enumerate(clusters):
         R, Rc, dR = numbers[offset + 3 * cluster_index : offset + 3 * cluster_index + 3]
         rows.append(
@@ -187,9 +225,9 @@ def round_rows(
             "R": R,
             "Rc": Rc,
             "dR": dR,
-            "consensus_residual": max(row["consensus_residual"] for row in rows[: len(nodes)]),
+            "consensus_residual": max(row["consensus_residual"] for row in rows[:num_nodes]),
             "bytes_sent": sum(bytes_sent),
-            "cholesky_fallbacks": cholesky_fallbacks,
+            "cholesky_fallbacks": int(sum(row[1] for row in host)),
             "seconds": round_seconds,
         }
     )
@@ -234,11 +272,14 @@ def write_partition(
     return counts
 
 
-def partition_dataset(cfg: DictConfig, run_dir: Path) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
-    """Load the dataset (on the CPU), partition its training set over the nodes and save the partition."""
+def partition_dataset(cfg: DictConfig, run_dir: Path | None) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
+    """Load the dataset (on the CPU), partition its training set over the nodes and save the partition in run_dir
+    (unless None: the processes of a distributed run other than rank 0 compute it without writing)."""
     dataset = load_dataset(cfg.data)
     train_labels = dataset.train_y.numpy()
     parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
+    if run_dir is None:
+        return dataset, parts, class_counts(train_labels, parts, dataset.num_classes)
     return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes)
 
 
@@ -324,7 +365,9 @@ class Network:
     """Everything a run's rounds act on, ready for round 1 (statistics of the untrained encoders exchanged)."""
 
     dataset: Dataset
-    nodes: list[Node]
+    parts: list[np.ndarray]  # every node's training indices
+    responsible: np.ndarray  # (N, K) every node's label set
+    nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
     groups: list[SingleNode | VectorizedGroup]  # how the nodes execute (vectorised solvers only; else one each)
     communicator: InProcessCommunicator
     plan: ClusterPlan | None
@@ -341,22 +384,34 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoi
     from the checkpoint's state.
     """
     topology = build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+    writer = run_dir if checkpoint is None and process_rank() == 0 else None  # only rank 0 writes, and only anew
     if checkpoint is None:
-        dataset, parts, counts = partition_dataset(cfg, run_dir)
+        dataset, parts, counts = partition_dataset(cfg, writer)
     else:
         dataset = load_dataset(cfg.data)
         parts = saved_partition(run_dir)
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     if cfg.solver.name == "centralized":
         parts = [np.sort(np.concatenate(parts))]
-    responsible, neighbors, plan = plan_communication(cfg, counts, topology, run_dir if checkpoint is None else None)
+    responsible, neighbors, plan = plan_communication(cfg, counts, topology, writer)
     dataset = dataset.to(device)
-    nodes = build_nodes(cfg, dataset, parts, responsible, device)
-    communicator = InProcessCommunicator(neighbors, torch.as_tensor(responsible, device=device))
+    responsible_tensor = torch.as_tensor(responsible, device=device)
+    if cfg.comm == "torch_distributed":
+        layout = RankLayout.balanced(len(parts), dist.get_world_size(), dist.get_rank())
+        log.info("nodes per rank: %s", layout.describe())
+        communicator = DistributedCommunicator(neighbors, responsible_tensor, layout, cfg.comm_timeout)
+    else:
+        communicator = InProcessCommunicator(neighbors, responsible_tensor)
+    nodes = build_nodes(cfg, dataset, parts, responsible, device, communicator.local)
     federation = None
     if cfg.solver.name in WEIGHT_AVERAGING:
         federation = build_federation(
-            nodes, neighbors, cfg.solver.aggregation, cfg.solver.name == "fedavg_ce", cfg.train.lr
+            nodes,
+            [len(part) for part in parts],
+            neighbors,
+            cfg.solver.aggregation,
+            cfg.solver.name == "fedavg_ce",
+            cfg.train.lr,
         )
     if checkpoint is not None:
         restore_network_state(checkpoint, nodes, communicator, federation, device)
@@ -381,17 +436,18 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoi
         [node.counts for node in nodes],
         record=cfg.solver.name in STATISTICS_SHARING and checkpoint is None,
     )
+    communicator.sync_bytes()
     run_round = round_function(cfg, nodes, groups, communicator, plan, federation, settings)
-    return Network(dataset, nodes, groups, communicator, plan, federation, inboxes, run_round)
+    return Network(dataset, parts, responsible, nodes, groups, communicator, plan, federation, inboxes, run_round)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured experiment, writing everything into `run_dir`; return the summary."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    if (run_dir / "metrics.jsonl").exists():
+    if process_rank() == 0 and (run_dir / "metrics.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir or continue it with resume=")
-    device = resolve_device(cfg.device)
+    device = process_device(cfg)
     network = build_network(cfg, run_dir, device)
     return train_and_evaluate(cfg, run_dir, network, device, 0, [], started)
 
@@ -403,23 +459,58 @@ def resume_experiment(run_dir: Path, overrides: list[str]) -> dict:
     run_dir = Path(run_dir)
     cfg, checkpoint = load_resumable(run_dir, overrides)
     restore_global_generators(checkpoint["generators"])
-    device = resolve_device(cfg.device)
+    device = process_device(cfg)
     network = build_network(cfg, run_dir, device, checkpoint)
     done = checkpoint["round"]
     finished = done == checkpoint["config"]["train"]["rounds"] and (run_dir / "summary.json").is_file()
-    history = truncate_metrics(
-        run_dir / "metrics.jsonl",
-        # Rows after the checkpoint are redone; so is the final evaluation of a run that had not finished.
-        lambda row: row["round"] < done or (row["round"] == done and (finished or row["node"] != "eval")),
-    )
+    history = []
+    if network.communicator.rank == 0:
+        history = truncate_metrics(
+            run_dir / "metrics.jsonl",
+            # Rows after the checkpoint are redone; so is the final evaluation of a run that had not finished.
+            lambda row: row["round"] < done or (row["round"] == done and (finished or row["node"] != "eval")),
+        )
     log.info("resuming %s at round %d of %d", run_dir, done + 1, cfg.train.rounds)
     return train_and_evaluate(cfg, run_dir, network, device, done, history, started)
 
 
+def process_device(cfg: DictConfig) -> torch.device:
+    """This process's device; with comm=torch_distributed, also join the torchrun job (one GPU per local rank)."""
+    device = resolve_device(cfg.device)
+    if cfg.comm == "torch_distributed":
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        start_process_group(cfg.comm_backend, cfg.comm_timeout, device)
+    elif launched_by_torchrun():
+        raise UserError(
+            f"torchrun started {os.environ['WORLD_SIZE']} processes but comm=in_process would run the whole network "
+            "in each; add comm=torch_distributed"
+        )
+    return device
+
+
+def evaluation_nodes(cfg: DictConfig, network: Network, state: dict | None) -> list[Node] | None:
+    """Every node, for evaluation on rank 0 (None elsewhere): the network's own nodes in-process; in a distributed
+    run, nodes rebuilt on rank 0 from the gathered state (the weights of the others leave their ranks only here)."""
+    if network.communicator.world_size == 1:
+        return network.nodes
+    if state is None:
+        return None
+    device = network.nodes[0].statistics.device
+    nodes = build_nodes(cfg, network.dataset, network.parts, network.responsible, device)
+    for node, saved in zip(nodes, state["nodes"]):
+        node.encoder.load_state_dict(saved["encoder"])
+        node.statistics = saved["statistics"].to(device)
+        node.counts = saved["counts"].to(device)
+        node.dual = saved["dual"].to(device)
+    return nodes
+
+
 @contextmanager
-def checkpoint_on_sigint() -> Iterator[list[bool]]:
+def checkpoint_on_sigint(active: bool) -> Iterator[list[bool]]:
     """While active, a first Ctrl-C only raises a flag (the round finishes and a checkpoint is written); a
-    second one interrupts at once."""
+    second one interrupts at once. Inactive in distributed runs, whose ranks could not agree on the round."""
     requested = [False]
 
     def handler(signum, frame):
@@ -428,7 +519,7 @@ def checkpoint_on_sigint() -> Iterator[list[bool]]:
         requested[0] = True
         log.warning("interrupt: stopping after this round, with a checkpoint (Ctrl-C again to stop now)")
 
-    if threading.current_thread() is not threading.main_thread():
+    if not active or threading.current_thread() is not threading.main_thread():
         yield requested
         return
     previous = signal.signal(signal.SIGINT, handler)
@@ -440,11 +531,15 @@ def checkpoint_on_sigint() -> Iterator[list[bool]]:
 
 def train_and_evaluate(
     cfg: DictConfig, run_dir: Path, network: Network, device: torch.device, done: int, history: list[dict], started
-) -> dict:
+) -> dict | None:
     """Rounds done+1 .. train.rounds (metrics appended each round, a checkpoint every train.checkpoint_every),
-    then the final checkpoint, evaluation, figures and summary. `history`: the metrics rows already written."""
+    then the final checkpoint, evaluation, figures and summary. `history`: the metrics rows already written.
+
+    In a distributed run every rank trains its nodes; rank 0 alone writes and evaluates, and returns the summary
+    (the others return None)."""
     torch.backends.cudnn.enabled = True
     dataset, nodes, communicator, plan = network.dataset, network.nodes, network.communicator, network.plan
+    leader = communicator.rank == 0
     inboxes = network.inboxes
     log.info(
         "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
@@ -457,7 +552,8 @@ def train_and_evaluate(
         dataset.num_classes,
         device,
     )
-    for description in node_descriptions(nodes):
+    descriptions = communicator.gather_objects(node_descriptions(nodes))
+    for description in descriptions or []:
         log.info(
             "node %d: %s, %d parameters (%.1f MB of weights); its statistics take %.2f MB per message",
             description["node"],
@@ -468,7 +564,7 @@ def train_and_evaluate(
         )
 
     checkpoints = run_dir / "checkpoints"
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
     network_rows = [row for row in history if row["node"] == "network"]
     evaluation_rows = [row for row in history if row["node"] == "eval"]
     progress = tqdm(
@@ -478,33 +574,37 @@ def train_and_evaluate(
         mininterval=1.0,
         initial=done,
         total=cfg.train.rounds,
+        disable=not leader,
     )
     try:
-        with checkpoint_on_sigint() as interrupt:
+        with checkpoint_on_sigint(communicator.world_size == 1) as interrupt:
             for round_index in progress:
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
                 fallbacks_before = FallbackCount.total
                 work, inboxes = network.run_round(inboxes)
-                bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
                 rows = round_rows(
                     round_index,
                     nodes,
+                    communicator,
                     inboxes,
                     work,
-                    bytes_sent,
+                    bytes_before,
                     round_start,
                     cfg,
                     plan,
                     FallbackCount.total - fallbacks_before,
                 )
                 if cfg.eval.every and round_index % cfg.eval.every == 0 and round_index < cfg.train.rounds:
-                    evaluation_rows.append(
-                        evaluation_row(round_index, evaluate_accuracy(nodes, dataset, cfg.eval, cfg.dim_z))
-                    )
-                    rows.append(evaluation_rows[-1])
-                metrics.write_round(rows)
+                    gathered = checkpoint_state(round_index, network, cfg) if communicator.world_size > 1 else None
+                    everyone = evaluation_nodes(cfg, network, gathered)
+                    if leader:
+                        accuracies = evaluate_accuracy(everyone, dataset, cfg.eval, cfg.dim_z)
+                        evaluation_rows.append(evaluation_row(round_index, accuracies))
+                        rows.append(evaluation_rows[-1])
                 network_rows.append(next(row for row in rows if row["node"] == "network"))
+                if leader:
+                    metrics.write_round(rows)
                 progress.set_postfix(
                     dR=f"{network_rows[-1]['dR']:.3f}",
                     residual=f"{network_rows[-1]['consensus_residual']:.2e}",
@@ -512,22 +612,29 @@ def train_and_evaluate(
                 )
                 every = cfg.train.checkpoint_every
                 if interrupt[0] or (every and round_index % every == 0 and round_index < cfg.train.rounds):
-                    save_checkpoint(checkpoints, checkpoint_state(round_index, network, cfg))
+                    state = checkpoint_state(round_index, network, cfg)
+                    if leader:
+                        save_checkpoint(checkpoints, state)
                 if interrupt[0] and round_index < cfg.train.rounds:
                     raise Interrupted(
                         f"interrupted after round {round_index} of {cfg.train.rounds}, checkpoint saved; continue "
                         f"with: semdl train resume={run_dir}"
                     )
         progress.close()
-        save_checkpoint(checkpoints, checkpoint_state(cfg.train.rounds, network, cfg))
-        evaluation = evaluate_network(nodes, dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
+        state = checkpoint_state(cfg.train.rounds, network, cfg)
+        if not leader:
+            return None
+        save_checkpoint(checkpoints, state)
+        everyone = evaluation_nodes(cfg, network, state)
+        evaluation = evaluate_network(everyone, dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
         write_json(run_dir / "eval.json", evaluation)
         evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
         metrics.write_round([evaluation_rows[-1]])
     except NumericalError as error:
         raise NumericalError(f"{error}; stopped, the last good checkpoint is in {checkpoints}") from None
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         progress.close()
 
     plot_training_curves(network_rows, run_dir / "figures" / "training_curves.png")
@@ -549,7 +656,7 @@ def train_and_evaluate(
         "wall_seconds": time.perf_counter() - started,
         **headline(evaluation),
         "device": str(device),
-        "nodes": node_descriptions(nodes),
+        "nodes": descriptions,
     }
     write_json(run_dir / "summary.json", summary)
     return summary

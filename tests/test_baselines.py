@@ -6,7 +6,8 @@ import torch
 from semdl.errors import UserError
 from semdl.experiment import run_experiment
 from semdl.io import read_metrics
-from semdl.solvers.fedavg import average_modules, mixing_matrix
+from semdl.network import InProcessCommunicator
+from semdl.solvers.fedavg import mixing_matrix
 
 ROUNDS = 8
 TRAINING = [
@@ -80,7 +81,8 @@ def test_averaging_mixes_parameters_and_batch_norm_statistics():
     for value, module in zip((1.0, 3.0), modules):
         torch.nn.init.constant_(module.weight, value)
         module.running_mean.fill_(value)
-    average_modules(modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
+    communicator = InProcessCommunicator([[1], [0]], torch.ones(2, 1, dtype=torch.bool))
+    communicator.average(modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
     assert modules[0].weight.tolist() == [2.0, 2.0] and modules[1].running_mean.tolist() == [2.5, 2.5]
     assert int(modules[0].num_batches_tracked) == 0
 

@@ -1,11 +1,17 @@
-"""Delivery of semantic statistics along the edges of a graph; the only code that knows where nodes live."""
+"""Delivery of semantic statistics along the edges of a graph; the only code that knows where nodes live.
+
+Two implementations with one interface: InProcessCommunicator (every node in this process) and
+DistributedCommunicator (semdl.network.distributed: nodes spread over torch.distributed ranks). A solver sees
+only its local nodes and this interface; the byte counters count what the algorithm sends along graph edges,
+whatever the transport moves.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 BYTES_PER_VALUE = 4  # statistics and counts travel as float32
 
@@ -25,36 +31,91 @@ class InProcessCommunicator:
 
     neighbors[i] lists whom node i exchanges with; responsible (N, K) says which classes each node shares.
     A message from i to j carries the classes both are responsible for: (d*d + 1) float32 values per class.
+    After an exchange, `statistics` (N, K, d, d) and `counts` (N, K) hold every node's latest values as this
+    process knows them (pushes update them between exchanges).
     """
+
+    rank = 0
+    world_size = 1
 
     def __init__(self, neighbors: list[list[int]] | tuple[tuple[int, ...], ...], responsible: Tensor):
         device = responsible.device
         self.neighbors = [list(adjacent) for adjacent in neighbors]
+        self.local = list(range(len(self.neighbors)))  # the nodes this process runs, in order
         self.neighbor_index = [torch.tensor(adjacent, dtype=torch.long, device=device) for adjacent in self.neighbors]
+        self.responsible = responsible
         self.shared = [responsible[index] & responsible[node] for node, index in enumerate(self.neighbor_index)]
         self._classes_sent = [int(shared.sum()) for shared in self.shared]  # per node, over all its neighbours
         self.bytes_sent = [0] * len(self.neighbors)
+        self.statistics: Tensor | None = None
+        self.counts: Tensor | None = None
 
-    def exchange(self, statistics: list[Tensor], counts: list[Tensor], record: bool = True) -> list[Inbox]:
-        """Send every node's (statistics, counts) to its neighbours; return each node's inbox.
+    def _all(self, local: Tensor) -> Tensor:
+        """Stack the local nodes' rows (n_local, ...) into every node's (N, ...)."""
+        return local
+
+    def exchange(self, statistics: list[Tensor], counts: list[Tensor], record: bool = True) -> dict[int, Inbox]:
+        """Send every local node's (statistics, counts) to its neighbours; return each local node's inbox.
 
         record=False delivers without counting bytes: an observer's view for diagnostics, not communication.
         """
-        all_statistics = torch.stack(statistics)
-        all_counts = torch.stack(counts)
+        self.statistics = self._all(torch.stack(statistics))
+        self.counts = self._all(torch.stack(counts))
         if record:
             dim = statistics[0].shape[-1]
-            for node, classes in enumerate(self._classes_sent):
-                self.bytes_sent[node] += classes * (dim * dim + 1) * BYTES_PER_VALUE
-        return [
-            Inbox(all_statistics.index_select(0, index), all_counts.index_select(0, index), shared)
-            for index, shared in zip(self.neighbor_index, self.shared)
-        ]
+            for node in self.local:
+                self.bytes_sent[node] += self._classes_sent[node] * (dim * dim + 1) * BYTES_PER_VALUE
+        return {
+            node: Inbox(
+                self.statistics.index_select(0, self.neighbor_index[node]),
+                self.counts.index_select(0, self.neighbor_index[node]),
+                self.shared[node],
+            )
+            for node in self.local
+        }
 
-    def record_push(self, sender: int, receivers: int, classes: int, dim: int) -> None:
-        """Count a push of `classes` classes of statistics from `sender` to `receivers` other nodes."""
-        self.record_bytes(sender, receivers * classes * (dim * dim + 1) * BYTES_PER_VALUE)
+    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int, classes: int) -> None:
+        """Make `sender`'s refreshed statistics known (Gauss-Seidel pushes within a cluster), counting a message
+        of `classes` classes to `receivers` other nodes. Only the process running `sender` passes its tensors."""
+        self.statistics[sender] = statistics
+        self.counts[sender] = counts
+        self.record_bytes(sender, receivers * classes * (self.statistics.shape[-1] ** 2 + 1) * BYTES_PER_VALUE)
 
     def record_bytes(self, sender: int, num_bytes: int) -> None:
         """Count bytes a node sends outside the statistics exchange (in-cluster pushes, weights)."""
         self.bytes_sent[sender] += num_bytes
+
+    def gather(self, values: Tensor) -> Tensor:
+        """Every node's row (N, V) of per-node values, from the local nodes' rows (n_local, V)."""
+        return self._all(values)
+
+    @torch.no_grad()
+    def average(self, modules: list[nn.Module], mixing: Tensor) -> None:
+        """Replace every local module's floating-point parameters and buffers by its row of `mixing` (N, N)
+        applied to all nodes' modules (the weight-averaging baselines: the only place weights travel)."""
+        states = [module.state_dict() for module in modules]
+        rows = mixing[self.local]
+        for key, first in states[0].items():
+            if not first.is_floating_point():
+                continue
+            everyone = self._all(torch.stack([state[key] for state in states]))
+            mixed = torch.einsum("ij,j...->i...", rows, everyone)
+            for state, value in zip(states, mixed):
+                state[key].copy_(value)
+
+    def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
+        """Every node's row of host numbers (seconds, counters), from the local nodes' rows."""
+        return rows
+
+    def sync_bytes(self) -> None:
+        """Make bytes_sent every node's count on this process (each process counts the nodes it runs)."""
+        counts = self.gather_host([[float(self.bytes_sent[node])] for node in self.local])
+        self.bytes_sent = [int(row[0]) for row in counts]
+
+    def gather_objects(self, items: list) -> list | None:
+        """Every node's item (picklable, on the CPU) on rank 0, from the local nodes' items; None elsewhere."""
+        return list(items)
+
+    def broadcast_object(self, item):
+        """Rank 0's item, on every rank."""
+        return item

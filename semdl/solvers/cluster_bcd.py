@@ -21,21 +21,24 @@ class ClusterPlan:
     replication: list[int]
 
 
-def cluster_contexts(node: Node, nodes: list[Node], plan: ClusterPlan) -> list[ClusterContext]:
-    """The other members' latest shared Grams and counts, replica-weighted, for each cluster containing `node`."""
+def cluster_contexts(
+    node: Node, statistics: Tensor, counts: Tensor, responsible: Tensor, plan: ClusterPlan
+) -> list[ClusterContext]:
+    """The other members' latest shared Grams and counts, replica-weighted, for each cluster containing `node`.
+
+    statistics (N, K, d, d), counts (N, K): every node's latest values as the communicator knows them;
+    responsible (N, K): every node's label set.
+    """
+    weights = 1.0 / torch.tensor(plan.replication, dtype=statistics.dtype, device=statistics.device)
+    shared_counts = counts * responsible * weights[:, None]  # w_j m_j^k on label sets
     contexts = []
     for members in plan.clusters:
         if node.index not in members:
             continue
-        others = [nodes[j] for j in members if j != node.index]
-        other_grams = sum(
-            (other.shared_grams / plan.replication[other.index] for other in others), torch.zeros_like(node.statistics)
-        )
-        other_counts = sum(
-            (other.counts * other.responsible / plan.replication[other.index] for other in others),
-            torch.zeros_like(node.counts),
-        )
-        contexts.append(ClusterContext(other_grams, other_counts, 1.0 / plan.replication[node.index]))
+        others = torch.tensor([j for j in members if j != node.index], dtype=torch.long, device=statistics.device)
+        other_counts = shared_counts[others]
+        other_grams = torch.einsum("jk,jkab->kab", other_counts, statistics[others])
+        contexts.append(ClusterContext(other_grams, other_counts.sum(0), 1.0 / plan.replication[node.index]))
     return contexts
 
 
@@ -69,30 +72,39 @@ def block_training(
 def cluster_bcd_round(
     nodes: list[Node],
     communicator: InProcessCommunicator,
-    inboxes: list[Inbox],
+    inboxes: dict[int, Inbox],
     plan: ClusterPlan,
     settings: PrimalDualSettings,
-) -> tuple[list[NodeWork], list[Inbox]]:
+) -> tuple[list[NodeWork], dict[int, Inbox]]:
     """(a) dual steps; (b) per cluster, each member's block then its refreshed statistics, pushed to its cluster
-    (Gauss-Seidel: the next member sees them); (c) exchange among class holders. Returns each node's work."""
-    penalties = []
-    for node, inbox in zip(nodes, inboxes):
+    (Gauss-Seidel: the next member sees them, on whichever rank it runs); (c) exchange among class holders.
+    `nodes` are the nodes this process runs; returns their work."""
+    local = {node.index: node for node in nodes}
+    penalties = {}
+    for node in nodes:
+        inbox = inboxes[node.index]
         dual_step(node, inbox, settings.dual_step)
-        penalties.append(consensus_penalty(node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared))
-    losses: list[list[Tensor]] = [[] for _ in nodes]
-    clocks: list[list[Clock]] = [[] for _ in nodes]
+        penalties[node.index] = consensus_penalty(
+            node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared
+        )
+    responsible = communicator.responsible
+    losses: dict[int, list[Tensor]] = {node.index: [] for node in nodes}
+    clocks: dict[int, list[Clock]] = {node.index: [] for node in nodes}
     for members in plan.clusters:
         for index in members:
-            node = nodes[index]
-            with timed(node.statistics.device) as clock:
-                losses[index].append(
-                    block_training(node, cluster_contexts(node, nodes, plan), penalties[index], settings)
-                )
-                node.refresh_statistics()
-            clocks[index].append(clock)
-            communicator.record_push(index, len(members) - 1, int(node.responsible.sum()), node.statistics.shape[-1])
-    work = [
-        NodeWork(torch.stack(node_losses).mean(), tuple(node_clocks))
-        for node_losses, node_clocks in zip(losses, clocks)
-    ]
+            node = local.get(index)
+            if node is not None:
+                with timed(node.statistics.device) as clock:
+                    contexts = cluster_contexts(node, communicator.statistics, communicator.counts, responsible, plan)
+                    losses[index].append(block_training(node, contexts, penalties[index], settings))
+                    node.refresh_statistics()
+                clocks[index].append(clock)
+            communicator.push(
+                index,
+                node.statistics if node is not None else None,
+                node.counts if node is not None else None,
+                len(members) - 1,
+                int(responsible[index].sum()),
+            )
+    work = [NodeWork(torch.stack(losses[node.index]).mean(), tuple(clocks[node.index])) for node in nodes]
     return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])

@@ -44,10 +44,11 @@ def mixing_matrix(neighbors: list[list[int]], sizes: list[int], aggregation: str
 
 
 def build_federation(
-    nodes: list[Node], neighbors: list[list[int]], aggregation: str, cross_entropy: bool, lr: float
+    nodes: list[Node], sizes: list[int], neighbors: list[list[int]], aggregation: str, cross_entropy: bool, lr: float
 ) -> Federation:
+    """The mixing of all nodes (sizes: every node's sample count) and, for fedavg_ce, the local nodes' heads."""
     device = nodes[0].statistics.device
-    mixing = mixing_matrix(neighbors, [node.num_samples for node in nodes], aggregation, device)
+    mixing = mixing_matrix(neighbors, sizes, aggregation, device)
     messages = [1 if aggregation == "server" else len(adjacent) for adjacent in neighbors]
     if not cross_entropy:
         return Federation(mixing, messages, None, None)
@@ -59,18 +60,6 @@ def build_federation(
     return Federation(mixing, messages, heads, [torch.optim.Adam(head.parameters(), lr=lr) for head in heads])
 
 
-@torch.no_grad()
-def average_modules(modules: list[nn.Module], mixing: Tensor) -> None:
-    """Replace every module's floating-point parameters and buffers by their mixing-weighted averages."""
-    states = [module.state_dict() for module in modules]
-    for key, first in states[0].items():
-        if not first.is_floating_point():
-            continue
-        mixed = torch.einsum("ij,j...->i...", mixing, torch.stack([state[key] for state in states]))
-        for state, value in zip(states, mixed):
-            state[key].copy_(value)
-
-
 def weight_bytes(module: nn.Module) -> int:
     return sum(value.nbytes for value in module.state_dict().values() if value.is_floating_point())
 
@@ -80,7 +69,7 @@ def fedavg_round(
     communicator: InProcessCommunicator,
     federation: Federation,
     settings: PrimalDualSettings,
-) -> tuple[list[NodeWork], list[Inbox]]:
+) -> tuple[list[NodeWork], dict[int, Inbox]]:
     """Local training at every node, then one averaging step of the weights (and heads); statistics only observed."""
     work = []
     for index, node in enumerate(nodes):
@@ -97,12 +86,14 @@ def fedavg_round(
                     [federation.head_optimizers[index]],
                 )
         work.append(NodeWork(loss, (clock,)))
-    average_modules([node.encoder for node in nodes], federation.mixing)
+    communicator.average([node.encoder for node in nodes], federation.mixing)
     if federation.heads is not None:
-        average_modules(federation.heads, federation.mixing)
-    for index, node in enumerate(nodes):
-        head_bytes = weight_bytes(federation.heads[index]) if federation.heads is not None else 0
-        communicator.record_bytes(index, federation.messages[index] * (weight_bytes(node.encoder) + head_bytes))
+        communicator.average(federation.heads, federation.mixing)
+    for position, node in enumerate(nodes):
+        head_bytes = weight_bytes(federation.heads[position]) if federation.heads is not None else 0
+        communicator.record_bytes(
+            node.index, federation.messages[node.index] * (weight_bytes(node.encoder) + head_bytes)
+        )
         node.refresh_statistics()
     return work, communicator.exchange(
         [node.statistics for node in nodes], [node.counts for node in nodes], record=False

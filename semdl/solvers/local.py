@@ -29,7 +29,7 @@ def local_rate_reduction_training(node: Node, settings: PrimalDualSettings) -> T
 
 def local_round(
     groups: list[SingleNode | VectorizedGroup], communicator: InProcessCommunicator, settings: PrimalDualSettings
-) -> tuple[list[NodeWork], list[Inbox]]:
+) -> tuple[list[NodeWork], dict[int, Inbox]]:
     """Every node trains alone; the inboxes are an observer's view (no bytes counted) for the diagnostics."""
     work = {}
     for group in groups:

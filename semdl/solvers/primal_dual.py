@@ -43,9 +43,9 @@ def node_loss(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> BatchLo
 def primal_dual_round(
     groups: list[SingleNode | VectorizedGroup],
     communicator: InProcessCommunicator,
-    inboxes: list[Inbox],
+    inboxes: dict[int, Inbox],
     settings: PrimalDualSettings,
-) -> tuple[list[NodeWork], list[Inbox]]:
+) -> tuple[list[NodeWork], dict[int, Inbox]]:
     """Dual step, local training and statistics at every node, then the exchange; returns each node's work.
 
     Each node reads only its inbox (round t-1 values), so running the nodes (or groups of them) one after

@@ -1,0 +1,139 @@
+"""The network spread over torch.distributed ranks (launched by torchrun): which rank runs which nodes, and a
+communicator whose messages cross ranks as collectives.
+
+Each rank runs a contiguous, balanced block of nodes. Per round, statistics and counts travel by all-gather
+(every rank then knows every node's latest statistics, which the network metrics need anyway); a cluster
+push is a broadcast from the sender's rank; per-node metrics are all-gathered so every rank applies the same
+numerical guard. Weights cross ranks only for the weight-averaging baselines, and node states only for
+checkpoints and evaluation, both gathered to rank 0 (which alone writes the run directory).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from semdl.errors import UserError
+from semdl.network.communicator import InProcessCommunicator
+
+# torch 2.14 renamed all_gather_into_tensor (deprecated since); the project supports torch >= 2.1.
+ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def rank_nodes(num_nodes: int) -> str:
+    """The block of nodes this process runs, as text ("?" when the node count is not known here)."""
+    if num_nodes < 1:
+        return "?"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    blocks = np.array_split(np.arange(num_nodes), world_size)
+    block = blocks[process_rank()] if process_rank() < len(blocks) else []
+    return f"{block[0]}-{block[-1]}" if len(block) else "none"
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """Nodes in contiguous, balanced blocks over the ranks: blocks[r] lists the nodes rank r runs."""
+
+    blocks: list[list[int]]
+    rank: int
+
+    @classmethod
+    def balanced(cls, num_nodes: int, world_size: int, rank: int) -> "RankLayout":
+        if num_nodes < world_size:
+            raise UserError(
+                f"comm=torch_distributed runs {world_size} processes but the network has {num_nodes} node(s); "
+                "launch at most one process per node"
+            )
+        return cls([block.tolist() for block in np.array_split(np.arange(num_nodes), world_size)], rank)
+
+    @property
+    def local(self) -> list[int]:
+        return self.blocks[self.rank]
+
+    def owner(self, node: int) -> int:
+        return next(rank for rank, block in enumerate(self.blocks) if node in block)
+
+    def describe(self) -> str:
+        return "; ".join(f"rank {rank}: nodes {block[0]}-{block[-1]}" for rank, block in enumerate(self.blocks))
+
+
+def start_process_group(backend: str, timeout_seconds: float, device: torch.device) -> None:
+    """Join the torchrun job (env:// rendezvous); backend auto is NCCL for CUDA devices, gloo otherwise."""
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise UserError(
+            f"comm=torch_distributed needs a torchrun launch ({', '.join(missing)} unset): "
+            "torchrun --nproc-per-node=P -m semdl train comm=torch_distributed ..."
+        )
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise UserError("comm_backend=nccl needs CUDA devices; use comm_backend=gloo (or auto) on the CPU")
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
+
+
+class DistributedCommunicator(InProcessCommunicator):
+    """The InProcessCommunicator's interface over torch.distributed; this rank runs `layout.local`."""
+
+    def __init__(self, neighbors, responsible: Tensor, layout: RankLayout, timeout_seconds: float):
+        super().__init__(neighbors, responsible)
+        self.layout = layout
+        self.local = layout.local
+        self.rank = layout.rank
+        self.world_size = len(layout.blocks)
+        self._width = max(len(block) for block in layout.blocks)
+        # Object collectives (checkpoints, evaluation) go through gloo whatever moves the tensors.
+        self._objects = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+
+    def _all(self, local: Tensor) -> Tensor:
+        """All-gather blocks of unequal length: pad each to the longest, gather, keep the real rows in node order."""
+        padded = local.new_zeros((self._width, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        gathered = local.new_empty((self.world_size * self._width, *local.shape[1:]))
+        ALL_GATHER(gathered, padded.contiguous())
+        rows = [
+            rank * self._width + offset for rank, block in enumerate(self.layout.blocks) for offset in range(len(block))
+        ]
+        return gathered[torch.tensor(rows, device=local.device)]
+
+    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int, classes: int) -> None:
+        owner = self.layout.owner(sender)
+        statistics = statistics.contiguous() if owner == self.rank else torch.empty_like(self.statistics[sender])
+        counts = counts.contiguous() if owner == self.rank else torch.empty_like(self.counts[sender])
+        dist.broadcast(statistics, src=owner)
+        dist.broadcast(counts, src=owner)
+        self.statistics[sender] = statistics
+        self.counts[sender] = counts
+        if owner == self.rank:
+            self.record_bytes(sender, receivers * classes * (statistics.shape[-1] ** 2 + 1) * 4)
+
+    def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
+        local = torch.tensor(rows, dtype=torch.float64, device=self.responsible.device)
+        return self._all(local).tolist()
+
+    def gather_objects(self, items: list) -> list | None:
+        gathered = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(items, gathered, dst=0, group=self._objects)
+        return [item for block in gathered for item in block] if self.rank == 0 else None
+
+    def broadcast_object(self, item):
+        holder = [item]
+        dist.broadcast_object_list(holder, src=0, group=self._objects)
+        return holder[0]

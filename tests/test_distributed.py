@@ -1,0 +1,123 @@
+"""The network over torch.distributed (gloo on 127.0.0.1): two torchrun processes give the in-process numbers,
+their checkpoints resume in-process, and a failing rank stops the job with its name."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL_SYNTHETIC
+from semdl.io import read_metrics
+
+HERE = Path(__file__).resolve().parent
+LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
+EXPERIMENTS = {
+    "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual", "train.rounds=4"],
+    "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd", "train.rounds=4"],
+}
+
+
+def environment() -> dict:
+    # One thread per process in both launches, so that BLAS reductions run in the same order.
+    keep = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "WORLD_SIZE", "RANK")}
+    return {**keep, "OMP_NUM_THREADS": "1"}
+
+
+def in_process(overrides: list[str], run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "semdl", "train", *overrides, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment(),
+    )
+
+
+def torchrun(
+    script: list[str], overrides: list[str], run_dir: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *script]
+    return subprocess.run(
+        [*command, "train", *overrides, "comm=torch_distributed", "comm_timeout=60", f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment(),
+    )
+
+
+def assert_same_numbers(actual, expected, path="") -> None:
+    """Equal structure; floats within 1e-5 relative (float reduction order), everything else exactly."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), path
+        for key in expected:
+            if key not in ("seconds", "wall_seconds"):
+                assert_same_numbers(actual[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), path
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_numbers(a, e, f"{path}[{index}]")
+    elif isinstance(expected, float):
+        assert math.isclose(actual, expected, rel_tol=1e-5, abs_tol=1e-9), f"{path}: {actual} vs {expected}"
+    else:
+        assert actual == expected, path
+
+
+@pytest.mark.parametrize("solver", sorted(EXPERIMENTS))
+def test_two_processes_give_the_in_process_numbers(solver, tmp_path):
+    overrides = EXPERIMENTS[solver]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert in_process(overrides, single).returncode == 0
+    result = torchrun(["-m", "semdl"], overrides, double)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nodes per rank: rank 0: nodes 0-1; rank 1: nodes 2-" in result.stderr + result.stdout
+    assert_same_numbers(read_metrics(double / "metrics.jsonl"), read_metrics(single / "metrics.jsonl"))
+    summary = json.loads((double / "summary.json").read_text())
+    assert_same_numbers(summary, json.loads((single / "summary.json").read_text()))
+    assert sorted(path.name for path in (double / "checkpoints").iterdir()) == ["last.pt"]
+
+
+def test_a_two_process_checkpoint_resumes_in_process(tmp_path):
+    """Four rounds on two processes, then four more in one: the numbers of eight rounds in one process."""
+    overrides = EXPERIMENTS["primal_dual"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert in_process(overrides, straight, "train.rounds=8").returncode == 0
+    result = torchrun(["-m", "semdl"], overrides, split)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "semdl", "train", f"resume={split}", "comm=in_process", "train.rounds=8"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment(),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [row for row in read_metrics(split / "metrics.jsonl") if row["node"] != "eval"]
+    expected = [row for row in read_metrics(straight / "metrics.jsonl") if row["node"] != "eval"]
+    assert_same_numbers(rows, expected)
+    summary = json.loads((split / "summary.json").read_text())
+    assert_same_numbers(summary, json.loads((straight / "summary.json").read_text()))
+
+
+def test_a_failing_rank_stops_the_job_and_is_named(tmp_path):
+    started = time.monotonic()
+    overrides = EXPERIMENTS["primal_dual"] + ["train.checkpoint_every=1"]
+    result = torchrun([str(HERE / "rank_failure.py")], overrides, tmp_path / "run", timeout=200)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "semdl: rank 1 (nodes 2-2): failed: RuntimeError: injected failure in round 2" in result.stderr
+    assert elapsed < 120  # well within the 60 s collective timeout plus start-up
+    # The checkpoint of round 1 is whole and holds every node: the run can resume from it.
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["round"] == 1 and len(state["nodes"]) == 3
