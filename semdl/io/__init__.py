@@ -5,7 +5,6 @@ from semdl.io.files import (
     load_checkpoint,
     read_metrics,
     save_checkpoint,
-    save_torch,
     truncate_metrics,
     write_json,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "load_checkpoint",
     "read_metrics",
     "save_checkpoint",
-    "save_torch",
     "truncate_metrics",
     "write_json",
 ]

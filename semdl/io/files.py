@@ -53,11 +53,6 @@ def write_json(path: Path, payload: Any) -> None:
     _replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
 
 
-def save_torch(path: Path, payload: Any) -> None:
-    """torch.save via a temporary file, fsync and rename: the previous file stays intact until the new one is whole."""
-    _replace_atomically(Path(path), lambda handle: torch.save(payload, handle))
-
-
 CHECKPOINT = "last.pt"
 PREVIOUS_CHECKPOINT = "previous.pt"
 

@@ -115,7 +115,3 @@ class InProcessCommunicator:
     def gather_objects(self, items: list) -> list | None:
         """Every node's item (picklable, on the CPU) on rank 0, from the local nodes' items; None elsewhere."""
         return list(items)
-
-    def broadcast_object(self, item):
-        """Rank 0's item, on every rank."""
-        return item

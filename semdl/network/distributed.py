@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from semdl.errors import UserError
-from semdl.network.communicator import InProcessCommunicator
+from semdl.network.communicator import BYTES_PER_VALUE, InProcessCommunicator
 
 # torch 2.14 renamed all_gather_into_tensor (deprecated since); the project supports torch >= 2.1.
 ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -122,7 +122,7 @@ class DistributedCommunicator(InProcessCommunicator):
         self.statistics[sender] = statistics
         self.counts[sender] = counts
         if owner == self.rank:
-            self.record_bytes(sender, receivers * classes * (statistics.shape[-1] ** 2 + 1) * 4)
+            self.record_bytes(sender, receivers * classes * (statistics.shape[-1] ** 2 + 1) * BYTES_PER_VALUE)
 
     def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
         local = torch.tensor(rows, dtype=torch.float64, device=self.responsible.device)
@@ -132,8 +132,3 @@ class DistributedCommunicator(InProcessCommunicator):
         gathered = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(items, gathered, dst=0, group=self._objects)
         return [item for block in gathered for item in block] if self.rank == 0 else None
-
-    def broadcast_object(self, item):
-        holder = [item]
-        dist.broadcast_object_list(holder, src=0, group=self._objects)
-        return holder[0]
