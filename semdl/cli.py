@@ -144,16 +144,18 @@ def resume_run(arguments: list[str]) -> None:
         fail("give one run directory: semdl train resume=<run_dir>")
     from semdl.experiment import resume_experiment
 
+    from semdl.network.distributed import process_rank
+
     run_dir = Path(directories[0])
-    if run_dir.is_dir():
+    if process_rank() != 0:
+        logging.basicConfig(level=logging.WARNING, force=True)  # rank 0 speaks and writes for the job
+    elif run_dir.is_dir():
         log_to(run_dir / "semdl.log")
     report(run_dir, guarded(lambda: resume_experiment(run_dir, overrides), 0))
 
 
 def log_to(path: Path) -> None:
     """Console and run-log output as a Hydra job has them (a resumed run appends to its own log)."""
-    import logging
-
     handlers = [logging.StreamHandler(), logging.FileHandler(path, mode="a", delay=True)]
     for handler in handlers:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
