@@ -22,6 +22,8 @@ LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
 EXPERIMENTS = {
     "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual", "train.rounds=4"],
     "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd", "train.rounds=4"],
+    # A baseline whose weights (and cross-entropy heads) cross ranks every round, evaluated during training too.
+    "fedavg_ce": SMALL_SYNTHETIC + ["nodes=3", "solver=fedavg_ce", "train.rounds=3", "eval.every=2"],
 }
 
 
