@@ -348,7 +348,7 @@ def round_function(
     plan: ClusterPlan | None,
     federation: Federation | None,
     settings: PrimalDualSettings,
-) -> Callable[[list[Inbox]], tuple[list[NodeWork], list[Inbox]]]:
+) -> Callable[[dict[int, Inbox]], tuple[list[NodeWork], dict[int, Inbox]]]:
     """The configured solver's round, as a function of the inboxes."""
     name = cfg.solver.name
     if name == "primal_dual":
@@ -372,8 +372,8 @@ class Network:
     communicator: InProcessCommunicator
     plan: ClusterPlan | None
     federation: Federation | None  # the weight-averaging baselines' mixing and heads
-    inboxes: list[Inbox]
-    run_round: Callable[[list[Inbox]], tuple[list[NodeWork], list[Inbox]]]
+    inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
+    run_round: Callable[[dict[int, Inbox]], tuple[list[NodeWork], dict[int, Inbox]]]
 
 
 def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoint: dict | None = None) -> Network:
