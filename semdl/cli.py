@@ -143,7 +143,6 @@ def resume_run(arguments: list[str]) -> None:
     if len(directories) != 1 or not directories[0]:
         fail("give one run directory: semdl train resume=<run_dir>")
     from semdl.experiment import resume_experiment
-
     from semdl.network.distributed import process_rank
 
     run_dir = Path(directories[0])
