@@ -213,10 +213,15 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def scratch_network(cfg: DictConfig) -> Network:
+    """The network of `cfg` as a run builds it, its partition files written to a directory deleted at once."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        return build_network(cfg, Path(run_dir), resolve_device(cfg.device))
+
+
 def round_step(cfg: DictConfig) -> tuple[Network, Callable[[], None]]:
     """The network of `cfg`, built by semdl.experiment.build_network as a run builds it, and a one-round step."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        network = build_network(cfg, Path(run_dir), resolve_device(cfg.device))
+    network = scratch_network(cfg)
     inboxes = network.inboxes
 
     def run_round() -> None:
@@ -234,8 +239,7 @@ def encoder_floor(cfg: DictConfig) -> Callable[[], None]:
     """The encoder work of one round no algorithm avoids, on a twin of the network (same seeds, same execution
     groups, so vectorised runs are compared with vectorised encoder work): training steps on a trivial loss
     plus the eval-mode forward pass over the local data."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        twin = build_network(cfg, Path(run_dir), resolve_device(cfg.device))
+    twin = scratch_network(cfg)
 
     def floor() -> None:
         for group in twin.groups:

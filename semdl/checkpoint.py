@@ -142,14 +142,8 @@ def read_checkpoint(run_dir: Path) -> dict:
     return payload
 
 
-def restore_network_state(
-    checkpoint: dict,
-    nodes: list[Node],
-    communicator: InProcessCommunicator,
-    federation: Federation | None,
-    device: torch.device,
-) -> None:
-    """Put a checkpoint's per-node state, byte counters and heads into freshly built nodes (before grouping)."""
+def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> None:
+    """Load each node's saved encoder, optimizer, statistics, counts, duals and random stream (by node index)."""
     for node in nodes:
         saved = checkpoint["nodes"][node.index]
         node.encoder.load_state_dict(saved["encoder"])
@@ -158,6 +152,17 @@ def restore_network_state(
         node.counts = saved["counts"].to(device)
         node.dual = saved["dual"].to(device)
         node.generator.set_state(saved["generator"])
+
+
+def restore_network_state(
+    checkpoint: dict,
+    nodes: list[Node],
+    communicator: InProcessCommunicator,
+    federation: Federation | None,
+    device: torch.device,
+) -> None:
+    """Put a checkpoint's per-node state, byte counters and heads into freshly built nodes (before grouping)."""
+    restore_nodes(checkpoint, nodes, device)
     communicator.bytes_sent = list(checkpoint["bytes_sent"])
     if federation is not None and federation.heads is not None:
         for node, head, optimizer in zip(nodes, federation.heads, federation.head_optimizers):

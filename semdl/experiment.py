@@ -27,6 +27,7 @@ from semdl.checkpoint import (
     read_checkpoint,
     restore_global_generators,
     restore_network_state,
+    restore_nodes,
     saved_partition,
 )
 from semdl.config import VECTORIZED_SOLVERS, WEIGHT_AVERAGING, Config, switch, validate
@@ -283,6 +284,11 @@ def partition_dataset(cfg: DictConfig, run_dir: Path | None) -> tuple[Dataset, l
     return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes)
 
 
+def node_parts(cfg: DictConfig, parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Each node's training indices: the partition's parts, or all of them in one for the centralized baseline."""
+    return [np.sort(np.concatenate(parts))] if cfg.solver.name == "centralized" else parts
+
+
 IID_TOLERANCE = 0.05  # total-variation distance from the global class mix above which a partition is non-i.i.d.
 
 
@@ -391,8 +397,7 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoi
         dataset = load_dataset(cfg.data)
         parts = saved_partition(run_dir)
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
-    if cfg.solver.name == "centralized":
-        parts = [np.sort(np.concatenate(parts))]
+    parts = node_parts(cfg, parts)
     responsible, neighbors, plan = plan_communication(cfg, counts, topology, writer)
     dataset = dataset.to(device)
     responsible_tensor = torch.as_tensor(responsible, device=device)
@@ -499,11 +504,7 @@ def evaluation_nodes(cfg: DictConfig, network: Network, state: dict | None) -> l
         return None
     device = network.nodes[0].statistics.device
     nodes = build_nodes(cfg, network.dataset, network.parts, network.responsible, device)
-    for node, saved in zip(nodes, state["nodes"]):
-        node.encoder.load_state_dict(saved["encoder"])
-        node.statistics = saved["statistics"].to(device)
-        node.counts = saved["counts"].to(device)
-        node.dual = saved["dual"].to(device)
+    restore_nodes(state, nodes, device)
     return nodes
 
 
@@ -708,14 +709,10 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Dataset, 
     validate(cfg)
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.data).to(device)
-    parts = saved_partition(run_dir)
+    parts = node_parts(cfg, saved_partition(run_dir))
     responsible = np.stack([saved["responsible"].numpy() for saved in state["nodes"]])
     nodes = build_nodes(cfg, dataset, parts, responsible, device)
-    for node, saved in zip(nodes, state["nodes"]):
-        node.encoder.load_state_dict(saved["encoder"])
-        node.statistics = saved["statistics"].to(device)
-        node.counts = saved["counts"].to(device)
-        node.dual = saved["dual"].to(device)
+    restore_nodes(state, nodes, device)
     return cfg, dataset, nodes
 
 

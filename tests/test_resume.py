@@ -69,6 +69,25 @@ def rounds_written(run_dir: Path) -> int:
     return max((row["round"] for row in read_metrics(path)), default=0)
 
 
+def start_training(overrides: list[str], run_dir: Path, output) -> subprocess.Popen:
+    """`semdl train` in the background, its output to `output` (DEVNULL or PIPE), in run_dir's parent."""
+    return subprocess.Popen(
+        semdl_command("train", *overrides, f"hydra.run.dir={run_dir}"),
+        cwd=run_dir.parent,
+        stdout=output,
+        stderr=output,
+        text=True,
+        env=environment(),
+    )
+
+
+def wait_for_round(process: subprocess.Popen, run_dir: Path, round_index: int) -> None:
+    """Until metrics.jsonl holds round `round_index` (or the process ended, or 4 minutes passed)."""
+    deadline = time.monotonic() + 240
+    while rounds_written(run_dir) < round_index and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path):
     overrides = SOLVERS[solver] + [f"train.rounds={ROUNDS}", "train.checkpoint_every=2"]
@@ -81,16 +100,8 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path):
     # Somewhere in the round after round k (or in its checkpoint write), k in 3 .. ROUNDS-3.
     kill_after_round, delay = chooser.randint(3, ROUNDS - 3), chooser.uniform(0.0, min(round_seconds))
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        semdl_command("train", *overrides, f"hydra.run.dir={killed}"),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=environment(),
-    )
-    deadline = time.monotonic() + 240
-    while rounds_written(killed) < kill_after_round and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    process = start_training(overrides, killed, subprocess.DEVNULL)
+    wait_for_round(process, killed, kill_after_round)
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -149,17 +160,8 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thr
 def test_sigint_stops_after_a_checkpoint_and_the_run_resumes(tmp_path):
     overrides = SOLVERS["primal_dual"] + ["train.rounds=200", "train.checkpoint_every=0"]
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        semdl_command("train", *overrides, f"hydra.run.dir={run_dir}"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-    )
-    deadline = time.monotonic() + 240
-    while rounds_written(run_dir) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    process = start_training(overrides, run_dir, subprocess.PIPE)
+    wait_for_round(process, run_dir, 2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

@@ -46,6 +46,7 @@ class InProcessCommunicator:
         self.responsible = responsible
         self.shared = [responsible[index] & responsible[node] for node, index in enumerate(self.neighbor_index)]
         self._classes_sent = [int(shared.sum()) for shared in self.shared]  # per node, over all its neighbours
+        self._classes_held = responsible.sum(1).tolist()  # what a node's pushes carry
         self.bytes_sent = [0] * len(self.neighbors)
         self.statistics: Tensor | None = None
         self.counts: Tensor | None = None
@@ -74,12 +75,16 @@ class InProcessCommunicator:
             for node in self.local
         }
 
-    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int, classes: int) -> None:
+    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         """Make `sender`'s refreshed statistics known (Gauss-Seidel pushes within a cluster), counting a message
-        of `classes` classes to `receivers` other nodes. Only the process running `sender` passes its tensors."""
+        of the classes it is responsible for to `receivers` other nodes. Only the process running `sender` passes
+        its tensors."""
         self.statistics[sender] = statistics
         self.counts[sender] = counts
-        self.record_bytes(sender, receivers * classes * (self.statistics.shape[-1] ** 2 + 1) * BYTES_PER_VALUE)
+        self.record_bytes(sender, self._push_bytes(sender, receivers))
+
+    def _push_bytes(self, sender: int, receivers: int) -> int:
+        return receivers * self._classes_held[sender] * (self.statistics.shape[-1] ** 2 + 1) * BYTES_PER_VALUE
 
     def record_bytes(self, sender: int, num_bytes: int) -> None:
         """Count bytes a node sends outside the statistics exchange (in-cluster pushes, weights)."""

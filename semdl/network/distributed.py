@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from semdl.errors import UserError
-from semdl.network.communicator import BYTES_PER_VALUE, InProcessCommunicator
+from semdl.network.communicator import InProcessCommunicator
 
 # torch 2.14 renamed all_gather_into_tensor (deprecated since); the project supports torch >= 2.1.
 ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -99,6 +99,11 @@ class DistributedCommunicator(InProcessCommunicator):
         self.rank = layout.rank
         self.world_size = len(layout.blocks)
         self._width = max(len(block) for block in layout.blocks)
+        # Where each node's row lands in a gather of blocks padded to the longest.
+        self._rows = torch.tensor(
+            [rank * self._width + offset for rank, block in enumerate(layout.blocks) for offset in range(len(block))],
+            device=responsible.device,
+        )
         # Object collectives (checkpoints, evaluation) go through gloo whatever moves the tensors.
         self._objects = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
 
@@ -113,7 +118,7 @@ class DistributedCommunicator(InProcessCommunicator):
         ]
         return gathered[torch.tensor(rows, device=local.device)]
 
-    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int, classes: int) -> None:
+    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         owner = self.layout.owner(sender)
         statistics = statistics.contiguous() if owner == self.rank else torch.empty_like(self.statistics[sender])
         counts = counts.contiguous() if owner == self.rank else torch.empty_like(self.counts[sender])
@@ -122,7 +127,7 @@ class DistributedCommunicator(InProcessCommunicator):
         self.statistics[sender] = statistics
         self.counts[sender] = counts
         if owner == self.rank:
-            self.record_bytes(sender, receivers * classes * (statistics.shape[-1] ** 2 + 1) * BYTES_PER_VALUE)
+            self.record_bytes(sender, self._push_bytes(sender, receivers))
 
     def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
         local = torch.tensor(rows, dtype=torch.float64, device=self.responsible.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -98,29 +98,29 @@ class Node:
         """The local data's indices in the chunks of a statistics pass (bounded memory)."""
         return self.indices.split(chunk_size)
 
-    def chunk_grams(self, features: Tensor, chunk: Tensor) -> tuple[Tensor, Tensor]:
-        """Class Grams and counts of one statistics chunk, grouped with a width known without a device read."""
-        padded, counts = pad_by_class(
-            features, self.labels[chunk], self.num_classes, min(chunk.shape[0], self.largest_local_class)
-        )
-        return padded.mT @ padded, counts
+    @torch.no_grad()
+    def local_features(self) -> list[tuple[Tensor, Tensor]]:
+        """Eval-mode features of the local data, chunk by chunk: [(chunk indices, (c, d) features)]."""
+        self.encoder.eval()
+        return [(chunk, self.features(self.pipeline(self.inputs[chunk]))) for chunk in self.local_chunks()]
 
-    def set_statistics(self, grams: Tensor, counts: Tensor) -> None:
-        """V_i^k = G_i^k / m_i^k (zero for classes the node lacks) and m_i^k, from the Grams of the whole local set."""
+    @torch.no_grad()
+    def statistics_from(self, passes: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """Set V_i^k = G_i^k / m_i^k (zero for classes the node lacks) and m_i^k from the features of every chunk
+        of the local data; classes are grouped with a width known without a device read."""
+        grams = torch.zeros_like(self.statistics)
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.statistics.device)
+        for chunk, features in passes:
+            width = min(chunk.shape[0], self.largest_local_class)
+            padded, chunk_counts = pad_by_class(features, self.labels[chunk], self.num_classes, width)
+            grams += padded.mT @ padded
+            counts += chunk_counts
         self.statistics = grams / counts.clamp_min(1)[:, None, None].to(grams.dtype)
         self.counts = counts.to(grams.dtype)
 
-    @torch.no_grad()
     def refresh_statistics(self) -> None:
         """Recompute V_i^k and m_i^k over the whole local set, encoder in eval mode, in bounded memory."""
-        self.encoder.eval()
-        grams = torch.zeros_like(self.statistics)
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.statistics.device)
-        for chunk in self.local_chunks():
-            chunk_grams, chunk_counts = self.chunk_grams(self.features(self.pipeline(self.inputs[chunk])), chunk)
-            grams += chunk_grams
-            counts += chunk_counts
-        self.set_statistics(grams, counts)
+        self.statistics_from(self.local_features())
 
 
 def node_seeds(seed: int, node_index: int) -> tuple[int, int]:

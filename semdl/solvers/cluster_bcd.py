@@ -22,14 +22,13 @@ class ClusterPlan:
 
 
 def cluster_contexts(
-    node: Node, statistics: Tensor, counts: Tensor, responsible: Tensor, plan: ClusterPlan
+    node: Node, statistics: Tensor, counts: Tensor, responsible: Tensor, weights: Tensor, plan: ClusterPlan
 ) -> list[ClusterContext]:
     """The other members' latest shared Grams and counts, replica-weighted, for each cluster containing `node`.
 
     statistics (N, K, d, d), counts (N, K): every node's latest values as the communicator knows them;
-    responsible (N, K): every node's label set.
+    responsible (N, K): every node's label set; weights (N,): the replica weights 1 / S_j.
     """
-    weights = 1.0 / torch.tensor(plan.replication, dtype=statistics.dtype, device=statistics.device)
     shared_counts = counts * responsible * weights[:, None]  # w_j m_j^k on label sets
     contexts = []
     for members in plan.clusters:
@@ -88,6 +87,7 @@ def cluster_bcd_round(
             node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared
         )
     responsible = communicator.responsible
+    weights = 1.0 / torch.tensor(plan.replication, dtype=communicator.statistics.dtype, device=responsible.device)
     losses: dict[int, list[Tensor]] = {node.index: [] for node in nodes}
     clocks: dict[int, list[Clock]] = {node.index: [] for node in nodes}
     for members in plan.clusters:
@@ -95,7 +95,9 @@ def cluster_bcd_round(
             node = local.get(index)
             if node is not None:
                 with timed(node.statistics.device) as clock:
-                    contexts = cluster_contexts(node, communicator.statistics, communicator.counts, responsible, plan)
+                    contexts = cluster_contexts(
+                        node, communicator.statistics, communicator.counts, responsible, weights, plan
+                    )
                     losses[index].append(block_training(node, contexts, penalties[index], settings))
                     node.refresh_statistics()
                 clocks[index].append(clock)
@@ -104,7 +106,6 @@ def cluster_bcd_round(
                 node.statistics if node is not None else None,
                 node.counts if node is not None else None,
                 len(members) - 1,
-                int(responsible[index].sum()),
             )
     work = [NodeWork(torch.stack(losses[node.index]).mean(), tuple(clocks[node.index])) for node in nodes]
     return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from semdl.network import Node
-from semdl.solvers.common import optimise_locally
+from semdl.solvers.common import NodeWork, optimise_locally, timed
 
 BatchLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -30,12 +30,9 @@ class SingleNode:
     def optimise(self, local_epochs: int, batch_size: int, batch_losses: Sequence[BatchLoss]) -> list[Tensor]:
         return [optimise_locally(self.nodes[0], local_epochs, batch_size, batch_losses[0])]
 
-    @torch.no_grad()
     def local_features(self) -> list[tuple[list[Tensor], Tensor]]:
         """Eval-mode features of the local data, chunk by chunk: [([chunk indices], (1, c, d))]."""
-        node = self.nodes[0]
-        node.encoder.eval()
-        return [([chunk], node.features(node.pipeline(node.inputs[chunk]))[None]) for chunk in node.local_chunks()]
+        return [([chunk], features[None]) for chunk, features in self.nodes[0].local_features()]
 
     def refresh_statistics(self) -> None:
         self.nodes[0].refresh_statistics()
@@ -110,18 +107,11 @@ class VectorizedGroup:
             passes.append((list(chunks), self.features(inputs)))
         return passes
 
-    @torch.no_grad()
     def refresh_statistics(self) -> None:
         """Node.refresh_statistics for every node, with the encoder passes vectorised."""
-        grams = [torch.zeros_like(node.statistics) for node in self.nodes]
-        counts = [torch.zeros(node.num_classes, dtype=torch.long, device=node.statistics.device) for node in self.nodes]
-        for chunks, features in self.local_features():
-            for index, (node, chunk) in enumerate(zip(self.nodes, chunks)):
-                chunk_grams, chunk_counts = node.chunk_grams(features[index], chunk)
-                grams[index] += chunk_grams
-                counts[index] += chunk_counts
-        for node, node_grams, node_counts in zip(self.nodes, grams, counts):
-            node.set_statistics(node_grams, node_counts)
+        passes = self.local_features()
+        for index, node in enumerate(self.nodes):
+            node.statistics_from((chunks[index], features[index]) for chunks, features in passes)
 
     def _stacked_parameters(self) -> list[Tensor]:
         return list(self.params.values())
@@ -177,3 +167,23 @@ def build_groups(nodes: list[Node], vectorize: bool, compile_encoders: bool) -> 
         VectorizedGroup(group, compile_encoders) if len(group) > 1 else SingleNode(group[0])
         for group in vectorisable_groups(nodes)
     ]
+
+
+def train_groups(
+    groups: list[SingleNode | VectorizedGroup],
+    local_epochs: int,
+    batch_size: int,
+    batch_loss_of: Callable[[Node], BatchLoss],
+) -> tuple[list[Node], list[NodeWork]]:
+    """One round's local work of independent nodes, group by group and timed per group: each node's loss
+    (batch_loss_of, which may first update the node, as a dual step does), its training and its statistics pass.
+    Returns the nodes in index order and their work."""
+    work = {}
+    for group in groups:
+        with timed(group.nodes[0].statistics.device) as clock:
+            losses = group.optimise(local_epochs, batch_size, [batch_loss_of(node) for node in group.nodes])
+            group.refresh_statistics()
+        for node, loss in zip(group.nodes, losses):
+            work[node.index] = NodeWork(loss, (clock,), 1 / len(group.nodes))
+    nodes = sorted((node for group in groups for node in group.nodes), key=lambda node: node.index)
+    return nodes, [work[node.index] for node in nodes]

@@ -6,8 +6,8 @@ from torch import Tensor
 
 from semdl.network import InProcessCommunicator, Inbox, Node
 from semdl.objectives.rates import rate_terms
-from semdl.solvers.common import NodeWork, optimise_locally, timed
-from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup
+from semdl.solvers.common import NodeWork, optimise_locally
+from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup, train_groups
 from semdl.solvers.primal_dual import PrimalDualSettings
 
 
@@ -31,18 +31,9 @@ def local_round(
     groups: list[SingleNode | VectorizedGroup], communicator: InProcessCommunicator, settings: PrimalDualSettings
 ) -> tuple[list[NodeWork], dict[int, Inbox]]:
     """Every node trains alone; the inboxes are an observer's view (no bytes counted) for the diagnostics."""
-    work = {}
-    for group in groups:
-        with timed(group.nodes[0].statistics.device) as clock:
-            losses = group.optimise(
-                settings.local_epochs,
-                settings.batch_size,
-                [local_rate_reduction_loss(node, settings) for node in group.nodes],
-            )
-            group.refresh_statistics()
-        for node, loss in zip(group.nodes, losses):
-            work[node.index] = NodeWork(loss, (clock,), 1 / len(group.nodes))
-    nodes = sorted((node for group in groups for node in group.nodes), key=lambda node: node.index)
-    return [work[node.index] for node in nodes], communicator.exchange(
+    nodes, work = train_groups(
+        groups, settings.local_epochs, settings.batch_size, lambda node: local_rate_reduction_loss(node, settings)
+    )
+    return work, communicator.exchange(
         [node.statistics for node in nodes], [node.counts for node in nodes], record=False
     )

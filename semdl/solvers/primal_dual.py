@@ -8,8 +8,8 @@ import torch
 
 from semdl.network import Inbox, InProcessCommunicator, Node
 from semdl.objectives import consensus_penalty, primal_dual_loss_with_penalty
-from semdl.solvers.common import NodeWork, timed
-from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup
+from semdl.solvers.common import NodeWork
+from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup, train_groups
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,10 @@ def primal_dual_round(
     Each node reads only its inbox (round t-1 values), so running the nodes (or groups of them) one after
     another is the synchronous round of the algorithm.
     """
-    work = {}
-    for group in groups:
-        with timed(group.nodes[0].statistics.device) as clock:
-            for node in group.nodes:
-                dual_step(node, inboxes[node.index], settings.dual_step)
-            losses = group.optimise(
-                settings.local_epochs,
-                settings.batch_size,
-                [node_loss(node, inboxes[node.index], settings) for node in group.nodes],
-            )
-            group.refresh_statistics()
-        for node, loss in zip(group.nodes, losses):
-            work[node.index] = NodeWork(loss, (clock,), 1 / len(group.nodes))
-    nodes = sorted((node for group in groups for node in group.nodes), key=lambda node: node.index)
-    return [work[node.index] for node in nodes], communicator.exchange(
-        [node.statistics for node in nodes], [node.counts for node in nodes]
-    )
+
+    def dual_step_then_loss(node: Node) -> BatchLoss:
+        dual_step(node, inboxes[node.index], settings.dual_step)
+        return node_loss(node, inboxes[node.index], settings)
+
+    nodes, work = train_groups(groups, settings.local_epochs, settings.batch_size, dual_step_then_loss)
+    return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
