@@ -232,7 +232,8 @@ def round_step(cfg: DictConfig) -> tuple[Network, Callable[[], None]]:
 
 
 def trivial_loss(features: Tensor, labels: Tensor) -> Tensor:
-    return features.pow(2).mean()
+    """Each node's mean squared feature (B,), for a group's stacked features (B, m, d)."""
+    return features.pow(2).mean((1, 2))
 
 
 def encoder_floor(cfg: DictConfig) -> Callable[[], None]:
@@ -243,7 +244,7 @@ def encoder_floor(cfg: DictConfig) -> Callable[[], None]:
 
     def floor() -> None:
         for group in twin.groups:
-            group.optimise(cfg.train.local_epochs, cfg.train.batch_size, [trivial_loss] * len(group.nodes))
+            group.optimise(cfg.train.local_epochs, cfg.train.batch_size, trivial_loss)
             group.local_features()
 
     return floor

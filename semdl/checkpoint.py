@@ -77,8 +77,8 @@ def _to_cpu(value):
 def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict | None:
     """Everything of every node, in the per-node layout whatever groups or ranks ran it, the byte counters, the
     weight-averaging heads and every random generator; on the CPU. A distributed run gathers the nodes' states
-    to rank 0 (every rank must call this); other ranks get None. Encoder tensors are copied out of a vectorised
-    group's stacked storage, which would otherwise be saved whole with each view."""
+    to rank 0 (every rank must call this); other ranks get None. Encoder tensors, statistics and duals are
+    copied out of their group's stacked storage, which would otherwise be saved whole with each view."""
     for group in network.groups:
         group.sync_optimizers()
     federation = network.federation
@@ -90,9 +90,9 @@ def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dic
                     "architecture": node.architecture,
                     "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
                     "optimizer": node.optimizer.state_dict(),
-                    "statistics": node.statistics,
-                    "counts": node.counts,
-                    "dual": node.dual,
+                    "statistics": node.statistics.clone(),
+                    "counts": node.counts.clone(),
+                    "dual": node.dual.clone(),
                     "responsible": node.responsible,
                     "generator": node.generator.get_state(),
                 }

@@ -141,7 +141,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 COMMUNICATORS = ("in_process", "torch_distributed")
 BACKENDS = ("auto", "gloo", "nccl")
-VECTORIZED_SOLVERS = ("primal_dual", "local")
+LOCKSTEP_SOLVERS = ("primal_dual", "local")  # nodes train independently within a round: groupable
 CLASSIFIERS = ("knn", "nearest_subspace", "semantic_subspace", "linear_probe")
 
 
@@ -278,9 +278,9 @@ def validate(cfg: DictConfig) -> None:
     _choice("train.amp", cfg.train.amp, SWITCHES)
     _choice("train.compile", cfg.train.compile, SWITCHES)
     _choice("sim.vectorize", cfg.sim.vectorize, SWITCHES)
-    if cfg.sim.vectorize == "on" and cfg.solver.name not in VECTORIZED_SOLVERS:
+    if cfg.sim.vectorize == "on" and cfg.solver.name not in LOCKSTEP_SOLVERS:
         raise UserError(
-            f"sim.vectorize=on needs nodes that train independently within a round ({', '.join(VECTORIZED_SOLVERS)});"
+            f"sim.vectorize=on needs nodes that train independently within a round ({', '.join(LOCKSTEP_SOLVERS)});"
             f" solver={cfg.solver.name} does not"
         )
     if cfg.train.weight_decay < 0:

@@ -30,7 +30,7 @@ from semdl.checkpoint import (
     restore_nodes,
     saved_partition,
 )
-from semdl.config import VECTORIZED_SOLVERS, WEIGHT_AVERAGING, Config, switch, validate
+from semdl.config import LOCKSTEP_SOLVERS, WEIGHT_AVERAGING, Config, switch, validate
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.errors import Interrupted, NumericalError, UserError
 from semdl.eval import plot_partition, plot_training_curves
@@ -52,8 +52,7 @@ from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_st
 from semdl.solvers import (
     ClusterPlan,
     PrimalDualSettings,
-    SingleNode,
-    VectorizedGroup,
+    NodeGroup,
     build_groups,
     cluster_bcd_round,
     local_round,
@@ -349,7 +348,7 @@ STATISTICS_SHARING = ("primal_dual", "cluster_bcd")
 def round_function(
     cfg: DictConfig,
     nodes: list[Node],
-    groups: list[SingleNode | VectorizedGroup],
+    groups: list[NodeGroup],
     communicator: InProcessCommunicator,
     plan: ClusterPlan | None,
     federation: Federation | None,
@@ -358,7 +357,8 @@ def round_function(
     """The configured solver's round, as a function of the inboxes."""
     name = cfg.solver.name
     if name == "primal_dual":
-        return lambda inboxes: primal_dual_round(groups, communicator, inboxes, settings)
+        neighborhoods = [communicator.neighborhood([node.index for node in group.nodes]) for group in groups]
+        return lambda inboxes: primal_dual_round(groups, neighborhoods, communicator, settings)
     if name == "cluster_bcd":
         return lambda inboxes: cluster_bcd_round(nodes, communicator, inboxes, plan, settings)
     if name in ("local", "centralized"):
@@ -374,7 +374,7 @@ class Network:
     parts: list[np.ndarray]  # every node's training indices
     responsible: np.ndarray  # (N, K) every node's label set
     nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
-    groups: list[SingleNode | VectorizedGroup]  # how the nodes execute (vectorised solvers only; else one each)
+    groups: list[NodeGroup]  # how the nodes execute (lockstep solvers only; else one each)
     communicator: InProcessCommunicator
     plan: ClusterPlan | None
     federation: Federation | None  # the weight-averaging baselines' mixing and heads
@@ -430,8 +430,9 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoi
         cfg.train.local_epochs,
         cfg.train.batch_size,
     )
-    vectorize = cfg.solver.name in VECTORIZED_SOLVERS and switch(cfg.sim.vectorize, device.type == "cuda")
-    groups = build_groups(nodes, vectorize, switch(cfg.train.compile, device.type == "cuda"))
+    lockstep = cfg.solver.name in LOCKSTEP_SOLVERS
+    vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
+    groups = build_groups(nodes, lockstep, vectorize, switch(cfg.train.compile, device.type == "cuda"))
     if checkpoint is None:
         for group in groups:
             group.refresh_statistics()

@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import semdl.objectives.consensus as consensus_module
 import semdl.objectives.rates as rates_module
 from semdl.objectives import (
+    ConsensusPenalty,
     class_statistics,
     coding_rate,
     consensus_penalty,
@@ -459,6 +461,75 @@ def test_primal_dual_ignores_the_statistics_of_absent_classes():
     assert abs(float(primal_dual_loss(Z, labels, K, EPS_SQ, V_self, V_neighbors, dual, rho) - loss)) > 1.0
 
 
+@pytest.mark.parametrize("K,d,counts,J", PRIMAL_DUAL_CASES)
+def test_stacked_primal_dual_equals_each_node_on_its_own(K, d, counts, J):
+    """A stack of B nodes' batches (B, m, d), each with its own labels and penalty, gives each node's loss and
+    gradient as if it were alone: classes are grouped per node, never across nodes."""
+    g = torch.Generator().manual_seed(7 * K + d)
+    B, m = 3, sum(counts)
+    Z = torch.stack([unit_rows(m, d, seed=K + d + b) for b in range(B)]).requires_grad_(True)
+    labels = torch.stack([labels_from_counts(counts, seed=K + d + b) for b in range(B)])
+    penalties = [
+        consensus_penalty(
+            random_symmetric(K, d, d, generator=g),
+            random_symmetric(J, K, d, d, generator=g),
+            random_symmetric(K, d, d, generator=g),
+            2.0,
+        )
+        for _ in range(B)
+    ]
+    stacked = ConsensusPenalty(
+        *(torch.stack([getattr(p, f) for p in penalties]) for f in ("linear", "quadratic", "constant"))
+    )
+    losses = primal_dual_loss_with_penalty(Z, labels, K, EPS_SQ, stacked, 1.3, 0.7, width=max(counts) + 2)
+    assert losses.shape == (B,)
+    weights = torch.tensor([1.0, -0.5, 2.0], dtype=F64)
+    (stacked_grad,) = torch.autograd.grad((weights * losses).sum(), Z)
+    for b in range(B):
+        Zb = Z[b].detach().requires_grad_(True)
+        alone = primal_dual_loss_with_penalty(Zb, labels[b], K, EPS_SQ, penalties[b], 1.3, 0.7)
+        assert_rel(losses[b], alone, 1e-10)
+        assert_rel(stacked_grad[b], weights[b] * grad_of(alone, Zb), 1e-10)
+    assert float((losses[0] - losses[1]).detach().abs()) > 1e-3  # the nodes really differ
+
+
+def test_primal_dual_takes_the_eigenvalue_fallback_when_a_factorisation_fails(monkeypatch):
+    """Where the fused objective's Cholesky factorisation fails, the loss and gradient come from the autograd path
+    with logdet_identity_plus's eigenvalue fallback (here: forced for every call of the fused path)."""
+    K, d, counts, J = 10, 128, [40, 0, 1, 30, 25, 60, 10, 50, 33, 20], 2
+    g = torch.Generator().manual_seed(11)
+    Z = unit_rows(sum(counts), d, seed=11).requires_grad_(True)
+    labels = labels_from_counts(counts, seed=11)
+    V_self = random_symmetric(K, d, d, generator=g)
+    V_neighbors = random_symmetric(J, K, d, d, generator=g)
+    dual = random_symmetric(K, d, d, generator=g)
+    expected = ref_primal_dual_loss(Z, labels, K, EPS_SQ, V_self, V_neighbors, dual, 3.0)
+
+    def failing_cholesky(gram, scale):
+        factor, info = rates_module.identity_plus_cholesky(gram, scale)
+        return factor, torch.ones_like(info)
+
+    monkeypatch.setattr(consensus_module, "identity_plus_cholesky", failing_cholesky)
+    calls = []
+    original_rate_terms = consensus_module.rate_terms
+    monkeypatch.setattr(consensus_module, "rate_terms", lambda *args: calls.append(1) or original_rate_terms(*args))
+    loss = primal_dual_loss(Z, labels, K, EPS_SQ, V_self, V_neighbors, dual, 3.0)
+    assert calls == [1]
+    assert_rel(loss, expected, 1e-5)
+    assert_rel(grad_of(loss, Z), grad_of(expected, Z), 1e-5)
+
+
+def test_primal_dual_of_non_finite_features_is_nan_not_an_error():
+    K, d = 4, 8
+    g = torch.Generator().manual_seed(2)
+    Z = unit_rows(12, d, seed=2)
+    Z[3, 0] = float("nan")
+    labels = labels_from_counts([3, 3, 3, 3], seed=2)
+    V = random_symmetric(K, d, d, generator=g)
+    loss = primal_dual_loss(Z, labels, K, EPS_SQ, V, V[None], V, 1.0)
+    assert torch.isnan(loss)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 6. Semantic statistics and pooling
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,6 +557,19 @@ def test_class_statistics_trace_zero_and_counts():
 def test_class_statistics_rejects_out_of_range_labels():
     with pytest.raises(ValueError):
         class_statistics(unit_rows(4, 8, seed=0), torch.tensor([0, 1, 2, 3]), 3)
+
+
+def test_stacked_batches_reject_a_label_out_of_range_in_any_batch():
+    """A label K in the first of two stacked batches would be class 0 of the second if offsets alone were used."""
+    Z = torch.stack([unit_rows(4, 8, seed=0), unit_rows(4, 8, seed=1)])
+    for bad_batch in (0, 1):
+        labels = torch.tensor([[0, 1, 2, 0], [2, 1, 0, 0]])
+        labels[bad_batch, 1] = 3
+        with pytest.raises(ValueError, match=r"\[0, 3\)"):
+            rates_module.pad_by_class(Z, labels, 3)
+    padded, counts = rates_module.pad_by_class(Z, torch.tensor([[0, 1, 2, 0], [2, 1, 0, 0]]), 3)
+    assert counts.tolist() == [[2, 1, 1], [2, 1, 1]]
+    torch.testing.assert_close(padded[1, 0, :2], Z[1, 2:4])  # batch 1's class 0 holds its own rows 2 and 3
 
 
 def test_pool_statistics_equals_statistics_of_concatenated_data():

@@ -179,19 +179,21 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     """The test hook: from round 5 on, node 1's loss is multiplied by NaN."""
     import semdl.solvers.primal_dual as primal_dual
 
-    original = primal_dual.node_loss
+    original = primal_dual.group_loss
     rounds_of_node_one = []
 
-    def poisoned(node, inbox, settings):
-        loss = original(node, inbox, settings)
-        if node.index != 1:
+    def poisoned(group, neighbor_statistics, shared, settings):
+        loss = original(group, neighbor_statistics, shared, settings)
+        indices = [node.index for node in group.nodes]
+        if 1 not in indices:
             return loss
         rounds_of_node_one.append(1)
         if len(rounds_of_node_one) < 5:
             return loss
-        return lambda features, labels: loss(features, labels) * float("nan")
+        poison = torch.tensor([float("nan") if index == 1 else 1.0 for index in indices])
+        return lambda features, labels: loss(features, labels) * poison
 
-    monkeypatch.setattr(primal_dual, "node_loss", poisoned)
+    monkeypatch.setattr(primal_dual, "group_loss", poisoned)
     with pytest.raises(NumericalError) as stopped:
         run_experiment(
             composed(SOLVERS["primal_dual"] + [f"train.rounds={ROUNDS}", "train.checkpoint_every=2"]), tmp_path

@@ -48,8 +48,27 @@ class InProcessCommunicator:
         self._classes_sent = [int(shared.sum()) for shared in self.shared]  # per node, over all its neighbours
         self._classes_held = responsible.sum(1).tolist()  # what a node's pushes carry
         self.bytes_sent = [0] * len(self.neighbors)
+        self._set_local(self.local)
         self.statistics: Tensor | None = None
         self.counts: Tensor | None = None
+
+    def _set_local(self, local: list[int]) -> None:
+        """The nodes this process runs, and the index that gathers all their inboxes at once."""
+        self.local = local
+        self._inbox_index = torch.cat([self.neighbor_index[node] for node in local])
+        self._inbox_sizes = [len(self.neighbors[node]) for node in local]
+
+    def neighborhood(self, nodes: list[int]) -> tuple[Tensor, Tensor]:
+        """The inboxes of several nodes as one gather: an index (B, J) into `statistics` and `counts`, and which
+        classes each neighbour shares (B, J, K); a node with fewer than J neighbours is padded with node 0 sharing
+        nothing."""
+        width = max(len(self.neighbors[node]) for node in nodes)
+        index = torch.zeros(len(nodes), width, dtype=torch.long, device=self.responsible.device)
+        shared = torch.zeros(len(nodes), width, self.responsible.shape[1], dtype=torch.bool, device=index.device)
+        for row, node in enumerate(nodes):
+            index[row, : len(self.neighbors[node])] = self.neighbor_index[node]
+            shared[row, : len(self.neighbors[node])] = self.shared[node]
+        return index, shared
 
     def _all(self, local: Tensor) -> Tensor:
         """Stack the local nodes' rows (n_local, ...) into every node's (N, ...)."""
@@ -66,13 +85,13 @@ class InProcessCommunicator:
             dim = statistics[0].shape[-1]
             for node in self.local:
                 self.bytes_sent[node] += self._classes_sent[node] * (dim * dim + 1) * BYTES_PER_VALUE
+        received = zip(
+            self.statistics.index_select(0, self._inbox_index).split(self._inbox_sizes),
+            self.counts.index_select(0, self._inbox_index).split(self._inbox_sizes),
+        )
         return {
-            node: Inbox(
-                self.statistics.index_select(0, self.neighbor_index[node]),
-                self.counts.index_select(0, self.neighbor_index[node]),
-                self.shared[node],
-            )
-            for node in self.local
+            node: Inbox(statistics, counts, self.shared[node])
+            for node, (statistics, counts) in zip(self.local, received)
         }
 
     def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:

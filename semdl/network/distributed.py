@@ -95,7 +95,7 @@ class DistributedCommunicator(InProcessCommunicator):
     def __init__(self, neighbors, responsible: Tensor, layout: RankLayout, timeout_seconds: float):
         super().__init__(neighbors, responsible)
         self.layout = layout
-        self.local = layout.local
+        self._set_local(layout.local)
         self.rank = layout.rank
         self.world_size = len(layout.blocks)
         self._width = max(len(block) for block in layout.blocks)
@@ -113,10 +113,7 @@ class DistributedCommunicator(InProcessCommunicator):
         padded[: local.shape[0]] = local
         gathered = local.new_empty((self.world_size * self._width, *local.shape[1:]))
         ALL_GATHER(gathered, padded.contiguous())
-        rows = [
-            rank * self._width + offset for rank, block in enumerate(self.layout.blocks) for offset in range(len(block))
-        ]
-        return gathered[torch.tensor(rows, device=local.device)]
+        return gathered[self._rows]
 
     def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         owner = self.layout.owner(sender)

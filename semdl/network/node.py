@@ -105,22 +105,24 @@ class Node:
         return [(chunk, self.features(self.pipeline(self.inputs[chunk]))) for chunk in self.local_chunks()]
 
     @torch.no_grad()
-    def statistics_from(self, passes: Iterable[tuple[Tensor, Tensor]]) -> None:
-        """Set V_i^k = G_i^k / m_i^k (zero for classes the node lacks) and m_i^k from the features of every chunk
-        of the local data; classes are grouped with a width known without a device read."""
-        grams = torch.zeros_like(self.statistics)
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.statistics.device)
-        for chunk, features in passes:
-            width = min(chunk.shape[0], self.largest_local_class)
-            padded, chunk_counts = pad_by_class(features, self.labels[chunk], self.num_classes, width)
-            grams += padded.mT @ padded
-            counts += chunk_counts
-        self.statistics = grams / counts.clamp_min(1)[:, None, None].to(grams.dtype)
-        self.counts = counts.to(grams.dtype)
-
     def refresh_statistics(self) -> None:
         """Recompute V_i^k and m_i^k over the whole local set, encoder in eval mode, in bounded memory."""
-        self.statistics_from(self.local_features())
+        passes = [(features, self.labels[chunk]) for chunk, features in self.local_features()]
+        self.statistics, self.counts = class_statistics_of(passes, self.num_classes, self.largest_local_class)
+
+
+def class_statistics_of(passes: Iterable[tuple[Tensor, Tensor]], num_classes: int, width: int) -> tuple[Tensor, Tensor]:
+    """V^k = G^k / m^k (zero for absent classes) and m^k as float32, accumulated over chunks (features (..., c, d),
+    labels (..., c)), with any leading node dimensions kept: (..., K, d, d) and (..., K). width: an upper bound on
+    one class's samples in the whole pass, so grouping reads nothing from the device."""
+    grams = counts = None
+    for features, labels in passes:
+        padded, chunk_counts = pad_by_class(features, labels, num_classes, min(labels.shape[-1], width))
+        chunk_grams = padded.mT @ padded
+        grams = chunk_grams if grams is None else grams.add_(chunk_grams)
+        counts = chunk_counts if counts is None else counts.add_(chunk_counts)
+    statistics = grams / counts.clamp_min(1)[..., None, None].to(grams.dtype)
+    return statistics, counts.to(grams.dtype)
 
 
 def node_seeds(seed: int, node_index: int) -> tuple[int, int]:

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from semdl.objectives.rates import ClassBatch, rate_terms
+from semdl.objectives.rates import (
+    ClassBatch,
+    gram_smaller_side,
+    identity_plus_cholesky,
+    logdet_of_factor,
+    pad_by_class,
+    rate_terms,
+    times_on_side,
+)
 
 
 @dataclass(frozen=True)
@@ -17,7 +25,9 @@ class ConsensusPenalty:
     <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||^2 = <W^k, Vhat^k> + q_k ||Vhat^k||^2 + c_k, with anchors
     M_j^k = (V_self^k + V_j^k) / 2, W^k = Y^k - rho sum_j M_j^k, q_k = rho J_k / 2 and c_k = rho/2 sum_j ||M_j^k||^2.
     Computed once per round, it makes each step's cost independent of the number of neighbours J_k (which
-    may differ between classes under non-i.i.d. label sets).
+    may differ between classes under non-i.i.d. label sets). W^k is symmetrised: only its symmetric part meets
+    the symmetric Vhat^k, and the objective's backward relies on the symmetry. Fields may carry leading node
+    dimensions, (..., K, d, d) and (..., K), for a stack of nodes.
     """
 
     linear: Tensor  # W^k, (K, d, d)
@@ -30,18 +40,21 @@ def consensus_penalty(
 ) -> ConsensusPenalty:
     """The ConsensusPenalty of statistics V_self (K, d, d), neighbours' V_neighbors (J, K, d, d) and duals Y (K, d, d).
 
-    shared (J, K), optional: whether neighbour j takes part in class k's consensus (default: all do).
+    shared (J, K), optional: whether neighbour j takes part in class k's consensus (default: all do). Every
+    argument may carry the same leading node dimensions, (B, K, d, d), (B, J, K, d, d) and (B, J, K), for the
+    penalties of B nodes at once.
     """
-    weights = V_self.new_ones(V_neighbors.shape[:2]) if shared is None else shared.to(V_self.dtype)
-    num_neighbors = weights.sum(0)
-    neighbor_sum = torch.einsum("jk,jkab->kab", weights, V_neighbors)
-    neighbor_sq_sum = (weights * torch.linalg.vector_norm(V_neighbors, dim=(2, 3)).pow(2)).sum(0)
+    weights = V_self.new_ones(V_neighbors.shape[:-2]) if shared is None else shared.to(V_self.dtype)
+    num_neighbors = weights.sum(-2)
+    neighbor_sum = torch.einsum("...jk,...jkab->...kab", weights, V_neighbors)
+    neighbor_sq_sum = (weights * torch.linalg.vector_norm(V_neighbors, dim=(-2, -1)).pow(2)).sum(-2)
     # sum_j ||V_self + V_j||^2 expanded, so no (J, K, d, d) temporary is built.
     anchor_sq_norms = (
-        num_neighbors * V_self.pow(2).sum((1, 2)) + 2 * (V_self * neighbor_sum).sum((1, 2)) + neighbor_sq_sum
+        num_neighbors * V_self.pow(2).sum((-2, -1)) + 2 * (V_self * neighbor_sum).sum((-2, -1)) + neighbor_sq_sum
     ) / 4
-    anchor_sum = (num_neighbors[:, None, None] * V_self + neighbor_sum) / 2
-    return ConsensusPenalty(dual - rho * anchor_sum, 0.5 * rho * num_neighbors, 0.5 * rho * anchor_sq_norms)
+    anchor_sum = (num_neighbors[..., None, None] * V_self + neighbor_sum) / 2
+    linear = dual - rho * anchor_sum
+    return ConsensusPenalty((linear + linear.mT) / 2, 0.5 * rho * num_neighbors, 0.5 * rho * anchor_sq_norms)
 
 
 def consensus_terms(V_hat: Tensor, present: Tensor, penalty: ConsensusPenalty) -> Tensor:
@@ -73,6 +86,65 @@ def batch_consensus_terms(batch: ClassBatch, penalty: ConsensusPenalty) -> Tenso
     return linear + quadratic + (penalty.constant * present).sum()
 
 
+class _PrimalDualObjective(torch.autograd.Function):
+    """The losses -(gamma1 R - gamma2 Rc) + consensus terms of B batches (B, m, d), given also grouped by class
+    (B, K, w, d), with a hand-derived backward that reuses the forward's Cholesky factors and products:
+
+        d R / d Z = alpha Z (I + alpha Z^T Z)^-1,   alpha = d / (m eps_sq)
+        d [m_k / 2m logdet(I + alpha_k Z_k^T Z_k)] / d Z_k = (m_k / m) alpha_k Z_k (I + alpha_k Z_k^T Z_k)^-1
+        d <W^k, Z_k^T Z_k> / d Z_k = 2 Z_k W^k (W^k symmetric),   d ||Z_k^T Z_k||^2 / d Z_k = 4 Z_k Z_k^T Z_k
+
+    each on the smaller side of its Gram (push-through identity). Autograd would add two products of the batch
+    with d x d matrices per term; here the consensus term's Z_k W^k serves both passes. Outputs the (B,) losses
+    and whether any Cholesky factorisation failed (then the caller takes the eigenvalue fallback instead).
+    """
+
+    @staticmethod
+    def forward(ctx, Z, padded, counts, linear, quadratic, constant, eps_sq, gamma1, gamma2):
+        m, d = Z.shape[-2:]
+        alpha = d / (m * eps_sq)
+        gram, rows = gram_smaller_side(Z)
+        factor, info = identity_plus_cholesky(gram, alpha)
+        class_gram, class_rows = gram_smaller_side(padded)
+        sizes = counts.clamp_min(1)
+        class_factor, class_info = identity_plus_cholesky(class_gram, d / (sizes * eps_sq))
+        present = (counts > 0).to(counts.dtype)
+        inverse_sizes = present / sizes
+        projected = padded @ linear
+        consensus = (
+            inverse_sizes * (projected * padded).sum((-2, -1))
+            + quadratic * inverse_sizes.pow(2) * class_gram.pow(2).sum((-2, -1))
+            + constant * present
+        )
+        R = 0.5 * logdet_of_factor(factor)
+        Rc = (counts / (2 * m) * logdet_of_factor(class_factor)).sum(-1)
+        losses = gamma2 * Rc - gamma1 * R + consensus.sum(-1)
+        failed = (info != 0).any() | (class_info != 0).any()
+        ctx.save_for_backward(Z, padded, factor, class_gram, class_factor, projected, counts, quadratic)
+        ctx.constants = (alpha, rows, class_rows, eps_sq, gamma1, gamma2)
+        ctx.mark_non_differentiable(failed)
+        return losses, failed
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_losses, _grad_failed):
+        Z, padded, factor, class_gram, class_factor, projected, counts, quadratic = ctx.saved_tensors
+        alpha, rows, class_rows, eps_sq, gamma1, gamma2 = ctx.constants
+        m, d = Z.shape[-2:]
+        grad_Z = times_on_side(torch.cholesky_inverse(factor) * (-gamma1 * alpha * grad_losses)[:, None, None], Z, rows)
+        present = (counts > 0).to(counts.dtype)
+        inverse_sizes = present / counts.clamp_min(1)
+        grad = grad_losses[:, None]
+        rate_weight = gamma2 * d / (m * eps_sq) * present * grad  # (m_k / m) alpha_k for present classes
+        class_matrix = (rate_weight[..., None, None] * torch.cholesky_inverse(class_factor)).add_(
+            (4 * quadratic * inverse_sizes.pow(2) * grad)[..., None, None] * class_gram
+        )
+        grad_padded = times_on_side(class_matrix, padded, class_rows).add_(
+            (2 * inverse_sizes * grad)[..., None, None] * projected
+        )
+        return grad_Z, grad_padded, None, None, None, None, None, None, None
+
+
 def primal_dual_loss_with_penalty(
     Z: Tensor,
     labels: Tensor,
@@ -85,10 +157,49 @@ def primal_dual_loss_with_penalty(
 ) -> Tensor:
     """primal_dual_loss with the round's ConsensusPenalty computed beforehand (once per round).
 
-    width: an upper bound on the largest class count of the batch (see pad_by_class), or None to read it.
+    Z (m, d) with labels (m,), or a stack of B nodes' batches (B, m, d) with labels (B, m) and a penalty with
+    fields (B, K, ...): then the B losses (B,), each node's batch grouped and scored on its own. The penalty gets
+    no gradient (it is fixed for the round). width: an upper bound on the largest class count of a batch (see
+    pad_by_class), or None to read it.
     """
+    stacked = Z.dim() == 3
+    if not stacked:
+        Z, labels = Z[None], labels[None]
+        penalty = ConsensusPenalty(penalty.linear[None], penalty.quadratic[None], penalty.constant[None])
+    padded, counts = pad_by_class(Z, labels, num_classes, width)
+    losses, failed = _PrimalDualObjective.apply(
+        Z, padded, counts.to(Z.dtype), *_penalty_fields(penalty), eps_sq, gamma1, gamma2
+    )
+    if failed:
+        losses = torch.stack(
+            [
+                _loss_with_fallback(Z[b], labels[b], num_classes, eps_sq, penalty, b, gamma1, gamma2, width)
+                for b in range(Z.shape[0])
+            ]
+        )
+    return losses if stacked else losses[0]
+
+
+def _penalty_fields(penalty: ConsensusPenalty) -> tuple[Tensor, Tensor, Tensor]:
+    return penalty.linear.detach(), penalty.quadratic.detach(), penalty.constant.detach()
+
+
+def _loss_with_fallback(
+    Z: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    eps_sq: float,
+    penalty: ConsensusPenalty,
+    node: int,
+    gamma1: float,
+    gamma2: float,
+    width: int | None,
+) -> Tensor:
+    """One batch's loss through autograd and logdet_identity_plus, which takes the eigenvalue fallback for a
+    Gram whose Cholesky factorisation fails."""
     R, Rc, batch = rate_terms(Z, labels, num_classes, eps_sq, width)
-    return -(gamma1 * R - gamma2 * Rc) + batch_consensus_terms(batch, penalty)
+    node_penalty = ConsensusPenalty(penalty.linear[node], penalty.quadratic[node], penalty.constant[node])
+    return -(gamma1 * R - gamma2 * Rc) + batch_consensus_terms(batch, node_penalty)
 
 
 def primal_dual_loss(

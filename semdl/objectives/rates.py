@@ -6,10 +6,38 @@ share one batched Cholesky factorisation; zero padding leaves logdet(I + c G) un
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def identity_plus_cholesky(gram: Tensor, scale: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Cholesky factors of I + scale * gram for a batch (..., n, n), scale (...) or a number, and their info codes
+    (nonzero where the factorisation failed)."""
+    if torch.is_tensor(scale):
+        scale = scale[..., None, None]
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.cholesky_ex(eye + scale * gram)
+
+
+def logdet_of_factor(factor: Tensor) -> Tensor:
+    """logdet(L L^T) of Cholesky factors (..., n, n)."""
+    return 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+def gram_smaller_side(X: Tensor) -> tuple[Tensor, bool]:
+    """The Gram of X (..., r, n) on its smaller side, X X^T (r < n) or X^T X, and whether it is the row side.
+    Both give the same logdet(I + s Gram) (Sylvester) and the same Frobenius norm."""
+    rows = X.shape[-2] < X.shape[-1]
+    return (X @ X.mT if rows else X.mT @ X), rows
+
+
+def times_on_side(matrix: Tensor, X: Tensor, rows: bool) -> Tensor:
+    """matrix @ X for a row-side matrix (..., r, r), X @ matrix for a column-side one (..., n, n): how a function of
+    gram_smaller_side(X) passes its gradient back to X."""
+    return matrix @ X if rows else X @ matrix
 
 
 class _CholeskyLogdet(torch.autograd.Function):
@@ -18,11 +46,10 @@ class _CholeskyLogdet(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gram: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        factor, info = torch.linalg.cholesky_ex(eye + scale[..., None, None] * gram)
+        factor, info = identity_plus_cholesky(gram, scale)
         ctx.save_for_backward(factor, scale, info)
         ctx.mark_non_differentiable(info)
-        return 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1), info
+        return logdet_of_factor(factor), info
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -62,33 +89,39 @@ def logdet_identity_plus(gram: Tensor, scale: Tensor | float) -> Tensor:
     return logdet.reshape(batch_shape)
 
 
-def _gram_smaller_side(Z: Tensor) -> Tensor:
-    return Z @ Z.mT if Z.shape[-2] < Z.shape[-1] else Z.mT @ Z
-
-
 def coding_rate(Z: Tensor, eps_sq: float) -> Tensor:
     """R(Z) = 1/2 logdet(I_d + d/(m eps_sq) Z^T Z) for features Z of shape (m, d)."""
     m, d = Z.shape
-    return 0.5 * logdet_identity_plus(_gram_smaller_side(Z), d / (m * eps_sq))
+    return 0.5 * logdet_identity_plus(gram_smaller_side(Z)[0], d / (m * eps_sq))
 
 
 def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int, width: int | None = None) -> tuple[Tensor, Tensor]:
     """Rows of Z grouped by class into a zero-padded (K, width, d) tensor, and the class counts (K,).
 
-    width defaults to the largest class count, which is read from the device (a host synchronisation, since
-    it is a shape); a caller that knows an upper bound (a node knows its largest local class) passes it.
+    Z (..., m, d) and labels (..., m) may carry leading batch dimensions (several nodes' batches, grouped each on
+    its own): then the result is (..., K, width, d) and (..., K). width defaults to the largest class count, which
+    is read from the device (a host synchronisation, since it is a shape); a caller that knows an upper bound (a
+    node knows its largest local class) passes it.
     """
-    counts = torch.bincount(labels, minlength=num_classes)
-    if counts.shape[0] != num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}); found {counts.shape[0] - 1}")
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
+    batch_shape, d = labels.shape[:-1], Z.shape[-1]
+    batch = math.prod(batch_shape)
+    flat_labels = labels.reshape(-1)
+    if batch > 1:
+        # Batch b's classes become b*K + k; a label >= K goes past every batch's range, so the count below sees it.
+        offsets = num_classes * torch.arange(batch, device=labels.device)
+        rows = labels.reshape(batch, -1)
+        flat_labels = torch.where(rows < num_classes, rows + offsets[:, None], batch * num_classes).reshape(-1)
+    counts = torch.bincount(flat_labels, minlength=batch * num_classes)
+    if counts.shape[0] != batch * num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    order = torch.argsort(flat_labels, stable=True)
+    sorted_labels = flat_labels[order]
     starts = torch.cumsum(counts, 0) - counts
-    slots = torch.arange(labels.shape[0], device=labels.device) - starts[sorted_labels]
+    slots = torch.arange(flat_labels.shape[0], device=labels.device) - starts[sorted_labels]
     if width is None:
         width = int(counts.max()) if labels.numel() else 0
-    padded = Z.new_zeros(num_classes, width, Z.shape[-1])
-    return padded.index_put((sorted_labels, slots), Z[order]), counts
+    padded = Z.new_zeros(batch * num_classes, width, d).index_put((sorted_labels, slots), Z.reshape(-1, d)[order])
+    return padded.reshape(*batch_shape, num_classes, width, d), counts.reshape(*batch_shape, num_classes)
 
 
 def class_grams(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -155,7 +188,7 @@ def rate_terms(
         R, Rc = rates_from_class_grams(grams, counts, eps_sq)
         return R, Rc, ClassBatch(padded, counts, grams, None)
     sizes = counts.to(Z.dtype)
-    R = 0.5 * logdet_identity_plus(grams.sum(0) if grams is not None else _gram_smaller_side(Z), d / (m * eps_sq))
+    R = 0.5 * logdet_identity_plus(grams.sum(0) if grams is not None else gram_smaller_side(Z)[0], d / (m * eps_sq))
     products = padded @ padded.mT
     Rc = (sizes / (2 * m) * logdet_identity_plus(products, d / (sizes.clamp_min(1) * eps_sq))).sum()
     return R, Rc, ClassBatch(padded, counts, grams, products)

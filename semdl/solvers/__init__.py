@@ -2,18 +2,18 @@
 
 from semdl.solvers.cluster_bcd import ClusterPlan, cluster_bcd_round
 from semdl.solvers.local import local_round
-from semdl.solvers.groups import SingleNode, VectorizedGroup, build_groups
-from semdl.solvers.primal_dual import PrimalDualSettings, dual_step, node_loss, primal_dual_round
+from semdl.solvers.groups import NodeGroup, VectorizedGroup, build_groups
+from semdl.solvers.primal_dual import PrimalDualSettings, dual_step, group_loss, primal_dual_round
 
 __all__ = [
     "ClusterPlan",
     "PrimalDualSettings",
-    "SingleNode",
+    "NodeGroup",
     "VectorizedGroup",
     "build_groups",
     "cluster_bcd_round",
     "dual_step",
     "local_round",
-    "node_loss",
+    "group_loss",
     "primal_dual_round",
 ]

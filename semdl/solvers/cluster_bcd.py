@@ -82,7 +82,7 @@ def cluster_bcd_round(
     penalties = {}
     for node in nodes:
         inbox = inboxes[node.index]
-        dual_step(node, inbox, settings.dual_step)
+        dual_step(node.dual, node.statistics, inbox.statistics, inbox.shared, settings.dual_step)
         penalties[node.index] = consensus_penalty(
             node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared
         )

@@ -1,9 +1,11 @@
-"""How a round's independent local trainings execute: one node at a time, or nodes of one architecture and equal
-local data as one vectorised group (stacked parameters, torch.func.functional_call under vmap).
+"""How a round's independent local trainings execute: nodes with equal local data sizes run in lockstep as one
+group, so that their objectives, statistics passes, dual steps and penalties each take one batched call for the
+whole group instead of one per node; the encoders run one after another (NodeGroup) or, for nodes of one
+architecture, as one vectorised module (VectorizedGroup: stacked parameters, torch.func.functional_call under
+vmap).
 
-Both kinds offer the same two operations, `optimise` (local epochs with a loss per node) and
-`refresh_statistics`, and give the same numbers up to float rounding: every node keeps its own parameters,
-optimizer state, BatchNorm statistics and random stream; only the kernels are shared.
+Every node keeps its own parameters, optimizer state, BatchNorm statistics, random stream, statistics and duals;
+only the kernels are shared, so a group gives each node's numbers up to float rounding.
 """
 
 from __future__ import annotations
@@ -16,43 +18,107 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from semdl.network import Node
-from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.network.node import class_statistics_of
+from semdl.solvers.common import NodeWork, timed
 
-BatchLoss = Callable[[Tensor, Tensor], Tensor]
+GroupLoss = Callable[[Tensor, Tensor], Tensor]  # features (B, m, d), labels (B, m) -> each node's loss (B,)
 
 
-class SingleNode:
-    """One node, trained on its own (the plain path)."""
+class NodeGroup:
+    """Nodes with equal numbers of training and local samples, trained in lockstep: the same number of
+    mini-batches of the same sizes, so their features stack to (B, m, d) and one loss call scores them all.
 
-    def __init__(self, node: Node):
-        self.nodes = [node]
+    The group's stacked statistics (B, K, d, d), counts (B, K) and duals (B, K, d, d) are the storage the nodes'
+    tensors view: an update of the group's tensors is an update of each node's.
+    """
 
-    def optimise(self, local_epochs: int, batch_size: int, batch_losses: Sequence[BatchLoss]) -> list[Tensor]:
-        return [optimise_locally(self.nodes[0], local_epochs, batch_size, batch_losses[0])]
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self.duals = torch.stack([node.dual for node in nodes])
+        for node, dual in zip(nodes, self.duals):
+            node.dual = dual
+        self._set_statistics(
+            torch.stack([node.statistics for node in nodes]), torch.stack([node.counts for node in nodes])
+        )
 
+    def _set_statistics(self, statistics: Tensor, counts: Tensor) -> None:
+        self.statistics, self.counts = statistics, counts
+        for node, node_statistics, node_counts in zip(self.nodes, statistics, counts):
+            node.statistics, node.counts = node_statistics, node_counts
+
+    def class_width(self, batch_size: int) -> int:
+        """An upper bound on the samples of one class in any node's mini-batch (see Node.class_width)."""
+        return max(node.class_width(batch_size) for node in self.nodes)
+
+    def features(self, inputs: list[Tensor]) -> Tensor:
+        """Float32 features (B, b, d) of each node's encoder inputs (b, ...), node n's through node n's encoder."""
+        return torch.stack([node.features(node_inputs) for node, node_inputs in zip(self.nodes, inputs)])
+
+    def _set_mode(self, training: bool) -> None:
+        for node in self.nodes:
+            node.encoder.train(training)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [node.optimizer for node in self.nodes]
+
+    def optimise(self, local_epochs: int, batch_size: int, loss: GroupLoss) -> Tensor:
+        """`local_epochs` shuffled passes over every node's training samples, one optimizer step per mini-batch on
+        each node's loss; returns each node's mean loss (B,) (on the device, no synchronisation)."""
+        self._set_mode(training=True)
+        totals = torch.zeros(len(self.nodes), device=self.statistics.device)
+        steps = 0
+        for _ in range(local_epochs):
+            for batches in zip(*(node.minibatches(batch_size) for node in self.nodes)):
+                features = self.features([node.training_inputs(batch) for node, batch in zip(self.nodes, batches)])
+                losses = loss(features, torch.stack([node.labels[batch] for node, batch in zip(self.nodes, batches)]))
+                for optimizer in self._optimizers():
+                    optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                for optimizer in self._optimizers():
+                    optimizer.step()
+                totals += losses.detach()
+                steps += 1
+        return totals / steps
+
+    @torch.no_grad()
     def local_features(self) -> list[tuple[list[Tensor], Tensor]]:
-        """Eval-mode features of the local data, chunk by chunk: [([chunk indices], (1, c, d))]."""
-        return [([chunk], features[None]) for chunk, features in self.nodes[0].local_features()]
+        """Eval-mode features of every node's local data, chunk by chunk: [(chunk indices per node, (B, c, d))]."""
+        self._set_mode(training=False)
+        return [
+            (
+                list(chunks),
+                self.features([node.pipeline(node.inputs[chunk]) for node, chunk in zip(self.nodes, chunks)]),
+            )
+            for chunks in zip(*(node.local_chunks() for node in self.nodes))
+        ]
 
+    @torch.no_grad()
     def refresh_statistics(self) -> None:
-        self.nodes[0].refresh_statistics()
+        """Recompute every node's V_i^k and m_i^k over its whole local set, encoders in eval mode, in one batched
+        class grouping per chunk."""
+        passes = [
+            (features, torch.stack([node.labels[chunk] for node, chunk in zip(self.nodes, chunks)]))
+            for chunks, features in self.local_features()
+        ]
+        width = max(node.largest_local_class for node in self.nodes)
+        self._set_statistics(*class_statistics_of(passes, self.nodes[0].num_classes, width))
 
     def sync_optimizers(self) -> None:
-        """Nothing to do: the node's own optimizer is the one that steps."""
+        """Nothing to do: each node's own optimizer is the one that steps."""
 
 
-class VectorizedGroup:
-    """Nodes with one architecture and equal numbers of local and training samples, run as one vmapped module.
+class VectorizedGroup(NodeGroup):
+    """A NodeGroup of one architecture whose encoders run as one vmapped module.
 
-    The group owns stacked copies (N, ...) of the nodes' parameters and buffers; each node's encoder tensors
-    are then made views of its slice, so evaluation, checkpoints and the plain path see the group's updates
-    without a copy. One optimizer over the stacked parameters equals N per-node optimizers (Adam, AdamW and
-    SGD act elementwise); sync_optimizers writes its state back into each node's optimizer.
+    The group owns stacked copies (B, ...) of the nodes' parameters and buffers (BatchNorm running statistics
+    included); each node's encoder tensors are then made views of its slice, so evaluation, checkpoints and the
+    plain path see the group's updates without a copy. One optimizer over the stacked parameters equals B per-node
+    optimizers (Adam, AdamW and SGD act elementwise); sync_optimizers writes its state back into each node's.
     """
 
     def __init__(self, nodes: list[Node], compile_encoders: bool):
+        super().__init__(nodes)
         first = nodes[0]
-        self.nodes = nodes
         self.amp = first.amp
         encoders = [node.encoder for node in nodes]
         self.params, self.buffers = stack_module_state(encoders)
@@ -69,49 +135,15 @@ class VectorizedGroup:
     def _call(self, params: dict[str, Tensor], buffers: dict[str, Tensor], inputs: Tensor) -> Tensor:
         return functional_call(self.template, (params, buffers), (inputs,))
 
-    def features(self, inputs: Tensor) -> Tensor:
-        """Float32 features (N, b, d) of stacked encoder inputs (N, b, ...), node n's through node n's encoder."""
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self._forward(self.params, self.buffers, inputs).float()
+    def features(self, inputs: list[Tensor]) -> Tensor:
+        with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self._forward(self.params, self.buffers, torch.stack(inputs)).float()
 
-    def optimise(self, local_epochs: int, batch_size: int, batch_losses: Sequence[BatchLoss]) -> list[Tensor]:
-        """optimise_locally for every node at once: the same batches, losses and steps; the mean loss of each."""
-        self.template.train()
-        totals = torch.zeros(len(self.nodes), device=self.nodes[0].statistics.device)
-        steps = 0
-        for _ in range(local_epochs):
-            for batches in zip(*(node.minibatches(batch_size) for node in self.nodes)):
-                features = self.features(
-                    torch.stack([node.training_inputs(batch) for node, batch in zip(self.nodes, batches)])
-                )
-                losses = torch.stack(
-                    [
-                        batch_loss(node_features, node.labels[batch])
-                        for batch_loss, node_features, node, batch in zip(batch_losses, features, self.nodes, batches)
-                    ]
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                self.optimizer.step()
-                totals += losses.detach()
-                steps += 1
-        return list(totals / steps)
+    def _set_mode(self, training: bool) -> None:
+        self.template.train(training)
 
-    @torch.no_grad()
-    def local_features(self) -> list[tuple[list[Tensor], Tensor]]:
-        """Eval-mode features of every node's local data, chunk by chunk: [(chunk indices per node, (N, c, d))]."""
-        self.template.eval()
-        passes = []
-        for chunks in zip(*(node.local_chunks() for node in self.nodes)):
-            inputs = torch.stack([node.pipeline(node.inputs[chunk]) for node, chunk in zip(self.nodes, chunks)])
-            passes.append((list(chunks), self.features(inputs)))
-        return passes
-
-    def refresh_statistics(self) -> None:
-        """Node.refresh_statistics for every node, with the encoder passes vectorised."""
-        passes = self.local_features()
-        for index, node in enumerate(self.nodes):
-            node.statistics_from((chunks[index], features[index]) for chunks, features in passes)
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
 
     def _stacked_parameters(self) -> list[Tensor]:
         return list(self.params.values())
@@ -151,37 +183,41 @@ class VectorizedGroup:
             node.optimizer.load_state_dict(node_state)
 
 
-def vectorisable_groups(nodes: list[Node]) -> list[list[Node]]:
-    """Nodes partitioned by (architecture, training samples, local samples): the nodes that can run in lockstep."""
-    groups: dict[tuple[str, int, int], list[Node]] = {}
+def lockstep_groups(nodes: list[Node], by_architecture: bool) -> list[list[Node]]:
+    """Nodes partitioned by (training samples, local samples), and architecture if `by_architecture`: the nodes
+    that can run in lockstep (and, of one architecture, vectorised)."""
+    groups: dict[tuple, list[Node]] = {}
     for node in nodes:
-        groups.setdefault((node.architecture, node.training_indices.shape[0], node.num_samples), []).append(node)
+        key = (node.training_indices.shape[0], node.num_samples)
+        groups.setdefault((node.architecture, *key) if by_architecture else key, []).append(node)
     return list(groups.values())
 
 
-def build_groups(nodes: list[Node], vectorize: bool, compile_encoders: bool) -> list[SingleNode | VectorizedGroup]:
-    """How the nodes of a round execute: vectorised where `vectorize` and at least two nodes can share a group."""
-    if not vectorize:
-        return [SingleNode(node) for node in nodes]
+def build_groups(nodes: list[Node], lockstep: bool, vectorize: bool, compile_encoders: bool) -> list[NodeGroup]:
+    """How the nodes of a round execute: one group each, or (`lockstep`, for the solvers whose nodes train
+    independently within a round) in lockstep groups, vectorised where `vectorize` and a group has two or more
+    nodes of one architecture."""
+    if not lockstep:
+        return [NodeGroup([node]) for node in nodes]
     return [
-        VectorizedGroup(group, compile_encoders) if len(group) > 1 else SingleNode(group[0])
-        for group in vectorisable_groups(nodes)
+        VectorizedGroup(group, compile_encoders) if vectorize and len(group) > 1 else NodeGroup(group)
+        for group in lockstep_groups(nodes, by_architecture=vectorize)
     ]
 
 
 def train_groups(
-    groups: list[SingleNode | VectorizedGroup],
+    groups: list[NodeGroup],
     local_epochs: int,
     batch_size: int,
-    batch_loss_of: Callable[[Node], BatchLoss],
+    prepare_losses: Sequence[Callable[[], GroupLoss]],
 ) -> tuple[list[Node], list[NodeWork]]:
-    """One round's local work of independent nodes, group by group and timed per group: each node's loss
-    (batch_loss_of, which may first update the node, as a dual step does), its training and its statistics pass.
-    Returns the nodes in index order and their work."""
+    """One round's local work of independent nodes, group by group and timed per group: each group's loss
+    (prepare_losses[g](), which may first update the group, as a dual step does), its training and its statistics
+    pass. Returns the nodes in index order and their work."""
     work = {}
-    for group in groups:
-        with timed(group.nodes[0].statistics.device) as clock:
-            losses = group.optimise(local_epochs, batch_size, [batch_loss_of(node) for node in group.nodes])
+    for group, prepare_loss in zip(groups, prepare_losses):
+        with timed(group.statistics.device) as clock:
+            losses = group.optimise(local_epochs, batch_size, prepare_loss())
             group.refresh_statistics()
         for node, loss in zip(group.nodes, losses):
             work[node.index] = NodeWork(loss, (clock,), 1 / len(group.nodes))

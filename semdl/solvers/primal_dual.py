@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+from torch import Tensor
 
-from semdl.network import Inbox, InProcessCommunicator, Node
+from semdl.network import Inbox, InProcessCommunicator
 from semdl.objectives import consensus_penalty, primal_dual_loss_with_penalty
 from semdl.solvers.common import NodeWork
-from semdl.solvers.groups import BatchLoss, SingleNode, VectorizedGroup, train_groups
+from semdl.solvers.groups import GroupLoss, NodeGroup, train_groups
 
 
 @dataclass(frozen=True)
@@ -24,37 +26,52 @@ class PrimalDualSettings:
     batch_size: int
 
 
-def dual_step(node: Node, inbox: Inbox, step: float) -> None:
-    """Y_i^k += alpha * sum_j (V_i^k - V_j^k) over the neighbours sharing class k, with round t-1 statistics."""
-    weights = inbox.shared.to(node.statistics.dtype)
-    neighbor_sum = torch.einsum("jk,jkab->kab", weights, inbox.statistics)
-    node.dual += step * (weights.sum(0)[:, None, None] * node.statistics - neighbor_sum)
+def dual_step(dual: Tensor, statistics: Tensor, neighbor_statistics: Tensor, shared: Tensor, step: float) -> None:
+    """Y_i^k += alpha * sum_j (V_i^k - V_j^k) over the neighbours sharing class k, with round t-1 statistics.
+
+    dual, statistics (K, d, d); neighbor_statistics (J, K, d, d); shared (J, K); all with the same leading node
+    dimensions, if any, to step several nodes at once.
+    """
+    weights = shared.to(statistics.dtype)
+    neighbor_sum = torch.einsum("...jk,...jkab->...kab", weights, neighbor_statistics)
+    dual += step * (weights.sum(-2)[..., None, None] * statistics - neighbor_sum)
 
 
-def node_loss(node: Node, inbox: Inbox, settings: PrimalDualSettings) -> BatchLoss:
-    """L_i of this round as a function of a mini-batch's features and labels."""
-    penalty = consensus_penalty(node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared)
-    width = node.class_width(settings.batch_size)
+def group_loss(
+    group: NodeGroup, neighbor_statistics: Tensor, shared: Tensor, settings: PrimalDualSettings
+) -> GroupLoss:
+    """Each node's L_i of this round, for a group at once, as a function of its stacked mini-batch features and
+    labels; neighbor_statistics (B, J, K, d, d) and shared (B, J, K) are the group's inboxes."""
+    penalty = consensus_penalty(group.statistics, neighbor_statistics, group.duals, settings.rho, shared)
+    width = group.class_width(settings.batch_size)
     return lambda features, labels: primal_dual_loss_with_penalty(
         features, labels, settings.num_classes, settings.eps_sq, penalty, settings.gamma1, settings.gamma2, width
     )
 
 
 def primal_dual_round(
-    groups: list[SingleNode | VectorizedGroup],
+    groups: list[NodeGroup],
+    neighborhoods: list[tuple[Tensor, Tensor]],
     communicator: InProcessCommunicator,
-    inboxes: dict[int, Inbox],
     settings: PrimalDualSettings,
 ) -> tuple[list[NodeWork], dict[int, Inbox]]:
     """Dual step, local training and statistics at every node, then the exchange; returns each node's work.
 
-    Each node reads only its inbox (round t-1 values), so running the nodes (or groups of them) one after
-    another is the synchronous round of the algorithm.
+    neighborhoods[g] is group g's communicator.neighborhood. Each node reads only round t-1 statistics (the
+    communicator's, until the exchange), so running the groups one after another is the synchronous round of the
+    algorithm.
     """
 
-    def dual_step_then_loss(node: Node) -> BatchLoss:
-        dual_step(node, inboxes[node.index], settings.dual_step)
-        return node_loss(node, inboxes[node.index], settings)
+    def dual_step_then_loss(group: NodeGroup, neighborhood: tuple[Tensor, Tensor]) -> GroupLoss:
+        index, shared = neighborhood
+        neighbor_statistics = communicator.statistics[index]
+        dual_step(group.duals, group.statistics, neighbor_statistics, shared, settings.dual_step)
+        return group_loss(group, neighbor_statistics, shared, settings)
 
-    nodes, work = train_groups(groups, settings.local_epochs, settings.batch_size, dual_step_then_loss)
+    nodes, work = train_groups(
+        groups,
+        settings.local_epochs,
+        settings.batch_size,
+        [partial(dual_step_then_loss, group, neighborhood) for group, neighborhood in zip(groups, neighborhoods)],
+    )
     return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
