@@ -182,8 +182,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     original = primal_dual.group_loss
     rounds_of_node_one = []
 
-    def poisoned(group, neighbor_statistics, shared, settings):
-        loss = original(group, neighbor_statistics, shared, settings)
+    def poisoned(group, neighbors, settings):
+        loss = original(group, neighbors, settings)
         indices = [node.index for node in group.nodes]
         if 1 not in indices:
             return loss

@@ -18,12 +18,22 @@ BYTES_PER_VALUE = 4  # statistics and counts travel as float32
 
 @dataclass(frozen=True)
 class Inbox:
-    """What one node received from its J neighbours: statistics (J, K, d, d), counts (J, K), and which classes
-    each neighbour shares with it (J, K): a class both are responsible for."""
+    """What one node received from its J neighbours in one exchange: their statistics (J, K, d, d) and counts (J, K),
+    gathered when read from the exchange's snapshot of every node's (N, ...), and which classes each neighbour
+    shares with it (J, K): a class both are responsible for."""
 
-    statistics: Tensor
-    counts: Tensor
+    delivered_statistics: Tensor
+    delivered_counts: Tensor
+    neighbors: Tensor  # (J,) node indices
     shared: Tensor
+
+    @property
+    def statistics(self) -> Tensor:
+        return self.delivered_statistics.index_select(0, self.neighbors)
+
+    @property
+    def counts(self) -> Tensor:
+        return self.delivered_counts.index_select(0, self.neighbors)
 
 
 class InProcessCommunicator:
@@ -32,7 +42,8 @@ class InProcessCommunicator:
     neighbors[i] lists whom node i exchanges with; responsible (N, K) says which classes each node shares.
     A message from i to j carries the classes both are responsible for: (d*d + 1) float32 values per class.
     After an exchange, `statistics` (N, K, d, d) and `counts` (N, K) hold every node's latest values as this
-    process knows them (pushes update them between exchanges).
+    process knows them (pushes update them between exchanges, on a copy: the exchange's inboxes keep what it
+    delivered).
     """
 
     rank = 0
@@ -48,15 +59,9 @@ class InProcessCommunicator:
         self._classes_sent = [int(shared.sum()) for shared in self.shared]  # per node, over all its neighbours
         self._classes_held = responsible.sum(1).tolist()  # what a node's pushes carry
         self.bytes_sent = [0] * len(self.neighbors)
-        self._set_local(self.local)
         self.statistics: Tensor | None = None
         self.counts: Tensor | None = None
-
-    def _set_local(self, local: list[int]) -> None:
-        """The nodes this process runs, and the index that gathers all their inboxes at once."""
-        self.local = local
-        self._inbox_index = torch.cat([self.neighbor_index[node] for node in local])
-        self._inbox_sizes = [len(self.neighbors[node]) for node in local]
+        self._delivered: Tensor | None = None  # the statistics tensor the last exchange's inboxes read
 
     def neighborhood(self, nodes: list[int]) -> tuple[Tensor, Tensor]:
         """The inboxes of several nodes as one gather: an index (B, J) into `statistics` and `counts`, and which
@@ -85,22 +90,26 @@ class InProcessCommunicator:
             dim = statistics[0].shape[-1]
             for node in self.local:
                 self.bytes_sent[node] += self._classes_sent[node] * (dim * dim + 1) * BYTES_PER_VALUE
-        received = zip(
-            self.statistics.index_select(0, self._inbox_index).split(self._inbox_sizes),
-            self.counts.index_select(0, self._inbox_index).split(self._inbox_sizes),
-        )
+        self._delivered = self.statistics
         return {
-            node: Inbox(statistics, counts, self.shared[node])
-            for node, (statistics, counts) in zip(self.local, received)
+            node: Inbox(self.statistics, self.counts, self.neighbor_index[node], self.shared[node])
+            for node in self.local
         }
 
     def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         """Make `sender`'s refreshed statistics known (Gauss-Seidel pushes within a cluster), counting a message
         of the classes it is responsible for to `receivers` other nodes. Only the process running `sender` passes
         its tensors."""
+        self._update(sender, statistics, counts)
+        self.record_bytes(sender, self._push_bytes(sender, receivers))
+
+    def _update(self, sender: int, statistics: Tensor, counts: Tensor) -> None:
+        """Set one node's row of `statistics` and `counts`, copying them first if they are still what the last
+        exchange delivered."""
+        if self.statistics is self._delivered:
+            self.statistics, self.counts = self.statistics.clone(), self.counts.clone()
         self.statistics[sender] = statistics
         self.counts[sender] = counts
-        self.record_bytes(sender, self._push_bytes(sender, receivers))
 
     def _push_bytes(self, sender: int, receivers: int) -> int:
         return receivers * self._classes_held[sender] * (self.statistics.shape[-1] ** 2 + 1) * BYTES_PER_VALUE

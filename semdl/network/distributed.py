@@ -95,7 +95,7 @@ class DistributedCommunicator(InProcessCommunicator):
     def __init__(self, neighbors, responsible: Tensor, layout: RankLayout, timeout_seconds: float):
         super().__init__(neighbors, responsible)
         self.layout = layout
-        self._set_local(layout.local)
+        self.local = layout.local
         self.rank = layout.rank
         self.world_size = len(layout.blocks)
         self._width = max(len(block) for block in layout.blocks)
@@ -121,8 +121,7 @@ class DistributedCommunicator(InProcessCommunicator):
         counts = counts.contiguous() if owner == self.rank else torch.empty_like(self.counts[sender])
         dist.broadcast(statistics, src=owner)
         dist.broadcast(counts, src=owner)
-        self.statistics[sender] = statistics
-        self.counts[sender] = counts
+        self._update(sender, statistics, counts)
         if owner == self.rank:
             self.record_bytes(sender, self._push_bytes(sender, receivers))
 

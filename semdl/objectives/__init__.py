@@ -3,10 +3,13 @@
 from semdl.objectives.cluster import ClusterContext, cluster_block_loss, cluster_rate_reduction
 from semdl.objectives.consensus import (
     ConsensusPenalty,
+    NeighborSums,
     batch_consensus_terms,
     consensus_penalty,
+    consensus_penalty_from_sums,
     consensus_residual,
     consensus_terms,
+    neighbor_sums,
     primal_dual_loss,
     primal_dual_loss_with_penalty,
 )
@@ -24,6 +27,7 @@ from semdl.objectives.rates import (
 __all__ = [
     "ClusterContext",
     "ConsensusPenalty",
+    "NeighborSums",
     "batch_consensus_terms",
     "class_grams",
     "class_statistics",
@@ -32,8 +36,10 @@ __all__ = [
     "coding_rate",
     "consensus_residual",
     "consensus_penalty",
+    "consensus_penalty_from_sums",
     "consensus_terms",
     "logdet_identity_plus",
+    "neighbor_sums",
     "pool_statistics",
     "primal_dual_loss",
     "primal_dual_loss_with_penalty",

@@ -35,6 +35,29 @@ class ConsensusPenalty:
     constant: Tensor  # c_k, (K,)
 
 
+@dataclass(frozen=True)
+class NeighborSums:
+    """What a node's consensus needs of its neighbours' statistics V_j^k, summed over the neighbours j taking part
+    in class k's consensus: their number J_k (K,), sum_j V_j^k (K, d, d) and sum_j ||V_j^k||_F^2 (K,). Fields may
+    carry leading node dimensions."""
+
+    count: Tensor
+    statistics: Tensor
+    squared_norms: Tensor
+
+
+def neighbor_sums(V_neighbors: Tensor, shared: Tensor | None = None) -> NeighborSums:
+    """The NeighborSums of neighbours' statistics V_neighbors (J, K, d, d); shared (J, K), optional: whether
+    neighbour j takes part in class k's consensus (default: all do). Leading node dimensions, (B, J, K, d, d) and
+    (B, J, K), give B nodes' sums at once."""
+    weights = V_neighbors.new_ones(V_neighbors.shape[:-2]) if shared is None else shared.to(V_neighbors.dtype)
+    return NeighborSums(
+        weights.sum(-2),
+        torch.einsum("...jk,...jkab->...kab", weights, V_neighbors),
+        (weights * torch.linalg.vector_norm(V_neighbors, dim=(-2, -1)).pow(2)).sum(-2),
+    )
+
+
 def consensus_penalty(
     V_self: Tensor, V_neighbors: Tensor, dual: Tensor, rho: float, shared: Tensor | None = None
 ) -> ConsensusPenalty:
@@ -44,17 +67,24 @@ def consensus_penalty(
     argument may carry the same leading node dimensions, (B, K, d, d), (B, J, K, d, d) and (B, J, K), for the
     penalties of B nodes at once.
     """
-    weights = V_self.new_ones(V_neighbors.shape[:-2]) if shared is None else shared.to(V_self.dtype)
-    num_neighbors = weights.sum(-2)
-    neighbor_sum = torch.einsum("...jk,...jkab->...kab", weights, V_neighbors)
-    neighbor_sq_sum = (weights * torch.linalg.vector_norm(V_neighbors, dim=(-2, -1)).pow(2)).sum(-2)
+    return consensus_penalty_from_sums(V_self, neighbor_sums(V_neighbors, shared), dual, rho)
+
+
+def consensus_penalty_from_sums(V_self: Tensor, neighbors: NeighborSums, dual: Tensor, rho: float) -> ConsensusPenalty:
+    """consensus_penalty from the neighbours' sums (which a dual step needs too, so they are computed once)."""
+    flat_self = V_self.flatten(-2)
     # sum_j ||V_self + V_j||^2 expanded, so no (J, K, d, d) temporary is built.
     anchor_sq_norms = (
-        num_neighbors * V_self.pow(2).sum((-2, -1)) + 2 * (V_self * neighbor_sum).sum((-2, -1)) + neighbor_sq_sum
+        neighbors.count * torch.linalg.vecdot(flat_self, flat_self)
+        + 2 * torch.linalg.vecdot(flat_self, neighbors.statistics.flatten(-2))
+        + neighbors.squared_norms
     ) / 4
-    anchor_sum = (num_neighbors[..., None, None] * V_self + neighbor_sum) / 2
-    linear = dual - rho * anchor_sum
-    return ConsensusPenalty((linear + linear.mT) / 2, 0.5 * rho * num_neighbors, 0.5 * rho * anchor_sq_norms)
+    # W = Y - rho sum_j M_j = Y - rho/2 (J V_self + sum_j V_j); (W + W^T) / 2 is exactly symmetric.
+    linear = torch.addcmul(dual, neighbors.count[..., None, None], V_self, value=-rho / 2)
+    linear.sub_(neighbors.statistics, alpha=rho / 2)
+    return ConsensusPenalty(
+        torch.add(linear, linear.mT).mul_(0.5), 0.5 * rho * neighbors.count, 0.5 * rho * anchor_sq_norms
+    )
 
 
 def consensus_terms(V_hat: Tensor, present: Tensor, penalty: ConsensusPenalty) -> Tensor:

@@ -8,7 +8,13 @@ import torch
 from torch import Tensor
 
 from semdl.network import Inbox, InProcessCommunicator, Node
-from semdl.objectives import ClusterContext, ConsensusPenalty, cluster_block_loss, consensus_penalty
+from semdl.objectives import (
+    ClusterContext,
+    ConsensusPenalty,
+    cluster_block_loss,
+    consensus_penalty_from_sums,
+    neighbor_sums,
+)
 from semdl.solvers.common import Clock, NodeWork, optimise_locally, timed
 from semdl.solvers.primal_dual import PrimalDualSettings, dual_step
 
@@ -82,10 +88,9 @@ def cluster_bcd_round(
     penalties = {}
     for node in nodes:
         inbox = inboxes[node.index]
-        dual_step(node.dual, node.statistics, inbox.statistics, inbox.shared, settings.dual_step)
-        penalties[node.index] = consensus_penalty(
-            node.statistics, inbox.statistics, node.dual, settings.rho, inbox.shared
-        )
+        neighbors = neighbor_sums(inbox.statistics, inbox.shared)
+        dual_step(node.dual, node.statistics, neighbors, settings.dual_step)
+        penalties[node.index] = consensus_penalty_from_sums(node.statistics, neighbors, node.dual, settings.rho)
     responsible = communicator.responsible
     weights = 1.0 / torch.tensor(plan.replication, dtype=communicator.statistics.dtype, device=responsible.device)
     losses: dict[int, list[Tensor]] = {node.index: [] for node in nodes}

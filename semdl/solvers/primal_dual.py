@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 from torch import Tensor
 
 from semdl.network import Inbox, InProcessCommunicator
-from semdl.objectives import consensus_penalty, primal_dual_loss_with_penalty
+from semdl.objectives import NeighborSums, consensus_penalty_from_sums, neighbor_sums, primal_dual_loss_with_penalty
 from semdl.solvers.common import NodeWork
 from semdl.solvers.groups import GroupLoss, NodeGroup, train_groups
 
@@ -26,23 +25,19 @@ class PrimalDualSettings:
     batch_size: int
 
 
-def dual_step(dual: Tensor, statistics: Tensor, neighbor_statistics: Tensor, shared: Tensor, step: float) -> None:
+def dual_step(dual: Tensor, statistics: Tensor, neighbors: NeighborSums, step: float) -> None:
     """Y_i^k += alpha * sum_j (V_i^k - V_j^k) over the neighbours sharing class k, with round t-1 statistics.
 
-    dual, statistics (K, d, d); neighbor_statistics (J, K, d, d); shared (J, K); all with the same leading node
-    dimensions, if any, to step several nodes at once.
+    dual, statistics (K, d, d) and the neighbours' sums, all with the same leading node dimensions, if any, to
+    step several nodes at once.
     """
-    weights = shared.to(statistics.dtype)
-    neighbor_sum = torch.einsum("...jk,...jkab->...kab", weights, neighbor_statistics)
-    dual += step * (weights.sum(-2)[..., None, None] * statistics - neighbor_sum)
+    dual.addcmul_(neighbors.count[..., None, None], statistics, value=step).sub_(neighbors.statistics, alpha=step)
 
 
-def group_loss(
-    group: NodeGroup, neighbor_statistics: Tensor, shared: Tensor, settings: PrimalDualSettings
-) -> GroupLoss:
+def group_loss(group: NodeGroup, neighbors: NeighborSums, settings: PrimalDualSettings) -> GroupLoss:
     """Each node's L_i of this round, for a group at once, as a function of its stacked mini-batch features and
-    labels; neighbor_statistics (B, J, K, d, d) and shared (B, J, K) are the group's inboxes."""
-    penalty = consensus_penalty(group.statistics, neighbor_statistics, group.duals, settings.rho, shared)
+    labels; `neighbors` are the sums of the group's inboxes (B, ...)."""
+    penalty = consensus_penalty_from_sums(group.statistics, neighbors, group.duals, settings.rho)
     width = group.class_width(settings.batch_size)
     return lambda features, labels: primal_dual_loss_with_penalty(
         features, labels, settings.num_classes, settings.eps_sq, penalty, settings.gamma1, settings.gamma2, width
@@ -64,9 +59,9 @@ def primal_dual_round(
 
     def dual_step_then_loss(group: NodeGroup, neighborhood: tuple[Tensor, Tensor]) -> GroupLoss:
         index, shared = neighborhood
-        neighbor_statistics = communicator.statistics[index]
-        dual_step(group.duals, group.statistics, neighbor_statistics, shared, settings.dual_step)
-        return group_loss(group, neighbor_statistics, shared, settings)
+        neighbors = neighbor_sums(communicator.statistics[index], shared)
+        dual_step(group.duals, group.statistics, neighbors, settings.dual_step)
+        return group_loss(group, neighbors, settings)
 
     nodes, work = train_groups(
         groups,
