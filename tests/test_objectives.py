@@ -493,6 +493,28 @@ def test_stacked_primal_dual_equals_each_node_on_its_own(K, d, counts, J):
     assert float((losses[0] - losses[1]).detach().abs()) > 1e-3  # the nodes really differ
 
 
+def test_neighbour_sums_of_rows_equal_the_sums_of_the_gathered_neighbours():
+    """The solver reads its group's neighbours row by row from every node's statistics; the sums are those of the
+    gathered (B, J, K, d, d) neighbours, padding (a neighbour sharing no class) included."""
+    g = torch.Generator().manual_seed(4)
+    N, K, d = 5, 3, 6
+    statistics = random_symmetric(N, K, d, d, generator=g)
+    index = torch.tensor([[1, 4], [0, 0], [3, 2]])
+    shared = torch.rand(3, 2, K, generator=g) > 0.3
+    shared[1, 1] = False  # node 1 of the group has one neighbour; its second slot is padding
+    rows = consensus_module.neighbor_sums_of_rows(statistics, index, shared)
+    gathered = consensus_module.neighbor_sums(statistics[index], shared)
+    for b in range(3):
+        weights = shared[b].to(F64)
+        expected = sum(weights[j, :, None, None] * statistics[index[b, j]] for j in range(2))
+        torch.testing.assert_close(rows.statistics[b], expected, rtol=1e-12, atol=1e-12)
+        expected_sq = sum(weights[j] * statistics[index[b, j]].pow(2).sum((-2, -1)) for j in range(2))
+        torch.testing.assert_close(rows.squared_norms[b], expected_sq, rtol=1e-12, atol=1e-12)
+        assert rows.count[b].tolist() == weights.sum(0).tolist()
+    for field in ("count", "statistics", "squared_norms"):
+        torch.testing.assert_close(getattr(rows, field), getattr(gathered, field), rtol=1e-12, atol=1e-12)
+
+
 def test_primal_dual_takes_the_eigenvalue_fallback_when_a_factorisation_fails(monkeypatch):
     """Where the fused objective's Cholesky factorisation fails, the loss and gradient come from the autograd path
     with logdet_identity_plus's eigenvalue fallback (here: forced for every call of the fused path)."""

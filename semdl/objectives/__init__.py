@@ -10,6 +10,7 @@ from semdl.objectives.consensus import (
     consensus_residual,
     consensus_terms,
     neighbor_sums,
+    neighbor_sums_of_rows,
     primal_dual_loss,
     primal_dual_loss_with_penalty,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "consensus_terms",
     "logdet_identity_plus",
     "neighbor_sums",
+    "neighbor_sums_of_rows",
     "pool_statistics",
     "primal_dual_loss",
     "primal_dual_loss_with_penalty",

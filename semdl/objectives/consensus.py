@@ -51,11 +51,24 @@ def neighbor_sums(V_neighbors: Tensor, shared: Tensor | None = None) -> Neighbor
     neighbour j takes part in class k's consensus (default: all do). Leading node dimensions, (B, J, K, d, d) and
     (B, J, K), give B nodes' sums at once."""
     weights = V_neighbors.new_ones(V_neighbors.shape[:-2]) if shared is None else shared.to(V_neighbors.dtype)
-    return NeighborSums(
-        weights.sum(-2),
-        torch.einsum("...jk,...jkab->...kab", weights, V_neighbors),
-        (weights * torch.linalg.vector_norm(V_neighbors, dim=(-2, -1)).pow(2)).sum(-2),
-    )
+    return _weighted_sums((V_neighbors.select(-4, j) for j in range(V_neighbors.shape[-4])), weights, V_neighbors)
+
+
+def neighbor_sums_of_rows(statistics: Tensor, index: Tensor, shared: Tensor) -> NeighborSums:
+    """The NeighborSums of B nodes whose J neighbours are the rows index (B, J) of every node's statistics
+    (N, K, d, d), with shared (B, J, K): neighbour by neighbour, so no (B, J, K, d, d) copy is made."""
+    rows = (statistics.index_select(0, column) for column in index.unbind(1))
+    return _weighted_sums(rows, shared.to(statistics.dtype), statistics)
+
+
+def _weighted_sums(rows, weights: Tensor, like: Tensor) -> NeighborSums:
+    """NeighborSums from each neighbour's statistics (..., K, d, d) in turn and their weights (..., J, K)."""
+    total = torch.zeros(*weights.shape[:-2], *like.shape[-3:], dtype=like.dtype, device=like.device)
+    squared_norms = torch.zeros(weights.shape[:-2] + weights.shape[-1:], dtype=like.dtype, device=like.device)
+    for weight, row in zip(weights.unbind(-2), rows):
+        total.addcmul_(weight[..., None, None], row)
+        squared_norms.addcmul_(weight, torch.linalg.vector_norm(row, dim=(-2, -1)).pow(2))
+    return NeighborSums(weights.sum(-2), total, squared_norms)
 
 
 def consensus_penalty(

@@ -8,7 +8,12 @@ from functools import partial
 from torch import Tensor
 
 from semdl.network import Inbox, InProcessCommunicator
-from semdl.objectives import NeighborSums, consensus_penalty_from_sums, neighbor_sums, primal_dual_loss_with_penalty
+from semdl.objectives import (
+    NeighborSums,
+    consensus_penalty_from_sums,
+    neighbor_sums_of_rows,
+    primal_dual_loss_with_penalty,
+)
 from semdl.solvers.common import NodeWork
 from semdl.solvers.groups import GroupLoss, NodeGroup, train_groups
 
@@ -59,7 +64,7 @@ def primal_dual_round(
 
     def dual_step_then_loss(group: NodeGroup, neighborhood: tuple[Tensor, Tensor]) -> GroupLoss:
         index, shared = neighborhood
-        neighbors = neighbor_sums(communicator.statistics[index], shared)
+        neighbors = neighbor_sums_of_rows(communicator.statistics, index, shared)
         dual_step(group.duals, group.statistics, neighbors, settings.dual_step)
         return group_loss(group, neighbors, settings)
 
