@@ -90,6 +90,7 @@ class TrainConfig:
 
 @dataclass
 class SimConfig:
+    lockstep: str = "on"  # train nodes of equal data sizes mini-batch by mini-batch, batched between the encoders
     vectorize: str = "auto"  # run nodes of one architecture and equal data as one vmapped group: auto = on CUDA
 
 
@@ -277,7 +278,10 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0)
     _choice("train.amp", cfg.train.amp, SWITCHES)
     _choice("train.compile", cfg.train.compile, SWITCHES)
+    _choice("sim.lockstep", cfg.sim.lockstep, ("on", "off"))
     _choice("sim.vectorize", cfg.sim.vectorize, SWITCHES)
+    if cfg.sim.vectorize == "on" and cfg.sim.lockstep == "off":
+        raise UserError("sim.vectorize=on runs nodes in lockstep groups; it cannot be combined with sim.lockstep=off")
     if cfg.sim.vectorize == "on" and cfg.solver.name not in LOCKSTEP_SOLVERS:
         raise UserError(
             f"sim.vectorize=on needs nodes that train independently within a round ({', '.join(LOCKSTEP_SOLVERS)});"

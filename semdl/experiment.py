@@ -430,7 +430,7 @@ def build_network(cfg: DictConfig, run_dir: Path, device: torch.device, checkpoi
         cfg.train.local_epochs,
         cfg.train.batch_size,
     )
-    lockstep = cfg.solver.name in LOCKSTEP_SOLVERS
+    lockstep = cfg.solver.name in LOCKSTEP_SOLVERS and cfg.sim.lockstep == "on"
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
     groups = build_groups(nodes, lockstep, vectorize, switch(cfg.train.compile, device.type == "cuda"))
     if checkpoint is None:

@@ -64,6 +64,8 @@ CASES = [
     (["train", "train.checkpoint_every=-1"], "train.checkpoint_every=-1 is out of range"),
     (["train", "train.amp=fast"], "train.amp='fast' is not allowed"),
     (["train", "solver=cluster_bcd", "sim.vectorize=on"], "sim.vectorize=on needs nodes that train independently"),
+    (["train", "sim.lockstep=maybe"], "sim.lockstep='maybe' is not allowed"),
+    (["train", "sim.lockstep=off", "sim.vectorize=on"], "it cannot be combined with sim.lockstep=off"),
     (["train", "model.per_node=[mlp,mlp]"], "model.per_node has 2 entries but nodes=5"),
     # train: files
     (["train", "topology=file", "topology.path={world}/missing.txt"], "cannot read topology.path="),

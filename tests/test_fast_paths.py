@@ -7,7 +7,6 @@ import torch
 
 from conftest import SMALL_SYNTHETIC, composed
 from semdl.experiment import build_network, checkpoint_state
-import semdl.experiment
 from semdl.solvers import VectorizedGroup
 from semdl.solvers.groups import lockstep_groups
 
@@ -37,11 +36,9 @@ def run_rounds(overrides: list[str], tmp_path, rounds: int = 3):
     return network, torch.stack(losses)
 
 
-def run_node_by_node(overrides: list[str], tmp_path, monkeypatch, rounds: int = 3):
+def run_node_by_node(overrides: list[str], tmp_path, rounds: int = 3):
     """run_rounds with every node in a group of its own: the plain reference, one node's work after another."""
-    with monkeypatch.context() as patch:
-        patch.setattr(semdl.experiment, "LOCKSTEP_SOLVERS", ())
-        network, losses = run_rounds(overrides + ["sim.vectorize=off"], tmp_path, rounds)
+    network, losses = run_rounds(overrides + ["sim.lockstep=off", "sim.vectorize=off"], tmp_path, rounds)
     assert all(len(group.nodes) == 1 for group in network.groups)
     return network, losses
 
@@ -77,7 +74,7 @@ def assert_same_networks(plain, fast, losses_plain, losses_fast, rtol: float, at
 )
 @pytest.mark.parametrize("vectorize", ["off", "on"])
 def test_grouped_rounds_match_node_by_node_rounds(
-    overrides, lockstep_sizes, vectorised_sizes, vectorize, tmp_path, monkeypatch, one_thread
+    overrides, lockstep_sizes, vectorised_sizes, vectorize, tmp_path, one_thread
 ):
     """Lockstep groups (batched objectives, statistics, dual steps and penalties; encoders one by one, or vmapped)
     against every node run on its own: losses, statistics, duals, weights and BatchNorm buffers after three rounds,
@@ -85,7 +82,7 @@ def test_grouped_rounds_match_node_by_node_rounds(
     few steps, and a weight whose gradient is near zero may step the other way (lr = 1e-3 per step, three steps),
     so the tolerance is 1e-3 and 3e-3 for weights, far below what a wrong BatchNorm, random stream,
     neighbourhood or optimizer state would give (>1e-2)."""
-    plain, losses_plain = run_node_by_node(overrides, tmp_path / "plain", monkeypatch)
+    plain, losses_plain = run_node_by_node(overrides, tmp_path / "plain")
     grouped, losses_grouped = run_rounds(overrides + [f"sim.vectorize={vectorize}"], tmp_path / "grouped")
     sizes = vectorised_sizes if vectorize == "on" else lockstep_sizes
     assert sorted(len(group.nodes) for group in grouped.groups) == sizes
