@@ -81,17 +81,17 @@ def synchronize(device: str) -> None:
 
 
 def time_once(step: Callable[[], None], device: str) -> float:
-    """Milliseconds of one call of `step`, with the device queue drained before and after."""
+    """Seconds of one call of `step`, with the device queue drained before and after."""
     synchronize(device)
     start = time.perf_counter()
     step()
     synchronize(device)
-    return (time.perf_counter() - start) * 1e3
+    return time.perf_counter() - start
 
 
-def interleaved_medians(steps: list[Callable[[], None]], repeats: int, device: str) -> list[float]:
-    """Median milliseconds of each step after a warm-up, calling the steps in turn (A, B, A, B, ...)."""
-    for _ in range(WARMUP):
+def interleaved_medians(steps: list[Callable[[], None]], warmup: int, repeats: int, device: str) -> list[float]:
+    """Median seconds of each step after `warmup` calls of each, calling the steps in turn (A, B, A, B, ...)."""
+    for _ in range(warmup):
         for step in steps:
             step()
     times: list[list[float]] = [[] for _ in steps]
@@ -141,7 +141,9 @@ def objective_row(name: str, num_classes: int, args: argparse.Namespace) -> dict
         factor, _ = torch.linalg.cholesky_ex(eye + scales[:, None, None] * gram)
         factor.diagonal(dim1=-2, dim2=-1).log().sum().backward()
 
-    objective_ms, irreducible_ms = interleaved_medians([objective, irreducible], args.repeats, device)
+    objective_ms, irreducible_ms = (
+        1e3 * seconds for seconds in interleaved_medians([objective, irreducible], WARMUP, args.repeats, device)
+    )
     return {
         "objective": name,
         "K": num_classes,
@@ -250,18 +252,6 @@ def encoder_floor(cfg: DictConfig) -> Callable[[], None]:
     return floor
 
 
-def timed_medians(steps: list[Callable[[], None]], warmup: int, repeats: int, device: str) -> list[float]:
-    """Median seconds of each step after `warmup` calls of each, calling the steps in turn (A, B, A, B, ...)."""
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times: list[list[float]] = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, step_times in zip(steps, times):
-            step_times.append(time_once(step, device) / 1e3)
-    return [statistics.median(step_times) for step_times in times]
-
-
 def run_round_bench(args: argparse.Namespace) -> int:
     """The `round` subcommand: seconds per solver round against the encoder floor, printed and optionally as JSON."""
     if cuda_missing(args.device):
@@ -272,7 +262,7 @@ def run_round_bench(args: argparse.Namespace) -> int:
     network, run_round = round_step(cfg)
     nodes = network.nodes
     floor = encoder_floor(cfg)
-    round_s, floor_s = timed_medians([run_round, floor], args.warmup, args.rounds, device)
+    round_s, floor_s = interleaved_medians([run_round, floor], args.warmup, args.rounds, device)
     machine = machine_info(device, args.threads)
     print(", ".join(f"{key}={value}" for key, value in machine.items()))
     row = {
@@ -359,7 +349,7 @@ def run_scaling(args: argparse.Namespace) -> int:
             }
         )
         steps.append(run_round)
-    for row, round_s in zip(rows, timed_medians(steps, 1, args.rounds, device)):
+    for row, round_s in zip(rows, interleaved_medians(steps, 1, args.rounds, device)):
         row["round_s"] = round_s
         row["round_s_per_node"] = round_s / row["N"]
     print(

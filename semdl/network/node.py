@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from semdl.data import InputPipeline
-from semdl.objectives.rates import pad_by_class
+from semdl.objectives.rates import class_statistics_of
 
 STATISTICS_CHUNK = 4096
 
@@ -109,20 +109,6 @@ class Node:
         """Recompute V_i^k and m_i^k over the whole local set, encoder in eval mode, in bounded memory."""
         passes = [(features, self.labels[chunk]) for chunk, features in self.local_features()]
         self.statistics, self.counts = class_statistics_of(passes, self.num_classes, self.largest_local_class)
-
-
-def class_statistics_of(passes: Iterable[tuple[Tensor, Tensor]], num_classes: int, width: int) -> tuple[Tensor, Tensor]:
-    """V^k = G^k / m^k (zero for absent classes) and m^k as float32, accumulated over chunks (features (..., c, d),
-    labels (..., c)), with any leading node dimensions kept: (..., K, d, d) and (..., K). width: an upper bound on
-    one class's samples in the whole pass, so grouping reads nothing from the device."""
-    grams = counts = None
-    for features, labels in passes:
-        padded, chunk_counts = pad_by_class(features, labels, num_classes, min(labels.shape[-1], width))
-        chunk_grams = padded.mT @ padded
-        grams = chunk_grams if grams is None else grams.add_(chunk_grams)
-        counts = chunk_counts if counts is None else counts.add_(chunk_counts)
-    statistics = grams / counts.clamp_min(1)[..., None, None].to(grams.dtype)
-    return statistics, counts.to(grams.dtype)
 
 
 def node_seeds(seed: int, node_index: int) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from semdl.objectives.consensus import ConsensusPenalty, consensus_terms
-from semdl.objectives.rates import pad_by_class, rates_from_class_grams
+from semdl.objectives.rates import class_grams, rates_from_class_grams
 
 
 def cluster_rate_reduction(
@@ -62,8 +62,7 @@ def cluster_block_loss(
     own_counts (K,): m_i^k for responsible classes, 0 elsewhere; S_i = len(clusters). penalty: the round's
     consensus terms (consensus_penalty); width: an upper bound on the batch's largest class (see pad_by_class).
     """
-    padded, batch_counts = pad_by_class(Z, labels, num_classes, width)
-    grams = padded.mT @ padded
+    grams, batch_counts = class_grams(Z, labels, num_classes, width)
     present = batch_counts > 0
     batch_sizes = batch_counts.clamp_min(1).to(Z.dtype)[:, None, None]
     own_grams = torch.where(

@@ -34,6 +34,10 @@ class ConsensusPenalty:
     quadratic: Tensor  # q_k, (K,)
     constant: Tensor  # c_k, (K,)
 
+    def __getitem__(self, node) -> ConsensusPenalty:
+        """The penalty of one node of a stack (or, with None, this penalty as a stack of one)."""
+        return ConsensusPenalty(self.linear[node], self.quadratic[node], self.constant[node])
+
 
 @dataclass(frozen=True)
 class NeighborSums:
@@ -152,7 +156,7 @@ class _PrimalDualObjective(torch.autograd.Function):
         sizes = counts.clamp_min(1)
         class_factor, class_info = identity_plus_cholesky(class_gram, d / (sizes * eps_sq))
         present = (counts > 0).to(counts.dtype)
-        inverse_sizes = present / sizes
+        inverse_sizes = present / sizes  # 1/m_k for classes in the batch, else 0
         projected = padded @ linear
         consensus = (
             inverse_sizes * (projected * padded).sum((-2, -1))
@@ -163,22 +167,19 @@ class _PrimalDualObjective(torch.autograd.Function):
         Rc = (counts / (2 * m) * logdet_of_factor(class_factor)).sum(-1)
         losses = gamma2 * Rc - gamma1 * R + consensus.sum(-1)
         failed = (info != 0).any() | (class_info != 0).any()
-        ctx.save_for_backward(Z, padded, factor, class_gram, class_factor, projected, counts, quadratic)
-        ctx.constants = (alpha, rows, class_rows, eps_sq, gamma1, gamma2)
+        ctx.save_for_backward(Z, padded, factor, class_gram, class_factor, projected, present, inverse_sizes, quadratic)
+        ctx.constants = (alpha, rows, class_rows, gamma1, gamma2)
         ctx.mark_non_differentiable(failed)
         return losses, failed
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_losses, _grad_failed):
-        Z, padded, factor, class_gram, class_factor, projected, counts, quadratic = ctx.saved_tensors
-        alpha, rows, class_rows, eps_sq, gamma1, gamma2 = ctx.constants
-        m, d = Z.shape[-2:]
+        Z, padded, factor, class_gram, class_factor, projected, present, inverse_sizes, quadratic = ctx.saved_tensors
+        alpha, rows, class_rows, gamma1, gamma2 = ctx.constants
         grad_Z = times_on_side(torch.cholesky_inverse(factor) * (-gamma1 * alpha * grad_losses)[:, None, None], Z, rows)
-        present = (counts > 0).to(counts.dtype)
-        inverse_sizes = present / counts.clamp_min(1)
         grad = grad_losses[:, None]
-        rate_weight = gamma2 * d / (m * eps_sq) * present * grad  # (m_k / m) alpha_k for present classes
+        rate_weight = gamma2 * alpha * present * grad  # (m_k / m) alpha_k = alpha for present classes
         class_matrix = (rate_weight[..., None, None] * torch.cholesky_inverse(class_factor)).add_(
             (4 * quadratic * inverse_sizes.pow(2) * grad)[..., None, None] * class_gram
         )
@@ -207,24 +208,18 @@ def primal_dual_loss_with_penalty(
     """
     stacked = Z.dim() == 3
     if not stacked:
-        Z, labels = Z[None], labels[None]
-        penalty = ConsensusPenalty(penalty.linear[None], penalty.quadratic[None], penalty.constant[None])
+        Z, labels, penalty = Z[None], labels[None], penalty[None]
     padded, counts = pad_by_class(Z, labels, num_classes, width)
-    losses, failed = _PrimalDualObjective.apply(
-        Z, padded, counts.to(Z.dtype), *_penalty_fields(penalty), eps_sq, gamma1, gamma2
-    )
+    fields = (penalty.linear.detach(), penalty.quadratic.detach(), penalty.constant.detach())
+    losses, failed = _PrimalDualObjective.apply(Z, padded, counts.to(Z.dtype), *fields, eps_sq, gamma1, gamma2)
     if failed:
         losses = torch.stack(
             [
-                _loss_with_fallback(Z[b], labels[b], num_classes, eps_sq, penalty, b, gamma1, gamma2, width)
+                _loss_with_fallback(Z[b], labels[b], num_classes, eps_sq, penalty[b], gamma1, gamma2, width)
                 for b in range(Z.shape[0])
             ]
         )
     return losses if stacked else losses[0]
-
-
-def _penalty_fields(penalty: ConsensusPenalty) -> tuple[Tensor, Tensor, Tensor]:
-    return penalty.linear.detach(), penalty.quadratic.detach(), penalty.constant.detach()
 
 
 def _loss_with_fallback(
@@ -233,7 +228,6 @@ def _loss_with_fallback(
     num_classes: int,
     eps_sq: float,
     penalty: ConsensusPenalty,
-    node: int,
     gamma1: float,
     gamma2: float,
     width: int | None,
@@ -241,8 +235,7 @@ def _loss_with_fallback(
     """One batch's loss through autograd and logdet_identity_plus, which takes the eigenvalue fallback for a
     Gram whose Cholesky factorisation fails."""
     R, Rc, batch = rate_terms(Z, labels, num_classes, eps_sq, width)
-    node_penalty = ConsensusPenalty(penalty.linear[node], penalty.quadratic[node], penalty.constant[node])
-    return -(gamma1 * R - gamma2 * Rc) + batch_consensus_terms(batch, node_penalty)
+    return -(gamma1 * R - gamma2 * Rc) + batch_consensus_terms(batch, penalty)
 
 
 def primal_dual_loss(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -124,9 +125,10 @@ def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int, width: int | None 
     return padded.reshape(*batch_shape, num_classes, width, d), counts.reshape(*batch_shape, num_classes)
 
 
-def class_grams(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-class Gram matrices Z_k^T Z_k (K, d, d) and class counts (K,)."""
-    padded, counts = pad_by_class(Z, labels, num_classes)
+def class_grams(Z: Tensor, labels: Tensor, num_classes: int, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Per-class Gram matrices Z_k^T Z_k (K, d, d) and class counts (K,), with any leading batch dimensions of
+    Z (..., m, d) and labels (..., m) kept. width: as for pad_by_class."""
+    padded, counts = pad_by_class(Z, labels, num_classes, width)
     return padded.mT @ padded, counts
 
 
@@ -134,6 +136,19 @@ def class_statistics(Z: Tensor, labels: Tensor, num_classes: int) -> tuple[Tenso
     """Semantic statistics V^k = Z_k^T Z_k / m_k (K, d, d), zero where m_k = 0, and the counts m_k (K,)."""
     grams, counts = class_grams(Z, labels, num_classes)
     return grams / counts.clamp_min(1)[:, None, None].to(grams.dtype), counts
+
+
+def class_statistics_of(passes: Iterable[tuple[Tensor, Tensor]], num_classes: int, width: int) -> tuple[Tensor, Tensor]:
+    """class_statistics accumulated over chunks (features (..., c, d), labels (..., c)), with any leading node
+    dimensions kept: V^k (..., K, d, d) and m^k as float32 (..., K). width: an upper bound on one class's samples
+    in the whole pass, so grouping reads nothing from the device."""
+    grams = counts = None
+    for features, labels in passes:
+        chunk_grams, chunk_counts = class_grams(features, labels, num_classes, min(labels.shape[-1], width))
+        grams = chunk_grams if grams is None else grams.add_(chunk_grams)
+        counts = chunk_counts if counts is None else counts.add_(chunk_counts)
+    statistics = grams / counts.clamp_min(1)[..., None, None].to(grams.dtype)
+    return statistics, counts.to(grams.dtype)
 
 
 def rates_from_class_grams(grams: Tensor, counts: Tensor, eps_sq: float) -> tuple[Tensor, Tensor]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
 from semdl.network import Node
+
+Batch = TypeVar("Batch")
 
 
 class Clock:
@@ -61,6 +63,24 @@ def timed(device: torch.device) -> Iterator[Clock]:
     clock.stop()
 
 
+def optimisation_steps(
+    batches: Iterable[Batch], batch_loss: Callable[[Batch], Tensor], optimizers: Sequence[torch.optim.Optimizer]
+) -> Tensor:
+    """One step of every optimizer on batch_loss(batch) (a loss, or one per node, summed for the gradient) for
+    each batch; returns the mean loss (a device tensor, no synchronisation)."""
+    total, steps = None, 0
+    for batch in batches:
+        loss = batch_loss(batch)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        total = loss.detach() if total is None else total + loss.detach()
+        steps += 1
+    return total / steps
+
+
 def optimise_locally(
     node: Node,
     local_epochs: int,
@@ -71,18 +91,9 @@ def optimise_locally(
     """`local_epochs` shuffled passes over the node's training samples, one optimizer step on
     batch_loss(features, labels) per mini-batch (also of `extra_optimizers`, for parameters the loss adds, such
     as a classification head); returns the mean loss (a device scalar, no synchronisation)."""
-    optimizers = [node.optimizer, *extra_optimizers]
     node.encoder.train()
-    total_loss = torch.zeros((), device=node.statistics.device)
-    steps = 0
-    for _ in range(local_epochs):
-        for batch in node.minibatches(batch_size):
-            loss = batch_loss(node.features(node.training_inputs(batch)), node.labels[batch])
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            total_loss += loss.detach()
-            steps += 1
-    return total_loss / steps
+    return optimisation_steps(
+        (batch for _ in range(local_epochs) for batch in node.minibatches(batch_size)),
+        lambda batch: batch_loss(node.features(node.training_inputs(batch)), node.labels[batch]),
+        [node.optimizer, *extra_optimizers],
+    )

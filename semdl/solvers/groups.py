@@ -18,8 +18,8 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from semdl.network import Node
-from semdl.network.node import class_statistics_of
-from semdl.solvers.common import NodeWork, timed
+from semdl.objectives.rates import class_statistics_of
+from semdl.solvers.common import NodeWork, optimisation_steps, timed
 
 GroupLoss = Callable[[Tensor, Tensor], Tensor]  # features (B, m, d), labels (B, m) -> each node's loss (B,)
 
@@ -65,20 +65,18 @@ class NodeGroup:
         """`local_epochs` shuffled passes over every node's training samples, one optimizer step per mini-batch on
         each node's loss; returns each node's mean loss (B,) (on the device, no synchronisation)."""
         self._set_mode(training=True)
-        totals = torch.zeros(len(self.nodes), device=self.statistics.device)
-        steps = 0
-        for _ in range(local_epochs):
-            for batches in zip(*(node.minibatches(batch_size) for node in self.nodes)):
-                features = self.features([node.training_inputs(batch) for node, batch in zip(self.nodes, batches)])
-                losses = loss(features, torch.stack([node.labels[batch] for node, batch in zip(self.nodes, batches)]))
-                for optimizer in self._optimizers():
-                    optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                for optimizer in self._optimizers():
-                    optimizer.step()
-                totals += losses.detach()
-                steps += 1
-        return totals / steps
+        return optimisation_steps(
+            (
+                batches
+                for _ in range(local_epochs)
+                for batches in zip(*(node.minibatches(batch_size) for node in self.nodes))
+            ),
+            lambda batches: loss(
+                self.features([node.training_inputs(batch) for node, batch in zip(self.nodes, batches)]),
+                torch.stack([node.labels[batch] for node, batch in zip(self.nodes, batches)]),
+            ),
+            self._optimizers(),
+        )
 
     @torch.no_grad()
     def local_features(self) -> list[tuple[list[Tensor], Tensor]]:
