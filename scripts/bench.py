@@ -40,13 +40,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from torch import Tensor
 
-from semdl.cli import CONF_DIR
+from semdl.cli import CONFIG_MODULE
 from semdl.config import validate
-from semdl.experiment import Network, build_network, resolve_device
+from semdl.pipeline.loop import run_round
+from semdl.pipeline.network import Network, build_network, resolve_device
 from semdl.network import Node
 from semdl.objectives import ClusterContext, cluster_block_loss, consensus_penalty, primal_dual_loss
 
@@ -209,7 +210,7 @@ def cuda_missing(device: str) -> bool:
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """The experiment's config as `semdl train` would compose it, validated."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
         cfg = compose(config_name="config", overrides=overrides)
     validate(cfg)
     return cfg
@@ -224,13 +225,7 @@ def scratch_network(cfg: DictConfig) -> Network:
 def round_step(cfg: DictConfig) -> tuple[Network, Callable[[], None]]:
     """The network of `cfg`, built by semdl.experiment.build_network as a run builds it, and a one-round step."""
     network = scratch_network(cfg)
-    inboxes = network.inboxes
-
-    def run_round() -> None:
-        nonlocal inboxes
-        _, inboxes = network.run_round(inboxes)
-
-    return network, run_round
+    return network, lambda: run_round(network)
 
 
 def trivial_loss(features: Tensor, labels: Tensor) -> Tensor:
@@ -259,10 +254,10 @@ def run_round_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = compose_config([*args.overrides, f"device={args.device}"])
     device = resolve_device(cfg.device).type
-    network, run_round = round_step(cfg)
+    network, step = round_step(cfg)
     nodes = network.nodes
     floor = encoder_floor(cfg)
-    round_s, floor_s = interleaved_medians([run_round, floor], args.warmup, args.rounds, device)
+    round_s, floor_s = interleaved_medians([step, floor], args.warmup, args.rounds, device)
     machine = machine_info(device, args.threads)
     print(", ".join(f"{key}={value}" for key, value in machine.items()))
     row = {
@@ -333,12 +328,12 @@ def run_scaling(args: argparse.Namespace) -> int:
     rows, steps = [], []
     for num_nodes in args.nodes:
         rss_before = peak_rss_mb()
-        network, run_round = round_step(scaling_config(num_nodes, args))
+        network, step = round_step(scaling_config(num_nodes, args))
         if device == "cuda":
             torch.cuda.synchronize()
             allocated = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        run_round()
+        step()
         rows.append(
             {
                 "N": num_nodes,
@@ -348,7 +343,7 @@ def run_scaling(args: argparse.Namespace) -> int:
                 "rss_growth_mb": peak_rss_mb() - rss_before,
             }
         )
-        steps.append(run_round)
+        steps.append(step)
     for row, round_s in zip(rows, interleaved_medians(steps, 1, args.rounds, device)):
         row["round_s"] = round_s
         row["round_s_per_node"] = round_s / row["N"]

@@ -12,22 +12,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from semdl.config import Config, validate
 from semdl.errors import UserError
 from semdl.io import load_checkpoint
-from semdl.network import InProcessCommunicator, Node
+from semdl.network import Node
 
 if TYPE_CHECKING:
-    from semdl.experiment import Network
-    from semdl.solvers.fedavg import Federation
+    from semdl.pipeline.network import Network
 
 log = logging.getLogger("semdl")
 
-CHECKPOINT_KEYS = ("round", "config", "bytes_sent", "generators", "nodes")
-# What a resumed run may change: its length, its evaluation, and how often it checkpoints.
-RESUMABLE_KEYS = ("train.rounds", "train.checkpoint_every", "eval.", "comm", "device")
+CHECKPOINT_KEYS = ("round", "config", "bytes_sent", "generators", "nodes", "solver")
 
 
 def generator_states() -> dict:
@@ -76,13 +71,11 @@ def _to_cpu(value):
 
 def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict | None:
     """Everything of every node, in the per-node layout whatever groups or ranks ran it, the byte counters, the
-    weight-averaging heads and every random generator; on the CPU. A distributed run gathers the nodes' states
-    to rank 0 (every rank must call this); other ranks get None. Encoder tensors, statistics and duals are
-    copied out of their group's stacked storage, which would otherwise be saved whole with each view."""
+    solver's own state and every random generator; on the CPU. A distributed run gathers the nodes' states to
+    rank 0 (every rank must call this); other ranks get None. Encoder tensors, statistics and duals are copied
+    out of their group's stacked storage, which would otherwise be saved whole with each view."""
     for group in network.groups:
         group.sync_optimizers()
-    federation = network.federation
-    heads = federation.heads if federation is not None and federation.heads is not None else []
     nodes = network.communicator.gather_objects(
         [
             _to_cpu(
@@ -100,11 +93,8 @@ def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dic
             for node in network.nodes
         ]
     )
-    head_states = network.communicator.gather_objects(
-        [
-            _to_cpu({"head": head.state_dict(), "optimizer": optimizer.state_dict()})
-            for head, optimizer in zip(heads, federation.head_optimizers if heads else [])
-        ]
+    solver_states = network.communicator.gather_objects(
+        [_to_cpu(item) for item in network.solver.state_dict(network).items()]
     )
     if nodes is None:
         return None
@@ -114,7 +104,7 @@ def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dic
         "bytes_sent": list(network.communicator.bytes_sent),
         "generators": generator_states(),
         "nodes": nodes,
-        "heads": head_states,
+        "solver": dict(solver_states),
     }
 
 
@@ -154,21 +144,10 @@ def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> 
         node.generator.set_state(saved["generator"])
 
 
-def restore_network_state(
-    checkpoint: dict,
-    nodes: list[Node],
-    communicator: InProcessCommunicator,
-    federation: Federation | None,
-    device: torch.device,
-) -> None:
-    """Put a checkpoint's per-node state, byte counters and heads into freshly built nodes (before grouping)."""
-    restore_nodes(checkpoint, nodes, device)
-    communicator.bytes_sent = list(checkpoint["bytes_sent"])
-    if federation is not None and federation.heads is not None:
-        for node, head, optimizer in zip(nodes, federation.heads, federation.head_optimizers):
-            saved = checkpoint["heads"][node.index]
-            head.load_state_dict(saved["head"])
-            optimizer.load_state_dict(saved["optimizer"])
+def restore_network(checkpoint: dict, network: Network) -> None:
+    """Put a checkpoint's per-node state and byte counters into a freshly built network (before grouping)."""
+    restore_nodes(checkpoint, network.nodes, network.nodes[0].statistics.device)
+    network.communicator.bytes_sent = list(checkpoint["bytes_sent"])
 
 
 def saved_partition(run_dir: Path) -> list[np.ndarray]:
@@ -193,57 +172,3 @@ def _flat(container: dict, prefix: str = "") -> dict:
 def changed_keys(before: dict, after: dict) -> list[str]:
     old, new = _flat(before), _flat(after)
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-
-
-def load_resumable(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict]:
-    """The config to continue `run_dir` with (its checkpoint's, plus allowed overrides) and the checkpoint.
-
-    Refuses, with one line each: a missing directory or one that is not a semdl run, a checkpoint from another
-    experiment than the run's own config, an override outside RESUMABLE_KEYS, a run already finished.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"resume={run_dir}: no such directory")
-    missing = [name for name in ("partition.json", "metrics.jsonl", "checkpoints") if not (run_dir / name).exists()]
-    if missing:
-        raise UserError(f"resume={run_dir} is not a semdl run directory: {', '.join(missing)} missing")
-    checkpoint = read_checkpoint(run_dir)
-    saved = checkpoint["config"]
-    own_config = run_dir / ".hydra" / "config.yaml"
-    if own_config.is_file():
-        own = OmegaConf.to_container(OmegaConf.load(own_config), resolve=True)
-        foreign = [key for key in changed_keys(own, saved) if not key.startswith(RESUMABLE_KEYS)]
-        if foreign:
-            raise UserError(
-                f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
-                f"({', '.join(foreign[:3])} differ from .hydra/config.yaml)"
-            )
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as error:
-        raise UserError(f"cannot apply {' '.join(overrides)} to {run_dir}: {str(error).splitlines()[0]}") from None
-    refused = [key for key in changed_keys(saved, OmegaConf.to_container(cfg)) if not key.startswith(RESUMABLE_KEYS)]
-    if refused:
-        raise UserError(
-            f"resume cannot change {', '.join(refused)}: a resumed run continues the same experiment; only "
-            f"train.rounds, train.checkpoint_every, eval.*, comm* and device may change"
-        )
-    validate(cfg)
-    partition = json.loads((run_dir / "partition.json").read_text())
-    if (partition.get("num_nodes"), partition.get("seed"), partition.get("scheme")) != (
-        cfg.nodes,
-        cfg.seed,
-        cfg.partition.name,
-    ):
-        raise UserError(
-            f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
-            f"(nodes, seed or partition differ from partition.json)"
-        )
-    done = checkpoint["round"]
-    if done > cfg.train.rounds:
-        raise UserError(f"{run_dir} is checkpointed at round {done}; train.rounds={cfg.train.rounds} cannot go back")
-    if done == cfg.train.rounds and (run_dir / "summary.json").is_file():
-        raise UserError(
-            f"{run_dir} already finished its {done} rounds; resume with train.rounds=N > {done} to continue it"
-        )
-    return cfg, checkpoint

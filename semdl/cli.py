@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from semdl.config import register_schema, validate
+from semdl.config import register_schema, registries, validate
 from semdl.data import input_shape
 from semdl.errors import UserError
 from semdl.models import architectures, check_input_shape
-from semdl.network import build_topology
+from semdl.network import topology_of
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS = {
     "train": "run one experiment, or a sweep with -m (Hydra overrides follow)",
     "partition": "print the node x class count table and save partition.json and its figure, without training",
@@ -39,18 +42,21 @@ def fail(message: str) -> NoReturn:
 
 
 def config_groups() -> dict[str, list[str]]:
-    return {
-        group.name: sorted(option.stem for option in group.glob("*.yaml"))
-        for group in sorted(CONF_DIR.iterdir())
-        if group.is_dir()
-    }
+    """Every config group's options: the registered ones and the presets shipped as YAML files."""
+    groups = {name: registry.names() for name, registry in registries().items() if name != "classifier"}
+    for folder in sorted(CONF_DIR.iterdir()):
+        if folder.is_dir() and not folder.name.startswith("_"):
+            presets = [option.stem for option in sorted(folder.glob("*.yaml"))]
+            groups[folder.name] = [*groups.get(folder.name, []), *presets]
+    return groups
 
 
 def usage() -> str:
     lines = ["usage: semdl <command> [overrides...]", "", "commands:"]
     lines += [f"  {name:<10}{text}" for name, text in COMMANDS.items()]
     lines += ["", "config groups (choose with group=option):"]
-    lines += [f"  {group:<10}{', '.join(options)}" for group, options in config_groups().items()]
+    lines += [f"  {group:<11}{', '.join(options)}" for group, options in config_groups().items()]
+    lines += [f"  {'(eval.classifiers)':<11}{', '.join(registries()['classifier'].names())}"]
     lines += ["", "`semdl train --help` lists every key and its default."]
     return "\n".join(lines)
 
@@ -67,26 +73,57 @@ def _one_line(error: Exception) -> str:
     return "; ".join(line for line in lines if "HYDRA_FULL_ERROR" not in line and not line.startswith("object_type"))
 
 
-def check_overrides(overrides: list[str], multirun: bool) -> None:
-    """Compose and validate the config of every job before any runs, so a bad sweep fails at once."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists of every job a command line starts: one, or the cartesian product of a -m sweep's
+    values (choice, range, a,b,c), in Hydra's basic sweeper's order."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    values = [
+        [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+        if override.is_sweep_override()
+        else [override.input_line]
+        for override in parsed
+    ]
+    return [list(job) for job in itertools.product(*values)]
 
+
+def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> None:
+    """Compose and validate the config of every job before any runs, so a bad sweep fails at once."""
+    search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
-            parsed = OverridesParser.create().parse_overrides(overrides)
-            jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
-            for job in jobs:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
+            for job in sweep_jobs(overrides, multirun):
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
-                cfg = compose(config_name="config", overrides=own)
+                paths = [item for item in job if item.startswith("hydra.searchpath")] or search
+                try:
+                    cfg = compose(config_name="config", overrides=paths + own)
+                except ConfigCompositionException as error:
+                    raise UserError(_not_a_key(error, paths + own) or _one_line(error)) from None
                 validate(cfg)
-                build_topology(cfg.topology.name, cfg.nodes, cfg.seed, cfg.topology.p, cfg.topology.path)
+                topology_of(cfg)
                 for architecture in set(architectures(cfg.model, cfg.nodes)):
                     check_input_shape(architecture, input_shape(cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str | None:
+    """`solver=local solver.rho=3`: say which keys the chosen option has, instead of Hydra's "Could not override"."""
+    text = str(error)
+    if not text.startswith("Could not override '"):
+        return None
+    key = text.split("'")[1]
+    group = key.split(".")[0]
+    if group not in registries() or key.count(".") != 1:
+        return None
+    others = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") != key]
+    options = compose(config_name="config", overrides=others)[group]
+    keys = registries()[group].keys(options)
+    return f"{key} is not a key of {group}={options.name}; its keys are: {', '.join(keys)}"
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def train_job(cfg: DictConfig) -> None:
     from semdl.experiment import run_experiment
 
@@ -194,7 +231,7 @@ def evaluate_run(arguments: list[str]) -> None:
     print(accuracy_lines(headline(evaluation)["accuracy"]))
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def partition_job(cfg: DictConfig) -> None:
     from semdl.experiment import partition_dataset
 
@@ -221,15 +258,31 @@ def count_table(counts) -> str:
     return "\n".join([header, *rows, footer])
 
 
+def hydra_arguments(arguments: list[str]) -> argparse.Namespace:
+    """The parts of a Hydra command line semdl needs before Hydra runs: informational flags, -m, --config-dir
+    and the overrides (Hydra parses the same line again itself)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--resolve",), ("--multirun", "-m")):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--info", "-i")):
+        parser.add_argument(*flags, nargs="?", const=True)
+    for flags in (("--config-dir", "-cd"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--shell-completion", "-sc")):
+        parser.add_argument(*flags)
+    parser.add_argument("--experimental-rerun")
+    parser.add_argument("overrides", nargs="*")
+    parsed, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        fail(f"unknown option {unknown[0]}; see semdl train --help")
+    return parsed
+
+
 def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     """Validate every job's config first (one line and exit 2 on a mistake), then let Hydra run `job`."""
-    from hydra._internal.utils import get_args_parser
-
-    parsed = get_args_parser().parse_args(arguments)
+    parsed = hydra_arguments(arguments)
     informational = parsed.help or parsed.hydra_help or parsed.info or parsed.cfg or parsed.shell_completion
     if not informational:
         try:
-            check_overrides(parsed.overrides, parsed.multirun)
+            check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
         except UserError as error:
             fail(str(error))
     from semdl.network.distributed import launched_by_torchrun, process_rank
@@ -271,8 +324,6 @@ def table(arguments: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
-    if not CONF_DIR.is_dir():
-        fail(f"semdl's configs are missing ({CONF_DIR}); install semdl from its source tree with `pip install -e .`")
     if not arguments or arguments[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if arguments else 2)

@@ -3,10 +3,10 @@
 import os
 import sys
 
-import semdl.experiment
 from semdl.cli import main
+from semdl.solvers.primal_dual import PrimalDual
 
-original_round = semdl.experiment.primal_dual_round
+original_round = PrimalDual.round
 rounds = []
 
 
@@ -17,5 +17,5 @@ def failing_round(*arguments, **keywords):
     return original_round(*arguments, **keywords)
 
 
-semdl.experiment.primal_dual_round = failing_round
+PrimalDual.round = failing_round
 main(sys.argv[1:])

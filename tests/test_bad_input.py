@@ -75,7 +75,7 @@ CASES = [
     (["train", "data=mnist", "data.download=false", "data.root={world}/empty"], "mnist is not available under"),
     (["train", "data=mnist", "data.download=false", "data.root={world}/corrupt"], "is corrupt or truncated"),
     # train resume=
-    (["train", "resume={world}/missing"], "resume={world}/missing: no such directory"),
+    (["train", "resume={world}/missing"], "resume: {world}/missing: no such run directory"),
     (["train", "resume={world}/empty"], "is not a semdl run directory: partition.json, metrics.jsonl, checkpoints"),
     (["train", "resume={world}/done", "solver.rho=1", "train.rounds=5"], "resume cannot change solver.rho"),
     (["train", "resume={world}/done"], "already finished its 2 rounds; resume with train.rounds=N > 2"),
@@ -85,8 +85,8 @@ CASES = [
     # eval
     (["eval"], "semdl eval needs a run directory"),
     (["eval", "{world}/missing"], "no such run directory"),
-    (["eval", "{world}/empty"], "is not a semdl run: partition.json, checkpoints missing"),
-    (["eval", "{world}/done", "solver.rho=1"], "semdl eval takes only eval.* and device= overrides"),
+    (["eval", "{world}/empty"], "is not a semdl run directory: partition.json, metrics.jsonl, checkpoints missing"),
+    (["eval", "{world}/done", "solver.rho=1"], "semdl eval cannot change solver.rho"),
     (["eval", "{world}/done", "eval.knn_k=0"], "eval.knn_k=0 is out of range"),
     (["eval", "{world}/broken"], "no usable checkpoint in"),
     # table

@@ -34,6 +34,7 @@ def run(tmp_path, config, solver, *extra):
     )
 
 
+@pytest.mark.integration  # 8-round training runs
 @pytest.mark.parametrize("solver", ["centralized", "local", "fedavg_mcr2", "fedavg_ce"])
 def test_every_baseline_learns(tmp_path, small_synthetic_config, solver):
     summary, _, _ = run(tmp_path, small_synthetic_config, solver)
@@ -41,6 +42,7 @@ def test_every_baseline_learns(tmp_path, small_synthetic_config, solver):
     assert len(summary["nodes"]) == (1 if solver == "centralized" else 4)
 
 
+@pytest.mark.integration  # two 8-round training runs
 def test_centralized_beats_local_on_a_non_iid_split(tmp_path, small_synthetic_config):
     split = ["partition=label_split", "partition.classes_per_node=2"]
     _, centralized, _ = run(tmp_path / "centralized", small_synthetic_config, "centralized", *split)
@@ -48,21 +50,24 @@ def test_centralized_beats_local_on_a_non_iid_split(tmp_path, small_synthetic_co
     assert centralized[-1]["dR"] > local[-1]["dR"] + 1.0
 
 
+@pytest.mark.integration  # 8-round training runs
 @pytest.mark.parametrize(
-    "solver, aggregation, per_node_bytes",
+    "solver, options, per_node_bytes",
     [
-        ("fedavg_mcr2", "server", [ENCODER_BYTES] * 4),
-        ("fedavg_ce", "server", [ENCODER_BYTES + HEAD_BYTES] * 4),
-        ("fedavg_mcr2", "gossip", [2 * ENCODER_BYTES, 3 * ENCODER_BYTES, 1 * ENCODER_BYTES, 2 * ENCODER_BYTES]),
-        ("local", "server", [0] * 4),
+        ("fedavg_mcr2", ["solver.aggregation=server"], [ENCODER_BYTES] * 4),
+        ("fedavg_ce", ["solver.aggregation=server"], [ENCODER_BYTES + HEAD_BYTES] * 4),
+        (
+            "fedavg_mcr2",
+            ["solver.aggregation=gossip"],
+            [2 * ENCODER_BYTES, 3 * ENCODER_BYTES, 1 * ENCODER_BYTES, 2 * ENCODER_BYTES],
+        ),
+        ("local", [], [0] * 4),
     ],
 )
-def test_bytes_sent_equal_their_closed_form(tmp_path, small_synthetic_config, solver, aggregation, per_node_bytes):
+def test_bytes_sent_equal_their_closed_form(tmp_path, small_synthetic_config, solver, options, per_node_bytes):
     topology = ["topology=file", f"topology.path={tmp_path / 'graph.txt'}"]
     (tmp_path / "graph.txt").write_text("0 1 0 1\n1 0 1 1\n0 1 0 0\n1 1 0 0\n")
-    summary, network, nodes = run(
-        tmp_path / "run", small_synthetic_config, solver, f"solver.aggregation={aggregation}", *topology
-    )
+    summary, network, nodes = run(tmp_path / "run", small_synthetic_config, solver, *options, *topology)
     assert [row["bytes_sent"] for row in nodes if row["round"] == ROUNDS] == per_node_bytes
     assert summary["total_bytes_sent"] == ROUNDS * sum(per_node_bytes)
     assert summary["nodes"][0]["weight_bytes"] == 4 * (24 * 64 + 2 * 64 + 64 * 16 + 16)  # parameters only
@@ -70,6 +75,8 @@ def test_bytes_sent_equal_their_closed_form(tmp_path, small_synthetic_config, so
 
 def test_mixing_matrix_is_count_weighted_and_follows_the_topology():
     neighbors = [[1], [0, 2], [1]]
+    # float32 weights of a few operations each (counts / sum, 1 / degree): within a few u (~1e-7) of the float32
+    # expected values, far inside allclose's default rtol 1e-5
     server = mixing_matrix(neighbors, [10, 30, 60], "server", torch.device("cpu"))
     assert torch.allclose(server, torch.tensor([[0.1, 0.3, 0.6]] * 3))
     gossip = mixing_matrix(neighbors, [10, 30, 60], "gossip", torch.device("cpu"))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.integration  # scripts/bench.py in subprocesses
+
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 TINY_EXPERIMENT = [
     "data=synthetic",

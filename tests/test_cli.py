@@ -11,6 +11,8 @@ from conftest import SMALL_SYNTHETIC
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
 
+pytestmark = pytest.mark.integration  # every test starts `semdl` in a subprocess
+
 
 def semdl(*arguments, cwd):
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
@@ -107,7 +109,10 @@ def test_help_lists_commands_and_config_groups(tmp_path):
         (["device=tpu"], "device='tpu' is not allowed"),
         (["+foo=1"], "unknown key foo"),
         (["model=resnet18", "data=synthetic"], "encoder resnet18 needs square images of 1 or 3 channels"),
-        (["model.per_node=[mlp,mlp,lenet,mlp,vgg13]"], "model.per_node entry='vgg13' is not allowed"),
+        (["model.per_node=[mlp,mlp,lenet,mlp,vgg13]"], "unknown encoder 'vgg13' in model.per_node; choose one of: mlp"),
+        (["solver=local", "solver.rho=3"], "solver.rho is not a key of solver=local; its keys are: name, gamma1, gamma2"),
+        (["solver=local", "+solver.rho=3"], "solver.rho is not a key of solver=local; its keys are: name, gamma1"),
+        (["solver=fedavg_ce", "solver.gamma1=2"], "solver.gamma1 is not a key of solver=fedavg_ce"),
         (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
         (["topology=file"], "topology=file needs topology.path"),
         (["train.amp=fast"], "train.amp='fast' is not allowed; choose one of: auto, on, off"),

@@ -1,7 +1,10 @@
+import math
+
 import matplotlib.image
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import gamma32
 
 from semdl.eval.diagnostics import (
     class_spectra,
@@ -36,6 +39,41 @@ def subspace_samples(basis: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return F.normalize(coefficients @ basis.T, dim=-1)
 
 
+# float32 error bounds (gamma32 and the rounding model: tests/conftest.py). Rows normalised in float32 have
+# | |z|^2 - 1 | <= gamma_{d+6} (the norm: d squares summed, a square root; the division, or a reciprocal and a
+# product: 2 roundings per entry, squared).
+
+
+def eigenvalue_error_bound(Z: torch.Tensor) -> float:
+    """|computed - exact| for every eigenvalue of V = Z^T Z / m (Z: the float32 points, m x d) computed in float32 and
+    taken by eigvalsh: forming V errs by gamma_{m+1} |Z|^T |Z| / m, at most gamma_{m+1} ||Z||_F^2 / m in 2-norm; the
+    symmetric eigensolver (Householder tridiagonalisation and QR) is backward stable with error c d^2 u ||V||_2
+    (Higham 2002, sections 19.3 and 19.6; here c = 1); Weyl's inequality turns both into eigenvalue errors."""
+    Z = Z.to(torch.float64)
+    m, d = Z.shape
+    V = Z.T @ Z / m
+    return gamma32(m + 1) * float(Z.square().sum()) / m + gamma32(d * d) * float(torch.linalg.matrix_norm(V, 2))
+
+
+def angle_error_bound(basis_a: torch.Tensor, basis_b: torch.Tensor) -> float:
+    """Bound in degrees on every principal angle computed in float32 between two float32 bases of one subspace
+    (0 exactly): each basis departs from orthonormality by eta = ||B^T B - I||_2 (measured here in float64), which
+    moves the cosines by at most (eta_a + eta_b) / 2; B_a^T B_b errs by gamma_d |B_a|^T |B_b| and svdvals by
+    gamma_{r^2} ||B_a^T B_b||_2 (as eigenvalue_error_bound). A cosine 1 - delta is an angle arccos(1 - delta)
+    ~ sqrt(2 delta): the ill-conditioning of arccos near 1 is what the bound reflects."""
+    a, b = basis_a.to(torch.float64), basis_b.to(torch.float64)
+    d, r = a.shape
+
+    def departure(basis):
+        return float(torch.linalg.matrix_norm(basis.T @ basis - torch.eye(basis.shape[1], dtype=torch.float64), 2))
+
+    product = a.T @ b
+    delta = (departure(a) + departure(b)) / 2
+    delta += gamma32(d) * float(torch.linalg.matrix_norm(a.abs().T @ b.abs(), 2))
+    delta += gamma32(r * r) * float(torch.linalg.matrix_norm(product, 2))
+    return math.degrees(math.acos(max(1.0 - delta, -1.0)))
+
+
 def block_bases(num_classes: int, d: int, r: int) -> torch.Tensor:
     """Class k spans coordinates [k r, (k + 1) r): (K, d, r), mutually orthogonal."""
     return torch.eye(d)[:, : num_classes * r].reshape(d, num_classes, r).permute(1, 0, 2).contiguous()
@@ -51,7 +89,13 @@ def test_effective_rank_of_isotropic_features_is_the_subspace_dimension(r):
 def test_collapsed_class_has_effective_rank_one_and_all_zero_spectrum_has_zero():
     features = F.normalize(torch.randn(1, 16, generator=seeded(0)), dim=-1).expand(200, 16)
     spectra = class_spectra(features, torch.zeros(200, dtype=torch.long), 1)
-    assert float(effective_rank(spectra)[0]) == pytest.approx(1.0, abs=1e-3)
+    # V = u u^T: eigenvalues 1 and d - 1 zeros, each computed within delta (eigenvalue_error_bound). The shares
+    # p = lambda / sum lambda then hold at most (d - 1) delta outside the first, so the entropy is at most
+    # (d - 1) h(delta) + h(1 - (d - 1) delta), h(p) = -p log p, and exp(entropy) - 1 bounds the deviation from 1.
+    delta = eigenvalue_error_bound(features)
+    entropy = 15 * -delta * math.log(delta) - (1 - 15 * delta) * math.log(1 - 15 * delta)
+    assert float(effective_rank(spectra)[0]) == pytest.approx(1.0, abs=math.expm1(entropy))
+    assert math.expm1(entropy) < 1e-2  # well below rank 2
     assert float(effective_rank(torch.zeros(3, 16))[1]) == 0.0
 
 
@@ -78,12 +122,22 @@ def test_class_spectra_are_normalised_svdvals_and_zero_for_absent_classes():
 
 
 def test_class_spectra_match_svdvals_in_float32_for_well_conditioned_classes():
+    """float32 spectra against the float64 singular values of the same float32 points, within the bound that
+    follows from their conditioning: s_i = sqrt(lambda_i / T), T = sum lambda, with every lambda_i within delta
+    (eigenvalue_error_bound), moves by at most delta / (2 s_i T) + s_i (d delta + gamma_d T) / (2 T) + gamma_2 s_i.
+    The smallest s_i (~0.19 here: well conditioned) sets it; a rank-deficient class would not have such a bound."""
     features = F.normalize(torch.randn(600, 16, generator=seeded(5)), dim=-1)
     labels = torch.arange(600) % 3
     spectra = class_spectra(features, labels, 3)
     for label in range(3):
-        singular_values = torch.linalg.svdvals(features[labels == label])
-        assert torch.allclose(spectra[label], singular_values / singular_values.norm(), atol=1e-4)
+        points = features[labels == label].to(torch.float64)
+        singular_values = torch.linalg.svdvals(points)
+        expected = singular_values / singular_values.norm()
+        delta, total, d = eigenvalue_error_bound(points), float(points.square().sum()) / points.shape[0], 16
+        bound = delta / (2 * expected * total) + expected * (d * delta + gamma32(d) * total) / (2 * total)
+        bound += gamma32(2) * expected
+        assert float(expected.min()) > 0.1 and float(bound.max()) < 1e-3
+        assert ((spectra[label].to(torch.float64) - expected).abs() <= bound).all()
 
 
 def test_class_subspace_angles_are_zero_for_identical_and_ninety_for_orthogonal():
@@ -91,10 +145,14 @@ def test_class_subspace_angles_are_zero_for_identical_and_ninety_for_orthogonal(
     angles = class_subspace_angles(bases)
     off_diagonal = ~torch.eye(4, dtype=torch.bool)
     assert torch.equal(angles.diagonal(), torch.zeros(4))
+    # 0/1 bases: every cosine is exactly 0, so 90 degrees up to the few ulps of arccos and rad2deg (<< rtol 1e-5)
     assert torch.allclose(angles[off_diagonal], torch.full((12,), 90.0))
     rotated = random_basis(16, 16, seed=6) @ bases
-    duplicated = class_subspace_angles(torch.stack([rotated[0], rotated[0] @ random_basis(3, 3, seed=7)]))
-    assert float(duplicated[0, 1]) == pytest.approx(0.0, abs=0.1)
+    twin = rotated[0] @ random_basis(3, 3, seed=7)
+    duplicated = class_subspace_angles(torch.stack([rotated[0], twin]))
+    bound = angle_error_bound(rotated[0], twin)  # ~0.15 degrees: arccos is ill-conditioned at cosine 1
+    assert bound < 1.0
+    assert float(duplicated[0, 1]) == pytest.approx(0.0, abs=bound)
 
 
 def test_cross_node_angles_zero_for_shared_bases_and_ninety_for_rotated_blocks():
@@ -102,7 +160,8 @@ def test_cross_node_angles_zero_for_shared_bases_and_ninety_for_rotated_blocks()
     bases = block_bases(num_classes, d, r)
     shared = cross_node_angles(torch.stack([bases, bases]))
     assert shared.shape == (num_classes, 2, 2)
-    assert torch.allclose(shared, torch.zeros_like(shared), atol=0.1)
+    # 0/1 bases: B^T B = I (exactly, in fact); angle_error_bound's general bound is ~0.1 degrees
+    assert torch.allclose(shared, torch.zeros_like(shared), atol=angle_error_bound(bases[0], bases[0]))
     # Node 1 uses the coordinate blocks K..2K-1, orthogonal to every block of node 0.
     rotated = torch.eye(d).roll(num_classes * r, dims=0) @ bases
     apart = cross_node_angles(torch.stack([bases, rotated]))
@@ -157,8 +216,11 @@ def test_similarity_matrix_is_sorted_symmetric_unit_diagonal_and_block_diagonal(
     shuffle = torch.randperm(labels.shape[0], generator=seeded(11))
     similarity, sorted_labels = similarity_matrix(features[shuffle], labels[shuffle], max_samples_per_class=50)
     assert torch.equal(sorted_labels, torch.cat([torch.full((min(n, 50),), k) for k, n in enumerate(counts)]))
-    assert torch.allclose(similarity, similarity.T)
-    assert torch.allclose(similarity.diagonal(), torch.ones(similarity.shape[0]), atol=1e-5)
+    # |S S^T| in float32: entries (i, j) and (j, i) may sum their d products in different orders, each within
+    # gamma_d |s_i|^T |s_j| <= gamma_d (1 + gamma_{d+6}) of the exact value; the diagonal is |s_i|^2, within
+    # gamma_{d+6} of 1 before the product and gamma_d after. Blocks of different classes are exactly 0 (0/1 bases).
+    assert torch.allclose(similarity, similarity.T, rtol=0, atol=2 * gamma32(2 * d + 6))
+    assert torch.allclose(similarity.diagonal(), torch.ones(similarity.shape[0]), rtol=0, atol=gamma32(2 * d + 7))
     same_class = sorted_labels[:, None] == sorted_labels[None, :]
     assert float(similarity[~same_class].max()) < 1e-5
     assert float(similarity[same_class].mean()) > 0.5

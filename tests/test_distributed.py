@@ -17,6 +17,8 @@ import torch
 from conftest import SMALL_SYNTHETIC
 from semdl.io import read_metrics
 
+pytestmark = pytest.mark.integration  # torchrun and `semdl` subprocesses
+
 HERE = Path(__file__).resolve().parent
 LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
 EXPERIMENTS = {
@@ -59,7 +61,10 @@ def torchrun(
 
 
 def assert_same_numbers(actual, expected, path="") -> None:
-    """Equal structure; floats within 1e-5 relative (float reduction order), everything else exactly."""
+    """Equal structure; floats within 1e-5 relative (float reduction order), everything else exactly.
+
+    The two launches differ only in the order of the float32 sums across ranks (each within gamma_N of the exact
+    sum), carried through a few rounds of training: 1e-5 is an estimate of that amplification, not a bound."""
     if isinstance(expected, dict):
         assert actual.keys() == expected.keys(), path
         for key in expected:

@@ -4,11 +4,14 @@ import json
 
 import pytest
 import torch
+from conftest import gamma32
 
 from semdl.experiment import run_experiment
 from semdl.io import read_metrics
 
 ROUNDS = 25
+
+pytestmark = pytest.mark.integration  # whole training runs (25 rounds, and three short runs)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,9 @@ def test_metrics_rows_per_node_and_network(finished_run):
     for row in network:
         node_rows = [r for r in rows if r["round"] == row["round"] and isinstance(r["node"], int)]
         assert row["consensus_residual"] == max(r["consensus_residual"] for r in node_rows)
-        assert row["dR"] == pytest.approx(row["R"] - row["Rc"], rel=1e-5)
+        # dR = gamma1 R - gamma2 Rc (gammas 1) of the same float32 R and Rc: within gamma_2 (|R| + |Rc|), however
+        # much R and Rc cancel
+        assert abs(row["dR"] - (row["R"] - row["Rc"])) <= gamma32(2) * (abs(row["R"]) + abs(row["Rc"]))
 
 
 def test_solver_learns_and_reaches_consensus(finished_run):
@@ -96,7 +101,10 @@ def test_checkpoint_holds_every_node_state(finished_run):
     assert {"encoder", "optimizer", "statistics", "counts", "dual", "generator"} <= node.keys()
     assert node["statistics"].shape == (4, 16, 16)
     traces = node["statistics"].diagonal(dim1=-2, dim2=-1).sum(-1)
-    assert torch.allclose(traces, torch.ones(4), atol=1e-5)
+    # trace V^k = mean |z|^2 = 1 for unit features; in float32 |z|^2 is within gamma_{d+6} of 1 (normalisation),
+    # the diagonal of V^k sums m_k squares and divides (gamma_{m_k+1}), the trace sums d of them (gamma_{d-1})
+    d, largest_class = node["statistics"].shape[-1], int(node["counts"].max())
+    assert torch.allclose(traces, torch.ones(4), rtol=0, atol=gamma32(largest_class + 2 * d + 6))
 
 
 def test_same_seed_same_metrics(tmp_path, small_synthetic_config):

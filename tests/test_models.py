@@ -19,13 +19,21 @@ def parameter_count(module):
     return sum(parameter.numel() for parameter in module.parameters())
 
 
+def encoder_names():
+    """Every encoder; the deep ones (ResNet, VGG: seconds per case on 2 cores) in the integration tier."""
+    deep = pytest.mark.integration
+    return [pytest.param(name, marks=deep) if name.startswith(("resnet", "vgg")) else name for name in ENCODERS.names()]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape)))
-@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("name", encoder_names())
 def test_encoder_outputs_unit_features_with_gradients(name, shape):
     encoder = build_encoder(name, shape, DIM_Z, MLP_CFG, seed=0)
     inputs = torch.randn(4, *shape)
     features = encoder(inputs)
     assert features.shape == (4, DIM_Z)
+    # normalised in float32: | |z|^2 - 1 | <= gamma_{d+6} (see test_diagnostics), and the norm itself adds
+    # gamma_{d/2+1}: < 2e-6 for d = 16, so 1e-5 holds on any machine
     assert torch.allclose(features.norm(dim=1), torch.ones(4), atol=1e-5)
     features[:, 0].sum().backward()
     assert all(parameter.grad is not None for parameter in encoder.parameters())
@@ -33,7 +41,9 @@ def test_encoder_outputs_unit_features_with_gradients(name, shape):
     with torch.no_grad():
         first, second, alone = encoder(inputs), encoder(inputs), encoder(inputs[:1])
     assert torch.equal(first, second)
-    assert torch.allclose(alone[0], first[0], atol=1e-5)  # eval mode: no dependence on the rest of the batch
+    # eval mode: no dependence on the rest of the batch. A batch of 1 may take other kernels (blocking, Winograd) than
+    # a batch of 4; 1e-5 on unit features is an estimate, not a bound from conditioning
+    assert torch.allclose(alone[0], first[0], atol=1e-5)
 
 
 def test_same_seed_same_weights():
@@ -56,6 +66,7 @@ def test_resnet_is_torchvision_backbone_plus_head(depth, channels):
     assert parameter_count(build_encoder(f"resnet{depth}", (channels, 32, 32), DIM_Z, MLP_CFG, 0)) == expected
 
 
+@pytest.mark.integration  # builds torchvision's VGG (~130M parameters)
 @pytest.mark.parametrize("depth", [11, 16])
 def test_vgg_is_torchvision_backbone_plus_head(depth):
     reference = getattr(torchvision.models, f"vgg{depth}_bn")()
@@ -86,6 +97,7 @@ def test_encoder_rejects_an_input_it_cannot_take(name, shape):
         build_encoder(name, shape, DIM_Z, MLP_CFG, 0)
 
 
+@pytest.mark.integration  # a 20-round training run
 def test_heterogeneous_nodes_reach_consensus(tmp_path, small_synthetic_config):
     cfg = small_synthetic_config(
         "data.ambient_dim=64",

@@ -12,6 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import (
+    float32_gram_error_bound,
+    float32_logdet_error_bound,
+    float32_logdet_gradient_error_bound,
+    gamma32,
+)
+
 import semdl.objectives.consensus as consensus_module
 import semdl.objectives.rates as rates_module
 from semdl.objectives import (
@@ -145,6 +152,47 @@ def assert_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> Non
 def grad_of(value: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     (g,) = torch.autograd.grad(value, Z)
     return g
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, bound) -> None:
+    """|actual - expected| <= bound elementwise (bound a float or a tensor of expected's shape)."""
+    actual = actual.detach().to(F64)
+    expected = expected.detach().to(F64)
+    assert actual.shape == expected.shape
+    assert torch.isfinite(actual).all()
+    error = (actual - expected).abs()
+    bound = torch.as_tensor(bound, dtype=F64)
+    worst = float((error / bound).max())
+    assert (error <= bound).all(), f"error up to {worst:.3g} times the float32 bound (largest {float(error.max()):.3g})"
+
+
+def float32_rate_bounds(Z, labels, num_classes, eps_sq, gamma1=1.0, gamma2=1.0, extra=0):
+    """Bounds on the float32 errors of (dR, R, Rc) and, componentwise, of d dR / dZ for the points Z (exact in
+    float32): conftest's conditioning bound for each logdet (the whole batch and each class), plus, for the
+    weights m_k / (2m) (3 roundings), the sum over K classes and gamma1 R - gamma2 Rc, gamma_{K+3} and gamma_2 times
+    the sizes of the terms (the terms taken from the float64 reference)."""
+    Z = Z.detach().to(F64).requires_grad_(True)
+    m, d = Z.shape
+    R_bound = 0.5 * float32_logdet_error_bound(Z, d / (m * eps_sq), extra)
+    _, R, Rc = ref_rate_reduction(Z, labels, num_classes, eps_sq)
+    R_grad, Rc_grad = grad_of(R, Z), grad_of(Rc, Z)
+    grad_bound = 0.5 * abs(gamma1) * float32_logdet_gradient_error_bound(Z, d / (m * eps_sq))
+    Rc_bound, Rc_terms = 0.0, 0.0
+    for k in range(num_classes):
+        Zk = Z.detach()[labels == k]
+        mk = Zk.shape[0]
+        if mk == 0:
+            continue
+        weight = mk / (2 * m)
+        Rc_bound += weight * float32_logdet_error_bound(Zk, d / (mk * eps_sq), extra)
+        Rc_terms += weight * abs(float(ref_logdet_identity_plus(d / (mk * eps_sq), Zk.T @ Zk)))
+        grad_bound[labels == k] += abs(gamma2) * weight * float32_logdet_gradient_error_bound(Zk, d / (mk * eps_sq))
+    Rc_bound += gamma32(num_classes + 3) * Rc_terms
+    grad_bound += gamma32(num_classes + 3) * abs(gamma2) * Rc_grad.abs()
+    R, Rc = abs(float(R.detach())), abs(float(Rc.detach()))
+    dR_bound = abs(gamma1) * R_bound + abs(gamma2) * Rc_bound + gamma32(2) * (abs(gamma1) * R + abs(gamma2) * Rc)
+    grad_bound += gamma32(2) * (abs(gamma1) * R_grad.abs() + abs(gamma2) * Rc_grad.abs())
+    return dR_bound, R_bound, Rc_bound, grad_bound
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -297,19 +345,32 @@ def test_float32_matches_float64_reference(counts):
     Z32 = Z64.to(torch.float32).requires_grad_(True)
     Z64 = Z32.detach().to(F64).requires_grad_(True)  # the very same points
 
+    # Tolerances: the worst-case float32 error bounds of conftest, from the conditioning of each logdet of these
+    # points (A = I + s Z^T Z, whole batch and each class) and the lengths of the sums; see float32_rate_bounds.
+    dR_bound, R_bound, Rc_bound, grad_bound = float32_rate_bounds(Z64, labels, K, EPS_SQ)
     dR, R, Rc = rate_reduction(Z32, labels, K, EPS_SQ)
     ref_dR, ref_R, ref_Rc = ref_rate_reduction(Z64, labels, K, EPS_SQ)
     assert dR.dtype == torch.float32
-    for got, want in ((dR, ref_dR), (R, ref_R), (Rc, ref_Rc)):
-        assert_rel(got, want, 1e-4)
-    assert float(ref_dR.detach()) > 5.0  # a relative check on a non-trivial difference
-    assert_rel(grad_of(dR, Z32), grad_of(ref_dR, Z64), 1e-4)
+    for got, want, bound in ((dR, ref_dR, dR_bound), (R, ref_R, R_bound), (Rc, ref_Rc, Rc_bound)):
+        assert bound < 2e-3 * abs(float(want.detach()))  # still tells float32 from half precision or a wrong term
+        assert_within(got, want, bound)
+    assert float(ref_dR.detach()) > 5.0  # a check on a non-trivial difference
+    ref_grad = grad_of(ref_dR, Z64)
+    assert float(grad_bound.max()) < 1e-2 * float(ref_grad.abs().max())
+    assert_within(grad_of(dR, Z32), ref_grad, grad_bound)
 
-    assert_rel(coding_rate(Z32.detach(), EPS_SQ), ref_R, 1e-4)
+    assert_within(coding_rate(Z32.detach(), EPS_SQ), ref_R, R_bound)
     V32, counts32 = class_statistics(Z32.detach(), labels, K)
     ref_V, _ = ref_class_statistics(Z64.detach(), labels, K)
-    assert_rel(V32, ref_V, 1e-4)
-    assert_rel(rate_reduction_from_statistics(V32, counts32, EPS_SQ)[0], ref_dR, 1e-4)
+    # V_k = Z_k^T Z_k / m_k: an inner product of m_k terms, then the division (and 1/m_k itself): gamma_{m_k+2}
+    V_bound = torch.stack(
+        [float32_gram_error_bound(Z64[labels == k], extra=2) / max(c, 1) for k, c in enumerate(counts)]
+    )
+    assert_within(V32, ref_V, V_bound)
+    # From the statistics, each Gram entry has 3 more roundings (V, m_k V_k, the scale) and the whole batch's K
+    # more (the sum over classes): extra = K + 3 covers both.
+    from_statistics_bound = float32_rate_bounds(Z64, labels, K, EPS_SQ, extra=K + 3)[0]
+    assert_within(rate_reduction_from_statistics(V32, counts32, EPS_SQ)[0], ref_dR, from_statistics_bound)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -352,17 +413,32 @@ def test_orthogonal_subspaces_beat_collapsed_classes(K, block, counts):
 
 @pytest.mark.parametrize("d", [16, 128])
 @pytest.mark.parametrize("m", [1, 5, 16, 50, 300])
-@pytest.mark.parametrize("dtype,rtol", [(F64, 1e-10), (torch.float32, 1e-5)])
-def test_coding_rate_of_repeated_unit_vector(m, d, dtype, rtol):
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_coding_rate_of_repeated_unit_vector(m, d, dtype):
     u = unit_rows(1, d, seed=d, dtype=dtype)
     Z = u.expand(m, d).contiguous()
     expected = 0.5 * math.log1p(d / EPS_SQ)
-    assert float(coding_rate(Z, EPS_SQ)) == pytest.approx(expected, rel=rtol)
+    labels = torch.zeros(m, dtype=torch.long)
+    if dtype == F64:
+        rtol = 1e-10
+        R_bound = Rc_bound = dR_bound = rtol * expected
+    else:
+        # A = I + d/(m eps^2) Z^T Z = I + (d / eps^2) u u^T: eigenvalues 1 + d/eps^2 (= 257 for d = 128) and 1, so
+        # cond(A) = 257 while Z^T Z sums m equal products per entry. The worst-case float32 error of logdet(A)
+        # (conftest: gamma_{m+5} against s |Z|^T|Z| and gamma_{d+1} against |L||L|^T, weighted by |A^-1|) is
+        # ~2.5e-3 relative for m = 300, d = 128; sequential accumulation of the 300 products (one AVX-512 machine)
+        # gave 3.2e-5, blocked/pairwise accumulation ~2e-6. extra=2: the float32 u is unit-norm only to 2 roundings,
+        # while `expected` assumes |u| = 1 exactly.
+        _, R_bound, Rc_bound, _ = float32_rate_bounds(u.to(F64).expand(m, d), labels, 3, EPS_SQ, extra=2)
+        assert R_bound < 3e-3 * expected  # still far below the value of any wrong formula
+        # R and Rc are two logdets of the same Gram: whatever the order of the sums, dR errs by at most both bounds
+        dR_bound = R_bound + Rc_bound + gamma32(2) * 2 * expected
+    assert abs(float(coding_rate(Z, EPS_SQ)) - expected) <= R_bound
     # one class of m copies: R == Rc, so dR == 0
-    dR, R, Rc = rate_reduction(Z, torch.zeros(m, dtype=torch.long), 3, EPS_SQ)
-    assert float(R) == pytest.approx(expected, rel=rtol)
-    assert float(Rc) == pytest.approx(expected, rel=rtol)
-    assert abs(float(dR)) < 10 * rtol * expected
+    dR, R, Rc = rate_reduction(Z, labels, 3, EPS_SQ)
+    assert abs(float(R) - expected) <= R_bound
+    assert abs(float(Rc) - expected) <= Rc_bound
+    assert abs(float(dR)) <= dR_bound
 
 
 # ----------------------------------------------------------------------------------------------------------------

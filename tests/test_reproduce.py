@@ -18,6 +18,7 @@ EXPERIMENTS = {
 }
 
 
+@pytest.mark.integration
 def test_smoke_reproduction_builds_every_table(tmp_path):
     result = subprocess.run(
         ["bash", str(SCRIPT), "--smoke", "--out", str(tmp_path)],

@@ -31,6 +31,8 @@ SWEEP = [
     "eval.classifiers=[knn,nearest_subspace]",
     "device=cpu",
 ]
+pytestmark = pytest.mark.integration  # a `semdl train -m` sweep in a subprocess, then `semdl table`
+
 METRICS = ["acc.knn", "acc.nearest_subspace", "network_dR", "consensus_residual", "MB/node/round", "s/round"]
 
 

@@ -11,13 +11,16 @@ import os
 import zlib
 import shutil
 from dataclasses import dataclass, field, replace
+from math import prod
 from pathlib import Path
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from semdl.errors import UserError
+from semdl.registry import Registry
 
 
 class InputPipeline:
@@ -152,7 +155,6 @@ def make_synthetic(
 
 
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def expected_files(name: str, root: Path) -> list[Path]:
@@ -199,7 +201,7 @@ def _missing_files_error(name: str, root: Path, files: list[Path], reason: str) 
     )
 
 
-def load_torchvision(name: str, root: str, download: bool) -> Dataset:
+def load_torchvision(name: str, root: str, download: bool, num_classes: int) -> Dataset:
     """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through torchvision's own classes, as uint8 (n, C, H, W)."""
     from torchvision import datasets
 
@@ -221,7 +223,7 @@ def load_torchvision(name: str, root: str, download: bool) -> Dataset:
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
         return images.contiguous(), torch.as_tensor(np.asarray(split.targets), dtype=torch.long)
 
-    return Dataset(name, *as_tensors(train), *as_tensors(test), num_classes=NUM_CLASSES[name])
+    return Dataset(name, *as_tensors(train), *as_tensors(test), num_classes=num_classes)
 
 
 def resize_images(images: Tensor, size: int) -> Tensor:
@@ -262,52 +264,176 @@ def _per_channel(key: str, values, channels: int) -> tuple[float, ...]:
     return values
 
 
+@dataclass(frozen=True)
+class DatasetKind:
+    """How the pipeline uses one `data` option: load it (on the CPU), and know its input shape and class count
+    without loading anything (config validation needs both); `check` refuses impossible settings in one line."""
+
+    load: Callable[..., Dataset]
+    input_shape: Callable[..., tuple[int, ...]]
+    num_classes: Callable[..., int]
+    check: Callable[..., None] = lambda cfg: None
+
+
+DATASETS: Registry[DatasetKind] = Registry("data", "dataset")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"{key}={value} is out of range; it must be >= {low}")
+
+
+def _check_subset(cfg) -> None:
+    if cfg.subset is not None:
+        _at_least("data.subset", cfg.subset, 1)
+
+
+def _capped(dataset: Dataset, cfg) -> Dataset:
+    return cap_per_class(dataset, cfg.subset, cfg.seed) if cfg.subset is not None else dataset
+
+
+@dataclass
+class DigitsConfig:
+    name: str = "digits"
+    seed: int = 0  # fixes the train/test split, independently of the run seed
+    test_fraction: float = 0.3  # share of samples held out for testing (stratified)
+    subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
+
+
+def _check_digits(cfg) -> None:
+    if not 0 < cfg.test_fraction < 1:
+        raise UserError(f"data.test_fraction={cfg.test_fraction} is out of range; it must be in (0, 1)")
+    _check_subset(cfg)
+
+
+DATASETS.add(
+    "digits",
+    DatasetKind(
+        load=lambda cfg: _capped(load_digits(cfg.seed, cfg.test_fraction), cfg),
+        input_shape=lambda cfg: (1, 8, 8),
+        num_classes=lambda cfg: 10,
+        check=_check_digits,
+    ),
+    DigitsConfig,
+)
+
+
+@dataclass
+class SyntheticConfig:
+    name: str = "synthetic"
+    seed: int = 0  # fixes the generated samples, independently of the run seed
+    num_classes: int = 10
+    ambient_dim: int = 64  # dimension D of the samples
+    subspace_dim: int = 4  # dimension of each class subspace
+    train_per_class: int = 100
+    test_per_class: int = 50
+    noise: float = 0.05  # std of isotropic Gaussian noise added to each sample
+    shape: Optional[List[int]] = None  # reshape samples to this shape, e.g. [1, 8, 8] (product = ambient_dim)
+    subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
+
+
+def _check_synthetic(cfg) -> None:
+    _at_least("data.num_classes", cfg.num_classes, 2)
+    _at_least("data.ambient_dim", cfg.ambient_dim, 1)
+    _at_least("data.subspace_dim", cfg.subspace_dim, 1)
+    if cfg.subspace_dim > cfg.ambient_dim:
+        raise UserError(f"data.subspace_dim={cfg.subspace_dim} exceeds data.ambient_dim={cfg.ambient_dim}")
+    _at_least("data.train_per_class", cfg.train_per_class, 1)
+    _at_least("data.test_per_class", cfg.test_per_class, 1)
+    if cfg.noise < 0:
+        raise UserError(f"data.noise={cfg.noise} is out of range; it must be >= 0")
+    if cfg.shape is not None and prod(cfg.shape) != cfg.ambient_dim:
+        raise UserError(
+            f"data.shape={list(cfg.shape)} holds {prod(cfg.shape)} values but data.ambient_dim="
+            f"{cfg.ambient_dim}; make their product equal"
+        )
+    _check_subset(cfg)
+
+
+DATASETS.add(
+    "synthetic",
+    DatasetKind(
+        load=lambda cfg: _capped(
+            make_synthetic(
+                cfg.num_classes,
+                cfg.ambient_dim,
+                cfg.subspace_dim,
+                cfg.train_per_class,
+                cfg.test_per_class,
+                cfg.noise,
+                cfg.seed,
+                cfg.shape,
+            ),
+            cfg,
+        ),
+        input_shape=lambda cfg: tuple(cfg.shape) if cfg.shape is not None else (cfg.ambient_dim,),
+        num_classes=lambda cfg: cfg.num_classes,
+        check=_check_synthetic,
+    ),
+    SyntheticConfig,
+)
+
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+@dataclass
+class ImageConfig:
+    name: str = "cifar10"
+    seed: int = 0  # seeds data.subset's choice of samples
+    root: str = "${oc.env:SEMDL_DATA,'~/.cache/semdl/data'}"  # where the files are (or are downloaded to)
+    download: bool = True  # download missing files
+    subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
+    resize: Optional[int] = None  # resize images to resize x resize (the MNIST runs use 32)
+    mean: List[float] = field(default_factory=lambda: [0.5])  # per-channel normalisation (1 entry: all channels)
+    std: List[float] = field(default_factory=lambda: [0.5])
+    augment: str = "none"  # none | crop_flip (training batches only, on the device)
+
+
+def load_images(cfg) -> Dataset:
+    """A torchvision dataset, resized if asked, with its scaling, normalisation and augmentation pipeline."""
+    dataset = load_torchvision(cfg.name, cfg.root, cfg.download, DATASETS.get(cfg.name).value.num_classes(cfg))
+    if cfg.resize is not None:
+        dataset = replace(
+            dataset, train_x=resize_images(dataset.train_x, cfg.resize), test_x=resize_images(dataset.test_x, cfg.resize)
+        )
+    channels = dataset.input_shape[0]
+    pipeline = InputPipeline(
+        1 / 255, _per_channel("data.mean", cfg.mean, channels), _per_channel("data.std", cfg.std, channels), cfg.augment
+    )
+    return _capped(replace(dataset, pipeline=pipeline), cfg)
+
+
+def _check_images(cfg) -> None:
+    if cfg.augment not in AUGMENTATIONS:
+        raise UserError(f"data.augment={cfg.augment!r} is not allowed; choose one of: {', '.join(AUGMENTATIONS)}")
+    if cfg.resize is not None:
+        _at_least("data.resize", cfg.resize, 8)
+    for value in cfg.std:
+        if not value > 0:
+            raise UserError(f"data.std entry={value} is out of range; it must be > 0")
+    _check_subset(cfg)
+
+
+def _image_kind(channels: int, size: int, num_classes: int) -> DatasetKind:
+    return DatasetKind(
+        load=load_images,
+        input_shape=lambda cfg: (channels, cfg.resize or size, cfg.resize or size),
+        num_classes=lambda cfg: num_classes,
+        check=_check_images,
+    )
+
+
+DATASETS.add("mnist", _image_kind(1, 28, 10), ImageConfig, resize=32)
+DATASETS.add("fashion_mnist", _image_kind(1, 28, 10), ImageConfig, resize=32)
+DATASETS.add("cifar10", _image_kind(3, 32, 10), ImageConfig)
+DATASETS.add("cifar100", _image_kind(3, 32, 100), ImageConfig)
+
+
 def input_shape(cfg) -> tuple[int, ...]:
     """The shape of one encoder input for the `data` config group, known without loading any data."""
-    if cfg.name == "digits":
-        return (1, 8, 8)
-    if cfg.name == "synthetic":
-        return tuple(cfg.shape) if cfg.shape is not None else (cfg.ambient_dim,)
-    channels, size = (1, 28) if cfg.name in ("mnist", "fashion_mnist") else (3, 32)
-    size = cfg.resize if cfg.resize is not None else size
-    return (channels, size, size)
+    return DATASETS.resolve(cfg).value.input_shape(cfg)
 
 
 def load_dataset(cfg) -> Dataset:
-    """The dataset named by the `data` config group, on the CPU (the caller moves it once to the device)."""
-    if cfg.name == "digits":
-        dataset = load_digits(cfg.seed, cfg.test_fraction)
-    elif cfg.name == "synthetic":
-        dataset = make_synthetic(
-            cfg.num_classes,
-            cfg.ambient_dim,
-            cfg.subspace_dim,
-            cfg.train_per_class,
-            cfg.test_per_class,
-            cfg.noise,
-            cfg.seed,
-            cfg.shape,
-        )
-    elif cfg.name in TORCHVISION_CLASSES:
-        dataset = load_torchvision(cfg.name, cfg.root, cfg.download)
-        if cfg.resize is not None:
-            dataset = replace(
-                dataset,
-                train_x=resize_images(dataset.train_x, cfg.resize),
-                test_x=resize_images(dataset.test_x, cfg.resize),
-            )
-        channels = dataset.input_shape[0]
-        dataset = replace(
-            dataset,
-            pipeline=InputPipeline(
-                1 / 255,
-                _per_channel("data.mean", cfg.mean, channels),
-                _per_channel("data.std", cfg.std, channels),
-                cfg.augment,
-            ),
-        )
-    else:
-        raise ValueError(f"unknown dataset {cfg.name!r}")
-    if cfg.subset is not None:
-        dataset = cap_per_class(dataset, cfg.subset, cfg.seed)
-    return dataset
+    """The dataset the `data` config group names, on the CPU (the caller moves it once to the device)."""
+    return DATASETS.resolve(cfg).value.load(cfg)

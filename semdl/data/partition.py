@@ -7,11 +7,14 @@ raises `UserError` with one line naming the config key to change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, List, Optional
 
 import numpy as np
 
 from semdl.errors import UserError
+from semdl.registry import Registry
 
 # dirichlet_client draws the classes of at most this many quota slots at once, which bounds its memory use
 # to a few (block x classes) arrays while keeping the number of numpy calls small.
@@ -243,30 +246,137 @@ def read_count_table(path: str) -> np.ndarray:
     return _count_matrix(rows, f"partition.path={path}")
 
 
+@dataclass(frozen=True)
+class PartitionKind:
+    """One `partition` option: `build(cfg, labels, num_classes, num_nodes, seed)` gives one sorted index array per
+    node; `check(cfg)` refuses, before any data is loaded, settings that can never work."""
+
+    build: Callable[..., list[np.ndarray]]
+    check: Callable[..., None] = lambda cfg: None
+
+
+PARTITIONS: Registry[PartitionKind] = Registry("partition", "partition")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"partition.{key}={value} is out of range; it must be >= {low}")
+
+
+def _check_alpha_key(cfg) -> None:
+    if not cfg.alpha > 0:
+        raise UserError(f"partition.alpha={cfg.alpha} is out of range; it must be > 0")
+
+
+@dataclass
+class IIDConfig:
+    name: str = "iid"
+
+
+PARTITIONS.add("iid", PartitionKind(lambda cfg, labels, num_classes, num_nodes, seed: partition_iid(labels, num_nodes, seed)), IIDConfig)
+
+
+@dataclass
+class DirichletConfig:
+    name: str = "dirichlet"
+    alpha: float = 0.5  # concentration of Dir(alpha) over nodes, per class; small = heterogeneous
+    min_size: int = 10  # every node needs at least this many samples (redrawn otherwise)
+    max_tries: int = 1000  # redraws before giving up with an error
+
+
+def _check_dirichlet(cfg) -> None:
+    _check_alpha_key(cfg)
+    _at_least("min_size", cfg.min_size, 1)
+    _at_least("max_tries", cfg.max_tries, 1)
+
+
+PARTITIONS.add(
+    "dirichlet",
+    PartitionKind(
+        lambda cfg, labels, num_classes, num_nodes, seed: partition_dirichlet(
+            labels, num_classes, num_nodes, cfg.alpha, cfg.min_size, cfg.max_tries, seed
+        ),
+        _check_dirichlet,
+    ),
+    DirichletConfig,
+)
+
+
+@dataclass
+class DirichletClientConfig:
+    name: str = "dirichlet_client"
+    alpha: float = 0.5  # concentration of each node's Dir(alpha) class mix; small = heterogeneous
+    node_size: Optional[int] = None  # samples per node (null: equal shares of the training set)
+
+
+def _check_dirichlet_client(cfg) -> None:
+    _check_alpha_key(cfg)
+    if cfg.node_size is not None:
+        _at_least("node_size", cfg.node_size, 1)
+
+
+PARTITIONS.add(
+    "dirichlet_client",
+    PartitionKind(
+        lambda cfg, labels, num_classes, num_nodes, seed: partition_dirichlet_client(
+            labels, num_classes, num_nodes, cfg.alpha, cfg.node_size, seed
+        ),
+        _check_dirichlet_client,
+    ),
+    DirichletClientConfig,
+)
+
+
+@dataclass
+class LabelSplitConfig:
+    name: str = "label_split"
+    classes_per_node: int = 2
+
+
+PARTITIONS.add(
+    "label_split",
+    PartitionKind(
+        lambda cfg, labels, num_classes, num_nodes, seed: partition_label_split(
+            labels, num_classes, num_nodes, cfg.classes_per_node, seed
+        ),
+        lambda cfg: _at_least("classes_per_node", cfg.classes_per_node, 1),
+    ),
+    LabelSplitConfig,
+)
+
+
+@dataclass
+class TableConfig:
+    name: str = "table"
+    counts: Optional[List[List[int]]] = None  # per-node per-class counts (nodes x classes)
+    path: Optional[str] = None  # or a text file of counts, one row per node, one column per class
+
+
+def _check_table(cfg) -> None:
+    if (cfg.counts is None) == (cfg.path is None):
+        raise UserError("partition=table needs exactly one of partition.counts=[[...],...] or partition.path=<file>")
+
+
+def _table(cfg, labels: np.ndarray, num_classes: int, num_nodes: int, seed: int) -> list[np.ndarray]:
+    _check_table(cfg)
+    if cfg.counts is not None:
+        counts = _count_matrix([list(row) for row in cfg.counts], "partition.counts")
+    else:
+        counts = read_count_table(cfg.path)
+    if len(counts) != num_nodes:
+        raise UserError(
+            f"the table has {len(counts)} rows but nodes={num_nodes}; give one row per node in "
+            f"partition.counts or partition.path, or set nodes={len(counts)}"
+        )
+    return partition_table(labels, num_classes, counts, seed)
+
+
+PARTITIONS.add("table", PartitionKind(_table, _check_table), TableConfig)
+
+
 def build_partition(cfg, labels: np.ndarray, num_classes: int, num_nodes: int, seed: int) -> list[np.ndarray]:
-    """The partition named by the `partition` config group: one sorted index array per node."""
-    if cfg.name == "iid":
-        return partition_iid(labels, num_nodes, seed)
-    if cfg.name == "dirichlet":
-        return partition_dirichlet(labels, num_classes, num_nodes, cfg.alpha, cfg.min_size, cfg.max_tries, seed)
-    if cfg.name == "dirichlet_client":
-        return partition_dirichlet_client(labels, num_classes, num_nodes, cfg.alpha, cfg.node_size, seed)
-    if cfg.name == "label_split":
-        return partition_label_split(labels, num_classes, num_nodes, cfg.classes_per_node, seed)
-    if cfg.name == "table":
-        if cfg.counts is not None:
-            counts = _count_matrix([list(row) for row in cfg.counts], "partition.counts")
-        elif cfg.path is not None:
-            counts = read_count_table(cfg.path)
-        else:
-            raise UserError("partition=table needs partition.counts=[[...],...] or partition.path=<file>")
-        if len(counts) != num_nodes:
-            raise UserError(
-                f"the table has {len(counts)} rows but nodes={num_nodes}; give one row per node in "
-                f"partition.counts or partition.path, or set nodes={len(counts)}"
-            )
-        return partition_table(labels, num_classes, counts, seed)
-    raise ValueError(f"unknown partition {cfg.name!r}")
+    """The partition the `partition` config group names: one sorted index array per node."""
+    return PARTITIONS.resolve(cfg).value.build(cfg, labels, num_classes, num_nodes, seed)
 
 
 def class_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

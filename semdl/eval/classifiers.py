@@ -1,7 +1,11 @@
 """Classifiers on frozen, unit-norm features: k-NN, nearest class subspace (from features or from shared
-statistics alone), and a linear probe; all batched over queries and classes, on the inputs' device."""
+statistics alone), and a linear probe; all batched over queries and classes, on the inputs' device. CLASSIFIERS
+names them for `eval.classifiers`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -9,6 +13,7 @@ from torch import Tensor, nn
 from semdl.eval.features import QUERY_CHUNK
 from semdl.eval.subspaces import top_subspace
 from semdl.objectives.rates import class_statistics, pool_statistics
+from semdl.registry import Registry
 
 
 @torch.no_grad()
@@ -90,3 +95,45 @@ def accuracy(predictions: Tensor, labels: Tensor, mask: Tensor | None = None) ->
     if mask is not None:
         correct = correct[mask]
     return float(correct.float().mean())
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """What a classifier of one node sees: the node's features of its own training samples (the reference) and of
+    the test set (the queries), and every node's shared statistics (semantic_subspace uses them)."""
+
+    node: int
+    reference: Tensor  # (n, d)
+    reference_labels: Tensor  # (n,)
+    queries: Tensor  # (q, d)
+    num_classes: int
+    n_components: int
+    statistics: Tensor  # (N, K, d, d)
+    shared_counts: Tensor  # (N, K)
+    settings: Any  # the `eval` config (knn_k, probe_epochs, ...)
+
+
+CLASSIFIERS: Registry[Callable[[ClassificationTask], Tensor]] = Registry("classifier", "classifier")
+
+
+@CLASSIFIERS.register("knn")
+def _knn(task: ClassificationTask) -> Tensor:
+    return knn_predict(task.reference, task.reference_labels, task.queries, task.num_classes, task.settings.knn_k)
+
+
+@CLASSIFIERS.register("nearest_subspace")
+def _nearest_subspace(task: ClassificationTask) -> Tensor:
+    bases = subspaces_from_features(task.reference, task.reference_labels, task.num_classes, task.n_components)
+    return nearest_subspace_predict(task.queries, bases)
+
+
+@CLASSIFIERS.register("semantic_subspace")
+def _semantic_subspace(task: ClassificationTask) -> Tensor:
+    return semantic_subspace_predict(task.queries, task.statistics, task.shared_counts, task.n_components)
+
+
+@CLASSIFIERS.register("linear_probe")
+def _linear_probe(task: ClassificationTask) -> Tensor:
+    return linear_probe_predict(
+        task.reference, task.reference_labels, task.queries, task.num_classes, task.settings.probe_epochs, seed=task.node
+    )

@@ -9,14 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from semdl.data import Dataset
-from semdl.eval.classifiers import (
-    accuracy,
-    knn_predict,
-    linear_probe_predict,
-    nearest_subspace_predict,
-    semantic_subspace_predict,
-    subspaces_from_features,
-)
+from semdl.eval.classifiers import CLASSIFIERS, ClassificationTask, accuracy, subspaces_from_features
 from semdl.eval.diagnostics import (
     class_spectra,
     class_subspace_angles,
@@ -72,19 +65,12 @@ def classify(
     shared_counts = torch.stack([node.counts * node.responsible for node in nodes])
     results: dict = {name: {"per_node": [], "own_classes": []} for name in cfg.classifiers}
     for node, reference, reference_labels, queries in zip(nodes, train_features, train_labels, test_features):
-        predictions = {
-            "knn": lambda: knn_predict(reference, reference_labels, queries, num_classes, cfg.knn_k),
-            "nearest_subspace": lambda: nearest_subspace_predict(
-                queries, subspaces_from_features(reference, reference_labels, num_classes, n_components)
-            ),
-            "semantic_subspace": lambda: semantic_subspace_predict(queries, statistics, shared_counts, n_components),
-            "linear_probe": lambda: linear_probe_predict(
-                reference, reference_labels, queries, num_classes, cfg.probe_epochs, seed=node.index
-            ),
-        }
+        task = ClassificationTask(
+            node.index, reference, reference_labels, queries, num_classes, n_components, statistics, shared_counts, cfg
+        )
         own_classes = (torch.bincount(reference_labels, minlength=num_classes) > 0)[test_labels]
         for name in cfg.classifiers:
-            predicted = predictions[name]()
+            predicted = CLASSIFIERS.get(name, "eval.classifiers").value(task)
             results[name]["per_node"].append(accuracy(predicted, test_labels))
             results[name]["own_classes"].append(accuracy(predicted, test_labels, own_classes))
     for result in results.values():

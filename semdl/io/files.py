@@ -118,6 +118,12 @@ class MetricsWriter:
     def close(self) -> None:
         self._handle.close()
 
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl file, ignoring a torn last line left by a crash mid-write."""

@@ -2,7 +2,7 @@
 
 from semdl.models.encoders import (
     ENCODERS,
-    IMAGE_ENCODERS,
+    ModelConfig,
     L2Normalize,
     architectures,
     build_encoder,
@@ -13,7 +13,7 @@ from semdl.models.encoders import (
 
 __all__ = [
     "ENCODERS",
-    "IMAGE_ENCODERS",
+    "ModelConfig",
     "L2Normalize",
     "architectures",
     "build_encoder",

@@ -7,14 +7,16 @@ published projection head Linear(feat, 512, no bias) - BatchNorm - ReLU - Linear
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from math import log2, prod
-from typing import Callable, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from semdl.errors import UserError
+from semdl.registry import Registry
 
 HEAD_WIDTH = 512
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 32
@@ -116,20 +118,43 @@ def cifar_vgg(depth: int) -> Callable[[Sequence[int], int], nn.Sequential]:
     return build
 
 
-IMAGE_ENCODERS: dict[str, Callable[[Sequence[int], int], nn.Module]] = {
+@dataclass(frozen=True)
+class EncoderKind:
+    """One architecture: `build(input_shape, dim_z, model_cfg)` makes a fresh encoder; an image encoder takes only
+    square 1- or 3-channel images."""
+
+    build: Callable[..., nn.Module]
+    images_only: bool
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    per_node: Optional[List[str]] = None  # one architecture name per node; null means `name` everywhere
+    hidden: List[int] = field(default_factory=lambda: [512, 512])  # mlp: hidden layer widths
+    batch_norm: bool = True  # mlp: BatchNorm after each hidden layer
+
+
+ENCODERS: Registry[EncoderKind] = Registry("model", "encoder")
+ENCODERS.add(
+    "mlp",
+    EncoderKind(lambda shape, dim_z, cfg: mlp(shape, dim_z, cfg.hidden, cfg.batch_norm), images_only=False),
+    ModelConfig,
+)
+for _name, _build in {
     "cnn_mnist": cnn_mnist,
     "lenet": lenet,
     "resnet18": cifar_resnet(18),
     "resnet34": cifar_resnet(34),
     "vgg11": cifar_vgg(11),
     "vgg16": cifar_vgg(16),
-}
-ENCODERS = ("mlp", *IMAGE_ENCODERS)
+}.items():
+    ENCODERS.add(_name, EncoderKind(lambda shape, dim_z, cfg, build=_build: build(tuple(shape), dim_z), True), ModelConfig)
 
 
 def check_input_shape(name: str, input_shape: Sequence[int]) -> None:
     """Convolutional encoders take square images of 1 or 3 channels, 8x8 to 32x32; say so in one line otherwise."""
-    if name not in IMAGE_ENCODERS:
+    if not ENCODERS.get(name, "model").value.images_only:
         return
     shape = tuple(input_shape)
     is_image = len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2]
@@ -146,9 +171,7 @@ def build_encoder(name: str, input_shape: Sequence[int], dim_z: int, model_cfg, 
     check_input_shape(name, input_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "mlp":
-            return mlp(input_shape, dim_z, model_cfg.hidden, model_cfg.batch_norm)
-        return IMAGE_ENCODERS[name](tuple(input_shape), dim_z)
+        return ENCODERS.get(name, "model").value.build(input_shape, dim_z, model_cfg)
 
 
 def architectures(model_cfg, num_nodes: int) -> list[str]:

@@ -1,7 +1,7 @@
 """The simulated network: nodes, topologies and the communicator between them."""
 
-from semdl.network.communicator import InProcessCommunicator, Inbox
+from semdl.network.communicator import Communicator, InProcessCommunicator, Inbox
 from semdl.network.node import Node, build_optimizer, node_seeds
-from semdl.network.topology import Topology, build_topology
+from semdl.network.topology import TOPOLOGIES, Topology, build_topology, topology_of
 
-__all__ = ["InProcessCommunicator", "Inbox", "Node", "Topology", "build_optimizer", "build_topology", "node_seeds"]
+__all__ = ["Communicator", "InProcessCommunicator", "Inbox", "Node", "Topology", "build_optimizer", "build_topology", "node_seeds", "topology_of", "TOPOLOGIES"]

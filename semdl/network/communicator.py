@@ -1,6 +1,6 @@
 """Delivery of semantic statistics along the edges of a graph; the only code that knows where nodes live.
 
-Two implementations with one interface: InProcessCommunicator (every node in this process) and
+One interface (Communicator), two implementations: InProcessCommunicator (every node in this process) and
 DistributedCommunicator (semdl.network.distributed: nodes spread over torch.distributed ranks). A solver sees
 only its local nodes and this interface; the byte counters count what the algorithm sends along graph edges,
 whatever the transport moves.
@@ -8,10 +8,11 @@ whatever the transport moves.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 BYTES_PER_VALUE = 4  # statistics and counts travel as float32
 
@@ -36,8 +37,8 @@ class Inbox:
         return self.delivered_counts.index_select(0, self.neighbors)
 
 
-class InProcessCommunicator:
-    """Nodes in this process: a message is a snapshot (copy) of the sender's statistics and counts.
+class Communicator(ABC):
+    """Delivery of statistics between the nodes this process runs (`local`) and all the others.
 
     neighbors[i] lists whom node i exchanges with; responsible (N, K) says which classes each node shares.
     A message from i to j carries the classes both are responsible for: (d*d + 1) float32 values per class.
@@ -46,8 +47,8 @@ class InProcessCommunicator:
     delivered).
     """
 
-    rank = 0
-    world_size = 1
+    rank: int
+    world_size: int
 
     def __init__(self, neighbors: list[list[int]] | tuple[tuple[int, ...], ...], responsible: Tensor):
         device = responsible.device
@@ -75,9 +76,9 @@ class InProcessCommunicator:
             shared[row, : len(self.neighbors[node])] = self.shared[node]
         return index, shared
 
+    @abstractmethod
     def _all(self, local: Tensor) -> Tensor:
         """Stack the local nodes' rows (n_local, ...) into every node's (N, ...)."""
-        return local
 
     def exchange(self, statistics: list[Tensor], counts: list[Tensor], record: bool = True) -> dict[int, Inbox]:
         """Send every local node's (statistics, counts) to its neighbours; return each local node's inbox.
@@ -96,12 +97,11 @@ class InProcessCommunicator:
             for node in self.local
         }
 
+    @abstractmethod
     def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         """Make `sender`'s refreshed statistics known (Gauss-Seidel pushes within a cluster), counting a message
         of the classes it is responsible for to `receivers` other nodes. Only the process running `sender` passes
         its tensors."""
-        self._update(sender, statistics, counts)
-        self.record_bytes(sender, self._push_bytes(sender, receivers))
 
     def _update(self, sender: int, statistics: Tensor, counts: Tensor) -> None:
         """Set one node's row of `statistics` and `counts`, copying them first if they are still what the last
@@ -119,32 +119,38 @@ class InProcessCommunicator:
         self.bytes_sent[sender] += num_bytes
 
     def gather(self, values: Tensor) -> Tensor:
-        """Every node's row (N, V) of per-node values, from the local nodes' rows (n_local, V)."""
+        """Every node's rows (N, ...) of per-node tensors, from the local nodes' rows (n_local, ...)."""
         return self._all(values)
 
-    @torch.no_grad()
-    def average(self, modules: list[nn.Module], mixing: Tensor) -> None:
-        """Replace every local module's floating-point parameters and buffers by its row of `mixing` (N, N)
-        applied to all nodes' modules (the weight-averaging baselines: the only place weights travel)."""
-        states = [module.state_dict() for module in modules]
-        rows = mixing[self.local]
-        for key, first in states[0].items():
-            if not first.is_floating_point():
-                continue
-            everyone = self._all(torch.stack([state[key] for state in states]))
-            mixed = torch.einsum("ij,j...->i...", rows, everyone)
-            for state, value in zip(states, mixed):
-                state[key].copy_(value)
-
+    @abstractmethod
     def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
         """Every node's row of host numbers (seconds, counters), from the local nodes' rows."""
-        return rows
 
     def sync_bytes(self) -> None:
         """Make bytes_sent every node's count on this process (each process counts the nodes it runs)."""
         counts = self.gather_host([[float(self.bytes_sent[node])] for node in self.local])
         self.bytes_sent = [int(row[0]) for row in counts]
 
+    @abstractmethod
     def gather_objects(self, items: list) -> list | None:
         """Every node's item (picklable, on the CPU) on rank 0, from the local nodes' items; None elsewhere."""
+
+
+class InProcessCommunicator(Communicator):
+    """Every node in this process: a message is a snapshot (copy) of the sender's statistics and counts."""
+
+    rank = 0
+    world_size = 1
+
+    def _all(self, local: Tensor) -> Tensor:
+        return local
+
+    def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
+        self._update(sender, statistics, counts)
+        self.record_bytes(sender, self._push_bytes(sender, receivers))
+
+    def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
+        return rows
+
+    def gather_objects(self, items: list) -> list | None:
         return list(items)

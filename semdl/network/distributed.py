@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from semdl.errors import UserError
-from semdl.network.communicator import InProcessCommunicator
+from semdl.network.communicator import Communicator
 
 # torch 2.14 renamed all_gather_into_tensor (deprecated since); the project supports torch >= 2.1.
 ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -89,8 +89,8 @@ def start_process_group(backend: str, timeout_seconds: float, device: torch.devi
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
 
 
-class DistributedCommunicator(InProcessCommunicator):
-    """The InProcessCommunicator's interface over torch.distributed; this rank runs `layout.local`."""
+class DistributedCommunicator(Communicator):
+    """The Communicator over torch.distributed; this rank runs `layout.local`."""
 
     def __init__(self, neighbors, responsible: Tensor, layout: RankLayout, timeout_seconds: float):
         super().__init__(neighbors, responsible)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
 from semdl.errors import UserError
+from semdl.registry import Registry
 
 PAPER10 = {
     0: (3, 4, 6, 7, 9),
@@ -92,30 +94,84 @@ def _read_adjacency_file(path: str, num_nodes: int) -> np.ndarray:
     return adjacency
 
 
-def build_topology(name: str, num_nodes: int, seed: int = 0, p: float = 0.5, path: str | None = None) -> Topology:
-    """Build the named graph on `num_nodes` nodes; raise UserError for a wrong size or a disconnected graph."""
-    if name in ("ring", "complete", "star", "erdos_renyi"):
-        index = np.arange(num_nodes)
-        if name == "ring":
-            distance = np.abs(index[:, None] - index[None, :])
-            adjacency = ((distance == 1) | (distance == num_nodes - 1)) & (distance > 0)
-        elif name == "complete":
-            adjacency = index[:, None] != index[None, :]
-        elif name == "star":
-            adjacency = ((index[:, None] == 0) | (index[None, :] == 0)) & (index[:, None] != index[None, :])
-        else:
-            adjacency = _draw_erdos_renyi(num_nodes, p, seed)
-        adjacency = adjacency.astype(int)
-    elif name == "paper10":
-        adjacency = _from_lists(name, PAPER10, num_nodes)
-    elif name == "paper5":
-        adjacency = _from_lists(name, PAPER5, num_nodes)
-    elif name == "file":
-        if path is None:
-            raise UserError("topology=file needs topology.path=<adjacency matrix text file>")
-        adjacency = _read_adjacency_file(path, num_nodes)
-    else:
-        raise UserError(f"unknown topology {name!r}")
+TOPOLOGIES: Registry[Callable[..., np.ndarray]] = Registry("topology", "topology")
+
+
+@dataclass
+class PlainConfig:
+    name: str = "ring"
+
+
+@dataclass
+class ErdosRenyiConfig:
+    name: str = "erdos_renyi"
+    p: float = 0.5  # edge probability (redrawn, seeded by the run seed, until the graph is connected)
+
+
+@dataclass
+class FileConfig:
+    name: str = "file"
+    path: Optional[str] = None  # adjacency matrix text file: N rows of N whitespace-separated 0/1 entries
+
+
+@TOPOLOGIES.register("ring", PlainConfig)
+def ring(num_nodes: int, seed: int) -> np.ndarray:
+    index = np.arange(num_nodes)
+    distance = np.abs(index[:, None] - index[None, :])
+    return ((distance == 1) | (distance == num_nodes - 1)) & (distance > 0)
+
+
+@TOPOLOGIES.register("complete", PlainConfig)
+def complete(num_nodes: int, seed: int) -> np.ndarray:
+    index = np.arange(num_nodes)
+    return index[:, None] != index[None, :]
+
+
+@TOPOLOGIES.register("star", PlainConfig)
+def star(num_nodes: int, seed: int) -> np.ndarray:
+    index = np.arange(num_nodes)
+    return ((index[:, None] == 0) | (index[None, :] == 0)) & (index[:, None] != index[None, :])
+
+
+@TOPOLOGIES.register("erdos_renyi", ErdosRenyiConfig)
+def erdos_renyi(num_nodes: int, seed: int, p: float = 0.5) -> np.ndarray:
+    if not 0 < p <= 1:
+        raise UserError(f"topology.p={p} is out of range; it must be in (0, 1]")
+    return _draw_erdos_renyi(num_nodes, p, seed)
+
+
+@TOPOLOGIES.register("paper10", PlainConfig)
+def paper10(num_nodes: int, seed: int) -> np.ndarray:
+    return _from_lists("paper10", PAPER10, num_nodes)
+
+
+@TOPOLOGIES.register("paper5", PlainConfig)
+def paper5(num_nodes: int, seed: int) -> np.ndarray:
+    return _from_lists("paper5", PAPER5, num_nodes)
+
+
+@TOPOLOGIES.register("file", FileConfig)
+def adjacency_file(num_nodes: int, seed: int, path: str | None = None) -> np.ndarray:
+    if not path:
+        raise UserError("topology=file needs topology.path=<adjacency matrix text file>")
+    return _read_adjacency_file(path, num_nodes)
+
+
+def build_topology(name: str, num_nodes: int, seed: int = 0, **options) -> Topology:
+    """The named graph on `num_nodes` nodes (`options`: the option's own keys, such as p or path); raise UserError
+    for a wrong size or a disconnected graph."""
+    return _connected(name, num_nodes, TOPOLOGIES.get(name, "topology").value(num_nodes, seed, **options))
+
+
+def topology_of(cfg) -> Topology:
+    """The graph a run config's `topology` group and node count describe (a `_target_` names the function)."""
+    options = {key: value for key, value in cfg.topology.items() if key not in ("name", "_target_")}
+    function = TOPOLOGIES.resolve(cfg.topology).value
+    return _connected(cfg.topology.name, cfg.nodes, function(cfg.nodes, cfg.seed, **options))
+
+
+def _connected(name: str, num_nodes: int, adjacency: np.ndarray) -> Topology:
+    adjacency = np.asarray(adjacency).astype(int)
     if not is_connected(adjacency):
         raise UserError(f"topology={name} with nodes={num_nodes} is not connected; consensus needs a connected graph")
     return from_adjacency(name, adjacency)

@@ -7,8 +7,10 @@ share one batched Cholesky factorisation; zero padding leaves logdet(I + c G) un
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -61,10 +63,26 @@ class _CholeskyLogdet(torch.autograd.Function):
         return weight[..., None, None] * torch.cholesky_inverse(factor), None
 
 
-class FallbackCount:
-    """How many matrices took the eigenvalue fallback since the process started (read per round into metrics)."""
+class FallbackTally:
+    """How many matrices took the eigenvalue fallback inside one `counting_fallbacks` block."""
 
-    total = 0
+    def __init__(self) -> None:
+        self.count = 0
+
+
+_tally: ContextVar[FallbackTally | None] = ContextVar("semdl_fallback_tally", default=None)
+
+
+@contextmanager
+def counting_fallbacks() -> Iterator[FallbackTally]:
+    """Count the eigenvalue fallbacks of the logdets computed inside the block (a round counts its own, so no
+    counter outlives the work it describes)."""
+    tally = FallbackTally()
+    token = _tally.set(tally)
+    try:
+        yield tally
+    finally:
+        _tally.reset(token)
 
 
 def logdet_identity_plus(gram: Tensor, scale: Tensor | float) -> Tensor:
@@ -80,7 +98,9 @@ def logdet_identity_plus(gram: Tensor, scale: Tensor | float) -> Tensor:
     if failed.any():
         # Rounding can make a nearly singular Gram slightly indefinite; its eigenvalues, clamped at 0, still
         # give the logdet of the PSD matrix it approximates.
-        FallbackCount.total += int(failed.sum())
+        tally = _tally.get()
+        if tally is not None:
+            tally.count += int(failed.sum())
         # A non-finite matrix has no logdet: it becomes NaN, for the run's numerical guard, not an eigh error.
         candidates = grams[failed]
         finite = torch.isfinite(candidates).all(-1).all(-1)

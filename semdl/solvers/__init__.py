@@ -1,19 +1,29 @@
-"""Solvers: each is the body of one communication round; the math lives in semdl.objectives."""
+"""Solvers: each is one module with one Solver class (semdl.solvers.base); the math lives in semdl.objectives.
 
-from semdl.solvers.cluster_bcd import ClusterPlan, cluster_bcd_round
-from semdl.solvers.local import local_round
-from semdl.solvers.groups import NodeGroup, VectorizedGroup, build_groups
-from semdl.solvers.primal_dual import PrimalDualSettings, dual_step, group_loss, primal_dual_round
+Importing this package registers semdl's own solvers in SOLVERS; other packages add theirs through the entry point
+group `semdl.solver`, and a user's module through a `_target_` in a solver YAML file.
+"""
+
+from semdl.solvers import centralized, cluster_bcd, fedavg, local, primal_dual  # noqa: F401  (registers them)
+from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits, build_solver, solver_class
+from semdl.solvers.common import NodeWork, optimise_locally, optimisation_steps, timed
+from semdl.solvers.groups import NodeGroup, VectorizedGroup, build_groups, train_groups
 
 __all__ = [
-    "ClusterPlan",
-    "PrimalDualSettings",
+    "SOLVERS",
+    "LocalTraining",
     "NodeGroup",
+    "NodeWork",
+    "Plan",
+    "RoundResult",
+    "Solver",
+    "Traits",
     "VectorizedGroup",
     "build_groups",
-    "cluster_bcd_round",
-    "dual_step",
-    "local_round",
-    "group_loss",
-    "primal_dual_round",
+    "build_solver",
+    "optimisation_steps",
+    "optimise_locally",
+    "solver_class",
+    "timed",
+    "train_groups",
 ]

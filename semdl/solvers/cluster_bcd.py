@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import List, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from semdl.network import Inbox, InProcessCommunicator, Node
+from semdl.errors import UserError
+from semdl.network import Node, Topology
+from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives import (
     ClusterContext,
     ConsensusPenalty,
@@ -15,20 +20,29 @@ from semdl.objectives import (
     consensus_penalty_from_sums,
     neighbor_sums,
 )
+from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits
 from semdl.solvers.common import Clock, NodeWork, optimise_locally, timed
-from semdl.solvers.primal_dual import PrimalDualSettings, dual_step
+from semdl.solvers.primal_dual import check_consensus_settings, dual_step
+
+log = logging.getLogger("semdl")
+
+CONSENSUS_GRAPHS = ("holders", "topology")
 
 
-@dataclass(frozen=True)
-class ClusterPlan:
-    """Clusters of node indices, each covering every class, and S_i, the clusters node i takes part in."""
-
-    clusters: list[list[int]]
-    replication: list[int]
+@dataclass
+class ClusterBCDConfig:
+    name: str = "cluster_bcd"
+    rho: float = 2.0  # consensus penalty
+    dual_step: float = 0.1  # alpha, the dual ascent step
+    gamma1: float = 1.0  # weight of R in dR
+    gamma2: float = 1.0  # weight of Rc in dR
+    min_class_samples: int = 1  # node i is responsible for class k when it holds at least this many samples of it
+    clusters: Optional[List[List[int]]] = None  # explicit clusters, e.g. [[0,1],[2,3]]; null builds them automatically
+    consensus: str = "holders"  # holders: every other holder of a class; topology: only holders along topology edges
 
 
 def cluster_contexts(
-    node: Node, statistics: Tensor, counts: Tensor, responsible: Tensor, weights: Tensor, plan: ClusterPlan
+    node: Node, statistics: Tensor, counts: Tensor, responsible: Tensor, weights: Tensor, plan: Plan
 ) -> list[ClusterContext]:
     """The other members' latest shared Grams and counts, replica-weighted, for each cluster containing `node`.
 
@@ -48,69 +62,120 @@ def cluster_contexts(
 
 
 def block_training(
-    node: Node, contexts: list[ClusterContext], penalty: ConsensusPenalty, settings: PrimalDualSettings
+    node: Node, contexts: list[ClusterContext], penalty: ConsensusPenalty, config, training: LocalTraining
 ) -> Tensor:
     """Node i's block: `local_epochs` passes over its responsible samples; returns the mean loss (on the device)."""
     own_counts = node.counts * node.responsible
     stored_grams = node.shared_grams
-    width = node.class_width(settings.batch_size)
+    width = node.class_width(training.batch_size)
     return optimise_locally(
         node,
-        settings.local_epochs,
-        settings.batch_size,
+        training.local_epochs,
+        training.batch_size,
         lambda features, labels: cluster_block_loss(
             features,
             labels,
-            settings.num_classes,
-            settings.eps_sq,
+            training.num_classes,
+            training.eps_sq,
             own_counts,
             stored_grams,
             contexts,
             penalty,
-            settings.gamma1,
-            settings.gamma2,
+            config.gamma1,
+            config.gamma2,
             width,
         ),
     )
 
 
-def cluster_bcd_round(
-    nodes: list[Node],
-    communicator: InProcessCommunicator,
-    inboxes: dict[int, Inbox],
-    plan: ClusterPlan,
-    settings: PrimalDualSettings,
-) -> tuple[list[NodeWork], dict[int, Inbox]]:
+@SOLVERS.register("cluster_bcd", ClusterBCDConfig)
+class ClusterBCD(Solver):
     """(a) dual steps; (b) per cluster, each member's block then its refreshed statistics, pushed to its cluster
-    (Gauss-Seidel: the next member sees them, on whichever rank it runs); (c) exchange among class holders.
-    `nodes` are the nodes this process runs; returns their work."""
-    local = {node.index: node for node in nodes}
-    penalties = {}
-    for node in nodes:
-        inbox = inboxes[node.index]
-        neighbors = neighbor_sums(inbox.statistics, inbox.shared)
-        dual_step(node.dual, node.statistics, neighbors, settings.dual_step)
-        penalties[node.index] = consensus_penalty_from_sums(node.statistics, neighbors, node.dual, settings.rho)
-    responsible = communicator.responsible
-    weights = 1.0 / torch.tensor(plan.replication, dtype=communicator.statistics.dtype, device=responsible.device)
-    losses: dict[int, list[Tensor]] = {node.index: [] for node in nodes}
-    clocks: dict[int, list[Clock]] = {node.index: [] for node in nodes}
-    for members in plan.clusters:
-        for index in members:
-            node = local.get(index)
-            if node is not None:
-                with timed(node.statistics.device) as clock:
-                    contexts = cluster_contexts(
-                        node, communicator.statistics, communicator.counts, responsible, weights, plan
-                    )
-                    losses[index].append(block_training(node, contexts, penalties[index], settings))
-                    node.refresh_statistics()
-                clocks[index].append(clock)
-            communicator.push(
-                index,
-                node.statistics if node is not None else None,
-                node.counts if node is not None else None,
-                len(members) - 1,
+    (Gauss-Seidel: the next member sees them, on whichever rank it runs); (c) exchange among class holders."""
+
+    Config = ClusterBCDConfig
+    traits = Traits(shares_statistics=True, lockstep=False)
+
+    @classmethod
+    def check(cls, config, run) -> None:
+        check_consensus_settings(config)
+        if config.min_class_samples < 1:
+            raise UserError(f"solver.min_class_samples={config.min_class_samples} is out of range; it must be >= 1")
+        if config.consensus not in CONSENSUS_GRAPHS:
+            raise UserError(
+                f"solver.consensus={config.consensus!r} is not allowed; choose one of: {', '.join(CONSENSUS_GRAPHS)}"
             )
-    work = [NodeWork(torch.stack(losses[node.index]).mean(), tuple(clocks[node.index])) for node in nodes]
-    return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+
+    def prepare(self, parts: list[np.ndarray], counts: np.ndarray, topology: Topology) -> Plan:
+        """Label sets L_i, clusters covering every class (given or automatic), replication S_i, and consensus
+        neighbours: the other holders of a shared class (all of them, or those along topology edges)."""
+        responsible = responsible_labels(counts, self.config.min_class_samples)
+        if self.config.clusters is not None:
+            clusters = check_clusters([list(cluster) for cluster in self.config.clusters], responsible)
+        else:
+            clusters = automatic_clusters(responsible)
+        replication = replication_counts(clusters, len(counts)).tolist()
+        neighbors = [
+            [
+                j
+                for j in range(len(counts))
+                if j != i
+                and (responsible[i] & responsible[j]).any()
+                and (self.config.consensus == "holders" or j in topology.neighbors[i])
+            ]
+            for i in range(len(counts))
+        ]
+        label_sets = [np.flatnonzero(row).tolist() for row in responsible]
+        for index, members in enumerate(clusters):
+            log.info("cluster %d: nodes %s", index, members)
+        for node, labels in enumerate(label_sets):
+            log.info("node %d: responsible for classes %s, in %d cluster(s)", node, labels, replication[node])
+        clusters_file = {
+            "clusters": clusters,
+            "label_sets": label_sets,
+            "replication": replication,
+            "weights": [1.0 / count for count in replication],
+            "consensus_neighbors": neighbors,
+        }
+        return Plan(parts, responsible, neighbors, clusters, replication, {"clusters.json": clusters_file})
+
+    def start(self, network) -> None:
+        self.training = self.local_training(network)
+        self.plan = network.plan
+
+    def round(self, network) -> RoundResult:
+        """`network.nodes` are the nodes this process runs; returns their work."""
+        nodes, communicator, inboxes, plan = network.nodes, network.communicator, network.inboxes, self.plan
+        local = {node.index: node for node in nodes}
+        penalties = {}
+        for node in nodes:
+            inbox = inboxes[node.index]
+            neighbors = neighbor_sums(inbox.statistics, inbox.shared)
+            dual_step(node.dual, node.statistics, neighbors, self.config.dual_step)
+            penalties[node.index] = consensus_penalty_from_sums(node.statistics, neighbors, node.dual, self.config.rho)
+        responsible = communicator.responsible
+        weights = 1.0 / torch.tensor(plan.replication, dtype=communicator.statistics.dtype, device=responsible.device)
+        losses: dict[int, list[Tensor]] = {node.index: [] for node in nodes}
+        clocks: dict[int, list[Clock]] = {node.index: [] for node in nodes}
+        for members in plan.clusters:
+            for index in members:
+                node = local.get(index)
+                if node is not None:
+                    with timed(node.statistics.device) as clock:
+                        contexts = cluster_contexts(
+                            node, communicator.statistics, communicator.counts, responsible, weights, plan
+                        )
+                        losses[index].append(
+                            block_training(node, contexts, penalties[index], self.config, self.training)
+                        )
+                        node.refresh_statistics()
+                    clocks[index].append(clock)
+                communicator.push(
+                    index,
+                    node.statistics if node is not None else None,
+                    node.counts if node is not None else None,
+                    len(members) - 1,
+                )
+        work = [NodeWork(torch.stack(losses[node.index]).mean(), tuple(clocks[node.index])) for node in nodes]
+        inboxes = communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+        return RoundResult(work, inboxes)

@@ -2,51 +2,78 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from semdl.network import InProcessCommunicator, Inbox, Node
+from semdl.network import Node
 from semdl.objectives.rates import rate_terms
-from semdl.solvers.common import NodeWork, optimise_locally
+from semdl.solvers.base import SOLVERS, LocalTraining, RoundResult, Solver, Traits
+from semdl.solvers.common import optimise_locally
 from semdl.solvers.groups import GroupLoss, NodeGroup, train_groups
-from semdl.solvers.primal_dual import PrimalDualSettings
+from semdl.solvers.primal_dual import check_rate_weights
 
 
-def local_rate_reduction_loss(node: Node, settings: PrimalDualSettings) -> Callable[[Tensor, Tensor], Tensor]:
+@dataclass
+class LocalConfig:
+    name: str = "local"
+    gamma1: float = 1.0  # weight of R in dR
+    gamma2: float = 1.0  # weight of Rc in dR
+
+
+def local_rate_reduction_loss(
+    node: Node, training: LocalTraining, gammas: tuple[float, float]
+) -> Callable[[Tensor, Tensor], Tensor]:
     """-dR of a mini-batch (m, d) of the node's own data."""
-    width = node.class_width(settings.batch_size)
+    width = node.class_width(training.batch_size)
+    gamma1, gamma2 = gammas
 
     def loss(features: Tensor, labels: Tensor) -> Tensor:
-        R, Rc, _ = rate_terms(features, labels, settings.num_classes, settings.eps_sq, width)
-        return -(settings.gamma1 * R - settings.gamma2 * Rc)
+        R, Rc, _ = rate_terms(features, labels, training.num_classes, training.eps_sq, width)
+        return -(gamma1 * R - gamma2 * Rc)
 
     return loss
 
 
-def local_rate_reduction_training(node: Node, settings: PrimalDualSettings) -> Tensor:
+def local_rate_reduction_training(node: Node, training: LocalTraining, gammas: tuple[float, float]) -> Tensor:
     """`local_epochs` passes of optimizer steps on -dR of the node's own mini-batches; the mean loss."""
-    return optimise_locally(node, settings.local_epochs, settings.batch_size, local_rate_reduction_loss(node, settings))
+    return optimise_locally(
+        node, training.local_epochs, training.batch_size, local_rate_reduction_loss(node, training, gammas)
+    )
 
 
-def local_group_loss(group: NodeGroup, settings: PrimalDualSettings) -> GroupLoss:
+def local_group_loss(group: NodeGroup, training: LocalTraining, gammas: tuple[float, float]) -> GroupLoss:
     """Each node's -dR of its own mini-batch, for the stacked mini-batches of a group."""
-    losses = [local_rate_reduction_loss(node, settings) for node in group.nodes]
+    losses = [local_rate_reduction_loss(node, training, gammas) for node in group.nodes]
     return lambda features, labels: torch.stack([loss(*batch) for loss, batch in zip(losses, zip(features, labels))])
 
 
-def local_round(
-    groups: list[NodeGroup], communicator: InProcessCommunicator, settings: PrimalDualSettings
-) -> tuple[list[NodeWork], dict[int, Inbox]]:
+@SOLVERS.register("local", LocalConfig)
+class Local(Solver):
     """Every node trains alone; the inboxes are an observer's view (no bytes counted) for the diagnostics."""
-    nodes, work = train_groups(
-        groups,
-        settings.local_epochs,
-        settings.batch_size,
-        [partial(local_group_loss, group, settings) for group in groups],
-    )
-    return work, communicator.exchange(
-        [node.statistics for node in nodes], [node.counts for node in nodes], record=False
-    )
+
+    Config = LocalConfig
+    traits = Traits(shares_statistics=False, lockstep=True)
+
+    @classmethod
+    def check(cls, config, run) -> None:
+        check_rate_weights(config)
+
+    def start(self, network) -> None:
+        self.training = self.local_training(network)
+
+    def round(self, network) -> RoundResult:
+        groups = network.groups
+        nodes, work = train_groups(
+            groups,
+            self.training.local_epochs,
+            self.training.batch_size,
+            [partial(local_group_loss, group, self.training, self.rate_weights) for group in groups],
+        )
+        inboxes = network.communicator.exchange(
+            [node.statistics for node in nodes], [node.counts for node in nodes], record=False
+        )
+        return RoundResult(work, inboxes)

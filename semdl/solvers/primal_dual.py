@@ -2,32 +2,50 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 from torch import Tensor
 
-from semdl.network import Inbox, InProcessCommunicator
+from semdl.errors import UserError
+from semdl.network import Topology
 from semdl.objectives import (
     NeighborSums,
     consensus_penalty_from_sums,
     neighbor_sums_of_rows,
     primal_dual_loss_with_penalty,
 )
-from semdl.solvers.common import NodeWork
+from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits
 from semdl.solvers.groups import GroupLoss, NodeGroup, train_groups
 
+log = logging.getLogger("semdl")
 
-@dataclass(frozen=True)
-class PrimalDualSettings:
-    num_classes: int
-    eps_sq: float
-    rho: float
-    dual_step: float
-    gamma1: float
-    gamma2: float
-    local_epochs: int
-    batch_size: int
+IID_TOLERANCE = 0.05  # total-variation distance from the global class mix above which a partition is non-i.i.d.
+
+
+@dataclass
+class PrimalDualConfig:
+    name: str = "primal_dual"
+    rho: float = 5.0  # consensus penalty
+    dual_step: float = 0.1  # alpha, the dual ascent step
+    gamma1: float = 1.0  # weight of R in dR
+    gamma2: float = 1.0  # weight of Rc in dR
+
+
+def check_consensus_settings(config) -> None:
+    """rho, the dual step and the rate weights are non-negative (shared by the statistics-sharing solvers)."""
+    if config.rho < 0:
+        raise UserError(f"solver.rho={config.rho} is out of range; it must be >= 0")
+    if config.dual_step < 0:
+        raise UserError(f"solver.dual_step={config.dual_step} is out of range; it must be >= 0")
+    check_rate_weights(config)
+
+
+def check_rate_weights(config) -> None:
+    if config.gamma1 < 0 or config.gamma2 < 0:
+        raise UserError("solver.gamma1 and solver.gamma2 must be >= 0")
 
 
 def dual_step(dual: Tensor, statistics: Tensor, neighbors: NeighborSums, step: float) -> None:
@@ -39,39 +57,60 @@ def dual_step(dual: Tensor, statistics: Tensor, neighbors: NeighborSums, step: f
     dual.addcmul_(neighbors.count[..., None, None], statistics, value=step).sub_(neighbors.statistics, alpha=step)
 
 
-def group_loss(group: NodeGroup, neighbors: NeighborSums, settings: PrimalDualSettings) -> GroupLoss:
+def group_loss(group: NodeGroup, neighbors: NeighborSums, config: PrimalDualConfig, training: LocalTraining) -> GroupLoss:
     """Each node's L_i of this round, for a group at once, as a function of its stacked mini-batch features and
     labels; `neighbors` are the sums of the group's inboxes (B, ...)."""
-    penalty = consensus_penalty_from_sums(group.statistics, neighbors, group.duals, settings.rho)
-    width = group.class_width(settings.batch_size)
+    penalty = consensus_penalty_from_sums(group.statistics, neighbors, group.duals, config.rho)
+    width = group.class_width(training.batch_size)
     return lambda features, labels: primal_dual_loss_with_penalty(
-        features, labels, settings.num_classes, settings.eps_sq, penalty, settings.gamma1, settings.gamma2, width
+        features, labels, training.num_classes, training.eps_sq, penalty, config.gamma1, config.gamma2, width
     )
 
 
-def primal_dual_round(
-    groups: list[NodeGroup],
-    neighborhoods: list[tuple[Tensor, Tensor]],
-    communicator: InProcessCommunicator,
-    settings: PrimalDualSettings,
-) -> tuple[list[NodeWork], dict[int, Inbox]]:
-    """Dual step, local training and statistics at every node, then the exchange; returns each node's work.
+@SOLVERS.register("primal_dual", PrimalDualConfig)
+class PrimalDual(Solver):
+    """Dual step, local training and statistics at every node, then the exchange of statistics with neighbours."""
 
-    neighborhoods[g] is group g's communicator.neighborhood. Each node reads only round t-1 statistics (the
-    communicator's, until the exchange), so running the groups one after another is the synchronous round of the
-    algorithm.
-    """
+    Config = PrimalDualConfig
+    traits = Traits(shares_statistics=True, lockstep=True)
 
-    def dual_step_then_loss(group: NodeGroup, neighborhood: tuple[Tensor, Tensor]) -> GroupLoss:
-        index, shared = neighborhood
-        neighbors = neighbor_sums_of_rows(communicator.statistics, index, shared)
-        dual_step(group.duals, group.statistics, neighbors, settings.dual_step)
-        return group_loss(group, neighbors, settings)
+    @classmethod
+    def check(cls, config, run) -> None:
+        check_consensus_settings(config)
 
-    nodes, work = train_groups(
-        groups,
-        settings.local_epochs,
-        settings.batch_size,
-        [partial(dual_step_then_loss, group, neighborhood) for group, neighborhood in zip(groups, neighborhoods)],
-    )
-    return work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+    def prepare(self, parts: list[np.ndarray], counts: np.ndarray, topology: Topology) -> Plan:
+        proportions = counts / counts.sum(1, keepdims=True)
+        global_mix = counts.sum(0) / counts.sum()
+        if 0.5 * np.abs(proportions - global_mix).sum(1).max() > IID_TOLERANCE:
+            log.warning(
+                "primal_dual's decoupling assumes i.i.d. data, but this partition is not; "
+                "solver=cluster_bcd is made for it"
+            )
+        return super().prepare(parts, counts, topology)
+
+    def start(self, network) -> None:
+        self.training = self.local_training(network)
+        self.neighborhoods = [
+            network.communicator.neighborhood([node.index for node in group.nodes]) for group in network.groups
+        ]
+
+    def round(self, network) -> RoundResult:
+        """Each node reads only round t-1 statistics (the communicator's, until the exchange), so running the groups
+        one after another is the synchronous round of the algorithm."""
+        communicator = network.communicator
+
+        def dual_step_then_loss(group: NodeGroup, neighborhood: tuple[Tensor, Tensor]) -> GroupLoss:
+            index, shared = neighborhood
+            neighbors = neighbor_sums_of_rows(communicator.statistics, index, shared)
+            dual_step(group.duals, group.statistics, neighbors, self.config.dual_step)
+            return group_loss(group, neighbors, self.config, self.training)
+
+        nodes, work = train_groups(
+            network.groups,
+            self.training.local_epochs,
+            self.training.batch_size,
+            [partial(dual_step_then_loss, *pair) for pair in zip(network.groups, self.neighborhoods)],
+        )
+        return RoundResult(
+            work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
+        )

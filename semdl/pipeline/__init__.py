@@ -1,0 +1,8 @@
+"""The orchestration of a run, one module per responsibility:
+
+- network: build the simulated network (dataset, partition, solver plan, nodes, communicator, groups);
+- records: the per-round metrics rows and the numerical guard;
+- loop: the round loop and its hooks (checkpoint cadence and Ctrl-C, periodic evaluation, progress);
+- finish: the final checkpoint, evaluation, figures and summary;
+- runs: reading a run directory back (shared by `resume=` and `semdl eval`).
+"""

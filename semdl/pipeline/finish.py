@@ -1,0 +1,76 @@
+"""The end of a run: final checkpoint, full evaluation, figures and the summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from semdl.checkpoint import checkpoint_state
+from semdl.eval import plot_training_curves
+from semdl.eval.evaluate import evaluate_network
+from semdl.eval.plots import plot_accuracy_curves
+from semdl.io import MetricsWriter, save_checkpoint, write_json
+from semdl.pipeline.loop import History, evaluation_nodes, evaluation_row
+from semdl.pipeline.network import Network
+
+
+def headline(evaluation: dict) -> dict:
+    """The numbers of eval.json that summary.json repeats."""
+    return {
+        "accuracy": {
+            name: {key: result[key] for key in ("mean", "per_node", "own_classes_mean")}
+            for name, result in evaluation["classifiers"].items()
+        },
+        "mean_cross_node_angle": evaluation["consistency"]["mean_cross_node_angle"],
+        "mean_class_angle": evaluation["discriminability"]["mean_class_angle"],
+        "mean_effective_rank": evaluation["diversity"]["mean_effective_rank"],
+    }
+
+
+def finish(
+    cfg: DictConfig,
+    run_dir: Path,
+    network: Network,
+    device: torch.device,
+    history: History,
+    descriptions: list[dict] | None,
+    started: float,
+) -> dict | None:
+    """Checkpoint the last round, evaluate every node, draw the figures and write summary.json; return the summary
+    (rank 0; the other ranks of a distributed run only hand their nodes over, and return None)."""
+    state = checkpoint_state(cfg.train.rounds, network, cfg)
+    if network.communicator.rank != 0:
+        return None
+    save_checkpoint(run_dir / "checkpoints", state)
+    everyone = evaluation_nodes(cfg, network, state)
+    evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
+    write_json(run_dir / "eval.json", evaluation)
+    history.evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
+    with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
+        metrics.write_round([history.evaluation_rows[-1]])
+
+    plot_training_curves(history.network_rows, run_dir / "figures" / "training_curves.png")
+    plot_accuracy_curves(
+        [row["round"] for row in history.evaluation_rows],
+        {name: [row["accuracy"][name] for row in history.evaluation_rows] for name in cfg.eval.classifiers},
+        run_dir / "figures" / "accuracy_curves.png",
+    )
+    final = history.network_rows[-1]
+    summary = {
+        "rounds": cfg.train.rounds,
+        "network_dR": final["dR"],
+        "network_R": final["R"],
+        "network_Rc": final["Rc"],
+        "consensus_residual": final["consensus_residual"],
+        "total_bytes_sent": sum(network.communicator.bytes_sent),
+        "cholesky_fallbacks": sum(row.get("cholesky_fallbacks", 0) for row in history.network_rows),
+        "wall_seconds": time.perf_counter() - started,
+        **headline(evaluation),
+        "device": str(device),
+        "nodes": descriptions,
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary

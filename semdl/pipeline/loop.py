@@ -1,0 +1,180 @@
+"""The round loop: each round runs the solver, records its metrics, and passes the hooks that may evaluate,
+checkpoint or stop the run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from semdl.checkpoint import checkpoint_state
+from semdl.errors import Interrupted
+from semdl.eval.evaluate import evaluate_accuracy
+from semdl.io import MetricsWriter, save_checkpoint
+from semdl.objectives.rates import counting_fallbacks
+from semdl.pipeline.network import Network, build_nodes
+from semdl.checkpoint import restore_nodes
+from semdl.network import Node
+from semdl.pipeline.records import round_rows
+from semdl.solvers import RoundResult
+
+log = logging.getLogger("semdl")
+
+
+@dataclass
+class History:
+    """The metrics rows a run has written so far that its end needs: the network's and the evaluations'."""
+
+    network_rows: list[dict] = field(default_factory=list)
+    evaluation_rows: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rows: list[dict]) -> History:
+        return cls(
+            [row for row in rows if row["node"] == "network"], [row for row in rows if row["node"] == "eval"]
+        )
+
+
+def run_round(network: Network) -> tuple[RoundResult, int]:
+    """One round of the solver, with the eigenvalue fallbacks it took; the network then holds its inboxes."""
+    with counting_fallbacks() as fallbacks:
+        result = network.solver.round(network)
+    network.inboxes = result.inboxes
+    return result, fallbacks.count
+
+
+def evaluation_row(round_index: int, accuracies: dict) -> dict:
+    """The metrics.jsonl row of an evaluation: mean and per-node accuracy of every classifier."""
+    return {
+        "round": round_index,
+        "node": "eval",
+        "accuracy": {name: result["mean"] for name, result in accuracies.items()},
+        "accuracy_per_node": {name: result["per_node"] for name, result in accuracies.items()},
+    }
+
+
+def evaluation_nodes(cfg: DictConfig, network: Network, state: dict | None) -> list[Node] | None:
+    """Every node, for evaluation on rank 0 (None elsewhere): the network's own nodes in-process; in a distributed
+    run, nodes rebuilt on rank 0 from the gathered state (the weights of the others leave their ranks only here)."""
+    if network.communicator.world_size == 1:
+        return network.nodes
+    if state is None:
+        return None
+    device = network.nodes[0].statistics.device
+    nodes = build_nodes(cfg, network.dataset, network.parts, network.responsible, device)
+    restore_nodes(state, nodes, device)
+    return nodes
+
+
+@contextmanager
+def checkpoint_on_sigint(active: bool) -> Iterator[list[bool]]:
+    """While active, a first Ctrl-C only raises a flag (the round finishes and a checkpoint is written); a
+    second one interrupts at once. Inactive in distributed runs, whose ranks could not agree on the round."""
+    requested = [False]
+
+    def handler(signum, frame):
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+        log.warning("interrupt: stopping after this round, with a checkpoint (Ctrl-C again to stop now)")
+
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class PeriodicEvaluation:
+    """eval.every: the classifiers' accuracy every this many rounds (the final round has the full evaluation)."""
+
+    def __init__(self, cfg: DictConfig, network: Network):
+        self.cfg, self.network = cfg, network
+
+    def __call__(self, round_index: int) -> dict | None:
+        every, rounds = self.cfg.eval.every, self.cfg.train.rounds
+        if not every or round_index % every or round_index >= rounds:
+            return None
+        distributed = self.network.communicator.world_size > 1
+        gathered = checkpoint_state(round_index, self.network, self.cfg) if distributed else None
+        everyone = evaluation_nodes(self.cfg, self.network, gathered)
+        if everyone is None:
+            return None
+        accuracies = evaluate_accuracy(everyone, self.network.dataset, self.cfg.eval, self.cfg.dim_z)
+        return evaluation_row(round_index, accuracies)
+
+
+class CheckpointCadence:
+    """train.checkpoint_every, and the checkpoint of a round that a first Ctrl-C asked to be the last."""
+
+    def __init__(self, cfg: DictConfig, network: Network, checkpoints: Path, leader: bool):
+        self.cfg, self.network, self.checkpoints, self.leader = cfg, network, checkpoints, leader
+
+    def __call__(self, round_index: int, interrupted: bool) -> None:
+        every, rounds = self.cfg.train.checkpoint_every, self.cfg.train.rounds
+        if interrupted or (every and round_index % every == 0 and round_index < rounds):
+            state = checkpoint_state(round_index, self.network, self.cfg)
+            if self.leader:
+                save_checkpoint(self.checkpoints, state)
+
+
+def progress_bar(cfg: DictConfig, done: int, leader: bool) -> tqdm:
+    return tqdm(
+        range(done + 1, cfg.train.rounds + 1),
+        desc="rounds",
+        unit="round",
+        mininterval=1.0,
+        initial=done,
+        total=cfg.train.rounds,
+        disable=not leader,
+    )
+
+
+def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, history: History) -> None:
+    """Rounds done+1 .. train.rounds: metrics appended each round (by rank 0), periodic evaluations and
+    checkpoints; a first Ctrl-C ends the run after its round with a checkpoint (raising Interrupted)."""
+    communicator = network.communicator
+    leader = communicator.rank == 0
+    evaluate = PeriodicEvaluation(cfg, network)
+    checkpoint = CheckpointCadence(cfg, network, run_dir / "checkpoints", leader)
+    progress = progress_bar(cfg, done, leader)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
+    try:
+        with checkpoint_on_sigint(communicator.world_size == 1) as interrupt:
+            for round_index in progress:
+                round_start = time.perf_counter()
+                bytes_before = list(communicator.bytes_sent)
+                result, fallbacks = run_round(network)
+                rows = round_rows(round_index, network, result, bytes_before, round_start, fallbacks)
+                evaluation = evaluate(round_index)
+                if evaluation is not None:
+                    history.evaluation_rows.append(evaluation)
+                    rows.append(evaluation)
+                network_row = next(row for row in rows if row["node"] == "network")
+                history.network_rows.append(network_row)
+                if metrics is not None:
+                    metrics.write_round(rows)
+                progress.set_postfix(
+                    dR=f"{network_row['dR']:.3f}", residual=f"{network_row['consensus_residual']:.2e}", refresh=False
+                )
+                checkpoint(round_index, interrupt[0])
+                if interrupt[0] and round_index < cfg.train.rounds:
+                    raise Interrupted(
+                        f"interrupted after round {round_index} of {cfg.train.rounds}, checkpoint saved; continue "
+                        f"with: semdl train resume={run_dir}"
+                    )
+    finally:
+        if metrics is not None:
+            metrics.close()
+        progress.close()

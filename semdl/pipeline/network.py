@@ -1,0 +1,226 @@
+"""Building the simulated network a run's rounds act on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+from semdl.config import switch
+from semdl.data import Dataset, build_partition, class_counts, load_dataset
+from semdl.errors import UserError
+from semdl.eval import plot_partition
+from semdl.io import write_json
+from semdl.models import architectures, build_encoder
+from semdl.network import Communicator, InProcessCommunicator, Inbox, Node, build_optimizer, node_seeds, topology_of
+from semdl.network.distributed import (
+    DistributedCommunicator,
+    RankLayout,
+    launched_by_torchrun,
+    process_rank,
+    start_process_group,
+)
+from semdl.solvers import NodeGroup, Plan, Solver, build_groups, build_solver
+
+log = logging.getLogger("semdl")
+
+
+@dataclass
+class Network:
+    """Everything a run's rounds act on, ready for round 1 (statistics of the untrained encoders exchanged)."""
+
+    dataset: Dataset
+    parts: list[np.ndarray]  # every node's training indices
+    plan: Plan  # the solver's label sets, neighbours and clusters
+    nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
+    groups: list[NodeGroup]  # how the nodes execute (lockstep groups for the solvers that allow them; else one each)
+    communicator: Communicator
+    solver: Solver
+    inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
+
+    @property
+    def responsible(self) -> np.ndarray:
+        return self.plan.responsible
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def process_device(cfg: DictConfig) -> torch.device:
+    """This process's device; with comm=torch_distributed, also join the torchrun job (one GPU per local rank)."""
+    device = resolve_device(cfg.device)
+    if cfg.comm == "torch_distributed":
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        start_process_group(cfg.comm_backend, cfg.comm_timeout, device)
+    elif launched_by_torchrun():
+        raise UserError(
+            f"torchrun started {os.environ['WORLD_SIZE']} processes but comm=in_process would run the whole network "
+            "in each; add comm=torch_distributed"
+        )
+    return device
+
+
+def build_nodes(
+    cfg: DictConfig,
+    dataset: Dataset,
+    parts: list[np.ndarray],
+    responsible: np.ndarray,
+    device: torch.device,
+    local: list[int] | None = None,
+) -> list[Node]:
+    """One node per part (only those in `local`, when given: the nodes this process runs), each with its own
+    encoder, optimizer and shuffling stream, seeded by the run seed and its index alone."""
+    on_cuda = device.type == "cuda"
+    amp = switch(cfg.train.amp, on_cuda)
+    compile_encoders = switch(cfg.train.compile, on_cuda)
+    nodes = []
+    for index, (architecture, part) in enumerate(zip(architectures(cfg.model, cfg.nodes), parts)):
+        if local is not None and index not in local:
+            continue
+        init_seed, shuffle_seed = node_seeds(cfg.seed, index)
+        encoder = build_encoder(architecture, dataset.input_shape, cfg.dim_z, cfg.model, init_seed).to(device)
+        shape = (dataset.num_classes, cfg.dim_z, cfg.dim_z)
+        nodes.append(
+            Node(
+                index=index,
+                architecture=architecture,
+                encoder=encoder,
+                optimizer=build_optimizer(
+                    cfg.train.optimizer, encoder.parameters(), cfg.train.lr, cfg.train.weight_decay
+                ),
+                inputs=dataset.train_x,
+                labels=dataset.train_y,
+                pipeline=dataset.pipeline,
+                indices=torch.as_tensor(part, dtype=torch.long, device=device),
+                generator=torch.Generator(device=device).manual_seed(shuffle_seed),
+                num_classes=dataset.num_classes,
+                statistics=torch.zeros(shape, device=device),
+                counts=torch.zeros(dataset.num_classes, device=device),
+                dual=torch.zeros(shape, device=device),
+                responsible=torch.as_tensor(responsible[index], device=device),
+                amp=amp,
+                compiled_encoder=torch.compile(encoder) if compile_encoders else None,
+            )
+        )
+    return nodes
+
+
+def node_descriptions(nodes: list[Node]) -> list[dict]:
+    """Each node's architecture and size, and what sharing its weights would cost next to its statistics."""
+    return [
+        {
+            "node": node.index,
+            "architecture": node.architecture,
+            "parameters": sum(parameter.numel() for parameter in node.encoder.parameters()),
+            "weight_bytes": sum(parameter.nbytes for parameter in node.encoder.parameters()),
+            "statistics_bytes": node.statistics.nbytes + node.counts.nbytes,
+            "train_samples": node.num_samples,
+        }
+        for node in nodes
+    ]
+
+
+def write_partition(
+    run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int
+) -> np.ndarray:
+    """partition.json and figures/partition.png; returns the (nodes, classes) count matrix."""
+    counts = class_counts(labels, parts, num_classes)
+    write_json(
+        run_dir / "partition.json",
+        {
+            "scheme": cfg.partition.name,
+            "seed": cfg.seed,
+            "num_nodes": len(parts),
+            "num_classes": num_classes,
+            "nodes": [
+                {"node": i, "num_samples": len(part), "class_counts": counts[i].tolist(), "indices": part.tolist()}
+                for i, part in enumerate(parts)
+            ],
+        },
+    )
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    plot_partition(counts, run_dir / "figures" / "partition.png")
+    return counts
+
+
+def partition_dataset(cfg: DictConfig, run_dir: Path | None) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
+    """Load the dataset (on the CPU), partition its training set over the nodes and save the partition in run_dir
+    (unless None: the processes of a distributed run other than rank 0 compute it without writing)."""
+    dataset = load_dataset(cfg.data)
+    train_labels = dataset.train_y.numpy()
+    parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
+    if run_dir is None:
+        return dataset, parts, class_counts(train_labels, parts, dataset.num_classes)
+    return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes)
+
+
+def build_network(
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device,
+    saved_parts: list[np.ndarray] | None = None,
+    restore: Callable[[Network], None] | None = None,
+    solver_states: dict[int, dict] | None = None,
+) -> Network:
+    """Topology, dataset on the device, partition, the solver's plan, nodes, communicator and groups.
+
+    A fresh network (saved_parts None) saves its partition (and the solver's files) in run_dir and starts from
+    the untrained encoders' statistics. A resumed one takes the run's saved partition and writes nothing;
+    `restore` puts the checkpoint's node state into it before its nodes are grouped, and `solver_states` are
+    the solver's own, loaded once it has started.
+    """
+    topology = topology_of(cfg)
+    writer = run_dir if saved_parts is None and process_rank() == 0 else None  # only rank 0 writes, and only anew
+    if saved_parts is None:
+        dataset, parts, counts = partition_dataset(cfg, writer)
+    else:
+        dataset, parts = load_dataset(cfg.data), saved_parts
+        counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
+    solver = build_solver(cfg)
+    plan = solver.prepare(parts, counts, topology)
+    if writer is not None:
+        for name, payload in plan.files.items():
+            write_json(Path(writer) / name, payload)
+    dataset = dataset.to(device)
+    responsible = torch.as_tensor(plan.responsible, device=device)
+    if cfg.comm == "torch_distributed":
+        layout = RankLayout.balanced(len(plan.parts), dist.get_world_size(), dist.get_rank())
+        log.info("nodes per rank: %s", layout.describe())
+        communicator = DistributedCommunicator(plan.neighbors, responsible, layout, cfg.comm_timeout)
+    else:
+        communicator = InProcessCommunicator(plan.neighbors, responsible)
+    nodes = build_nodes(cfg, dataset, plan.parts, plan.responsible, device, communicator.local)
+    lockstep = solver.traits.lockstep and cfg.sim.lockstep == "on"
+    vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
+    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {})
+    if restore is not None:
+        restore(network)
+    network.groups = build_groups(nodes, lockstep, vectorize, switch(cfg.train.compile, device.type == "cuda"))
+    solver.start(network)
+    if solver_states is not None:
+        solver.load_state_dict(network, solver_states)
+    if restore is None:
+        for group in network.groups:
+            group.refresh_statistics()
+    # Resuming, the inboxes are those the checkpointed round delivered: already counted then.
+    network.inboxes = communicator.exchange(
+        [node.statistics for node in nodes],
+        [node.counts for node in nodes],
+        record=solver.traits.shares_statistics and restore is None,
+    )
+    communicator.sync_bytes()
+    return network

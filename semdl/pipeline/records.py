@@ -1,0 +1,134 @@
+"""The metrics.jsonl rows of a round, and the numerical guard that stops a run whose numbers are not finite."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor
+
+from semdl.errors import NumericalError
+from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
+from semdl.pipeline.network import Network
+from semdl.solvers import RoundResult
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One node's numbers of one round, as its metrics row holds them (`finite`: its statistics are finite)."""
+
+    loss: float
+    R: float
+    Rc: float
+    dR: float
+    consensus_residual: float
+    dual_norm: float
+    finite: float
+
+    @classmethod
+    def width(cls) -> int:
+        return len(fields(cls))
+
+    def check(self, round_index: int, node: int) -> None:
+        """Raise NumericalError naming the node and the first quantity that is not finite (NaN or inf)."""
+        for finite, quantity in (
+            (math.isfinite(self.loss), f"its training loss is {self.loss}"),
+            (self.finite == 1.0, "its statistics V_i^k hold non-finite values"),
+            (math.isfinite(self.dual_norm), "its duals Y_i^k hold non-finite values"),
+        ):
+            if not finite:
+                raise NumericalError(f"round {round_index}, node {node}: {quantity}")
+
+
+def node_values(network: Network, result: RoundResult) -> Tensor:
+    """The local nodes' NodeRecord values (n_local, NodeRecord.width()) as one device tensor, not yet read."""
+    gammas = network.solver.rate_weights
+    rows = []
+    for node, work in zip(network.nodes, result.work):
+        inbox = result.inboxes[node.index]
+        dR, R, Rc = rate_reduction_from_statistics(
+            node.statistics, node.counts * node.responsible, network.solver.run.eps_sq, *gammas
+        )
+        residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
+        finite = torch.isfinite(node.statistics).all()
+        values = (work.loss, R, Rc, dR, residual, node.dual.norm(), finite)
+        rows.append(torch.stack([value.to(torch.float64).reshape(()) for value in values]))
+    return torch.stack(rows)
+
+
+def network_values(network: Network) -> Tensor:
+    """R, Rc and dR of each cluster of the solver's plan, then of the pooled network statistics (a device tensor)."""
+    communicator, plan = network.communicator, network.plan
+    eps_sq, gammas = network.solver.run.eps_sq, network.solver.rate_weights
+    statistics = communicator.statistics
+    shared_counts = communicator.counts * communicator.responsible
+    values = []
+    for members in plan.clusters:
+        dR, R, Rc = cluster_rate_reduction(
+            statistics[members] * shared_counts[members][..., None, None],
+            shared_counts[members],
+            torch.tensor([1.0 / plan.replication[j] for j in members], device=statistics.device),
+            eps_sq,
+            *gammas,
+        )
+        values += [R, Rc, dR]
+    pooled_V, pooled_counts = pool_statistics(statistics, shared_counts)
+    dR, R, Rc = rate_reduction_from_statistics(pooled_V, pooled_counts, eps_sq, *gammas)
+    values += [R, Rc, dR]
+    return torch.stack([value.to(torch.float64) for value in values])
+
+
+def round_rows(
+    round_index: int,
+    network: Network,
+    result: RoundResult,
+    bytes_before: list[int],
+    round_start: float,
+    cholesky_fallbacks: int,
+) -> list[dict]:
+    """metrics.jsonl rows of one round: one per node, one per cluster of the plan and one for the network.
+
+    The nodes' values are gathered from every process (in-process, they are all here) and read from the device in
+    one transfer. The round's seconds run from `round_start` to that transfer. Raises NumericalError, naming the
+    first node and quantity, when a loss, statistic or dual is not finite (every process sees the same numbers,
+    so all stop together).
+    """
+    communicator = network.communicator
+    per_node = communicator.gather(node_values(network, result))
+    numbers = torch.cat([per_node.flatten(), network_values(network)]).tolist()
+    round_seconds = time.perf_counter() - round_start
+    num_nodes, width = len(communicator.bytes_sent), NodeRecord.width()
+    records = [NodeRecord(*numbers[width * index : width * (index + 1)]) for index in range(num_nodes)]
+    for index, record in enumerate(records):
+        record.check(round_index, index)
+    host = communicator.gather_host(
+        [[work.seconds, cholesky_fallbacks if position == 0 else 0] for position, work in enumerate(result.work)]
+    )
+    communicator.sync_bytes()
+    bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
+    rows = []
+    for index, (record, (seconds, _)) in enumerate(zip(records, host)):
+        values = asdict(record)
+        del values["finite"]
+        rows.append({"round": round_index, "node": index, **values, "bytes_sent": bytes_sent[index], "seconds": seconds})
+    offset = width * num_nodes
+    for cluster, members in enumerate(network.plan.clusters):
+        R, Rc, dR = numbers[offset + 3 * cluster : offset + 3 * cluster + 3]
+        rows.append({"round": round_index, "node": f"cluster:{cluster}", "members": members, "R": R, "Rc": Rc, "dR": dR})
+    R, Rc, dR = numbers[-3:]
+    rows.append(
+        {
+            "round": round_index,
+            "node": "network",
+            "R": R,
+            "Rc": Rc,
+            "dR": dR,
+            "consensus_residual": max(record.consensus_residual for record in records),
+            "bytes_sent": sum(bytes_sent),
+            "cholesky_fallbacks": int(sum(row[1] for row in host)),
+            "seconds": round_seconds,
+        }
+    )
+    return rows

@@ -1,0 +1,146 @@
+"""Named choices of a config group (solver, data, partition, topology, model, classifier).
+
+One Registry per group is the single source of that group's options: config validation, `semdl --help`, dispatch
+and the tests read it. An option is a name, the object that implements it (a class or a function) and, for the
+groups whose options have their own keys, a config dataclass: its fields are the option's keys, its defaults are
+the only place those defaults are written, and registering it makes `group=name` composable by Hydra.
+
+Options come from three places, all equal once registered:
+- semdl's own modules, with the `register` decorator;
+- installed packages, through the Python entry point group `semdl.<group>` (name = "module:object");
+- a YAML file on Hydra's search path whose `_target_` names the object ("package.module.Object"), for a user's
+  own module; its other keys are checked against the object's config dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, is_dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from semdl.errors import UserError
+
+T = TypeVar("T")
+TARGET = "_target_"
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One registered choice: its name, what implements it, and its config dataclass (None: no keys of its own)."""
+
+    name: str
+    value: T
+    config: Any | None  # a dataclass instance: the option's keys with their defaults
+
+
+class Registry(Generic[T]):
+    """The options of one config group, by name."""
+
+    def __init__(self, group: str, describe: str):
+        self.group = group
+        self.describe = describe  # what an option is, for messages: "solver", "dataset", ...
+        self._options: dict[str, Option[T]] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str, config: type | None = None, **defaults: Any) -> Callable[[T], T]:
+        """Decorator: register `value` as option `name`, with `config` its keys (a dataclass with a `name` field)
+        and `defaults` the values this option gives some of them instead of the dataclass's."""
+
+        def add(value: T) -> T:
+            self.add(name, value, config, **defaults)
+            return value
+
+        return add
+
+    def add(self, name: str, value: T, config: type | None = None, **defaults: Any) -> None:
+        if name in self._options and self._options[name].value is not value:
+            raise ValueError(f"{self.describe} {name!r} is registered twice")
+        instance = None
+        if config is not None:
+            if not is_dataclass(config) or "name" not in {field.name for field in fields(config)}:
+                raise TypeError(f"the config of {self.describe} {name!r} must be a dataclass with a `name` field")
+            instance = config(name=name, **defaults)
+            ConfigStore.instance().store(group=self.group, name=name, node=instance)
+        self._options[name] = Option(name, value, instance)
+
+    def _load_entry_points(self) -> None:
+        """Register the options that installed packages declare under the entry point group semdl.<group>."""
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for point in entry_points(group=f"semdl.{self.group}"):
+            if point.name in self._options:
+                continue
+            try:
+                value = point.load()
+            except Exception as error:  # a broken plugin must not hide semdl's own options
+                raise UserError(
+                    f"the {self.describe} {point.name!r} of entry point {point.value} cannot be imported: {error}"
+                ) from None
+            self.add(point.name, value, getattr(value, "Config", None))
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return list(self._options)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+    def get(self, name: str, key: str | None = None) -> Option[T]:
+        """The option called `name`; an unknown name is one line listing the choices (`key` names the config key)."""
+        self._load_entry_points()
+        if name not in self._options:
+            raise UserError(
+                f"unknown {self.describe} {name!r} in {key or self.group}; choose one of: {', '.join(self._options)}"
+            )
+        return self._options[name]
+
+    def resolve(self, options: DictConfig) -> Option[T]:
+        """The option a composed config group node selects: its `_target_` when present, else its `name`."""
+        target = options.get(TARGET) if isinstance(options, DictConfig) else None
+        if target is None:
+            return self.get(options.name, self.group)
+        module_name, _, attribute = str(target).rpartition(".")
+        try:
+            value = getattr(import_module(module_name), attribute)
+        except Exception as error:  # whatever the user's module raises while importing is reported, not raised
+            raise UserError(
+                f"{self.group}._target_={target} cannot be imported: {_first_line(error)} "
+                "(is its folder on PYTHONPATH, or its package installed?)"
+            ) from None
+        config = getattr(value, "Config", None)
+        name = options.get("name", target)
+        return Option(name, value, config(name=name) if config is not None else None)
+
+    def keys(self, options: DictConfig) -> list[str]:
+        """The keys the selected option takes (its config's fields, or what its YAML file sets)."""
+        config = self.resolve(options).config
+        return [field.name for field in fields(config)] if config is not None else [key for key in options if key != TARGET]
+
+    def settings(self, options: DictConfig) -> Any:
+        """The selected option's keys as its typed config (defaults filled in); unknown keys and wrong types are one
+        line each."""
+        option = self.resolve(options)
+        own = {key: value for key, value in OmegaConf.to_container(options, resolve=True).items() if key != TARGET}
+        if option.config is None:
+            return OmegaConf.create(own)
+        try:
+            return OmegaConf.merge(OmegaConf.structured(option.config), own)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "key", None)
+            known = [field.name for field in fields(option.config)]
+            if key is not None and key not in known:
+                raise UserError(
+                    f"{self.group}.{key} is not a key of {self.group}={option.name}; its keys are: {', '.join(known)}"
+                ) from None
+            raise UserError(f"{self.group}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,94 @@
+"""The open core: a solver written outside semdl runs without editing semdl, and every registry is the one source
+of its group's choices."""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+from hydra.core.config_store import ConfigStore
+
+from conftest import SMALL_SYNTHETIC, composed
+from semdl.cli import config_groups, main
+from semdl.config import registries
+from semdl.io import read_metrics
+from semdl.registry import Registry
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "penalty_solver"
+QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=3", "eval.classifiers=[knn]", "topology=complete"]
+
+
+def node_rows(run_dir: Path) -> list[tuple]:
+    return [
+        (row["round"], row["node"], row["loss"], row["dR"], row["consensus_residual"], row["bytes_sent"])
+        for row in read_metrics(run_dir / "metrics.jsonl")
+        if isinstance(row["node"], int)
+    ]
+
+
+@pytest.mark.integration  # two 3-round training runs through the CLI
+def test_an_outside_solver_runs_and_equals_primal_dual_without_dual_steps(tmp_path, monkeypatch, capsys):
+    """The README's example: a module and a YAML file outside semdl. Penalty-only consensus is primal-dual whose
+    duals stay zero, so with solver.dual_step=0 the built-in solver must give the very same numbers."""
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(tmp_path)
+    main(["train", "solver=penalty", f"hydra.searchpath=[file://{project / 'conf'}]", *QUICK, "hydra.run.dir=outside"])
+    main(["train", "solver=primal_dual", "solver.dual_step=0", *QUICK, "hydra.run.dir=builtin"])
+    outside, builtin = node_rows(tmp_path / "outside"), node_rows(tmp_path / "builtin")
+    assert len(outside) == 9 and outside == builtin
+    assert all(row[-1] > 0 for row in outside)  # it shares statistics, and the bytes are counted
+    capsys.readouterr()
+    main(["table", "outside", "builtin"])
+    table = capsys.readouterr().out
+    assert "| penalty |" in table and "| primal_dual |" in table
+
+
+def test_an_outside_solver_refuses_keys_it_does_not_have(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "solver=penalty", f"hydra.searchpath=[file://{EXAMPLE / 'conf'}]", "solver.dual_step=1"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "semdl: error: solver.dual_step is not a key of solver=penalty; its keys are: name, rho, gamma1, gamma2"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_entry_point_registers_an_option(monkeypatch):
+    """A package's entry point semdl.<group> adds an option: listed, resolvable, and composable through Hydra."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    point = EntryPoint(name="penalty", value="my_solvers:PenaltyConsensus", group="semdl.solver_test")
+    monkeypatch.setattr("semdl.registry.entry_points", lambda group: [point] if group == "semdl.solver_test" else [])
+    registry = Registry("solver_test", "solver")
+    assert registry.names() == ["penalty"]
+    option = registry.get("penalty")
+    assert option.value.__name__ == "PenaltyConsensus" and option.config.rho == 5.0
+    assert ConfigStore.instance().load("solver_test/penalty.yaml").node.name == "penalty"
+
+
+def test_every_registered_option_composes_and_validates():
+    """Each solver, dataset, partition, topology and encoder of the registries composes with its own defaults."""
+    groups = registries()
+    for solver in groups["solver"].names():
+        cfg = composed(SMALL_SYNTHETIC + [f"solver={solver}"])
+        assert cfg.solver.name == solver
+    for partition in groups["partition"].names():
+        extra = ["partition.counts=[[30,30,30,30]]", "nodes=1"] if partition == "table" else []
+        assert composed(SMALL_SYNTHETIC + [f"partition={partition}", *extra]).partition.name == partition
+    for topology in ("ring", "complete", "star", "erdos_renyi"):
+        assert composed(SMALL_SYNTHETIC + [f"topology={topology}"]).topology.name == topology
+    assert set(groups["data"].names()) == {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100"}
+    listed = config_groups()
+    assert listed["solver"] == groups["solver"].names() and "paper_niid4" in listed["partition"]
+
+
+def test_a_registered_name_cannot_be_taken_twice():
+    registry = Registry("twice_test", "solver")
+    registry.add("one", object())
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.add("one", object())
