@@ -116,8 +116,6 @@ def checkpoint_problem(payload) -> str | None:
             + ", ".join(key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload)
             + ")"
         )
-    if len(payload["nodes"]) != payload["config"].get("nodes"):
-        return f"holds {len(payload['nodes'])} nodes but its config says {payload['config'].get('nodes')}"
     return None
 
 
@@ -146,6 +144,10 @@ def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> 
 
 def restore_network(checkpoint: dict, network: Network) -> None:
     """Put a checkpoint's per-node state and byte counters into a freshly built network (before grouping)."""
+    if len(checkpoint["nodes"]) != len(network.parts):
+        raise UserError(
+            f"the checkpoint holds {len(checkpoint['nodes'])} nodes but this run's solver trains {len(network.parts)}"
+        )
     restore_nodes(checkpoint, network.nodes, network.nodes[0].statistics.device)
     network.communicator.bytes_sent = list(checkpoint["bytes_sent"])
 

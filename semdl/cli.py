@@ -233,7 +233,7 @@ def evaluate_run(arguments: list[str]) -> None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def partition_job(cfg: DictConfig) -> None:
-    from semdl.experiment import partition_dataset
+    from semdl.pipeline.network import partition_dataset
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -1,4 +1,5 @@
-"""Shared helpers: compose the real Hydra config (with overrides) as the CLI would."""
+"""Shared helpers: compose the real Hydra config (with overrides) as the CLI would; replayable random choices
+(SEMDL_TEST_SEED); float32 error bounds that follow from the conditioning of the rate computations."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def pytest_collection_modifyitems(config, items):
         return
     no_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(no_cuda)
 
 

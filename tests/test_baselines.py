@@ -7,7 +7,7 @@ from semdl.errors import UserError
 from semdl.experiment import run_experiment
 from semdl.io import read_metrics
 from semdl.network import InProcessCommunicator
-from semdl.solvers.fedavg import mixing_matrix
+from semdl.solvers.fedavg import average, mixing_matrix
 
 ROUNDS = 8
 TRAINING = [
@@ -89,7 +89,7 @@ def test_averaging_mixes_parameters_and_batch_norm_statistics():
         torch.nn.init.constant_(module.weight, value)
         module.running_mean.fill_(value)
     communicator = InProcessCommunicator([[1], [0]], torch.ones(2, 1, dtype=torch.bool))
-    communicator.average(modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
+    average(communicator, modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
     assert modules[0].weight.tolist() == [2.0, 2.0] and modules[1].running_mean.tolist() == [2.5, 2.5]
     assert int(modules[0].num_batches_tracked) == 0
 

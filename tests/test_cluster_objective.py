@@ -1,4 +1,4 @@
-"""The cluster objective of the non-i.i.d. solver (algorithms.md section 5, steps 3-4) against plain references.
+"""The cluster objective of the non-i.i.d. solver (docs/algorithms.md section 5, steps 3-4) against plain references.
 
 The references below are written out with Python loops over classes, members and neighbours and take
 torch.logdet of d x d float64 matrices; they use nothing from semdl.
@@ -216,7 +216,7 @@ def _published_cluster(seed: int, d: int, absent: int = 4):
 
 
 def ref_published_loss(Z, labels, own_counts, stored, other_grams, other_counts, eps_sq):
-    """-[R - Rc] of the cluster {0, 1}, Gamma^k and mu^k assembled by hand (algorithms.md section 5, step 4)."""
+    """-[R - Rc] of the cluster {0, 1}, Gamma^k and mu^k assembled by hand (docs/algorithms.md section 5, step 4)."""
     d = Z.shape[1]
     grams, counts = {}, {}
     for k in NODE0:

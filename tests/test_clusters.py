@@ -1,4 +1,4 @@
-"""Responsible label sets, automatic and explicit clusters, and replication (algorithms.md section 5, steps 1-3)."""
+"""Responsible label sets, automatic and explicit clusters, and replication (docs/algorithms.md section 5, steps 1-3)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ NIID5 = table([{1, 3, 5, 6}, {0, 5, 7, 8}, {1, 3, 8, 9}, {2, 4, 6, 7}, {0, 2, 4,
 
 
 def reference_clusters(responsible: np.ndarray) -> list[list[int]]:
-    """The rule of algorithms.md section 5 step 2, written plainly with Python sets."""
+    """The rule of docs/algorithms.md section 5 step 2, written plainly with Python sets."""
     num_nodes, num_classes = responsible.shape
     holds = [{k for k in range(num_classes) if responsible[i, k]} for i in range(num_nodes)]
     everything = set(range(num_classes))

@@ -1,4 +1,4 @@
-"""semdl.objectives against a plain float64 reference (algorithms.md sections 2-4).
+"""semdl.objectives against a plain float64 reference (docs/algorithms.md sections 2-4).
 
 The reference below loops over classes and neighbours in Python and takes torch.logdet of d x d matrices;
 it uses nothing from semdl.

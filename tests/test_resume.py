@@ -18,6 +18,7 @@ from conftest import SMALL_SYNTHETIC, composed
 from semdl.errors import NumericalError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
+from semdl.solvers import SOLVERS as SOLVER_REGISTRY
 
 ROUNDS = 8
 LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
@@ -142,6 +143,26 @@ def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
     assert summary == expected_summary
 
 
+@pytest.mark.integration  # three short runs per registered solver
+@pytest.mark.parametrize("solver", SOLVER_REGISTRY.names())
+def test_every_solver_resumes_to_the_uninterrupted_run(solver, tmp_path, one_thread):
+    """Each registered solver's own state (duals, heads, clusters, the centralized node) survives a checkpoint:
+    four rounds at once equal two rounds, then resume to four (up to the extra evaluation row at round two)."""
+    setup = SOLVERS.get(solver, SMALL_SYNTHETIC + ["nodes=3", f"solver={solver}"])
+    config = setup + ["train.checkpoint_every=0", "eval.classifiers=[knn]"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_experiment(composed(config + ["train.rounds=4"]), straight)
+    run_experiment(composed(config + ["train.rounds=2"]), split)
+    resume_experiment(split, ["train.rounds=4"])
+    metrics, summary = outcome(split)
+    expected_metrics, expected_summary = outcome(straight)
+    assert [row for row in metrics if row["node"] != "eval"] == [
+        row for row in expected_metrics if row["node"] != "eval"
+    ]
+    assert summary == expected_summary
+
+
+@pytest.mark.integration  # a run that died mid-write, resumed: two 8-round runs
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thread):
     """A run that died while its final checkpoint was on its way to disk: last.pt cut short, previous.pt (round 6)
     whole, metrics.jsonl up to round 7 with a torn last line. Resuming uses previous.pt and ends as the reference."""
@@ -188,8 +209,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     original = primal_dual.group_loss
     rounds_of_node_one = []
 
-    def poisoned(group, neighbors, settings):
-        loss = original(group, neighbors, settings)
+    def poisoned(group, neighbors, config, training):
+        loss = original(group, neighbors, config, training)
         indices = [node.index for node in group.nodes]
         if 1 not in indices:
             return loss

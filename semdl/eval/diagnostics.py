@@ -1,4 +1,4 @@
-"""Structure diagnostics of learned features (algorithms.md section 7): diversity, discriminability, consistency.
+"""Structure diagnostics of learned features (docs/algorithms.md section 7): diversity, discriminability, consistency.
 
 Features are L2-normalised rows (n, d) and labels int64 in [0, K). Every function returns plain tensors.
 """

@@ -20,7 +20,7 @@ def responsible_labels(counts: np.ndarray, min_class_samples: int) -> np.ndarray
 
 
 def automatic_clusters(responsible: np.ndarray) -> list[list[int]]:
-    """Deterministic greedy clustering (algorithms.md section 5, step 2).
+    """Deterministic greedy clustering (docs/algorithms.md section 5, step 2).
 
     While some node is in no cluster, open a cluster with the lowest-index such node, then add the node covering
     the most still-missing classes (ties: nodes in no cluster first, then fewer memberships, then lower index)

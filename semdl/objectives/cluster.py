@@ -1,4 +1,4 @@
-"""The cluster objective of the non-i.i.d. solver (algorithms.md section 5)."""
+"""The cluster objective of the non-i.i.d. solver (docs/algorithms.md section 5)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def cluster_block_loss(
     gamma2: float = 1.0,
     width: int | None = None,
 ) -> Tensor:
-    """Node i's loss on a mini-batch of its responsible classes (algorithms.md section 5, step 4).
+    """Node i's loss on a mini-batch of its responsible classes (docs/algorithms.md section 5, step 4).
 
         L = -(1/S_i) sum_{C containing i} dR_C + sum_{k in batch} [ <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||^2 ]
 

@@ -1,4 +1,4 @@
-"""The primal-dual consensus objective of algorithms.md section 4 and the consensus residual."""
+"""The primal-dual consensus objective of docs/algorithms.md section 4 and the consensus residual."""
 
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def primal_dual_loss(
     gamma1: float = 1.0,
     gamma2: float = 1.0,
 ) -> Tensor:
-    """Node i's augmented Lagrangian on a mini-batch (algorithms.md section 4, step 2).
+    """Node i's augmented Lagrangian on a mini-batch (docs/algorithms.md section 4, step 2).
 
         L = -dR(Z | labels) + sum_{k in batch} [ <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - (V_self^k + V_j^k)/2||_F^2 ]
 

@@ -243,7 +243,7 @@ def rate_reduction_from_statistics(
     """(dR, R, Rc) of the data behind statistics V (K, d, d) and counts (K,), without the data itself.
 
     Uses Z_k^T Z_k = m_k V^k. Pass statistics summed over nodes (G^k = sum_i m_i^k V_i^k, divided by
-    sum_i m_i^k) to get the network-wide rate reduction of algorithms.md section 3.
+    sum_i m_i^k) to get the network-wide rate reduction of docs/algorithms.md section 3.
     """
     grams = V * counts.to(V.dtype)[:, None, None]
     R, Rc = rates_from_class_grams(grams, counts, eps_sq)

@@ -15,14 +15,13 @@ from typing import Iterator
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from semdl.checkpoint import checkpoint_state
+from semdl.checkpoint import checkpoint_state, restore_nodes
 from semdl.errors import Interrupted
 from semdl.eval.evaluate import evaluate_accuracy
 from semdl.io import MetricsWriter, save_checkpoint
+from semdl.network import Node
 from semdl.objectives.rates import counting_fallbacks
 from semdl.pipeline.network import Network, build_nodes
-from semdl.checkpoint import restore_nodes
-from semdl.network import Node
 from semdl.pipeline.records import round_rows
 from semdl.solvers import RoundResult
 

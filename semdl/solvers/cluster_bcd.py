@@ -1,4 +1,4 @@
-"""Cluster block-coordinate descent with virtual node replication, for non-i.i.d. data (algorithms.md section 5)."""
+"""Cluster block-coordinate descent with virtual node replication, for non-i.i.d. data (docs/algorithms.md section 5)."""
 
 from __future__ import annotations
 

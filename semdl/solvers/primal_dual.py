@@ -1,4 +1,4 @@
-"""Primal-dual consensus for i.i.d. data (algorithms.md section 4): one synchronous round."""
+"""Primal-dual consensus for i.i.d. data (docs/algorithms.md section 4): one synchronous round."""
 
 from __future__ import annotations
 
