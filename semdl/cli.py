@@ -56,7 +56,7 @@ def usage() -> str:
     lines += [f"  {name:<10}{text}" for name, text in COMMANDS.items()]
     lines += ["", "config groups (choose with group=option):"]
     lines += [f"  {group:<11}{', '.join(options)}" for group, options in config_groups().items()]
-    lines += [f"  {'(eval.classifiers)':<11}{', '.join(registries()['classifier'].names())}"]
+    lines += ["", f"classifiers (eval.classifiers=[...]): {', '.join(registries()['classifier'].names())}"]
     lines += ["", "`semdl train --help` lists every key and its default."]
     return "\n".join(lines)
 
