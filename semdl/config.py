@@ -18,6 +18,7 @@ class TrainConfig:
     rounds: int = 100
     local_epochs: int = 1
     batch_size: int = 1000
+    batching: str = "equal"  # equal: ceil(n / batch_size) batches of near-equal size; published: batch_size, then the rest
     optimizer: str = "adam"
     lr: float = 0.001
     weight_decay: float = 1e-5
@@ -67,6 +68,7 @@ class Config:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+BATCHINGS = ("equal", "published")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 COMMUNICATORS = ("in_process", "torch_distributed")
@@ -178,6 +180,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.local_epochs", cfg.train.local_epochs, 1)
     _at_least("train.batch_size", cfg.train.batch_size, 2)
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
+    _choice("train.batching", cfg.train.batching, BATCHINGS)
     _positive("train.lr", cfg.train.lr)
     _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0)
     _choice("train.amp", cfg.train.amp, SWITCHES)

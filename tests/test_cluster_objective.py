@@ -215,8 +215,9 @@ def _published_cluster(seed: int, d: int, absent: int = 4):
     return Z, labels, own_counts, stored, other_grams, other_counts
 
 
-def ref_published_loss(Z, labels, own_counts, stored, other_grams, other_counts, eps_sq):
-    """-[R - Rc] of the cluster {0, 1}, Gamma^k and mu^k assembled by hand (docs/algorithms.md section 5, step 4)."""
+def ref_rescaled_loss(Z, labels, own_counts, stored, other_grams, other_counts, eps_sq):
+    """-[R - Rc] of the cluster {0, 1} with node 0's batch rescaled to its full size (the `rescaled` variant):
+    Gamma^k and mu^k assembled by hand (docs/algorithms.md section 5, step 4)."""
     d = Z.shape[1]
     grams, counts = {}, {}
     for k in NODE0:
@@ -234,8 +235,122 @@ def ref_published_loss(Z, labels, own_counts, stored, other_grams, other_counts,
     return -(R - Rc)
 
 
+def ref_published_batch_loss(Z, labels, other_grams, other_counts, eps_sq):
+    """-[R - Rc] of the cluster {0, 1} as the published code forms it: node 0's raw batch Grams Z_Bk^T Z_Bk with
+    the batch counts m_Bk, classes absent from the batch left out, beside node 1's full-set Grams and counts."""
+    d = Z.shape[1]
+    grams, counts = {}, {}
+    for k in NODE0:
+        rows = [index for index, label in enumerate(labels) if label == k]
+        if rows:
+            grams[k] = Z[rows].T @ Z[rows]
+            counts[k] = float(len(rows))
+    for k in NODE1:
+        grams[k] = other_grams[k]
+        counts[k] = float(other_counts[k])
+    R, Rc = ref_rates_from_grams(grams, counts, d, eps_sq)
+    return -(R - Rc)
+
+
+def _block_losses(Z, labels, own_counts, stored, other_grams, other_counts, d):
+    """Both scalings of cluster_block_loss (no consensus terms), with their gradients with respect to Z."""
+    zeros = torch.zeros(NUM_CLASSES, d, d, dtype=F64)
+    penalty = consensus_penalty(zeros, zeros[None], zeros, 0.0)
+    results = {}
+    for scaling in ("published", "rescaled"):
+        Z_lib = Z.clone().requires_grad_(True)
+        loss = cluster_block_loss(
+            Z_lib,
+            torch.tensor(labels),
+            NUM_CLASSES,
+            EPS_SQ,
+            own_counts,
+            stored,
+            [ClusterContext(other_grams, other_counts, 1.0)],
+            penalty,
+            batch_scaling=scaling,
+        )
+        loss.backward()
+        results[scaling] = (loss.detach(), Z_lib.grad)
+    return results
+
+
+def _node0_data(generator, d: int, per_class: int, batch: int):
+    """Node 0's whole local set (per_class samples of each of its classes) and a batch of `batch` of each."""
+    Z, labels = member_data(generator, NODE0, [per_class] * len(NODE0), d)
+    rows = [index for k in NODE0 for index in [i for i, label in enumerate(labels) if label == k][:batch]]
+    own_counts = torch.zeros(NUM_CLASSES, dtype=F64)
+    stored = torch.zeros(NUM_CLASSES, d, d, dtype=F64)
+    for k in NODE0:
+        own_counts[k] = per_class
+        members = [i for i, label in enumerate(labels) if label == k]
+        stored[k] = Z[members].T @ Z[members]
+    return Z[rows], [labels[i] for i in rows], own_counts, stored
+
+
+def _node1_statistics(generator, d: int):
+    other_counts = torch.zeros(NUM_CLASSES, dtype=F64)
+    other_grams = torch.zeros(NUM_CLASSES, d, d, dtype=F64)
+    for k in NODE1:
+        other_counts[k] = 10
+        other_grams[k] = other_counts[k] * random_statistic(generator, d)
+    return other_grams, other_counts
+
+
+def test_both_batch_scalings_agree_when_the_batch_is_the_local_set():
+    """At batch = local set, m_Bk = m_k and Z_Bk^T Z_Bk = G_k: the published and the rescaled block losses are
+    the same number and gradient, both equal to the plain reference."""
+    d = 6
+    generator = torch.Generator().manual_seed(31)
+    Z, labels, own_counts, stored = _node0_data(generator, d, per_class=10, batch=10)
+    other_grams, other_counts = _node1_statistics(generator, d)
+    results = _block_losses(Z, labels, own_counts, stored, other_grams, other_counts, d)
+    Z_ref = Z.clone().requires_grad_(True)
+    reference = ref_published_batch_loss(Z_ref, labels, other_grams, other_counts, EPS_SQ)
+    reference.backward()
+    for loss, gradient in results.values():
+        torch.testing.assert_close(loss, reference.detach(), rtol=1e-10, atol=0)
+        torch.testing.assert_close(gradient, Z_ref.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_batch_scalings_differ_as_the_math_says_on_a_batch_of_3_of_10():
+    """A batch of 3 of node 0's 10 samples per class: `published` is the raw-batch reference, `rescaled` the
+    rescaled reference, and the two are different losses."""
+    d = 6
+    generator = torch.Generator().manual_seed(32)
+    Z, labels, own_counts, stored = _node0_data(generator, d, per_class=10, batch=3)
+    other_grams, other_counts = _node1_statistics(generator, d)
+    results = _block_losses(Z, labels, own_counts, stored, other_grams, other_counts, d)
+    for scaling, reference_loss in (
+        ("published", lambda Z_: ref_published_batch_loss(Z_, labels, other_grams, other_counts, EPS_SQ)),
+        ("rescaled", lambda Z_: ref_rescaled_loss(Z_, labels, own_counts, stored, other_grams, other_counts, EPS_SQ)),
+    ):
+        Z_ref = Z.clone().requires_grad_(True)
+        reference = reference_loss(Z_ref)
+        reference.backward()
+        loss, gradient = results[scaling]
+        torch.testing.assert_close(loss, reference.detach(), rtol=1e-10, atol=0, msg=scaling)
+        torch.testing.assert_close(gradient, Z_ref.grad, rtol=1e-8, atol=1e-12, msg=scaling)
+    (published, published_grad), (rescaled, rescaled_grad) = results["published"], results["rescaled"]
+    assert abs(published - rescaled) > 0.05 * abs(rescaled)
+    cosine = torch.nn.functional.cosine_similarity(published_grad.flatten(), rescaled_grad.flatten(), dim=0)
+    assert cosine < 0.999
+
+
+def test_published_scaling_leaves_an_absent_class_out_of_the_own_terms():
+    """A class of node 0's label set missing from the batch: its stored Gram does not enter the published loss."""
+    d = 5
+    Z, labels, own_counts, stored, other_grams, other_counts = _published_cluster(seed=3, d=d, absent=4)
+    changed = stored.clone()
+    changed[4] *= 3
+    first = _block_losses(Z, labels, own_counts, stored, other_grams, other_counts, d)["published"][0]
+    second = _block_losses(Z, labels, own_counts, changed, other_grams, other_counts, d)["published"][0]
+    assert first == second
+    torch.testing.assert_close(first, ref_published_batch_loss(Z, labels, other_grams, other_counts, EPS_SQ))
+
+
 @pytest.mark.parametrize(("d", "absent"), [(6, 4), (12, 1)])
-def test_block_loss_published_cluster_value_and_gradient(d, absent):
+def test_rescaled_block_loss_on_the_published_cluster_value_and_gradient(d, absent):
     Z, labels, own_counts, stored, other_grams, other_counts = _published_cluster(seed=d, d=d, absent=absent)
     generator = torch.Generator().manual_seed(100 + d)
     V_self = torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)])
@@ -255,11 +370,12 @@ def test_block_loss_published_cluster_value_and_gradient(d, absent):
         stored_lib,
         [ClusterContext(other_grams, other_counts, 1.0)],
         penalty,
+        batch_scaling="rescaled",
     )
     loss.backward()
 
     Z_ref = Z.clone().requires_grad_(True)
-    reference = ref_published_loss(Z_ref, labels, own_counts, stored, other_grams, other_counts, EPS_SQ)
+    reference = ref_rescaled_loss(Z_ref, labels, own_counts, stored, other_grams, other_counts, EPS_SQ)
     reference.backward()
 
     assert loss.dtype == F64
@@ -286,6 +402,7 @@ def test_block_loss_uses_stored_gram_only_for_absent_classes():
             stored_grams,
             [ClusterContext(other_grams, other_counts, 1.0)],
             penalty,
+            batch_scaling="rescaled",
         )
 
     base = loss_with(stored)
@@ -329,8 +446,12 @@ def test_block_loss_consensus_part_with_per_class_neighbour_sets():
     label_tensor = torch.tensor(labels)
 
     Z_lib = Z.clone().requires_grad_(True)
-    full = cluster_block_loss(Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, penalty)
-    rates_only = cluster_block_loss(Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, no_penalty)
+    full = cluster_block_loss(
+        Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, penalty, batch_scaling="rescaled"
+    )
+    rates_only = cluster_block_loss(
+        Z_lib, label_tensor, NUM_CLASSES, EPS_SQ, own_counts, stored, cluster, no_penalty, batch_scaling="rescaled"
+    )
     consensus_lib = full - rates_only
     consensus_lib.backward()
 
@@ -341,7 +462,7 @@ def test_block_loss_consensus_part_with_per_class_neighbour_sets():
     torch.testing.assert_close(consensus_lib.detach(), consensus_ref.detach(), rtol=1e-6, atol=1e-10)
     torch.testing.assert_close(Z_lib.grad, Z_ref.grad, rtol=1e-6, atol=1e-9)
     # And the whole loss equals the rates reference plus the consensus reference.
-    rates_ref = ref_published_loss(Z, labels, own_counts, stored, other_grams, other_counts, EPS_SQ)
+    rates_ref = ref_rescaled_loss(Z, labels, own_counts, stored, other_grams, other_counts, EPS_SQ)
     total_ref = rates_ref + ref_consensus(Z, labels, NUM_CLASSES, V_self, V_neighbors, SHARED, dual, rho)
     torch.testing.assert_close(full.detach(), total_ref, rtol=1e-6, atol=0)
 
@@ -368,6 +489,7 @@ def test_consensus_terms_ignore_unshared_neighbours_and_absent_classes():
             stored,
             cluster,
             consensus_penalty(V_self, neighbors, dual_, rho, SHARED),
+            batch_scaling="rescaled",
         )
 
     base = loss_with(V_neighbors, dual)
@@ -443,7 +565,9 @@ def test_block_loss_node_in_two_clusters_averages_the_cluster_rate_reductions():
     penalty = consensus_penalty(zeros, zeros[None], zeros, 0.0)
 
     Z_lib = Z.clone().requires_grad_(True)
-    loss = cluster_block_loss(Z_lib, torch.tensor(labels), K, EPS_SQ, own_counts, stored, clusters, penalty)
+    loss = cluster_block_loss(
+        Z_lib, torch.tensor(labels), K, EPS_SQ, own_counts, stored, clusters, penalty, batch_scaling="rescaled"
+    )
     loss.backward()
 
     # Node i's own batch-rescaled Grams, built by hand.

@@ -51,10 +51,11 @@ class InputPipeline:
 
     def __call__(self, stored: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Prepare a batch; pass the node's generator to augment (training), none for statistics and evaluation."""
+        stored = stored.to(torch.get_default_dtype())  # float32, unless a caller runs in float64
         if self.weight is not None:
-            inputs = torch.addcmul(self.bias, stored.float(), self.weight)
+            inputs = torch.addcmul(self.bias, stored, self.weight)
         else:
-            inputs = stored.float() * self.scale if self.scale != 1.0 else stored.float()
+            inputs = stored * self.scale if self.scale != 1.0 else stored
         if generator is not None and self.augment == "crop_flip":
             inputs = random_crop_flip(inputs, generator)
         return inputs

@@ -41,6 +41,7 @@ class Node:
     responsible: Tensor  # (K,) bool
     amp: bool = False
     compiled_encoder: Callable[[Tensor], Tensor] | None = None
+    batching: str = "equal"  # how a pass over the local data is cut into mini-batches (see minibatches)
 
     @property
     def num_samples(self) -> int:
@@ -63,18 +64,25 @@ class Node:
         return int(torch.bincount(self.labels[self.indices]).max())
 
     def features(self, inputs: Tensor) -> Tensor:
-        """The encoder's float32 features of a batch of encoder inputs, in the node's precision and compile mode."""
+        """The encoder's features of a batch of encoder inputs, in torch's default float dtype (float32 unless a caller
+        chose float64), whatever the node's precision (bf16 under amp) and compile mode."""
         forward = self.compiled_encoder or self.encoder
         with torch.autocast(self.indices.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return forward(inputs).float()
+            return forward(inputs).to(torch.get_default_dtype())
 
     def class_width(self, batch_size: int) -> int:
         """An upper bound on the samples of one class in any of this node's mini-batches: the width that
         groups a batch by class without reading its class counts from the device."""
-        return min(self.largest_training_class, -(-self.training_indices.shape[0] // self.num_batches(batch_size)))
+        return min(self.largest_training_class, self.largest_batch(batch_size))
 
     def num_batches(self, batch_size: int) -> int:
         return -(-self.training_indices.shape[0] // batch_size)
+
+    def largest_batch(self, batch_size: int) -> int:
+        samples = self.training_indices.shape[0]
+        if self.batching == "published":
+            return min(batch_size, samples)
+        return -(-samples // self.num_batches(batch_size))
 
     @property
     def shared_grams(self) -> Tensor:
@@ -86,13 +94,15 @@ class Node:
         return self.pipeline(self.inputs[batch], self.generator)
 
     def minibatches(self, batch_size: int) -> Iterator[Tensor]:
-        """A shuffled pass over the local data in ceil(n / batch_size) batches of near-equal size.
-
-        Near-equal sizes avoid a tiny last batch, whose class statistics (and BatchNorm) would be noise.
-        """
+        """A shuffled pass over the local data in ceil(n / batch_size) batches: of near-equal size (batching
+        "equal", semdl's choice: no tiny last batch, whose class statistics and BatchNorm would be noise), or of
+        batch_size and one smaller last batch (batching "published", as a standard data loader cuts them)."""
         indices = self.training_indices
         order = torch.randperm(indices.shape[0], generator=self.generator, device=indices.device)
-        yield from indices[order].tensor_split(self.num_batches(batch_size))
+        if self.batching == "published":
+            yield from indices[order].split(batch_size)
+        else:
+            yield from indices[order].tensor_split(self.num_batches(batch_size))
 
     def local_chunks(self, chunk_size: int = STATISTICS_CHUNK) -> tuple[Tensor, ...]:
         """The local data's indices in the chunks of a statistics pass (bounded memory)."""

@@ -52,22 +52,32 @@ def cluster_block_loss(
     gamma1: float = 1.0,
     gamma2: float = 1.0,
     width: int | None = None,
+    batch_scaling: str = "published",
 ) -> Tensor:
     """Node i's loss on a mini-batch of its responsible classes (docs/algorithms.md section 5, step 4).
 
         L = -(1/S_i) sum_{C containing i} dR_C + sum_{k in batch} [ <Y^k, Vhat^k> + rho/2 sum_j ||Vhat^k - M_j^k||^2 ]
 
-    Node i's terms in each dR_C come from the batch rescaled to its full size, Ghat^k = (m_i^k / m_B^k) Z_k^T Z_k;
-    responsible classes absent from the batch keep their stored Gram `stored_grams` (K, d, d), without gradient.
-    own_counts (K,): m_i^k for responsible classes, 0 elsewhere; S_i = len(clusters). penalty: the round's
-    consensus terms (consensus_penalty); width: an upper bound on the batch's largest class (see pad_by_class).
+    Node i's own terms in each dR_C, by `batch_scaling`:
+    - "published" (the authors' code): the raw batch Gram Z_k^T Z_k with the batch count m_B^k, beside the other
+      members' full-set Grams; responsible classes absent from the batch are left out of the node's own terms.
+    - "rescaled": the batch rescaled to the node's full size, Ghat^k = (m_i^k / m_B^k) Z_k^T Z_k with count m_i^k;
+      responsible classes absent from the batch keep their stored Gram `stored_grams` (K, d, d), without gradient.
+    The two agree when the batch is the node's whole local set. own_counts (K,): m_i^k for responsible classes, 0
+    elsewhere; S_i = len(clusters). penalty: the round's consensus terms (consensus_penalty); width: an upper bound
+    on the batch's largest class (see pad_by_class).
     """
     grams, batch_counts = class_grams(Z, labels, num_classes, width)
     present = batch_counts > 0
     batch_sizes = batch_counts.clamp_min(1).to(Z.dtype)[:, None, None]
-    own_grams = torch.where(
-        present[:, None, None], own_counts[:, None, None] / batch_sizes * grams, stored_grams.detach()
-    )
+    if batch_scaling == "published":
+        own_grams, own_counts = grams, batch_counts.to(Z.dtype)
+    elif batch_scaling == "rescaled":
+        own_grams = torch.where(
+            present[:, None, None], own_counts[:, None, None] / batch_sizes * grams, stored_grams.detach()
+        )
+    else:
+        raise ValueError(f"batch_scaling must be 'published' or 'rescaled', not {batch_scaling!r}")
     rate_reduction_sum = Z.new_zeros(())
     for cluster in clusters:
         R, Rc = rates_from_class_grams(

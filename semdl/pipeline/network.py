@@ -114,6 +114,7 @@ def build_nodes(
                 responsible=torch.as_tensor(responsible[index], device=device),
                 amp=amp,
                 compiled_encoder=torch.compile(encoder) if compile_encoders else None,
+                batching=cfg.train.batching,
             )
         )
     return nodes

@@ -27,6 +27,7 @@ from semdl.solvers.primal_dual import check_consensus_settings, dual_step
 log = logging.getLogger("semdl")
 
 CONSENSUS_GRAPHS = ("holders", "topology")
+BATCH_SCALINGS = ("published", "rescaled")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ClusterBCDConfig:
     min_class_samples: int = 1  # node i is responsible for class k when it holds at least this many samples of it
     clusters: Optional[List[List[int]]] = None  # explicit clusters, e.g. [[0,1],[2,3]]; null builds them automatically
     consensus: str = "holders"  # holders: every other holder of a class; topology: only holders along topology edges
+    batch_scaling: str = "published"  # a node's own terms: its raw batch (published) or rescaled to its full size
 
 
 def cluster_contexts(
@@ -84,6 +86,7 @@ def block_training(
             config.gamma1,
             config.gamma2,
             width,
+            config.batch_scaling,
         ),
     )
 
@@ -101,6 +104,10 @@ class ClusterBCD(Solver):
         check_consensus_settings(config)
         if config.min_class_samples < 1:
             raise UserError(f"solver.min_class_samples={config.min_class_samples} is out of range; it must be >= 1")
+        if config.batch_scaling not in BATCH_SCALINGS:
+            raise UserError(
+                f"solver.batch_scaling={config.batch_scaling!r} is not allowed; choose one of: {', '.join(BATCH_SCALINGS)}"
+            )
         if config.consensus not in CONSENSUS_GRAPHS:
             raise UserError(
                 f"solver.consensus={config.consensus!r} is not allowed; choose one of: {', '.join(CONSENSUS_GRAPHS)}"

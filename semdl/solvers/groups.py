@@ -135,7 +135,7 @@ class VectorizedGroup(NodeGroup):
 
     def features(self, inputs: list[Tensor]) -> Tensor:
         with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self._forward(self.params, self.buffers, torch.stack(inputs)).float()
+            return self._forward(self.params, self.buffers, torch.stack(inputs)).to(torch.get_default_dtype())
 
     def _set_mode(self, training: bool) -> None:
         self.template.train(training)
