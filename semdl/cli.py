@@ -207,15 +207,17 @@ def report(run_dir: Path, summary: dict | None) -> None:
         f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
         f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s"
     )
-    print(accuracy_lines(summary["accuracy"]))
+    print(accuracy_lines(summary["accuracy"], summary["evaluation_protocol"]))
 
 
-def accuracy_lines(accuracies: dict) -> str:
-    """One line per classifier: mean test accuracy and every node's."""
-    return "\n".join(
+def accuracy_lines(accuracies: dict, protocol: str) -> str:
+    """One line per classifier: mean test accuracy and every node's; the protocol first unless it is the default."""
+    lines = [] if protocol == "default" else [f"evaluation protocol: {protocol}"]
+    lines += [
         f"{name:>18} accuracy mean {result['mean']:.4f} (nodes: {' '.join(f'{v:.3f}' for v in result['per_node'])})"
         for name, result in accuracies.items()
-    )
+    ]
+    return "\n".join(lines)
 
 
 def evaluate_run(arguments: list[str]) -> None:
@@ -228,7 +230,8 @@ def evaluate_run(arguments: list[str]) -> None:
     except UserError as error:
         fail(str(error))
     print(f"evaluation written to: {out_dir}")
-    print(accuracy_lines(headline(evaluation)["accuracy"]))
+    numbers = headline(evaluation)
+    print(accuracy_lines(numbers["accuracy"], numbers["evaluation_protocol"]))
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -35,14 +35,42 @@ class SimConfig:
 
 @dataclass
 class EvalConfig:
+    name: str = "default"  # the evaluation protocol: default (semdl's) or paper (the published code's)
     knn_k: int = 10  # neighbours of the cosine k-NN classifier
     every: int = 0  # also evaluate every this many rounds (0: only at the end)
     classifiers: List[str] = field(
         default_factory=lambda: ["knn", "nearest_subspace", "semantic_subspace", "linear_probe"]
     )
     n_components: Optional[int] = None  # dimension of class subspaces (null: dim_z // classes, at most 30)
-    probe_epochs: int = 100  # linear probe: full-batch optimisation steps
+    probe_epochs: int = 100  # linear probe: passes over the node's features (full batch: optimisation steps)
+    probe_batch_size: Optional[int] = None  # linear probe: mini-batch size (null: the full batch)
+    probe_lr: float = 0.1  # linear probe: Adam's learning rate
+    probe_hidden: Optional[int] = None  # a hidden ReLU layer of this width makes the probe an MLP (null: linear)
+    test_per_class: Optional[int] = None  # evaluate on at most this many test samples per class, the same at every
+    test_seed: int = 0  # node, chosen with this seed (null: the whole test set)
     heatmap_per_class: int = 50  # similarity heatmap: samples per class
+    heatmap_every: int = 0  # also draw figures/similarity_round_<t>.png every this many rounds (0: only at the end)
+    similarity: str = "absolute"  # heatmap values: absolute (|cosine|) or clipped (cosine clipped to [0, 1])
+    test_loss: bool = False  # also log each node's training objective on the test set, every round
+
+
+# The published code's evaluation (docs/algorithms.md section 7): 800 test samples per class at every node, 1-NN,
+# nearest subspace of 30 dimensions, a probe trained in mini-batches of 64 by Adam at lr 0.01, the clipped cosine
+# heatmap every 100 rounds. The probe's 10 epochs are semdl's reading: the published code does not fix them here.
+PAPER_EVALUATION = EvalConfig(
+    name="paper",
+    knn_k=1,
+    classifiers=["knn", "nearest_subspace", "linear_probe"],
+    n_components=30,
+    probe_epochs=10,
+    probe_batch_size=64,
+    probe_lr=0.01,
+    test_per_class=800,
+    heatmap_every=100,
+    similarity="clipped",
+)
+SIMILARITIES = ("absolute", "clipped")
+EVALUATIONS = {"default": EvalConfig(), "paper": PAPER_EVALUATION}  # the `eval` config group's options
 
 
 @dataclass
@@ -83,7 +111,10 @@ def switch(value: str, automatic: bool) -> bool:
 def register_schema() -> None:
     """Make the schema available to config.yaml's defaults list as `semdl_schema`, and every registered option
     (semdl's own and installed packages' entry points) composable as `group=name`."""
-    ConfigStore.instance().store(name="semdl_schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="semdl_schema", node=Config)
+    for name, option in EVALUATIONS.items():
+        store.store(group="eval", name=name, node=option)
     for registry in registries().values():
         registry.names()
 
@@ -207,4 +238,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.n_components is not None and not 1 <= cfg.eval.n_components <= cfg.dim_z:
         raise UserError(f"eval.n_components={cfg.eval.n_components} is out of range; it must be in [1, dim_z]")
     _at_least("eval.probe_epochs", cfg.eval.probe_epochs, 1)
+    _positive("eval.probe_lr", cfg.eval.probe_lr)
+    for key in ("probe_batch_size", "probe_hidden", "test_per_class"):
+        if cfg.eval[key] is not None:
+            _at_least(f"eval.{key}", cfg.eval[key], 1)
+    _at_least("eval.heatmap_every", cfg.eval.heatmap_every, 0)
+    _choice("eval.similarity", cfg.eval.similarity, SIMILARITIES)
     _at_least("eval.heatmap_per_class", cfg.eval.heatmap_per_class, 1)

@@ -70,23 +70,42 @@ def linear_probe_predict(
     epochs: int = 100,
     lr: float = 0.1,
     seed: int = 0,
+    batch_size: int | None = None,
+    hidden: int | None = None,
 ) -> Tensor:
-    """Labels (n,) from a linear layer (with bias) fit by full-batch Adam and cross-entropy on frozen features;
-    seeded by its own generator, so deterministic and leaving the global RNG alone."""
+    """Labels (n,) from a probe fit by Adam and cross-entropy on frozen features: a linear layer with bias, or with
+    `hidden` an MLP d -> hidden -> classes (ReLU); `epochs` full-batch steps, or with `batch_size` that many
+    shuffled passes in mini-batches. Seeded by its own generator, so deterministic and leaving the global RNG
+    alone."""
     features = train_features.detach()
     generator = torch.Generator(device=features.device).manual_seed(seed)
-    shape = (num_classes, features.shape[1])
-    uniform = torch.rand(shape, generator=generator, device=features.device, dtype=features.dtype)
-    weight = ((2 * uniform - 1) * features.shape[1] ** -0.5).requires_grad_()
-    bias = features.new_zeros(num_classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    widths = [features.shape[1], *([hidden] if hidden else []), num_classes]
+    parameters = []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        uniform = torch.rand((fan_out, fan_in), generator=generator, device=features.device, dtype=features.dtype)
+        parameters += [((2 * uniform - 1) * fan_in**-0.5).requires_grad_(), features.new_zeros(fan_out, requires_grad=True)]
+
+    def logits(inputs: Tensor) -> Tensor:
+        for layer in range(0, len(parameters), 2):
+            inputs = torch.addmm(parameters[layer + 1], inputs, parameters[layer].T)
+            if layer + 2 < len(parameters):
+                inputs = inputs.relu()
+        return inputs
+
+    optimizer = torch.optim.Adam(parameters, lr=lr)
     with torch.enable_grad():
         for _ in range(epochs):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(torch.addmm(bias, features, weight.T), train_labels).backward()
-            optimizer.step()
+            batches = (
+                torch.randperm(len(features), generator=generator, device=features.device).split(batch_size)
+                if batch_size
+                else [slice(None)]
+            )
+            for batch in batches:
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(logits(features[batch]), train_labels[batch]).backward()
+                optimizer.step()
     with torch.no_grad():
-        return torch.addmm(bias, queries, weight.T).argmax(1)
+        return logits(queries).argmax(1)
 
 
 def accuracy(predictions: Tensor, labels: Tensor, mask: Tensor | None = None) -> float:
@@ -134,6 +153,15 @@ def _semantic_subspace(task: ClassificationTask) -> Tensor:
 
 @CLASSIFIERS.register("linear_probe")
 def _linear_probe(task: ClassificationTask) -> Tensor:
+    settings = task.settings
     return linear_probe_predict(
-        task.reference, task.reference_labels, task.queries, task.num_classes, task.settings.probe_epochs, seed=task.node
+        task.reference,
+        task.reference_labels,
+        task.queries,
+        task.num_classes,
+        settings.probe_epochs,
+        settings.probe_lr,
+        seed=task.node,
+        batch_size=settings.probe_batch_size,
+        hidden=settings.probe_hidden,
     )

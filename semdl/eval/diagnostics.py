@@ -70,8 +70,11 @@ def cross_node_accuracy(
     return torch.stack(rows)
 
 
-def similarity_matrix(features: Tensor, labels: Tensor, max_samples_per_class: int = 50) -> tuple[Tensor, Tensor]:
-    """Class-sorted |cosine| similarity of <= `max_samples_per_class` evenly spaced samples per class, and their labels.
+def similarity_matrix(
+    features: Tensor, labels: Tensor, max_samples_per_class: int = 50, similarity: str = "absolute"
+) -> tuple[Tensor, Tensor]:
+    """Class-sorted cosine similarity of <= `max_samples_per_class` evenly spaced samples per class, and their labels:
+    |cosine| (similarity "absolute") or cosine clipped to [0, 1] ("clipped", as the published code draws it).
 
     Block-diagonal-high with low off-diagonal blocks when classes are discriminative; the subsample keeps it readable.
     """
@@ -85,4 +88,5 @@ def similarity_matrix(features: Tensor, labels: Tensor, max_samples_per_class: i
     ranks = slots * counts[:, None] // kept.clamp_min(1)[:, None]
     chosen = order[(starts[:, None] + ranks)[valid]]
     subsample = features[chosen]
-    return (subsample @ subsample.mT).abs(), labels[chosen]
+    cosines = subsample @ subsample.mT
+    return (cosines.abs() if similarity == "absolute" else cosines.clamp(0, 1)), labels[chosen]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,12 +80,43 @@ def classify(
     return results
 
 
+def evaluation_set(dataset: Dataset, cfg: DictConfig) -> Dataset:
+    """The dataset with at most eval.test_per_class test samples of each class, chosen with eval.test_seed: the
+    same test set for every node and every evaluation of a run (the whole test set when test_per_class is null)."""
+    if cfg.test_per_class is None:
+        return dataset
+    labels = dataset.test_y
+    generator = torch.Generator().manual_seed(cfg.test_seed)
+    order = torch.randperm(len(labels), generator=generator).to(labels.device)
+    by_class = order[torch.argsort(labels[order], stable=True)]  # each class's samples in the seeded order
+    counts = torch.bincount(labels, minlength=dataset.num_classes)
+    rank = torch.arange(len(labels), device=labels.device) - (torch.cumsum(counts, 0) - counts)[labels[by_class]]
+    keep = by_class[rank < cfg.test_per_class].sort().values
+    return replace(dataset, test_x=dataset.test_x[keep], test_y=labels[keep])
+
+
 def evaluate_accuracy(nodes: list[Node], dataset: Dataset, cfg: DictConfig, dim_z: int) -> dict:
     """Only the classifiers: the periodic evaluation during training."""
+    dataset = evaluation_set(dataset, cfg)
     features = node_features(nodes, dataset)
     return classify(
         nodes, features, dataset.test_y, dataset.num_classes, cfg, n_components_of(cfg, dim_z, dataset.num_classes)
     )
+
+
+def draw_similarity(features: Tensor, labels: Tensor, cfg: DictConfig, path: Path, title: str = "") -> None:
+    """The class-sorted similarity heatmap of eval.similarity's kind."""
+    similarity, sorted_labels = similarity_matrix(features, labels, cfg.heatmap_per_class, cfg.similarity)
+    kind = "|cosine|" if cfg.similarity == "absolute" else "cosine clipped to [0, 1]"
+    plot_similarity_heatmap(similarity, sorted_labels, path, kind, title)
+
+
+@torch.no_grad()
+def similarity_snapshot(nodes: list[Node], dataset: Dataset, cfg: DictConfig, path: Path, round_index: int) -> None:
+    """The heatmap of every node's training features, pooled, at one round (eval.heatmap_every)."""
+    train_features = [encode(node.encoder, node.inputs[node.indices], node.pipeline) for node in nodes]
+    labels = torch.cat([node.labels[node.indices] for node in nodes])
+    draw_similarity(torch.cat(train_features), labels, cfg, path, f"round {round_index}: ")
 
 
 @torch.no_grad()
@@ -93,6 +125,7 @@ def evaluate_network(
 ) -> dict:
     """Every number of eval.json: accuracies, rates of train and test features, diversity, discriminability and
     cross-node consistency of the class subspaces; draws the figures into `figures` when given."""
+    dataset = evaluation_set(dataset, cfg)
     num_classes = dataset.num_classes
     n_components = n_components_of(cfg, dim_z, num_classes)
     features = node_features(nodes, dataset)
@@ -120,6 +153,7 @@ def evaluate_network(
     pooled_train = torch.cat(train_features)
     pooled_train_labels = torch.cat(train_labels)
     evaluation = {
+        "protocol": cfg.name,
         "classifiers": accuracies,
         "n_components": n_components,
         "subspace_rank": subspace_rank,
@@ -156,8 +190,7 @@ def evaluate_network(
     }
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        similarity, sorted_labels = similarity_matrix(pooled_train, pooled_train_labels, cfg.heatmap_per_class)
-        plot_similarity_heatmap(similarity, sorted_labels, figures / "similarity.png")
+        draw_similarity(pooled_train, pooled_train_labels, cfg, figures / "similarity.png")
         plot_class_spectra(class_spectra(pooled_train, pooled_train_labels, num_classes), figures / "spectra.png")
         plot_cross_node_accuracy(cross_accuracy, figures / "cross_node_accuracy.png")
     return evaluation

@@ -26,8 +26,11 @@ def _save(figure: plt.Figure, path: Path | str) -> None:
     plt.close(figure)
 
 
-def plot_similarity_heatmap(similarity: Tensor, sorted_labels: Tensor, path: Path | str) -> None:
-    """Class-sorted |cosine| similarity heatmap with class boundaries drawn: block diagonal means discriminative."""
+def plot_similarity_heatmap(
+    similarity: Tensor, sorted_labels: Tensor, path: Path | str, kind: str = "|cosine|", title: str = ""
+) -> None:
+    """Class-sorted similarity heatmap with class boundaries drawn: block diagonal means discriminative. `kind` names
+    the values (|cosine|, or cosine clipped to [0, 1])."""
     classes, counts = torch.unique_consecutive(sorted_labels.cpu(), return_counts=True)
     ends = counts.cumsum(0).numpy()
     centres = ends - counts.numpy() / 2
@@ -42,8 +45,8 @@ def plot_similarity_heatmap(similarity: Tensor, sorted_labels: Tensor, path: Pat
     axis.set_xticks(centres[::step] - 0.5, tick_labels, fontsize=8)
     axis.set_yticks(centres[::step] - 0.5, tick_labels, fontsize=8)
     axis.set(xlabel="sample (grouped by class)", ylabel="sample (grouped by class)")
-    axis.set_title(f"|cosine similarity| of features, {len(sorted_labels)} samples sorted by class")
-    figure.colorbar(image, ax=axis, label="|cos|")
+    axis.set_title(f"{title}{kind} similarity of features, {len(sorted_labels)} samples sorted by class")
+    figure.colorbar(image, ax=axis, label=kind)
     _save(figure, path)
 
 

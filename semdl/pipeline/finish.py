@@ -20,6 +20,7 @@ from semdl.pipeline.network import Network
 def headline(evaluation: dict) -> dict:
     """The numbers of eval.json that summary.json repeats."""
     return {
+        "evaluation_protocol": evaluation["protocol"],
         "accuracy": {
             name: {key: result[key] for key in ("mean", "per_node", "own_classes_mean")}
             for name, result in evaluation["classifiers"].items()

@@ -17,12 +17,12 @@ from tqdm import tqdm
 
 from semdl.checkpoint import checkpoint_state, restore_nodes
 from semdl.errors import Interrupted
-from semdl.eval.evaluate import evaluate_accuracy
+from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.io import MetricsWriter, save_checkpoint
 from semdl.network import Node
 from semdl.objectives.rates import counting_fallbacks
 from semdl.pipeline.network import Network, build_nodes
-from semdl.pipeline.records import round_rows
+from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
 
 log = logging.getLogger("semdl")
@@ -96,19 +96,29 @@ def checkpoint_on_sigint(active: bool) -> Iterator[list[bool]]:
 
 
 class PeriodicEvaluation:
-    """eval.every: the classifiers' accuracy every this many rounds (the final round has the full evaluation)."""
+    """eval.every: the classifiers' accuracy every this many rounds; eval.heatmap_every: the similarity heatmap
+    (figures/similarity_round_<t>.png) every this many rounds. The final round has the full evaluation."""
 
-    def __init__(self, cfg: DictConfig, network: Network):
-        self.cfg, self.network = cfg, network
+    def __init__(self, cfg: DictConfig, network: Network, figures: Path):
+        self.cfg, self.network, self.figures = cfg, network, figures
+
+    def _due(self, every: int, round_index: int) -> bool:
+        return bool(every) and round_index % every == 0 and round_index < self.cfg.train.rounds
 
     def __call__(self, round_index: int) -> dict | None:
-        every, rounds = self.cfg.eval.every, self.cfg.train.rounds
-        if not every or round_index % every or round_index >= rounds:
+        evaluate, draw = (self._due(every, round_index) for every in (self.cfg.eval.every, self.cfg.eval.heatmap_every))
+        if not (evaluate or draw):
             return None
         distributed = self.network.communicator.world_size > 1
         gathered = checkpoint_state(round_index, self.network, self.cfg) if distributed else None
         everyone = evaluation_nodes(self.cfg, self.network, gathered)
         if everyone is None:
+            return None
+        if draw:
+            self.figures.mkdir(parents=True, exist_ok=True)
+            path = self.figures / f"similarity_round_{round_index:05d}.png"
+            similarity_snapshot(everyone, self.network.dataset, self.cfg.eval, path, round_index)
+        if not evaluate:
             return None
         accuracies = evaluate_accuracy(everyone, self.network.dataset, self.cfg.eval, self.cfg.dim_z)
         return evaluation_row(round_index, accuracies)
@@ -145,8 +155,9 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
     checkpoints; a first Ctrl-C ends the run after its round with a checkpoint (raising Interrupted)."""
     communicator = network.communicator
     leader = communicator.rank == 0
-    evaluate = PeriodicEvaluation(cfg, network)
+    evaluate = PeriodicEvaluation(cfg, network, run_dir / "figures")
     checkpoint = CheckpointCadence(cfg, network, run_dir / "checkpoints", leader)
+    test_losses = HeldOutLosses(network) if cfg.eval.test_loss else None
     progress = progress_bar(cfg, done, leader)
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
     try:
@@ -155,7 +166,7 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
                 result, fallbacks = run_round(network)
-                rows = round_rows(round_index, network, result, bytes_before, round_start, fallbacks)
+                rows = round_rows(round_index, network, result, bytes_before, round_start, fallbacks, test_losses)
                 evaluation = evaluate(round_index)
                 if evaluation is not None:
                     history.evaluation_rows.append(evaluation)

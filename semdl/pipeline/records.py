@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from semdl.errors import NumericalError
+from semdl.eval.evaluate import evaluation_set
+from semdl.eval.features import encode
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
 from semdl.pipeline.network import Network
 from semdl.solvers import RoundResult
@@ -26,6 +28,7 @@ class NodeRecord:
     consensus_residual: float
     dual_norm: float
     finite: float
+    test_loss: float  # nan unless eval.test_loss
 
     @classmethod
     def width(cls) -> int:
@@ -42,7 +45,25 @@ class NodeRecord:
                 raise NumericalError(f"round {round_index}, node {node}: {quantity}")
 
 
-def node_values(network: Network, result: RoundResult) -> Tensor:
+class HeldOutLosses:
+    """eval.test_loss: each node's training objective on the evaluation test set (eval.test_per_class), restricted
+    to the classes the node trains on, computed without gradients. The rows of each node's classes and an upper
+    bound on a class's size are read from the device once, here, so a round adds no host wait."""
+
+    def __init__(self, network: Network):
+        self.dataset = evaluation_set(network.dataset, network.solver.run.eval)
+        labels = self.dataset.test_y
+        self.width = int(torch.bincount(labels).max())
+        self.rows = {node.index: torch.nonzero(node.responsible[labels]).flatten() for node in network.nodes}
+
+    @torch.no_grad()
+    def __call__(self, network: Network, node) -> Tensor:
+        rows = self.rows[node.index]
+        features = encode(node.encoder, self.dataset.test_x[rows], node.pipeline)
+        return network.solver.test_loss(network, node, features, self.dataset.test_y[rows], self.width)
+
+
+def node_values(network: Network, result: RoundResult, test_losses: HeldOutLosses | None = None) -> Tensor:
     """The local nodes' NodeRecord values (n_local, NodeRecord.width()) as one device tensor, not yet read."""
     gammas = network.solver.rate_weights
     rows = []
@@ -53,7 +74,8 @@ def node_values(network: Network, result: RoundResult) -> Tensor:
         )
         residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
         finite = torch.isfinite(node.statistics).all()
-        values = (work.loss, R, Rc, dR, residual, node.dual.norm(), finite)
+        test_loss = test_losses(network, node) if test_losses is not None else torch.full_like(R, float("nan"))
+        values = (work.loss, R, Rc, dR, residual, node.dual.norm(), finite, test_loss)
         rows.append(torch.stack([value.to(torch.float64).reshape(()) for value in values]))
     return torch.stack(rows)
 
@@ -87,6 +109,7 @@ def round_rows(
     bytes_before: list[int],
     round_start: float,
     cholesky_fallbacks: int,
+    test_losses: HeldOutLosses | None = None,
 ) -> list[dict]:
     """metrics.jsonl rows of one round: one per node, one per cluster of the plan and one for the network.
 
@@ -96,7 +119,7 @@ def round_rows(
     so all stop together).
     """
     communicator = network.communicator
-    per_node = communicator.gather(node_values(network, result))
+    per_node = communicator.gather(node_values(network, result, test_losses))
     numbers = torch.cat([per_node.flatten(), network_values(network)]).tolist()
     round_seconds = time.perf_counter() - round_start
     num_nodes, width = len(communicator.bytes_sent), NodeRecord.width()
@@ -112,6 +135,8 @@ def round_rows(
     for index, (record, (seconds, _)) in enumerate(zip(records, host)):
         values = asdict(record)
         del values["finite"]
+        if test_losses is None:
+            del values["test_loss"]
         rows.append({"round": round_index, "node": index, **values, "bytes_sent": bytes_sent[index], "seconds": seconds})
     offset = width * num_nodes
     for cluster, members in enumerate(network.plan.clusters):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.checkpoint import changed_keys, read_checkpoint, saved_partition
-from semdl.config import Config, validate
+from semdl.config import EVALUATIONS, Config, validate
 from semdl.errors import UserError
 
 # What a resumed run may change: its length, its evaluation, how often it checkpoints, and where it runs.
@@ -44,6 +44,8 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     missing = [name for name in ("partition.json", "metrics.jsonl", "checkpoints") if not (run_dir / name).exists()]
     if missing:
         raise UserError(f"{command}: {run_dir} is not a semdl run directory: {', '.join(missing)} missing")
+    protocols = [item.split("=", 1)[1] for item in overrides if item.startswith("eval=")]
+    overrides = [item for item in overrides if not item.startswith("eval=")]
     foreign = [item.split("=", 1)[0].lstrip("+~") for item in overrides if not item.lstrip("+~").startswith(allowed)]
     if foreign:
         keys = ", ".join(key.replace(".", ".*") if key.endswith(".") else key for key in allowed)
@@ -61,8 +63,13 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
                 f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
                 f"({', '.join(different[:3])} differ from .hydra/config.yaml)"
             )
+    unknown = [name for name in protocols if name not in EVALUATIONS]
+    if unknown:
+        raise UserError(f"unknown eval {unknown[0]!r}; choose one of: {', '.join(EVALUATIONS)}")
+    # eval=<protocol> replaces the run's evaluation settings with that protocol's, before any eval.* override.
+    protocol = [{"eval": OmegaConf.structured(EVALUATIONS[name])} for name in protocols[-1:]]
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, *protocol, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as error:
         raise UserError(f"cannot apply {' '.join(overrides)} to {run_dir}: {str(error).splitlines()[0]}") from None
     validate(cfg)

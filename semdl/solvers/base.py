@@ -16,7 +16,10 @@ import numpy as np
 from omegaconf import DictConfig
 
 from semdl.errors import UserError
-from semdl.network import Inbox, Topology
+from torch import Tensor
+
+from semdl.network import Inbox, Node, Topology
+from semdl.objectives.rates import rate_terms
 from semdl.registry import Registry
 from semdl.solvers.common import NodeWork
 
@@ -103,6 +106,14 @@ class Solver(ABC):
 
     def load_state_dict(self, network: Network, states: dict[int, dict]) -> None:
         """Restore what state_dict saved (states of every node, by node index; take this process's nodes)."""
+
+    def test_loss(self, network: Network, node: Node, features: Tensor, labels: Tensor, width: int) -> Tensor:
+        """The node's training objective on held-out features and labels of its classes (eval.test_loss), a device
+        scalar computed without gradients. Default: -dR of the features, weighted by rate_weights. `width`: an
+        upper bound on the samples of one class (no host read)."""
+        R, Rc, _ = rate_terms(features, labels, network.dataset.num_classes, self.run.eps_sq, width)
+        gamma1, gamma2 = self.rate_weights
+        return -(gamma1 * R - gamma2 * Rc)
 
     def local_training(self, network: Network) -> LocalTraining:
         return LocalTraining(

@@ -150,6 +150,34 @@ class ClusterBCD(Solver):
         self.training = self.local_training(network)
         self.plan = network.plan
 
+    def test_loss(self, network, node, features: Tensor, labels: Tensor, width: int) -> Tensor:
+        """Node i's block loss on held-out data of its label set, beside the other members' latest statistics."""
+        communicator = network.communicator
+        weights = 1.0 / torch.tensor(
+            self.plan.replication, dtype=communicator.statistics.dtype, device=communicator.statistics.device
+        )
+        contexts = cluster_contexts(
+            node, communicator.statistics, communicator.counts, communicator.responsible, weights, self.plan
+        )
+        inbox = network.inboxes[node.index]
+        penalty = consensus_penalty_from_sums(
+            node.statistics, neighbor_sums(inbox.statistics, inbox.shared), node.dual, self.config.rho
+        )
+        return cluster_block_loss(
+            features,
+            labels,
+            self.training.num_classes,
+            self.training.eps_sq,
+            node.counts * node.responsible,
+            node.shared_grams,
+            contexts,
+            penalty,
+            self.config.gamma1,
+            self.config.gamma2,
+            width,
+            self.config.batch_scaling,
+        )
+
     def round(self, network) -> RoundResult:
         """`network.nodes` are the nodes this process runs; returns their work."""
         nodes, communicator, inboxes, plan = network.nodes, network.communicator, network.inboxes, self.plan

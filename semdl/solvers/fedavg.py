@@ -166,6 +166,10 @@ class FedAvgCE(FederatedAveraging):
     def averaged_modules(self) -> list[list[nn.Module]]:
         return [self.heads]
 
+    def test_loss(self, network, node, features: Tensor, labels: Tensor, width: int) -> Tensor:
+        """Cross-entropy of the node's head on held-out features."""
+        return nn.functional.cross_entropy(self.heads[self.positions[node.index]](features), labels)
+
     def state_dict(self, network) -> dict[int, dict]:
         return {
             index: {"head": self.heads[position].state_dict(), "optimizer": self.head_optimizers[position].state_dict()}

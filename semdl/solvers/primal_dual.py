@@ -14,6 +14,7 @@ from semdl.network import Topology
 from semdl.objectives import (
     NeighborSums,
     consensus_penalty_from_sums,
+    neighbor_sums,
     neighbor_sums_of_rows,
     primal_dual_loss_with_penalty,
 )
@@ -93,6 +94,15 @@ class PrimalDual(Solver):
         self.neighborhoods = [
             network.communicator.neighborhood([node.index for node in group.nodes]) for group in network.groups
         ]
+
+    def test_loss(self, network, node, features: Tensor, labels: Tensor, width: int) -> Tensor:
+        """L_i on held-out data: -dR plus the consensus terms with the node's duals and its latest inbox."""
+        inbox = network.inboxes[node.index]
+        neighbors = neighbor_sums(inbox.statistics, inbox.shared)
+        penalty = consensus_penalty_from_sums(node.statistics, neighbors, node.dual, self.config.rho)
+        return primal_dual_loss_with_penalty(
+            features, labels, self.training.num_classes, self.training.eps_sq, penalty, *self.rate_weights, width
+        )
 
     def round(self, network) -> RoundResult:
         """Each node reads only round t-1 statistics (the communicator's, until the exchange), so running the groups
