@@ -159,7 +159,7 @@ def guarded(run, num_nodes: int):
         sys.exit(3)
     except Interrupted as error:
         print(f"semdl: {error}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + error.signal_number)
     except Exception as error:
         if not launched_by_torchrun():
             raise

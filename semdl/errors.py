@@ -1,5 +1,5 @@
 """Exceptions the CLI turns into one line on stderr: a user mistake (exit 2), a numerical failure (exit 3),
-an interruption that saved a checkpoint (exit 130)."""
+an interruption that saved a checkpoint (exit 130 for SIGINT, 143 for SIGTERM)."""
 
 
 class UserError(Exception):
@@ -11,4 +11,9 @@ class NumericalError(Exception):
 
 
 class Interrupted(Exception):
-    """SIGINT during a run: the round in progress finished and a checkpoint was written."""
+    """SIGINT or SIGTERM during a run: the round in progress finished and a checkpoint was written. The process
+    exits with 128 + the signal's number (130, 143), as a shell reports a signal."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number

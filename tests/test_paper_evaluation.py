@@ -71,6 +71,7 @@ def test_a_mini_batch_mlp_probe_solves_xor_where_a_linear_probe_cannot():
     assert torch.equal(mlp, again)
 
 
+@pytest.mark.integration  # whole training runs
 def test_a_run_under_the_paper_protocol_names_it_and_draws_periodic_heatmaps(tmp_path):
     overrides = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2", "eval=paper", "eval.heatmap_every=1", "dim_z=32"]
     summary = run_experiment(composed(overrides), tmp_path)
@@ -129,6 +130,7 @@ def test_test_loss_of_primal_dual_is_its_augmented_lagrangian_on_the_test_featur
         assert abs(row["test_loss"] - float(expected)) <= 2 * held_out_bound(cfg, test_set)
 
 
+@pytest.mark.integration  # whole training runs
 def test_test_loss_is_absent_unless_asked(tmp_path):
     summary = run_experiment(composed(SMALL_SYNTHETIC + ["nodes=2", "train.rounds=1"]), tmp_path)
     assert summary["evaluation_protocol"] == "default"
@@ -136,6 +138,7 @@ def test_test_loss_is_absent_unless_asked(tmp_path):
     assert node_rows and all("test_loss" not in row for row in node_rows)
 
 
+@pytest.mark.integration  # whole training runs
 def test_a_finished_run_is_evaluated_again_under_the_paper_protocol(tmp_path):
     from semdl.errors import UserError
     from semdl.experiment import reevaluate

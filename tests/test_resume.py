@@ -184,14 +184,18 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thr
 
 
 @pytest.mark.integration
-def test_sigint_stops_after_a_checkpoint_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, signal_number, status):
+    """Ctrl-C, or the SIGTERM of a scheduler or `kill`: the round finishes, a checkpoint is written, the exit
+    status is 128 + the signal's number, and the run resumes from there."""
     overrides = SOLVERS["primal_dual"] + ["train.rounds=200", "train.checkpoint_every=0"]
     run_dir = tmp_path / "run"
     process = start_training(overrides, run_dir, subprocess.PIPE)
     wait_for_round(process, run_dir, 2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("semdl: interrupted after round ") and f"semdl train resume={run_dir}" in message
     stopped_at = int(message.split("round ")[1].split()[0])

@@ -73,26 +73,31 @@ def evaluation_nodes(cfg: DictConfig, network: Network, state: dict | None) -> l
     return nodes
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `kill` send
+
+
 @contextmanager
-def checkpoint_on_sigint(active: bool) -> Iterator[list[bool]]:
-    """While active, a first Ctrl-C only raises a flag (the round finishes and a checkpoint is written); a
-    second one interrupts at once. Inactive in distributed runs, whose ranks could not agree on the round."""
-    requested = [False]
+def checkpoint_on_signals(active: bool) -> Iterator[list[int]]:
+    """While active, a first SIGINT or SIGTERM only records its number (the round finishes and a checkpoint is
+    written); a second one interrupts at once. Inactive in distributed runs, whose ranks could not agree on the
+    round."""
+    received: list[int] = []
 
     def handler(signum, frame):
-        if requested[0]:
+        if received:
             raise KeyboardInterrupt
-        requested[0] = True
-        log.warning("interrupt: stopping after this round, with a checkpoint (Ctrl-C again to stop now)")
+        received.append(signum)
+        log.warning("%s: stopping after this round, with a checkpoint (again to stop now)", signal.Signals(signum).name)
 
     if not active or threading.current_thread() is not threading.main_thread():
-        yield requested
+        yield received
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
     try:
-        yield requested
+        yield received
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler_before in previous.items():
+            signal.signal(number, handler_before)
 
 
 class PeriodicEvaluation:
@@ -152,7 +157,7 @@ def progress_bar(cfg: DictConfig, done: int, leader: bool) -> tqdm:
 
 def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, history: History) -> None:
     """Rounds done+1 .. train.rounds: metrics appended each round (by rank 0), periodic evaluations and
-    checkpoints; a first Ctrl-C ends the run after its round with a checkpoint (raising Interrupted)."""
+    checkpoints; a first SIGINT or SIGTERM ends the run after its round with a checkpoint (raising Interrupted)."""
     communicator = network.communicator
     leader = communicator.rank == 0
     evaluate = PeriodicEvaluation(cfg, network, run_dir / "figures")
@@ -161,7 +166,7 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
     progress = progress_bar(cfg, done, leader)
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
     try:
-        with checkpoint_on_sigint(communicator.world_size == 1) as interrupt:
+        with checkpoint_on_signals(communicator.world_size == 1) as received:
             for round_index in progress:
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
@@ -178,11 +183,12 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
                 progress.set_postfix(
                     dR=f"{network_row['dR']:.3f}", residual=f"{network_row['consensus_residual']:.2e}", refresh=False
                 )
-                checkpoint(round_index, interrupt[0])
-                if interrupt[0] and round_index < cfg.train.rounds:
+                checkpoint(round_index, bool(received))
+                if received and round_index < cfg.train.rounds:
                     raise Interrupted(
                         f"interrupted after round {round_index} of {cfg.train.rounds}, checkpoint saved; continue "
-                        f"with: semdl train resume={run_dir}"
+                        f"with: semdl train resume={run_dir}",
+                        received[0],
                     )
     finally:
         if metrics is not None:
