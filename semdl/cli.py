@@ -88,11 +88,27 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(job) for job in itertools.product(*values)]
 
 
+def check_output_directory(overrides: list[str], multirun: bool) -> None:
+    """Refuse, before Hydra writes anything there, a run (or sweep) directory that already holds files: Hydra would
+    rewrite its .hydra/ config, and the directory would claim another experiment than the one it holds."""
+    hydra_overrides = [item for item in overrides if item.lstrip("+~").startswith("hydra")]
+    hydra = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    directory = Path(hydra.sweep.dir if multirun else hydra.run.dir)
+    if directory.is_dir() and any(directory.iterdir()):
+        raise UserError(
+            f"{key}={directory} already holds files; choose a fresh directory"
+            + ("" if multirun else " or continue a run with resume=<run_dir>")
+        )
+
+
 def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> None:
-    """Compose and validate the config of every job before any runs, so a bad sweep fails at once."""
+    """Compose and validate the config of every job before any runs, so a bad sweep fails at once, and refuse an
+    output directory that already holds files; nothing is written before both pass."""
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
+            check_output_directory(overrides, multirun)
             for job in sweep_jobs(overrides, multirun):
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
                 paths = [item for item in job if item.startswith("hydra.searchpath")] or search

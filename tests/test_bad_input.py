@@ -99,6 +99,11 @@ CASES = [
     (["partition", "data=imagenet"], "unknown data 'imagenet'"),
     (["partition", "partition=dirichlet", "partition.alpha=-1"], "partition.alpha=-1.0 is out of range"),
     (["partition", "nodes=0"], "nodes=0 is out of range"),
+    # an existing run or sweep directory is refused before Hydra writes its .hydra/ into it
+    (["train", "hydra.run.dir={world}/done"], "hydra.run.dir={world}/done already holds files"),
+    (["train", "seed=5", "hydra.run.dir={world}/done"], "choose a fresh directory or continue a run with resume="),
+    (["partition", "hydra.run.dir={world}/done"], "hydra.run.dir={world}/done already holds files"),
+    (["train", "-m", "seed=0,1", "hydra.sweep.dir={world}"], "hydra.sweep.dir={world} already holds files"),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]
@@ -113,7 +118,8 @@ def test_the_table_is_as_large_as_promised():
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments, message, world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     arguments = [argument.replace("{world}", str(world)) for argument in arguments]
-    if arguments[0] in ("train", "partition") and not any(a.startswith("resume=") for a in arguments):
+    chosen = any(a.startswith(("resume=", "hydra.run.dir=", "hydra.sweep.dir=")) for a in arguments)
+    if arguments[0] in ("train", "partition") and not chosen:
         arguments.append(f"hydra.run.dir={tmp_path / 'fresh'}")
     world_before = snapshot(world)
     with pytest.raises(SystemExit) as exit_status:
