@@ -113,8 +113,8 @@ def test_semdl_eval_with_other_settings(finished_run):
     "arguments, message",
     [
         (["eval.knn_k=0"], "eval.knn_k=0 is out of range"),
-        (["nodes=7"], "semdl eval takes only eval.* and device= overrides; 'nodes=7' would change the run"),
-        (["eval.classifiers=[svm]"], "eval.classifiers entry='svm' is not allowed"),
+        (["nodes=7"], "semdl eval cannot change nodes: it continues the same experiment; only eval.*, device may change"),
+        (["eval.classifiers=[svm]"], "unknown classifier 'svm' in eval.classifiers; choose one of: knn"),
     ],
 )
 def test_semdl_eval_rejects_bad_settings(finished_run, arguments, message):
@@ -129,7 +129,8 @@ def test_semdl_eval_on_a_directory_that_is_not_a_run(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"semdl: error: {tmp_path} is not a semdl run: partition.json, checkpoints missing"
+        f"semdl: error: semdl eval: {tmp_path} is not a semdl run directory: partition.json, metrics.jsonl, "
+        "checkpoints missing"
     ]
 
 
