@@ -45,7 +45,7 @@ def config_groups() -> dict[str, list[str]]:
     """Every config group's options: the registered ones and the presets shipped as YAML files."""
     groups = {name: registry.names() for name, registry in registries().items() if name != "classifier"}
     for folder in sorted(CONF_DIR.iterdir()):
-        if folder.is_dir() and not folder.name.startswith("_"):
+        if folder.is_dir() and folder.name not in ("__pycache__", "solver_settings"):
             presets = [option.stem for option in sorted(folder.glob("*.yaml"))]
             groups[folder.name] = [*groups.get(folder.name, []), *presets]
     return groups

@@ -48,7 +48,9 @@ def test_smoke_presets_keep_the_structure_of_the_paper_presets(experiment):
         "solver.rho",
         "solver.dual_step",
         "train.local_epochs",
-        "train.batch_size",
+        "train.batching",
+        "train.amp",
+        "train.compile",
         "train.lr",
         "train.weight_decay",
         "eps_sq",
@@ -56,6 +58,15 @@ def test_smoke_presets_keep_the_structure_of_the_paper_presets(experiment):
     ):
         assert _get(smoke, key) == _get(paper, key), key
     assert _get(smoke, "train.rounds") <= 3 and _get(paper, "train.rounds") == 1000
+    if paper.solver.name == "cluster_bcd":
+        # The smoke data are scaled down, and the batch with them: the published ratio of batch to local set, so
+        # that the published batch scaling and batching do what they do at paper scale.
+        assert (smoke.solver.batch_scaling, smoke.solver.clusters) == (paper.solver.batch_scaling, paper.solver.clusters)
+        paper_ratio = paper.train.batch_size / sum(paper.partition.counts[0])
+        smoke_ratio = smoke.train.batch_size / sum(smoke.partition.counts[0])
+        assert abs(smoke_ratio - paper_ratio) < 0.01
+    else:
+        assert smoke.train.batch_size == paper.train.batch_size
 
 
 def _get(cfg, key):
