@@ -106,9 +106,12 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     """Compose and validate the config of every job before any runs, so a bad sweep fails at once, and refuse an
     output directory that already holds files; nothing is written before both pass."""
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    from semdl.network.distributed import process_rank
+
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
-            check_output_directory(overrides, multirun)
+            if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
+                check_output_directory(overrides, multirun)
             for job in sweep_jobs(overrides, multirun):
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
                 paths = [item for item in job if item.startswith("hydra.searchpath")] or search
