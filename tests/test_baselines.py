@@ -7,6 +7,7 @@ from semdl.errors import UserError
 from semdl.experiment import run_experiment
 from semdl.io import read_metrics
 from semdl.network import InProcessCommunicator
+from semdl.solvers import SOLVERS
 from semdl.solvers.fedavg import average, mixing_matrix
 
 ROUNDS = 8
@@ -35,7 +36,14 @@ def run(tmp_path, config, solver, *extra):
 
 
 @pytest.mark.integration  # 8-round training runs
-@pytest.mark.parametrize("solver", ["centralized", "local", "fedavg_mcr2", "fedavg_ce"])
+BASELINES = [name for name in SOLVERS.names() if not SOLVERS.get(name).value.traits.shares_statistics]
+
+
+def test_the_baselines_are_the_solvers_that_share_no_statistics():
+    assert sorted(BASELINES) == ["centralized", "fedavg_ce", "fedavg_mcr2", "local"]
+
+
+@pytest.mark.parametrize("solver", BASELINES)
 def test_every_baseline_learns(tmp_path, small_synthetic_config, solver):
     summary, _, _ = run(tmp_path, small_synthetic_config, solver)
     assert summary["accuracy"]["knn"]["mean"] > 0.8  # 4 classes: chance is 0.25
