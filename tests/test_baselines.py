@@ -35,7 +35,6 @@ def run(tmp_path, config, solver, *extra):
     )
 
 
-@pytest.mark.integration  # 8-round training runs
 BASELINES = [name for name in SOLVERS.names() if not SOLVERS.get(name).value.traits.shares_statistics]
 
 
@@ -43,6 +42,7 @@ def test_the_baselines_are_the_solvers_that_share_no_statistics():
     assert sorted(BASELINES) == ["centralized", "fedavg_ce", "fedavg_mcr2", "local"]
 
 
+@pytest.mark.integration  # 8-round training runs
 @pytest.mark.parametrize("solver", BASELINES)
 def test_every_baseline_learns(tmp_path, small_synthetic_config, solver):
     summary, _, _ = run(tmp_path, small_synthetic_config, solver)
