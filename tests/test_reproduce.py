@@ -59,12 +59,11 @@ def test_smoke_presets_keep_the_structure_of_the_paper_presets(experiment):
         assert _get(smoke, key) == _get(paper, key), key
     assert _get(smoke, "train.rounds") <= 3 and _get(paper, "train.rounds") == 1000
     if paper.solver.name == "cluster_bcd":
-        # The smoke data are scaled down, and the batch with them: the published ratio of batch to local set, so
-        # that the published batch scaling and batching do what they do at paper scale.
+        # The smoke data are scaled down, and the batch with them: smaller than a node's local set, as at paper
+        # scale, so that the published batch scaling and batching act (two batches a pass keep the smoke fast).
         assert (smoke.solver.batch_scaling, smoke.solver.clusters) == (paper.solver.batch_scaling, paper.solver.clusters)
-        paper_ratio = paper.train.batch_size / sum(paper.partition.counts[0])
-        smoke_ratio = smoke.train.batch_size / sum(smoke.partition.counts[0])
-        assert abs(smoke_ratio - paper_ratio) < 0.01
+        assert paper.train.batch_size < min(sum(row) for row in paper.partition.counts)
+        assert smoke.train.batch_size < min(sum(row) for row in smoke.partition.counts) < 2 * smoke.train.batch_size
     else:
         assert smoke.train.batch_size == paper.train.batch_size
 
