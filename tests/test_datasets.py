@@ -1,5 +1,11 @@
 """torchvision datasets loaded from files written here in their real formats, through the code users run."""
 
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import struct
 import subprocess
 import sys
 
@@ -9,7 +15,7 @@ import torch
 from torchvision import datasets
 
 from conftest import composed, gamma32
-from datafiles import write_cifar, write_mnist
+from datafiles import write_cifar, write_idx_gz, write_mnist
 from semdl.data import input_shape, load_dataset
 from semdl.data.datasets import InputPipeline, random_crop_flip
 from semdl.errors import UserError
@@ -114,6 +120,157 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="the download failed: Error downloading train-images-idx3-ubyte.gz") as error:
         load_dataset(composed(["data=mnist", f"data.root={tmp_path}", "data.download=true"]).data)
     assert "MNIST/raw/train-images-idx3-ubyte" in str(error.value)
+
+
+def loading_error(name, root) -> str:
+    with pytest.raises(UserError) as error:
+        load_dataset(data_config(name, root))
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def replace_cifar10_file(root, file_name, content: bytes, monkeypatch) -> None:
+    """Write one CIFAR-10 batch and register its MD5 sum, as write_cifar does, so torchvision goes on to read it."""
+    (root / datasets.CIFAR10.base_folder / file_name).write_bytes(content)
+    md5 = hashlib.md5(content).hexdigest()
+    for attribute in ("train_list", "test_list"):
+        entries = getattr(datasets.CIFAR10, attribute)
+        registered = [[name, md5 if name == file_name else old] for name, old in entries]
+        monkeypatch.setattr(datasets.CIFAR10, attribute, registered)
+
+
+def cifar10_batch(images: int, labels: list[int]) -> bytes:
+    return pickle.dumps({"data": np.zeros((images, 3 * 32 * 32), dtype=np.uint8), "labels": labels}, protocol=2)
+
+
+def test_labels_from_the_other_split_are_refused(tmp_path):
+    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copy(raw / "t10k-labels-idx1-ubyte.gz", raw / "train-labels-idx1-ubyte.gz")
+    message = loading_error("mnist", tmp_path)
+    assert message.startswith("the mnist train split does not match: ")
+    counts = "MNIST/raw/train-images-idx3-ubyte holds 20 images but MNIST/raw/train-labels-idx1-ubyte holds 10 labels"
+    assert counts in message
+
+
+def test_cifar_batch_with_fewer_labels_than_images_is_refused(tmp_path, monkeypatch):
+    write_cifar(tmp_path, "cifar10", train_per_class=1, test_per_class=1, monkeypatch=monkeypatch)
+    replace_cifar10_file(tmp_path, "data_batch_1", cifar10_batch(2, [1]), monkeypatch)
+    message = loading_error("cifar10", tmp_path)
+    batches = ", ".join(f"cifar-10-batches-py/data_batch_{k}" for k in range(1, 6))
+    assert f"the cifar10 train split does not match: {batches} hold 10 images but 9 labels" in message
+
+
+def test_label_outside_the_classes_is_refused(tmp_path, monkeypatch):
+    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    labels = np.arange(10, dtype=np.uint8)
+    labels[3] = 12
+    write_idx_gz(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz", labels)
+    assert loading_error("mnist", tmp_path) == (
+        "the mnist test split holds label 12 (MNIST/raw/t10k-labels-idx1-ubyte); mnist labels must lie in [0, 10)"
+    )
+    write_cifar(tmp_path, "cifar10", train_per_class=1, test_per_class=1, monkeypatch=monkeypatch)
+    replace_cifar10_file(tmp_path, "test_batch", cifar10_batch(10, [-1] + [0] * 9), monkeypatch)
+    message = loading_error("cifar10", tmp_path)
+    assert message.startswith("the cifar10 test split holds label -1 (cifar-10-batches-py/test_batch)")
+
+
+def idx_header(type_code: int, *dimensions: int) -> bytes:
+    return struct.pack(f">I{len(dimensions)}I", type_code << 8 | len(dimensions), *dimensions)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"\0\0\0\0" + bytes(10), "(AssertionError)"),
+        (idx_header(0x0A, 10) + bytes(10), "(KeyError: 10)"),  # element type 0x0A is not defined by idx
+        (idx_header(0x08, 10, 28, 28) + bytes(10 * 28 * 28), "(ValueError: x should have 1 dimension instead of 3)"),
+        (idx_header(0x08, 10) + bytes(4), "(shape '[10]' is invalid for input of size 4)"),
+        (b"label,image\n", "(AssertionError)"),
+    ],
+    ids=["no-magic", "unknown-type", "images-as-labels", "truncated", "csv"],
+)
+def test_foreign_idx_file_is_named(tmp_path, content, why):
+    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    raw = tmp_path / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(content)
+    message = loading_error("mnist", tmp_path)
+    assert message.startswith(
+        f"mnist under {tmp_path} cannot be read: torchvision rejected MNIST/raw/t10k-labels-idx1-ubyte {why}; "
+    )
+    assert message.endswith("Replace it, or delete it and set data.download=true")
+
+
+def test_foreign_idx_archive_is_named_with_its_archive(tmp_path):
+    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    with gzip.open(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", "wb") as archive:
+        archive.write(b"\x12\x34\x56\x78" + bytes(100))
+    message = loading_error("mnist", tmp_path)
+    rejected = "rejected MNIST/raw/train-images-idx3-ubyte (AssertionError), extracted from train-images-idx3-ubyte.gz;"
+    assert rejected in message
+    assert message.endswith("Replace it, or delete both and set data.download=true")
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"batch 2 of 5\n", "(UnpicklingError: "),
+        (b"", "(EOFError: Ran out of input)"),
+        (cifar10_batch(2, [0, 1])[:300], "(UnpicklingError: pickle data was truncated)"),
+        (gzip.compress(cifar10_batch(2, [0, 1])), "(UnpicklingError: invalid load key, '\\x1f'.)"),
+    ],
+    ids=["text", "empty", "truncated", "gzipped"],
+)
+def test_cifar_batch_that_is_no_pickle_is_named(tmp_path, monkeypatch, content, why):
+    write_cifar(tmp_path, "cifar10", train_per_class=1, test_per_class=1, monkeypatch=monkeypatch)
+    replace_cifar10_file(tmp_path, "data_batch_2", content, monkeypatch)
+    message = loading_error("cifar10", tmp_path)
+    assert f"cannot be read: torchvision rejected cifar-10-batches-py/data_batch_2 {why}" in message
+
+
+def test_cifar_file_unlike_the_published_one_is_named(tmp_path, monkeypatch):
+    write_cifar(tmp_path, "cifar10", train_per_class=1, test_per_class=1, monkeypatch=monkeypatch)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not the published batch")
+    message = loading_error("cifar10", tmp_path)
+    assert "rejected cifar-10-batches-py/data_batch_3 (its MD5 sum is not the published file's);" in message
+
+
+def test_replaced_archive_is_extracted_again(tmp_path):
+    config = data_config("mnist", tmp_path, "data.resize=null")
+    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    assert len(load_dataset(config).train_y) == 20
+    replaced = write_mnist(tmp_path, "MNIST", train_per_class=3, test_per_class=1)
+    raw = tmp_path / "MNIST" / "raw"
+    for archive in raw.glob("*.gz"):  # older than the files, as `cp -p` keeps a download's date
+        os.utime(archive, ns=(10**18, 10**18))
+    dataset = load_dataset(config)
+    assert torch.equal(dataset.train_x[:, 0], torch.as_tensor(replaced["train_x"]))
+    assert torch.equal(dataset.train_y, torch.as_tensor(replaced["train_y"], dtype=torch.long))
+    digest = hashlib.sha256((raw / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
+    assert (raw / ".train-images-idx3-ubyte.source").read_text() == digest
+    assert not list(raw.glob(".*.partial"))
+    extracted_at = (raw / "train-images-idx3-ubyte").stat().st_mtime_ns
+    load_dataset(config)
+    assert (raw / "train-images-idx3-ubyte").stat().st_mtime_ns == extracted_at  # unchanged: not extracted again
+
+
+@pytest.mark.parametrize("archive_is_newer", [False, True])
+def test_unstamped_file_is_extracted_again_only_when_its_archive_is_newer(tmp_path, archive_is_newer):
+    raw = tmp_path / "MNIST" / "raw"
+    extracted = write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    for archive in raw.glob("*.gz"):  # as torchvision's download leaves them: archive and file, no stamp
+        archive.with_suffix("").write_bytes(gzip.decompress(archive.read_bytes()))
+    copied = write_mnist(tmp_path, "MNIST", train_per_class=3, test_per_class=1)
+    for archive in raw.glob("*.gz"):
+        file_time = 1_700_000_000 * 10**9
+        archive_time = file_time + (10**9 if archive_is_newer else -(10**9))
+        os.utime(archive.with_suffix(""), ns=(file_time, file_time))
+        os.utime(archive, ns=(archive_time, archive_time))
+    expected = copied if archive_is_newer else extracted
+    dataset = load_dataset(data_config("mnist", tmp_path, "data.resize=null"))
+    assert torch.equal(dataset.train_x[:, 0], torch.as_tensor(expected["train_x"]))
 
 
 @pytest.mark.integration

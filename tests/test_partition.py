@@ -312,6 +312,29 @@ def test_table_errors_are_one_line(tmp_path):
     one_line_error(lambda: read_count_table(str(tmp_path / "blank.txt")), "holds no counts")
 
 
+def test_table_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text("1 2 3\n4 5 6\n")
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_count_table(str(marked)).tolist() == read_count_table(str(plain)).tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize(
+    "content, offset",
+    [
+        (b"1 2 3\n4 5 6\x00\n", 11),  # a NUL byte, though the rest is text
+        (b"1 2 3\n\xe9 5 6\n", 6),  # Latin-1, not UTF-8
+        ("1 2 3\n".encode("utf-16"), 0),  # UTF-16: its byte-order mark is no UTF-8
+        (b"1 \x00 \xe9\n", 2),  # the first of a NUL and a byte that is no UTF-8
+    ],
+)
+def test_binary_table_file_is_refused(tmp_path, content, offset):
+    path = tmp_path / "counts.txt"
+    path.write_bytes(content)
+    message = one_line_error(lambda: read_count_table(str(path)), "is not a text file")
+    assert message == f"partition.path={path} is not a text file (binary content at byte {offset})"
+
+
 # ---- requests no partitioner can meet ----
 
 

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,33 @@ def test_bad_adjacency_files_are_rejected(tmp_path, text, message):
 def test_missing_adjacency_file(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         build_topology("file", 3, path=str(tmp_path / "absent.txt"))
+
+
+def test_adjacency_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text("0 1 0\n1 0 1\n0 1 0\n")
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    expected = ((1,), (0, 2), (1,))
+    assert build_topology("file", 3, path=str(plain)).neighbors == expected
+    assert build_topology("file", 3, path=str(marked)).neighbors == expected
+
+
+@pytest.mark.parametrize(
+    "content, offset",
+    [
+        (b"0 1 0\n1 0 1\n0 1 \x00\n", 16),  # a NUL byte, though the rest is text
+        (b"0 1 0\n1 0 \xff\n0 1 0\n", 10),  # not UTF-8
+        (b"\x89PNG\r\n\x1a\n\x00\x00", 0),  # a PNG image: its first byte is no UTF-8
+    ],
+)
+def test_binary_adjacency_file_is_refused(tmp_path, content, offset):
+    path = tmp_path / "graph.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as error:
+        build_topology("file", 3, path=str(path))
+    assert str(error.value) == f"topology.path={path} is not a text file (binary content at byte {offset})"
+
+
+def test_adjacency_path_that_is_a_directory(tmp_path):
+    with pytest.raises(UserError, match=re.escape(f"cannot read topology.path={tmp_path}: Is a directory")):
+        build_topology("file", 3, path=str(tmp_path))

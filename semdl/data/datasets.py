@@ -7,9 +7,10 @@ optionally augments them on the device, batch by batch.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import pickle
 import zlib
-import shutil
 from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path
@@ -156,50 +157,193 @@ def make_synthetic(
 
 
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+MNIST_FAMILY = ("mnist", "fashion_mnist")
+
+# What torchvision raises on a file that is missing, foreign, cut short or corrupt. Tried: an idx file with a foreign
+# magic number (or text, or still gzipped) raises AssertionError or KeyError, a label file read as images ValueError,
+# an idx file of floats TypeError, a truncated one RuntimeError or ValueError; a CIFAR batch that is no pickle
+# UnpicklingError (EOFError when empty), a pickle of another structure KeyError or TypeError.
+UNREADABLE_FILE_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    EOFError,
+    AssertionError,
+    KeyError,
+    TypeError,
+    pickle.UnpicklingError,
+)
+
+
+def _split_files(name: str, root: Path, train: bool) -> list[Path]:
+    """The files torchvision reads for one split: MNIST's images then labels, or CIFAR's batches."""
+    from torchvision import datasets
+
+    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
+    if name in MNIST_FAMILY:
+        raw = root / dataset_class.__name__ / "raw"
+        prefix = "train" if train else "t10k"
+        return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+    batches = dataset_class.train_list if train else dataset_class.test_list
+    return [root / dataset_class.base_folder / file_name for file_name, _ in batches]
 
 
 def expected_files(name: str, root: Path) -> list[Path]:
     """The files torchvision reads for dataset `name` under `root`."""
     from torchvision import datasets
 
+    files = _split_files(name, root, train=True) + _split_files(name, root, train=False)
+    if name in MNIST_FAMILY:
+        return files
     dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
-    if name in ("mnist", "fashion_mnist"):
-        raw = root / dataset_class.__name__ / "raw"
-        return [raw / Path(filename).stem for filename, _ in dataset_class.resources]
-    folder = root / dataset_class.base_folder
-    names = [entry[0] for entry in dataset_class.train_list + dataset_class.test_list] + [
-        dataset_class.meta["filename"]
-    ]
-    return [folder / file_name for file_name in names]
+    return files + [root / dataset_class.base_folder / dataset_class.meta["filename"]]
 
 
 def _extract_copied_archives(files: list[Path]) -> None:
-    """Users often copy MNIST's .gz files as downloaded; torchvision reads them only once extracted. A file is
-    extracted beside its target and renamed when whole, so a corrupt archive leaves no half-written file."""
+    """Users often copy MNIST's .gz files as downloaded; torchvision reads them only once extracted.
+
+    An archive is extracted again when it changed since its file was extracted, so a replaced archive is never
+    shadowed by the stale file of its predecessor.
+    """
     for file in files:
         archive = file.with_name(file.name + ".gz")
-        if not file.exists() and archive.exists():
-            partial = file.with_name(f".{file.name}.partial")
-            try:
-                with gzip.open(archive, "rb") as source, open(partial, "wb") as target:
-                    shutil.copyfileobj(source, target)
-            except (OSError, EOFError, zlib.error) as error:
-                partial.unlink(missing_ok=True)
-                raise UserError(
-                    f"{archive} is corrupt or truncated ({error}); replace it, or delete it and set data.download=true"
-                ) from None
-            os.replace(partial, file)
+        if not archive.exists():
+            continue
+        try:
+            compressed = archive.read_bytes()
+        except OSError as error:
+            raise UserError(f"cannot read {archive}: {error.strerror or error}") from None
+        digest = hashlib.sha256(compressed).hexdigest()
+        if _extraction_is_stale(file, archive, digest):
+            _extract(archive, compressed, file, digest)
+
+
+def _stamp(file: Path) -> Path:
+    """Where the SHA-256 of the archive `file` was extracted from is kept."""
+    return file.with_name(f".{file.name}.source")
+
+
+def _extraction_is_stale(file: Path, archive: Path, digest: str) -> bool:
+    if not file.exists():
+        return True
+    stamp = _stamp(file)
+    if stamp.exists():
+        return stamp.read_bytes() != digest.encode()
+    # No stamp: torchvision's download extracted the file, after writing the archive; an archive newer than the file
+    # was copied in since.
+    return archive.stat().st_mtime_ns > file.stat().st_mtime_ns
+
+
+def _extract(archive: Path, compressed: bytes, file: Path, digest: str) -> None:
+    """Decompress in memory first, so a corrupt archive is refused before anything is written; then write beside
+    `file` and rename when whole, and stamp the file with the archive's digest (renamed after the file: a crash in
+    between leaves the old stamp, which differs). Partial files are named after the process, so ranks of one job
+    that extract at once do not mix their bytes."""
+    try:
+        content = gzip.decompress(compressed)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise UserError(
+            f"{archive} is corrupt or truncated ({error}); replace it, or delete it and set data.download=true"
+        ) from None
+    partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
+    stamp = _stamp(file)
+    partial_stamp = stamp.with_name(f"{stamp.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(content)
+        os.replace(partial, file)
+        partial_stamp.write_text(digest)
+        os.replace(partial_stamp, stamp)
+    except OSError as error:
+        raise UserError(f"cannot extract {archive} into {file.parent}: {error.strerror or error}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+        partial_stamp.unlink(missing_ok=True)
+
+
+def _rejected_file(name: str, root: Path) -> tuple[Path, str] | None:
+    """The first file torchvision refuses and why, found by reading the files one at a time as it does (the error
+    it raised names none), or None when each passes alone."""
+    from torchvision import datasets
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    from torchvision.datasets.utils import check_integrity
+
+    if name in MNIST_FAMILY:
+        for train in (True, False):
+            images, labels = _split_files(name, root, train)
+            for file, read in ((images, read_image_file), (labels, read_label_file)):
+                try:
+                    read(str(file))
+                except UNREADABLE_FILE_ERRORS as error:
+                    return file, _first_line(error)
+        return None
+    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
+    meta = [dataset_class.meta["filename"], dataset_class.meta["md5"]]
+    for file_name, md5 in dataset_class.train_list + dataset_class.test_list + [meta]:
+        file = root / dataset_class.base_folder / file_name
+        if not check_integrity(str(file), md5):
+            return file, "its MD5 sum is not the published file's"
+        try:
+            with open(file, "rb") as handle:
+                pickle.load(handle, encoding="latin1")
+        except UNREADABLE_FILE_ERRORS as error:
+            return file, _first_line(error)
+    return None
 
 
 def _missing_files_error(name: str, root: Path, files: list[Path], reason: str) -> UserError:
     missing = [str(file.relative_to(root)) for file in files if not file.exists()]
     listing = ", ".join(missing) if missing else "none missing, but torchvision rejected them (corrupt or truncated?)"
-    if missing and name in ("mnist", "fashion_mnist"):
+    if missing and name in MNIST_FAMILY:
         listing += " (or the same names with .gz, as downloaded)"
     return UserError(
         f"{name} is not available under {root} ({reason}); missing: {listing}. Run once with data.download=true "
         f"on a machine with internet, or copy the files there and set data.root=<that folder> (or $SEMDL_DATA)"
     )
+
+
+def _rejected_file_error(name: str, root: Path, file: Path, why: str) -> UserError:
+    # torchvision downloads only missing files, so a rejected one must go first (with the archive it came from)
+    archive = file.with_name(file.name + ".gz")
+    extracted = f", extracted from {archive.name}" if archive.exists() else ""
+    delete = "delete both" if archive.exists() else "delete it"
+    return UserError(
+        f"{name} under {root} cannot be read: torchvision rejected {file.relative_to(root)} ({why}){extracted}; it "
+        f"is corrupt, truncated or not a {name} file. Replace it, or {delete} and set data.download=true"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of what torchvision raised; a parser's error needs its type to be read (an AssertionError says
+    nothing, a KeyError just the key)."""
+    lines = str(error).strip().splitlines()
+    if isinstance(error, (RuntimeError, OSError)) and lines:
+        return lines[0]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _checked_split(name: str, root: Path, split: str, loaded, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Images (n, C, H, W) and labels (n,) of a split torchvision loaded. Files whose counts disagree (MNIST labels
+    from the other split) or labels outside [0, num_classes) are refused: torchvision pairs them silently."""
+    images = torch.as_tensor(np.asarray(loaded.data))
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(loaded.targets), dtype=torch.long)
+    files = [str(file.relative_to(root)) for file in _split_files(name, root, train=split == "train")]
+    if len(images) != len(labels):
+        if name in MNIST_FAMILY:
+            held = f"{files[0]} holds {len(images)} images but {files[1]} holds {len(labels)} labels"
+        else:
+            held = f"{', '.join(files)} hold {len(images)} images but {len(labels)} labels"
+        raise UserError(
+            f"the {name} {split} split does not match: {held}; take its files from the same split of one dataset"
+        )
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if len(outside):
+        label_files = files[1:] if name in MNIST_FAMILY else files
+        raise UserError(
+            f"the {name} {split} split holds label {int(outside[0])} ({', '.join(label_files)}); {name} labels must "
+            f"lie in [0, {num_classes})"
+        )
+    return images.contiguous(), labels
 
 
 def load_torchvision(name: str, root: str, download: bool, num_classes: int) -> Dataset:
@@ -209,22 +353,23 @@ def load_torchvision(name: str, root: str, download: bool, num_classes: int) -> 
     root_path = Path(root).expanduser()
     dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
     files = expected_files(name, root_path)
-    if name in ("mnist", "fashion_mnist"):
+    if name in MNIST_FAMILY:
         _extract_copied_archives(files)
     try:
         train = dataset_class(str(root_path), train=True, download=download)
         test = dataset_class(str(root_path), train=False, download=download)
-    except (RuntimeError, OSError, ValueError, EOFError) as error:
+    except UNREADABLE_FILE_ERRORS as error:
+        rejected = _rejected_file(name, root_path) if all(file.exists() for file in files) else None
+        if rejected is not None:
+            raise _rejected_file_error(name, root_path, *rejected) from None
         reason = "the download failed" if download else "data.download=false"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _missing_files_error(name, root_path, files, f"{reason}: {first_line}") from None
-
-    def as_tensors(split) -> tuple[Tensor, Tensor]:
-        images = torch.as_tensor(np.asarray(split.data))
-        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
-        return images.contiguous(), torch.as_tensor(np.asarray(split.targets), dtype=torch.long)
-
-    return Dataset(name, *as_tensors(train), *as_tensors(test), num_classes=num_classes)
+        raise _missing_files_error(name, root_path, files, f"{reason}: {_first_line(error)}") from None
+    return Dataset(
+        name,
+        *_checked_split(name, root_path, "train", train, num_classes),
+        *_checked_split(name, root_path, "test", test, num_classes),
+        num_classes=num_classes,
+    )
 
 
 def resize_images(images: Tensor, size: int) -> Tensor:

@@ -8,12 +8,12 @@ raises `UserError` with one line naming the config key to change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
 
 from semdl.errors import UserError
+from semdl.io import read_text_file
 from semdl.registry import Registry
 
 # dirichlet_client draws the classes of at most this many quota slots at once, which bounds its memory use
@@ -227,10 +227,7 @@ def read_count_table(path: str) -> np.ndarray:
 
     Blank lines and text after `#` are ignored.
     """
-    try:
-        text = Path(path).expanduser().read_text()
-    except OSError as error:
-        raise UserError(f"cannot read partition.path={path}: {error.strerror or error}") from None
+    text = read_text_file(path, "partition.path")
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split("#", 1)[0].split()

@@ -8,11 +8,13 @@ from semdl.io.files import (
     truncate_metrics,
     write_json,
 )
+from semdl.io.text import read_text_file
 
 __all__ = [
     "MetricsWriter",
     "load_checkpoint",
     "read_metrics",
+    "read_text_file",
     "save_checkpoint",
     "truncate_metrics",
     "write_json",

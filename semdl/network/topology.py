@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from semdl.errors import UserError
+from semdl.io import read_text_file
 from semdl.registry import Registry
 
 PAPER10 = {
@@ -73,11 +73,7 @@ def _from_lists(name: str, lists: dict[int, tuple[int, ...]], num_nodes: int) ->
 
 
 def _read_adjacency_file(path: str, num_nodes: int) -> np.ndarray:
-    file = Path(path).expanduser()
-    try:
-        text = file.read_text()
-    except OSError as error:
-        raise UserError(f"cannot read topology.path={path}: {error.strerror or error}") from None
+    text = read_text_file(path, "topology.path")
     try:
         rows = [[int(value) for value in line.split()] for line in text.splitlines() if line.strip()]
     except ValueError:
