@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("semdl")
 
-CHECKPOINT_KEYS = ("round", "config", "bytes_sent", "generators", "nodes", "solver")
+CHECKPOINT_KEYS = ("run_id", "round", "config", "bytes_sent", "generators", "nodes", "solver")
 
 
 def generator_states() -> dict:
@@ -99,6 +99,7 @@ def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dic
     if nodes is None:
         return None
     return {
+        "run_id": network.run_id,
         "round": round_index,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "bytes_sent": list(network.communicator.bytes_sent),
@@ -119,15 +120,16 @@ def checkpoint_problem(payload) -> str | None:
     return None
 
 
-def read_checkpoint(run_dir: Path) -> dict:
-    """The newest readable checkpoint of a run (last.pt, else previous.pt, saying why), or a UserError."""
+def read_checkpoint(run_dir: Path) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run (last.pt, else previous.pt, saying why) and its path, or a
+    UserError."""
     try:
         payload, path, skipped = load_checkpoint(Path(run_dir) / "checkpoints", checkpoint_problem)
     except FileNotFoundError as error:
         raise UserError(f"no usable checkpoint in {run_dir}: {error}") from None
     for problem in skipped:
         log.warning("%s; using %s instead", problem, path.name)
-    return payload
+    return payload, path
 
 
 def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> None:
@@ -152,13 +154,15 @@ def restore_network(checkpoint: dict, network: Network) -> None:
     network.communicator.bytes_sent = list(checkpoint["bytes_sent"])
 
 
-def saved_partition(run_dir: Path) -> list[np.ndarray]:
-    """The partition a run saved (partition.json), one index array per node."""
+def saved_partition(run_dir: Path) -> tuple[dict, list[np.ndarray]]:
+    """The partition a run saved (partition.json): its header and one index array per node."""
+    path = Path(run_dir) / "partition.json"
     try:
-        partition = json.loads((Path(run_dir) / "partition.json").read_text())
-        return [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"cannot read {Path(run_dir) / 'partition.json'}: {error}") from None
+        partition = json.loads(path.read_text(encoding="utf-8-sig"))
+        parts = [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]
+        return {key: value for key, value in partition.items() if key != "nodes"}, parts
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:
+        raise UserError(f"cannot read {path}: {str(error).splitlines()[0][:200]}") from None
 
 
 def _flat(container: dict, prefix: str = "") -> dict:

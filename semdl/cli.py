@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
+import signal
 import sys
+import threading
+import uuid
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -20,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from semdl.config import register_schema, registries, validate
 from semdl.data import input_shape
 from semdl.errors import UserError
+from semdl.io.lock import WRITER, claim, writing
 from semdl.models import architectures, check_input_shape
 from semdl.network import topology_of
 
@@ -88,30 +94,43 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(job) for job in itertools.product(*values)]
 
 
-def check_output_directory(overrides: list[str], multirun: bool) -> None:
-    """Refuse, before Hydra writes anything there, a run (or sweep) directory that already holds files: Hydra would
-    rewrite its .hydra/ config, and the directory would claim another experiment than the one it holds."""
+def output_directory(overrides: list[str], multirun: bool) -> tuple[str, Path]:
+    """The run (or sweep) directory the command line asks for, resolved once, with its key."""
     hydra_overrides = [item for item in overrides if item.lstrip("+~").startswith("hydra")]
     hydra = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    directory = Path(hydra.sweep.dir if multirun else hydra.run.dir)
+    if multirun:
+        return "hydra.sweep.dir", Path(hydra.sweep.dir)
+    return "hydra.run.dir", Path(hydra.run.dir)
+
+
+def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
+    """Refuse, before Hydra writes anything there, a run (or sweep) directory that already holds files (Hydra would
+    rewrite its .hydra/ config, and the directory would claim another experiment than the one it holds), or one
+    that cannot be created."""
     if directory.is_dir() and any(directory.iterdir()):
         raise UserError(
             f"{key}={directory} already holds files; choose a fresh directory"
             + ("" if multirun else " or continue a run with resume=<run_dir>")
         )
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{key}={directory} is a file; choose a directory")
+    existing = next(parent for parent in [directory, *directory.absolute().parents] if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={directory} cannot be created: {existing} is not a writable directory")
 
 
-def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> None:
+def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> tuple[str, Path]:
     """Compose and validate the config of every job before any runs, so a bad sweep fails at once, and refuse an
-    output directory that already holds files; nothing is written before both pass."""
+    output directory that already holds files; nothing is written before both pass. Returns the output directory's
+    key and path."""
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     from semdl.network.distributed import process_rank
 
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
+            key, directory = output_directory(overrides, multirun)
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
-                check_output_directory(overrides, multirun)
+                check_output_directory(key, directory, multirun)
             for job in sweep_jobs(overrides, multirun):
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
                 paths = [item for item in job if item.startswith("hydra.searchpath")] or search
@@ -125,6 +144,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
                     check_input_shape(architecture, input_shape(cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
+    return key, directory
 
 
 def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str | None:
@@ -145,49 +165,84 @@ def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str |
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def train_job(cfg: DictConfig) -> None:
     from semdl.experiment import run_experiment
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     from semdl.network.distributed import process_rank
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     if process_rank() != 0:
         logging.getLogger("semdl").setLevel(logging.WARNING)  # rank 0 speaks for the job
 
     def train() -> dict | None:
         validate(cfg)
-        return run_experiment(cfg, run_dir)
+        return run_experiment(cfg, run_dir)  # holds run_dir (already held, unless this is a job of a sweep)
 
-    report(run_dir, guarded(train, cfg.nodes))
+    report(run_dir, guarded(train, cfg.nodes, run_dir))
 
 
-def guarded(run, num_nodes: int):
-    """Run a training; its stops that are not bugs become one line and an exit status. Under torchrun, any
-    failure of this rank is reported with the rank and its nodes, and ends this process (torchrun then stops
-    the others)."""
+def guarded(run, num_nodes: int, run_dir: Path | None):
+    """Run a command's work; whatever stops it becomes one line and an exit status (exit_with). Under torchrun, the
+    line names the rank and its nodes, and a failure ends this process (torchrun then stops the others)."""
     import torch.distributed as dist
 
-    from semdl.errors import Interrupted, NumericalError
     from semdl.network.distributed import launched_by_torchrun, process_rank, rank_nodes
 
     prefix = f"rank {process_rank()} (nodes {rank_nodes(num_nodes)}): " if launched_by_torchrun() else ""
     try:
         return run()
-    except UserError as error:
-        fail(f"{prefix}{error}")
-    except NumericalError as error:
-        print(f"semdl: numerical failure: {prefix}{error}", file=sys.stderr)
-        sys.exit(3)
-    except Interrupted as error:
-        print(f"semdl: {error}", file=sys.stderr)
-        sys.exit(128 + error.signal_number)
-    except Exception as error:
-        if not launched_by_torchrun():
-            raise
-        message = (str(error).strip().splitlines() or [""])[0][:300]
-        print(f"semdl: {prefix}failed: {type(error).__name__}: {message}", file=sys.stderr)
-        sys.exit(1)
+    except SystemExit:
+        raise
+    except BaseException as error:
+        exit_with(error, prefix, run_dir)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> NoReturn:
+    """One line on stderr and the exit status that says what stopped the command: 2 a user mistake, 3 a numerical
+    failure, 128 + the signal's number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank)
+    or a bug, whose traceback goes to the run's log (or a file in the temporary folder) instead of the terminal."""
+    from semdl.errors import Interrupted, NumericalError, Stopped
+
+    if isinstance(error, UserError):
+        fail(f"{prefix}{error}")
+    if isinstance(error, NumericalError):
+        print(f"semdl: numerical failure: {prefix}{error}", file=sys.stderr)
+        sys.exit(3)
+    if isinstance(error, Interrupted):
+        print(f"semdl: {prefix}{error}", file=sys.stderr)
+        sys.exit(128 + error.signal_number)
+    if isinstance(error, (Stopped, KeyboardInterrupt)):
+        number = error.signal_number if isinstance(error, Stopped) else signal.SIGINT
+        resumable = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
+        hint = f"; continue from its last checkpoint with: semdl train resume={run_dir}" if resumable else ""
+        print(f"semdl: {prefix}stopped at once by {signal.Signals(number).name}{hint}", file=sys.stderr)
+        sys.exit(128 + number)
+    if os.environ.get("SEMDL_DEBUG"):
+        raise error
+    if isinstance(error, OSError) and error.errno is not None:
+        where = f"{error.filename}: " if error.filename else ""
+        hint = f"; once fixed, continue with: semdl train resume={run_dir}" if run_dir is not None else ""
+        print(f"semdl: {prefix}{where}{error.strerror or error}{hint}", file=sys.stderr)
+        sys.exit(1)
+    log = crash_log(run_dir)
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    print(f"semdl: {prefix}failed: {type(error).__name__}: {first_line} (the traceback is in {log})", file=sys.stderr)
+    sys.exit(1)
+
+
+def crash_log(run_dir: Path | None) -> Path:
+    """Append the traceback being handled to the run's log (or to a file in the temporary folder); its path."""
+    import tempfile
+    import traceback
+
+    path = run_dir / "semdl.log" if run_dir is not None and run_dir.is_dir() else None
+    path = path or Path(tempfile.gettempdir()) / f"semdl-{os.getpid()}.log"
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc())
+    except OSError:
+        return Path("(unwritable: " + str(path) + ")")
+    return path
 
 
 def resume_run(arguments: list[str]) -> None:
@@ -204,14 +259,16 @@ def resume_run(arguments: list[str]) -> None:
     run_dir = Path(directories[0])
     if process_rank() != 0:
         logging.basicConfig(level=logging.WARNING, force=True)  # rank 0 speaks and writes for the job
-    elif run_dir.is_dir():
-        log_to(run_dir / "semdl.log")
-    report(run_dir, guarded(lambda: resume_experiment(run_dir, overrides), 0))
+    else:
+        log_to(None)  # the run's log joins once the run is accepted: a refused resume writes nothing
+    resume = partial(resume_experiment, run_dir, overrides, lambda: log_to(run_dir / "semdl.log"))
+    report(run_dir, guarded(resume, 0, run_dir))
 
 
-def log_to(path: Path) -> None:
-    """Console and run-log output as a Hydra job has them (a resumed run appends to its own log)."""
-    handlers = [logging.StreamHandler(), logging.FileHandler(path, mode="a", delay=True)]
+def log_to(path: Path | None) -> None:
+    """Console and run-log output as a Hydra job has them (a resumed run appends to its own log); console only
+    without a path."""
+    handlers = [logging.StreamHandler()] + ([logging.FileHandler(path, mode="a", delay=True)] if path else [])
     for handler in handlers:
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
@@ -244,11 +301,9 @@ def evaluate_run(arguments: list[str]) -> None:
         fail("semdl eval needs a run directory: semdl eval <run_dir> [eval.key=value ...]")
     from semdl.experiment import headline, reevaluate
 
-    try:
-        evaluation, out_dir = reevaluate(Path(arguments[0]), arguments[1:])
-    except UserError as error:
-        fail(str(error))
-    print(f"evaluation written to: {out_dir}")
+    log_to(None)
+    evaluation, out_dir = guarded(partial(reevaluate, Path(arguments[0]), arguments[1:]), 0, None)
+    print(f"evaluation written to: {out_dir} (round {evaluation['round']}, {evaluation['checkpoint']})")
     numbers = headline(evaluation)
     print(accuracy_lines(numbers["accuracy"], numbers["evaluation_protocol"]))
 
@@ -258,11 +313,13 @@ def partition_job(cfg: DictConfig) -> None:
     from semdl.pipeline.network import partition_dataset
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+
+    def partition():
         validate(cfg)
-        _, _, counts = partition_dataset(cfg, run_dir)
-    except UserError as error:
-        fail(str(error))
+        with writing(run_dir, "semdl partition"):  # held already: the command line names one fresh directory
+            return partition_dataset(cfg, run_dir, uuid.uuid4().hex)[2]
+
+    counts = guarded(partition, cfg.nodes, run_dir)
     print(count_table(counts))
     print(f"partition written to: {run_dir / 'partition.json'} and {run_dir / 'figures' / 'partition.png'}")
 
@@ -299,23 +356,36 @@ def hydra_arguments(arguments: list[str]) -> argparse.Namespace:
 
 
 def run_hydra_command(command: str, job, arguments: list[str]) -> None:
-    """Validate every job's config first (one line and exit 2 on a mistake), then let Hydra run `job`."""
+    """Validate every job's config first (one line and exit 2 on a mistake), then hold the fresh run (or sweep)
+    directory and let Hydra run `job` in it: Hydra writes its .hydra/ only into a directory semdl accepted."""
     parsed = hydra_arguments(arguments)
     informational = parsed.help or parsed.hydra_help or parsed.info or parsed.cfg or parsed.shell_completion
-    if not informational:
-        try:
-            check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
-        except UserError as error:
-            fail(str(error))
+    sys.argv = [f"semdl {command}", *arguments]
+    if informational:
+        job()
+        return
+    key, directory = check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
     from semdl.network.distributed import launched_by_torchrun, process_rank
 
     if launched_by_torchrun() and process_rank() != 0:
         # Only rank 0 writes the run directory; the other ranks' Hydra bookkeeping goes to a scratch folder.
         import tempfile
 
-        arguments = [*arguments, f"hydra.run.dir={tempfile.mkdtemp(prefix='semdl-rank-')}", "hydra.output_subdir=null"]
-    sys.argv = [f"semdl {command}", *arguments]
-    job()
+        sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='semdl-rank-')}", "hydra.output_subdir=null"]
+        job()
+        return
+    if not any(item.startswith(f"{key}=") for item in parsed.overrides):
+        # The default directory as resolved once: Hydra would resolve its ${now:...} again, a moment later.
+        sys.argv.append(f"{key}={directory}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{key}={directory} cannot be created: {error.strerror}") from None
+    with writing(directory, f"semdl {command}"):
+        if any(path.name != WRITER for path in directory.iterdir()):  # another process got there first
+            raise UserError(f"{key}={directory} already holds files; choose a fresh directory")
+        claim(directory, f"semdl {command}")
+        job()
 
 
 def table(arguments: list[str]) -> None:
@@ -337,19 +407,37 @@ def table(arguments: list[str]) -> None:
     split = lambda text: [key for key in text.split(",") if key]  # noqa: E731
     if parsed.metric is not None and not parsed.columns:
         fail("--metric chooses what the cells of a --columns table show; add --columns <keys>")
-    try:
-        metric = parsed.metric or "acc.knn"
-        print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), metric, parsed.csv))
-    except UserError as error:
-        fail(str(error))
+    metric = parsed.metric or "acc.knn"
+    print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), metric, parsed.csv))
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `semdl` command. Whatever stops it ends as one line and an exit status (exit_with): SIGTERM, outside
+    the rounds that finish with a checkpoint, stops at once like Ctrl-C."""
     arguments = sys.argv[1:] if argv is None else argv
     if not arguments or arguments[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if arguments else 2)
-    command, rest = arguments[0], arguments[1:]
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
+    try:
+        dispatch(arguments[0], arguments[1:])
+    except SystemExit:
+        raise
+    except BaseException as error:
+        exit_with(error)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(signum, frame):
+    from semdl.errors import Stopped
+
+    raise Stopped(signum)
+
+
+def dispatch(command: str, rest: list[str]) -> None:
     if command == "train" and any(argument.startswith("resume=") for argument in rest):
         resume_run(rest)
     elif command == "train":

@@ -1,5 +1,7 @@
 """Exceptions the CLI turns into one line on stderr: a user mistake (exit 2), a numerical failure (exit 3),
-an interruption that saved a checkpoint (exit 130 for SIGINT, 143 for SIGTERM)."""
+an interruption that saved a checkpoint or a stop at once (exit 130 for SIGINT, 143 for SIGTERM)."""
+
+import signal
 
 
 class UserError(Exception):
@@ -16,4 +18,13 @@ class Interrupted(Exception):
 
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
+        self.signal_number = signal_number
+
+
+class Stopped(BaseException):
+    """A stop signal that cannot wait for the round to end: a second SIGINT or SIGTERM during the rounds, or one
+    outside them. A BaseException, like KeyboardInterrupt, so that no `except Exception` in between swallows it."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"stopped by {signal.Signals(signal_number).name}")
         self.signal_number = signal_number

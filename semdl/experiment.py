@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -16,8 +17,9 @@ from semdl.checkpoint import restore_global_generators, restore_network
 from semdl.errors import NumericalError, UserError
 from semdl.eval.evaluate import evaluate_network
 from semdl.io import truncate_metrics, write_json
+from semdl.io.lock import claim, writing
 from semdl.network.distributed import process_rank
-from semdl.pipeline.finish import finish, headline
+from semdl.pipeline.finish import evaluated_at, finish, headline
 from semdl.pipeline.loop import History, train_rounds
 from semdl.pipeline.network import Network, build_network, node_descriptions, process_device, resolve_device
 from semdl.pipeline.runs import EVALUATION_KEYS, load_resumable, load_run
@@ -28,38 +30,58 @@ log = logging.getLogger("semdl")
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Run the configured experiment, writing everything into `run_dir`; return the summary."""
+    """Run the configured experiment, writing everything into `run_dir`, which this process holds meanwhile (see
+    semdl.io.lock); return the summary."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    if process_rank() == 0 and (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir or continue it with resume=")
+    if process_rank() != 0:
+        return _fresh_run(cfg, run_dir, started)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing(run_dir, "semdl train"):
+        if (run_dir / "metrics.jsonl").exists():
+            raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir or continue it with resume=")
+        claim(run_dir, "semdl train")
+        return _fresh_run(cfg, run_dir, started)
+
+
+def _fresh_run(cfg: DictConfig, run_dir: Path, started: float) -> dict | None:
     device = process_device(cfg)
     network = build_network(cfg, run_dir, device)
     return train_and_finish(cfg, run_dir, network, device, 0, History(), started)
 
 
-def resume_experiment(run_dir: Path, overrides: list[str]) -> dict | None:
+def resume_experiment(run_dir: Path, overrides: list[str], when_accepted: Callable[[], None] = lambda: None) -> dict | None:
     """Continue the run in `run_dir` from its newest readable checkpoint (with only allowed overrides), appending
-    to its metrics.jsonl; return the summary. The result equals the uninterrupted run's (CPU)."""
-    started = time.perf_counter()
-    run = load_resumable(Path(run_dir), overrides)
-    cfg, checkpoint = run.cfg, run.checkpoint
+    to its metrics.jsonl; return the summary. The result equals the uninterrupted run's (CPU). Rank 0 holds the
+    directory throughout and calls `when_accepted` once every check passed, before its first write."""
+    if process_rank() != 0:
+        return _resume(Path(run_dir), overrides, time.perf_counter())
+    if not Path(run_dir).is_dir():
+        raise UserError(f"resume: {run_dir}: no such run directory")
+    with writing(Path(run_dir), "semdl train resume"):
+        return _resume(Path(run_dir), overrides, time.perf_counter(), when_accepted)
+
+
+def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=lambda: None) -> dict | None:
+    run = load_resumable(run_dir, overrides)
+    cfg, checkpoint, done = run.cfg, run.checkpoint, run.round
+    if process_rank() == 0:
+        claim(run_dir, "semdl train resume")
+        when_accepted()
     restore_global_generators(checkpoint["generators"])
     device = process_device(cfg)
     network = build_network(
-        cfg, run.directory, device, run.parts, partial(restore_network, checkpoint), checkpoint["solver"]
+        cfg, run_dir, device, run.parts, partial(restore_network, checkpoint), checkpoint["solver"], checkpoint["run_id"]
     )
-    done = checkpoint["round"]
-    finished = done == checkpoint["config"]["train"]["rounds"] and (run.directory / "summary.json").is_file()
     rows = []
     if network.communicator.rank == 0:
         rows = truncate_metrics(
-            run.directory / "metrics.jsonl",
+            run_dir / "metrics.jsonl",
             # Rows after the checkpoint are redone; so is the final evaluation of a run that had not finished.
-            lambda row: row["round"] < done or (row["round"] == done and (finished or row["node"] != "eval")),
+            lambda row: row["round"] < done or (row["round"] == done and (run.finished or row["node"] != "eval")),
         )
-    log.info("resuming %s at round %d of %d", run.directory, done + 1, cfg.train.rounds)
-    return train_and_finish(cfg, run.directory, network, device, done, History.of(rows), started)
+    log.info("resuming %s at round %d of %d (from %s)", run_dir, done + 1, cfg.train.rounds, run.checkpoint_file.name)
+    return train_and_finish(cfg, run_dir, network, device, done, History.of(rows), started)
 
 
 def train_and_finish(
@@ -100,16 +122,31 @@ def train_and_finish(
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
-    """Evaluate a finished run again, with other evaluation settings, into <run_dir>/evaluations/<time>/."""
-    run = load_run(Path(run_dir), overrides, EVALUATION_KEYS, "semdl eval")
-    cfg = run.cfg
-    cfg.comm = "in_process"  # every node is evaluated in this one process, however the run was trained
-    device = resolve_device(cfg.device)
-    network = build_network(
-        cfg, run.directory, device, run.parts, partial(restore_network, run.checkpoint), run.checkpoint["solver"]
-    )
-    out_dir = run.directory / "evaluations" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    evaluation = evaluate_network(network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out_dir / "figures")
-    write_json(out_dir / "eval.json", evaluation)
-    write_json(out_dir / "overrides.json", overrides)
+    """Evaluate a run again, with other evaluation settings, into <run_dir>/evaluations/<time>/ (holding the run
+    directory meanwhile). Says which round it evaluates, and warns when that is not the run's final round or not
+    its newest checkpoint; eval.json records both."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"semdl eval: {run_dir}: no such run directory")
+    with writing(run_dir, "semdl eval"):
+        run = load_run(run_dir, overrides, EVALUATION_KEYS, "semdl eval")
+        claim(run_dir, "semdl eval")
+        cfg = run.cfg
+        cfg.comm = "in_process"  # every node is evaluated in this one process, however the run was trained
+        asked = run.checkpoint["config"]["train"]["rounds"]
+        log.info("evaluating round %d of %d (%s)", run.round, asked, run.checkpoint_file.relative_to(run_dir))
+        if not run.finished:
+            log.warning("%s has not finished: round %d is evaluated, not its final round %d", run_dir, run.round, asked)
+        device = resolve_device(cfg.device)
+        network = build_network(
+            cfg, run_dir, device, run.parts, partial(restore_network, run.checkpoint), run.checkpoint["solver"],
+            run.checkpoint["run_id"],
+        )
+        out_dir = run_dir / "evaluations" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        evaluation = evaluate_network(
+            network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out_dir / "figures"
+        )
+        evaluation = {**evaluated_at(run.round, run.checkpoint_file, run.finished), **evaluation}
+        write_json(out_dir / "eval.json", evaluation)
+        write_json(out_dir / "overrides.json", overrides)
     return evaluation, out_dir

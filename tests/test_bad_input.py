@@ -3,13 +3,18 @@ fresh run directory. The commands run in this process (main(argv)), as the `semd
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import SMALL_SYNTHETIC
-from datafiles import write_mnist
+from datafiles import write_cifar, write_mnist
 from semdl.cli import main
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
@@ -19,12 +24,63 @@ def train_in_process(run_dir: Path, *extra: str) -> None:
     main(["train", *QUICK, *extra, f"hydra.run.dir={run_dir}"])
 
 
+# Another process writing a run directory, as semdl.io.lock sees one: an flock on the directory, and its record.
+HOLDER = """
+import fcntl, json, os, sys, time
+directory = sys.argv[1]
+descriptor = os.open(directory, os.O_RDONLY)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+record = {"command": "semdl train resume", "pid": os.getpid(), "host": "elsewhere", "since": "earlier"}
+with open(os.path.join(directory, ".semdl-writer.json"), "w") as handle:
+    json.dump(record, handle)
+print("holding", flush=True)
+time.sleep(900)
+"""
+
+
+def damaged_copy(root: Path, source: str, name: str, damage) -> None:
+    shutil.copytree(root / source, root / name)
+    damage(root / name)
+
+
+def rewrite_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def damage_a_middle_metrics_line(run: Path) -> None:
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:20] + "\n"
+    (run / "metrics.jsonl").write_text("".join(lines))
+
+
+def drop_round_one(run: Path) -> None:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows if row["round"] != 1))
+
+
+def extend_unfinished(run: Path) -> None:
+    """A run stopped at round 1 of 2: its summary and round-2 checkpoint gone, last.pt the round-1 one."""
+    (run / "summary.json").unlink()
+    (run / "checkpoints" / "last.pt").unlink()
+
+
+def plain_mnist(folder: Path) -> Path:
+    """MNIST files already extracted (no .gz), so loading them writes nothing into the world."""
+    write_mnist(folder, "MNIST", train_per_class=2, test_per_class=1)
+    raw = folder / "MNIST" / "raw"
+    for archive in raw.glob("*.gz"):
+        archive.with_suffix("").write_bytes(gzip.decompress(archive.read_bytes()))
+        archive.unlink()
+    return raw
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Finished runs, damaged copies of them, and bad files, shared by every case (which must not change them)."""
     root = tmp_path_factory.mktemp("world")
-    train_in_process(root / "done")
+    train_in_process(root / "done", "train.checkpoint_every=1")
     train_in_process(root / "other", "seed=1")
+    train_in_process(root / "twin", "train.checkpoint_every=1")  # the same experiment as done: another run of it
     shutil.copytree(root / "done", root / "foreign")
     shutil.rmtree(root / "foreign" / "checkpoints")
     shutil.copytree(root / "other" / "checkpoints", root / "foreign" / "checkpoints")
@@ -33,19 +89,61 @@ def world(tmp_path_factory):
     for checkpoint in (root / "broken" / "checkpoints").iterdir():
         checkpoint.write_bytes(checkpoint.read_bytes()[:500])
     (root / "empty").mkdir()
+    damaged_copy(root, "done", "foreign_partition", lambda run: shutil.copy(root / "twin" / "partition.json", run))
+    damaged_copy(root, "done", "foreign_summary", lambda run: shutil.copy(root / "twin" / "summary.json", run))
+    damaged_copy(root, "done", "torn_middle", damage_a_middle_metrics_line)
+    damaged_copy(root, "done", "gap", drop_round_one)
+    damaged_copy(root, "gap", "gap_unfinished", lambda run: (run / "summary.json").unlink())
+    damaged_copy(root, "done", "bad_summary", lambda run: (run / "summary.json").write_text("{'rounds': 2"))
+    damaged_copy(root, "done", "list_summary", lambda run: (run / "summary.json").write_text("[2]"))
+    damaged_copy(root, "done", "bad_partition", lambda run: (run / "partition.json").write_bytes(b"\x00\x01\x02"))
+    damaged_copy(root, "done", "bad_hydra", lambda run: (run / ".hydra" / "config.yaml").write_text("seed: [0\n"))
+    damaged_copy(root, "done", "stopped", extend_unfinished)
+    damaged_copy(
+        root, "stopped", "stopped_gap", lambda run: rewrite_json(run / "partition.json", lambda p: {**p, "seed": 3})
+    )
+    (root / "a_file").write_text("not a directory\n")
+    damaged_copy(root, "done", "busy", lambda run: None)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root / "busy")], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "holding"
     (root / "bad_topology.txt").write_text("0 1 0\n1 0 x\n0 1 0\n")
     (root / "bad_table.txt").write_text("5 5 5 5\n5 5\n")
     write_mnist(root / "corrupt", "MNIST", train_per_class=2, test_per_class=1)
     archive = root / "corrupt" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     archive.write_bytes(archive.read_bytes()[:200])  # a real gzip stream, cut short
-    return root
+    raw = plain_mnist(root / "other_split")
+    shutil.copy(raw / "t10k-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
+    raw = plain_mnist(root / "bad_magic")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\0\0" + bytes(10))
+    raw = plain_mnist(root / "label_12")
+    labels = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    labels[8 + 3] = 12  # the fourth label, after the 8-byte header
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
+    raw = plain_mnist(root / "truncated")
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])
+    with pytest.MonkeyPatch.context() as patch:
+        write_cifar(root / "cifar_text", "cifar10", train_per_class=1, test_per_class=1, monkeypatch=patch)
+    (root / "cifar_text" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"batch 1 of 5\n")
+    (root / "binary_topology.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (root / "bom_topology.txt").write_bytes(b"\xef\xbb\xbf0 1 0\n1 0 1\n0 1 1\n")
+    (root / "nul_table.txt").write_bytes(b"5 5 5 5\x00\n")
+    (root / "latin1_table.txt").write_bytes(b"5 5 5 5  # n\xe9ud 0\n")
+    yield root
+    holder.kill()
+    holder.wait()
 
 
-def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
+    """Every file, byte for byte (its SHA-256), and when it was last written; every folder."""
     return {
-        str(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
+        str(path.relative_to(directory)): (
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder",
+            path.stat().st_mtime_ns,
+        )
         for path in sorted(directory.rglob("*"))
-        if path.is_file()
     }
 
 
@@ -74,12 +172,51 @@ CASES = [
     (["train", "partition=table", "partition.path={world}/bad_table.txt"], "row 2 has 2 counts but row 1 has 4"),
     (["train", "data=mnist", "data.download=false", "data.root={world}/empty"], "mnist is not available under"),
     (["train", "data=mnist", "data.download=false", "data.root={world}/corrupt"], "is corrupt or truncated"),
+    # dataset files that do not belong together, or are not what their name says
+    (
+        ["train", "data=mnist", "data.download=false", "data.root={world}/other_split"],
+        "MNIST/raw/train-images-idx3-ubyte holds 20 images but MNIST/raw/train-labels-idx1-ubyte holds 10 labels",
+    ),
+    (
+        ["train", "data=mnist", "data.download=false", "data.root={world}/bad_magic"],
+        "torchvision rejected MNIST/raw/t10k-labels-idx1-ubyte (AssertionError)",
+    ),
+    (
+        ["train", "data=mnist", "data.download=false", "data.root={world}/label_12"],
+        "the mnist test split holds label 12 (MNIST/raw/t10k-labels-idx1-ubyte)",
+    ),
+    (
+        ["train", "data=mnist", "data.download=false", "data.root={world}/truncated"],
+        "torchvision rejected MNIST/raw/train-images-idx3-ubyte (shape '[20, 28, 28]' is invalid",
+    ),
+    (
+        ["train", "data=cifar10", "data.download=false", "data.root={world}/cifar_text"],
+        "torchvision rejected cifar-10-batches-py/data_batch_1 (its MD5 sum is not the published file's)",
+    ),
+    # text files that are not text, or are otherwise wrong once a byte-order mark is set aside
+    (
+        ["train", "topology=file", "topology.path={world}/binary_topology.txt"],
+        "topology.path={world}/binary_topology.txt is not a text file (binary content at byte 0)",
+    ),
+    (["train", "topology=file", "topology.path={world}/empty"], "cannot read topology.path={world}/empty: Is a directory"),
+    (
+        ["train", "topology=file", "topology.path={world}/bom_topology.txt", "nodes=3"],
+        "topology file {world}/bom_topology.txt has a non-zero diagonal",
+    ),
+    (
+        ["train", "partition=table", "partition.path={world}/nul_table.txt"],
+        "partition.path={world}/nul_table.txt is not a text file (binary content at byte 7)",
+    ),
+    (
+        ["train", "partition=table", "partition.path={world}/latin1_table.txt"],
+        "partition.path={world}/latin1_table.txt is not a text file (binary content at byte 12)",
+    ),
     # train resume=
     (["train", "resume={world}/missing"], "resume: {world}/missing: no such run directory"),
     (["train", "resume={world}/empty"], "is not a semdl run directory: partition.json, metrics.jsonl, checkpoints"),
     (["train", "resume={world}/done", "solver.rho=1", "train.rounds=5"], "resume cannot change solver.rho"),
     (["train", "resume={world}/done"], "already finished its 2 rounds; resume with train.rounds=N > 2"),
-    (["train", "resume={world}/foreign"], "comes from another experiment than this run"),
+    (["train", "resume={world}/foreign"], "belongs to another experiment than this run (seed differs"),
     (["train", "resume={world}/broken"], "no usable checkpoint in"),
     (["train", "-m", "resume={world}/done"], "cannot be part of a -m sweep"),
     # eval
@@ -104,6 +241,42 @@ CASES = [
     (["train", "seed=5", "hydra.run.dir={world}/done"], "choose a fresh directory or continue a run with resume="),
     (["partition", "hydra.run.dir={world}/done"], "hydra.run.dir={world}/done already holds files"),
     (["train", "-m", "seed=0,1", "hydra.sweep.dir={world}"], "hydra.sweep.dir={world} already holds files"),
+    # files of a run that belong to another run, or are damaged: refused before anything is written
+    (["train", "resume={world}/foreign_partition", "train.rounds=3"], "partition.json belongs to another run than"),
+    (["eval", "{world}/foreign_partition"], "partition.json belongs to another run than"),
+    (["train", "resume={world}/foreign_summary", "train.rounds=3"], "summary.json belongs to another run than"),
+    (["eval", "{world}/foreign_summary"], "summary.json belongs to another run than"),
+    (["train", "resume={world}/torn_middle", "train.rounds=3"], "metrics.jsonl line 3 is damaged (not JSON"),
+    (["train", "resume={world}/torn_middle", "train.rounds=3"], "repair or delete that line, then resume again"),
+    (["train", "resume={world}/gap", "train.rounds=3"], "metrics.jsonl lacks round 1 of the 2 the checkpoint holds"),
+    (["train", "resume={world}/gap_unfinished"], "lacks round 1 of the 2 the checkpoint holds"),
+    (["train", "resume={world}/bad_summary", "train.rounds=3"], "cannot read {world}/bad_summary/summary.json"),
+    (["eval", "{world}/bad_summary"], "cannot read {world}/bad_summary/summary.json"),
+    (["train", "resume={world}/list_summary", "train.rounds=3"], "list_summary/summary.json is not a run summary"),
+    (["train", "resume={world}/bad_partition", "train.rounds=3"], "cannot read {world}/bad_partition/partition.json"),
+    (["eval", "{world}/bad_partition"], "cannot read {world}/bad_partition/partition.json"),
+    (["train", "resume={world}/bad_hydra"], "cannot read {world}/bad_hydra/.hydra/config.yaml"),
+    (["train", "resume={world}/stopped_gap"], "nodes, seed or partition differ from partition.json"),
+    (["train", "resume={world}/done", "train.rounds=1"], "is checkpointed at round 2; train.rounds=1 cannot go back"),
+    (["train", "resume={world}/done", "train.rounds=abc"], "cannot apply train.rounds=abc"),
+    (["train", "resume={world}/done", "eval=nope", "train.rounds=3"], "unknown eval 'nope'; choose one of"),
+    (["train", "resume="], "give one run directory: semdl train resume=<run_dir>"),
+    (["train", "resume={world}/done", "resume={world}/other"], "give one run directory"),
+    (["eval", "{world}/done", "device=tpu"], "device='tpu' is not allowed"),
+    (["eval", "{world}/done", "eval=nope"], "unknown eval 'nope'"),
+    (["eval", "{world}/a_file"], "no such run directory"),
+    # a directory another process is writing: refused, naming that process
+    (["train", "resume={world}/busy", "train.rounds=3"], "is in use by semdl train resume (pid "),
+    (["eval", "{world}/busy"], "on elsewhere, since earlier); wait until it ends, or stop it"),
+    (["train", "hydra.run.dir={world}/busy"], "hydra.run.dir={world}/busy already holds files"),
+    # output directories that cannot be used, and bad hydra.* overrides
+    (["train", "hydra.run.dir={world}/a_file"], "hydra.run.dir={world}/a_file is a file; choose a directory"),
+    (["train", "hydra.run.dir={world}/a_file/run"], "cannot be created: {world}/a_file is not a writable directory"),
+    (["train", "hydra.run.dir=/proc/semdl/run"], "hydra.run.dir=/proc/semdl/run cannot be created"),
+    (["partition", "hydra.run.dir={world}/stopped"], "hydra.run.dir={world}/stopped already holds files"),
+    (["train", "-m", "seed=0,1", "hydra.sweep.dir={world}/done"], "hydra.sweep.dir={world}/done already holds files"),
+    (["train", "hydra.nope=1"], "hydra.nope"),
+    (["train", "hydra.run.dir=${nope}"], "nope"),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]
@@ -111,7 +284,7 @@ CASES = [
 
 def test_the_table_is_as_large_as_promised():
     commands = {arguments[0] for arguments, _ in CASES}
-    assert len(CASES) >= 25 and {"train", "eval", "table", "partition"} <= commands
+    assert len(CASES) >= 89 and {"train", "eval", "table", "partition"} <= commands
 
 
 @pytest.mark.parametrize("arguments, message", CASES, ids=[" ".join(arguments) for arguments, _ in CASES])

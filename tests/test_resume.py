@@ -26,7 +26,7 @@ SOLVERS = {
     "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual"],
     "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd"],
 }
-TIMING = ("seconds", "wall_seconds")
+TIMING = ("seconds", "wall_seconds", "run_id")  # what differs between two runs of one experiment
 
 
 def semdl_command(*arguments: str) -> list[str]:

@@ -12,13 +12,18 @@ import torch
 
 
 def _write_synced(path: Path, write) -> Path:
-    """Write a temporary file beside `path` and fsync it; return its path."""
+    """Write a temporary file beside `path` and fsync it; return its path. The temporary file is named after the
+    writing process, and removed when the write fails (a full disk leaves nothing partial behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return temporary
 
 
@@ -125,12 +130,38 @@ class MetricsWriter:
         self.close()
 
 
+class DamagedMetrics(ValueError):
+    """A line of metrics.jsonl that is not a metrics row, before its last line: rows after it cannot be trusted."""
+
+    def __init__(self, path: Path, line_number: int, reason: str):
+        super().__init__(f"{path} line {line_number} is damaged ({reason})")
+        self.path, self.line_number = path, line_number
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl file, ignoring a torn last line left by a crash mid-write."""
+    """The rows of a metrics.jsonl file. A torn last line (a crash mid-write: no newline after it) is left out;
+    any other line that is not a JSON object with a round raises DamagedMetrics naming it."""
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    torn = lines.pop()  # what follows the last newline: empty, or a line the writer did not finish
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    for number, line in enumerate(lines, start=1):
+        row = _metrics_row(line)
+        if isinstance(row, str):
+            raise DamagedMetrics(Path(path), number, row)
+        rows.append(row)
+    complete = _metrics_row(torn) if torn.strip("\0") else None
+    if isinstance(complete, dict):  # the last row was written whole; only its newline is missing
+        rows.append(complete)
     return rows
+
+
+def _metrics_row(line: str) -> dict | str:
+    """The row a line holds, or why it holds none."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"not JSON: {error.msg} at column {error.colno}"
+    if not isinstance(row, dict) or not isinstance(row.get("round"), int) or "node" not in row:
+        return "not a metrics row: it needs a round and a node"
+    return row

@@ -135,6 +135,10 @@ class Communicator(ABC):
     def gather_objects(self, items: list) -> list | None:
         """Every node's item (picklable, on the CPU) on rank 0, from the local nodes' items; None elsewhere."""
 
+    @abstractmethod
+    def anyone(self, flag: bool) -> bool:
+        """Whether `flag` holds on any process (every process calls this with its own)."""
+
 
 class InProcessCommunicator(Communicator):
     """Every node in this process: a message is a snapshot (copy) of the sender's statistics and counts."""
@@ -154,3 +158,6 @@ class InProcessCommunicator(Communicator):
 
     def gather_objects(self, items: list) -> list | None:
         return list(items)
+
+    def anyone(self, flag: bool) -> bool:
+        return flag

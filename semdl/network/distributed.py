@@ -133,3 +133,9 @@ class DistributedCommunicator(Communicator):
         gathered = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(items, gathered, dst=0, group=self._objects)
         return [item for block in gathered for item in block] if self.rank == 0 else None
+
+    def anyone(self, flag: bool) -> bool:
+        """A host flag through the gloo group: no device sync, whatever backend moves the tensors."""
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._objects)
+        return bool(value.item())

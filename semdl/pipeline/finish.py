@@ -13,6 +13,7 @@ from semdl.eval import plot_training_curves
 from semdl.eval.evaluate import evaluate_network
 from semdl.eval.plots import plot_accuracy_curves
 from semdl.io import MetricsWriter, save_checkpoint, write_json
+from semdl.io.files import CHECKPOINT
 from semdl.pipeline.loop import History, evaluation_nodes, evaluation_row
 from semdl.pipeline.network import Network
 
@@ -29,6 +30,12 @@ def headline(evaluation: dict) -> dict:
         "mean_class_angle": evaluation["discriminability"]["mean_class_angle"],
         "mean_effective_rank": evaluation["diversity"]["mean_effective_rank"],
     }
+
+
+def evaluated_at(round_index: int, checkpoint_file: Path, finished: bool) -> dict:
+    """What eval.json records of the weights it evaluated: their round, the checkpoint file, whether the run had
+    finished."""
+    return {"round": round_index, "checkpoint": f"checkpoints/{Path(checkpoint_file).name}", "run_finished": finished}
 
 
 def finish(
@@ -48,6 +55,7 @@ def finish(
     save_checkpoint(run_dir / "checkpoints", state)
     everyone = evaluation_nodes(cfg, network, state)
     evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
+    evaluation = {**evaluated_at(cfg.train.rounds, CHECKPOINT, True), **evaluation}
     write_json(run_dir / "eval.json", evaluation)
     history.evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
     with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
@@ -61,6 +69,7 @@ def finish(
     )
     final = history.network_rows[-1]
     summary = {
+        "run_id": network.run_id,
         "rounds": cfg.train.rounds,
         "network_dR": final["dR"],
         "network_R": final["R"],

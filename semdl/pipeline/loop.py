@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from semdl.checkpoint import checkpoint_state, restore_nodes
-from semdl.errors import Interrupted
+from semdl.errors import Interrupted, Stopped
 from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.io import MetricsWriter, save_checkpoint
 from semdl.network import Node
@@ -77,19 +77,20 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers an
 
 
 @contextmanager
-def checkpoint_on_signals(active: bool) -> Iterator[list[int]]:
-    """While active, a first SIGINT or SIGTERM only records its number (the round finishes and a checkpoint is
-    written); a second one interrupts at once. Inactive in distributed runs, whose ranks could not agree on the
-    round."""
+def checkpoint_on_signals() -> Iterator[list[int]]:
+    """During the rounds, a first SIGINT or SIGTERM only records its number (the round finishes and a checkpoint is
+    written); the same signal again stops at once (Stopped). A different second signal is not a repeat: torchrun
+    forwards a Ctrl-C to its ranks as SIGTERM."""
     received: list[int] = []
 
     def handler(signum, frame):
-        if received:
-            raise KeyboardInterrupt
+        if signum in received:
+            raise Stopped(signum)
+        if not received:
+            log.warning("%s: stopping after this round, with a checkpoint (again to stop now)", signal.Signals(signum).name)
         received.append(signum)
-        log.warning("%s: stopping after this round, with a checkpoint (again to stop now)", signal.Signals(signum).name)
 
-    if not active or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield received
         return
     previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
@@ -166,7 +167,7 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
     progress = progress_bar(cfg, done, leader)
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
     try:
-        with checkpoint_on_signals(communicator.world_size == 1) as received:
+        with checkpoint_on_signals() as received:
             for round_index in progress:
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
@@ -183,12 +184,14 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
                 progress.set_postfix(
                     dR=f"{network_row['dR']:.3f}", residual=f"{network_row['consensus_residual']:.2e}", refresh=False
                 )
-                checkpoint(round_index, bool(received))
-                if received and round_index < cfg.train.rounds:
+                # Every rank stops after the same round, so the checkpoint holds one round of every node.
+                stop = communicator.anyone(bool(received))
+                checkpoint(round_index, stop)
+                if stop and round_index < cfg.train.rounds:
                     raise Interrupted(
                         f"interrupted after round {round_index} of {cfg.train.rounds}, checkpoint saved; continue "
                         f"with: semdl train resume={run_dir}",
-                        received[0],
+                        received[0] if received else signal.SIGTERM,
                     )
     finally:
         if metrics is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ class Network:
     communicator: Communicator
     solver: Solver
     inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
+    run_id: str  # names the run in its partition, checkpoints and summary, so a file of another run is recognised
 
     @property
     def responsible(self) -> np.ndarray:
@@ -136,13 +138,14 @@ def node_descriptions(nodes: list[Node]) -> list[dict]:
 
 
 def write_partition(
-    run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int
+    run_dir: Path, cfg: DictConfig, labels: np.ndarray, parts: list[np.ndarray], num_classes: int, run_id: str
 ) -> np.ndarray:
     """partition.json and figures/partition.png; returns the (nodes, classes) count matrix."""
     counts = class_counts(labels, parts, num_classes)
     write_json(
         run_dir / "partition.json",
         {
+            "run_id": run_id,
             "scheme": cfg.partition.name,
             "seed": cfg.seed,
             "num_nodes": len(parts),
@@ -158,7 +161,9 @@ def write_partition(
     return counts
 
 
-def partition_dataset(cfg: DictConfig, run_dir: Path | None) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
+def partition_dataset(
+    cfg: DictConfig, run_dir: Path | None, run_id: str
+) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
     """Load the dataset (on the CPU), partition its training set over the nodes and save the partition in run_dir
     (unless None: the processes of a distributed run other than rank 0 compute it without writing)."""
     dataset = load_dataset(cfg.data)
@@ -166,7 +171,7 @@ def partition_dataset(cfg: DictConfig, run_dir: Path | None) -> tuple[Dataset, l
     parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
     if run_dir is None:
         return dataset, parts, class_counts(train_labels, parts, dataset.num_classes)
-    return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes)
+    return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes, run_id)
 
 
 def build_network(
@@ -176,18 +181,20 @@ def build_network(
     saved_parts: list[np.ndarray] | None = None,
     restore: Callable[[Network], None] | None = None,
     solver_states: dict[int, dict] | None = None,
+    run_id: str | None = None,
 ) -> Network:
     """Topology, dataset on the device, partition, the solver's plan, nodes, communicator and groups.
 
     A fresh network (saved_parts None) saves its partition (and the solver's files) in run_dir and starts from
     the untrained encoders' statistics. A resumed one takes the run's saved partition and writes nothing;
     `restore` puts the checkpoint's node state into it before its nodes are grouped, and `solver_states` are
-    the solver's own, loaded once it has started.
+    the solver's own, loaded once it has started. `run_id` is the resumed run's (a fresh run draws one).
     """
+    run_id = run_id or uuid.uuid4().hex
     topology = topology_of(cfg)
     writer = run_dir if saved_parts is None and process_rank() == 0 else None  # only rank 0 writes, and only anew
     if saved_parts is None:
-        dataset, parts, counts = partition_dataset(cfg, writer)
+        dataset, parts, counts = partition_dataset(cfg, writer, run_id)
     else:
         dataset, parts = load_dataset(cfg.data), saved_parts
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
@@ -207,7 +214,7 @@ def build_network(
     nodes = build_nodes(cfg, dataset, plan.parts, plan.responsible, device, communicator.local)
     lockstep = solver.traits.lockstep and cfg.sim.lockstep == "on"
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
-    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {})
+    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id)
     if restore is not None:
         restore(network)
     network.groups = build_groups(nodes, lockstep, vectorize, switch(cfg.train.compile, device.type == "cuda"))

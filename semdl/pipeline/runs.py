@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.checkpoint import changed_keys, read_checkpoint, saved_partition
 from semdl.config import EVALUATIONS, Config, validate
 from semdl.errors import UserError
+from semdl.io.files import DamagedMetrics, read_metrics
 
 # What a resumed run may change: its length, its evaluation, how often it checkpoints, and where it runs.
 RESUMABLE_KEYS = ("train.rounds", "train.checkpoint_every", "eval.", "comm", "device")
@@ -23,20 +25,45 @@ EVALUATION_KEYS = ("eval.", "device")
 
 @dataclass(frozen=True)
 class SavedRun:
-    """A run directory read back: the config to continue or evaluate it with, its newest readable checkpoint and
-    its partition (one index array per node of the partition)."""
+    """A run directory read back and found consistent: the config to continue or evaluate it with, its newest
+    readable checkpoint (and which file that is), its partition (one index array per node) and its summary (None
+    before the run's end)."""
 
     directory: Path
     cfg: DictConfig
     checkpoint: dict
+    checkpoint_file: Path
     parts: list[np.ndarray]
+    summary: dict | None
+
+    @property
+    def round(self) -> int:
+        return self.checkpoint["round"]
+
+    @property
+    def finished(self) -> bool:
+        """The summary, the checkpoint and the rounds the run was asked for all say the same last round. A run
+        extended with resume= and stopped before its end keeps the summary of its earlier end: not finished."""
+        asked = self.checkpoint["config"]["train"]["rounds"]
+        return self.summary is not None and self.summary.get("rounds") == self.round == asked
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {str(error).splitlines()[0][:200]}") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path} is not {what}")
+    return payload
 
 
 def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], command: str) -> SavedRun:
     """Read `run_dir` for `command` ("resume", "semdl eval"), with `overrides` of the keys in `allowed` only.
 
-    Refuses, with one line each: a missing directory or one that is not a semdl run, a checkpoint from another
-    experiment than the run's own config or partition, an override outside `allowed`.
+    Refuses, with one line each: a missing directory or one that is not a semdl run, an override outside
+    `allowed`, and files that do not belong to one run: the checkpoint, partition.json, .hydra/config.yaml and
+    summary.json must name the same run and config, and the summary no later round than the checkpoint's.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -52,16 +79,19 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
         raise UserError(
             f"{command} cannot change {foreign[0]}: it continues the same experiment; only {keys} may change"
         )
-    checkpoint = read_checkpoint(run_dir)
+    checkpoint, checkpoint_file = read_checkpoint(run_dir)
     saved = checkpoint["config"]
     own_config = run_dir / ".hydra" / "config.yaml"
     if own_config.is_file():
-        own = OmegaConf.to_container(OmegaConf.load(own_config), resolve=True)
+        try:
+            own = OmegaConf.to_container(OmegaConf.load(own_config), resolve=True)
+        except (OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
+            raise UserError(f"cannot read {own_config}: {str(error).splitlines()[0][:200]}") from None
         different = [key for key in changed_keys(own, saved) if not key.startswith(RESUMABLE_KEYS)]
         if different:
             raise UserError(
-                f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
-                f"({', '.join(different[:3])} differ from .hydra/config.yaml)"
+                f"{checkpoint_file} belongs to another experiment than this run "
+                f"({', '.join(different[:3])} {'differs' if len(different) == 1 else 'differ'} from .hydra/config.yaml)"
             )
     unknown = [name for name in protocols if name not in EVALUATIONS]
     if unknown:
@@ -73,27 +103,47 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     except OmegaConfBaseException as error:
         raise UserError(f"cannot apply {' '.join(overrides)} to {run_dir}: {str(error).splitlines()[0]}") from None
     validate(cfg)
-    partition = json.loads((run_dir / "partition.json").read_text())
+    partition, parts = saved_partition(run_dir)
+    if partition.get("run_id") != checkpoint["run_id"]:
+        raise UserError(f"{run_dir / 'partition.json'} belongs to another run than {checkpoint_file}")
     if (partition.get("num_nodes"), partition.get("seed"), partition.get("scheme")) != (
         cfg.nodes,
         cfg.seed,
         cfg.partition.name,
     ):
         raise UserError(
-            f"the checkpoint in {run_dir / 'checkpoints'} comes from another experiment than this run "
+            f"{checkpoint_file} belongs to another experiment than this run "
             f"(nodes, seed or partition differ from partition.json)"
         )
-    return SavedRun(run_dir, cfg, checkpoint, saved_partition(run_dir))
+    summary = _read_json(run_dir / "summary.json", "a run summary") if (run_dir / "summary.json").exists() else None
+    if summary is not None and summary.get("run_id") != checkpoint["run_id"]:
+        raise UserError(f"{run_dir / 'summary.json'} belongs to another run than {checkpoint_file}")
+    return SavedRun(run_dir, cfg, checkpoint, checkpoint_file, parts, summary)
 
 
 def load_resumable(run_dir: Path, overrides: list[str]) -> SavedRun:
-    """The run to continue, refusing a run already finished or a train.rounds below its checkpoint's round."""
+    """The run to continue, refusing a run already finished, a train.rounds below its checkpoint's round, and a
+    metrics.jsonl that is damaged or lacks rounds the checkpoint holds."""
     run = load_run(run_dir, overrides, RESUMABLE_KEYS, "resume")
-    done, rounds = run.checkpoint["round"], run.cfg.train.rounds
+    done, rounds = run.round, run.cfg.train.rounds
     if done > rounds:
         raise UserError(f"{run_dir} is checkpointed at round {done}; train.rounds={rounds} cannot go back")
-    if done == rounds and (Path(run_dir) / "summary.json").is_file():
+    if done == rounds and run.finished:
         raise UserError(
             f"{run_dir} already finished its {done} rounds; resume with train.rounds=N > {done} to continue it"
+        )
+    path = run.directory / "metrics.jsonl"
+    try:
+        logged = {row["round"] for row in read_metrics(path) if row["node"] == "network"}
+    except DamagedMetrics as error:
+        raise UserError(
+            f"resume: {error}; the rows after it would be lost: repair or delete that line, then resume again"
+        ) from None
+    absent = sorted(set(range(1, done + 1)) - logged)
+    if absent:
+        raise UserError(
+            f"resume: {path} lacks round {absent[0]}"
+            + (f" and {len(absent) - 1} more" if len(absent) > 1 else "")
+            + f" of the {done} the checkpoint holds: the run's record is incomplete"
         )
     return run
