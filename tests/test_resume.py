@@ -187,7 +187,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thr
 @pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, signal_number, status):
     """Ctrl-C, or the SIGTERM of a scheduler or `kill`: the round finishes, a checkpoint is written, the exit
-    status is 128 + the signal's number, and the run resumes from there."""
+    status is 128 + the signal's number, and the run resumes from there to the uninterrupted run's result."""
     overrides = SOLVERS["primal_dual"] + ["train.rounds=200", "train.checkpoint_every=0"]
     run_dir = tmp_path / "run"
     process = start_training(overrides, run_dir, subprocess.PIPE)
@@ -203,7 +203,9 @@ def test_a_stop_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, si
     assert state["round"] == stopped_at == rounds_written(run_dir)
     assert not (run_dir / "summary.json").exists()
     resume_experiment(run_dir, ["train.rounds=" + str(stopped_at + 2)])
-    assert rounds_written(run_dir) == stopped_at + 2
+    reference = tmp_path / "reference"
+    run_experiment(composed(SOLVERS["primal_dual"] + [f"train.rounds={stopped_at + 2}"]), reference)
+    assert outcome(run_dir) == outcome(reference)  # the stop changed nothing of the run's result
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, one_thread):

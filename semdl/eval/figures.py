@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from semdl.io.files import write_figure  # noqa: E402
+
 
 def plot_training_curves(network_rows: list[dict], path: Path) -> None:
     """Network dR (from the shared statistics) and the max consensus residual, per round."""
@@ -25,7 +27,7 @@ def plot_training_curves(network_rows: list[dict], path: Path) -> None:
         xlabel="round", ylabel=r"max $\|V_i^k - V_j^k\|_F$", title="Consensus residual (max over edges, classes)"
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_figure(figure, path)
     plt.close(figure)
 
 
@@ -53,5 +55,5 @@ def plot_partition(counts: np.ndarray, path: Path) -> None:
         axis.set_yticks(range(num_nodes))
     figure.colorbar(image, ax=axis)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_figure(figure, path)
     plt.close(figure)

@@ -15,6 +15,7 @@ from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from semdl.eval.diagnostics import effective_rank  # noqa: E402
+from semdl.io.files import write_figure  # noqa: E402
 
 MAX_LABELLED_CLASSES = 20
 
@@ -22,7 +23,7 @@ MAX_LABELLED_CLASSES = 20
 def _save(figure: plt.Figure, path: Path | str) -> None:
     """Lay out, write the PNG and free the figure, so long runs do not accumulate open figures."""
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_figure(figure, path)
     plt.close(figure)
 
 

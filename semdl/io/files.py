@@ -58,6 +58,11 @@ def write_json(path: Path, payload: Any) -> None:
     _replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
 
 
+def write_figure(figure, path: Path) -> None:
+    """A matplotlib figure as PNG, written like every other file: whole, or not at all (a full disk)."""
+    _replace_atomically(Path(path), lambda handle: figure.savefig(handle, dpi=120, format="png"))
+
+
 CHECKPOINT = "last.pt"
 PREVIOUS_CHECKPOINT = "previous.pt"
 

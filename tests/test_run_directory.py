@@ -1,0 +1,235 @@
+"""Faults around a run directory: a second writer, a writer that died, a stop during the final evaluation, a
+second signal, a full disk, a bug. Each leaves the run as it was or resumable to the uninterrupted run's result,
+and ends in one line with the exit status that names it."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL_SYNTHETIC, composed
+from semdl.cli import main
+from semdl.errors import Stopped
+from semdl.experiment import reevaluate, resume_experiment, run_experiment
+from semdl.io.lock import WRITER
+from test_resume import environment, outcome, semdl_command
+
+QUICK = SMALL_SYNTHETIC + ["nodes=3", "eval.classifiers=[knn]"]
+
+
+def without_evaluation_rows(metrics: list[dict]) -> list[dict]:
+    return [row for row in metrics if row["node"] != "eval"]
+
+
+def one_line(capsys) -> str:
+    """The one line semdl says on stderr (beside the progress bar and the log)."""
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("semdl")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.integration  # a resume in a subprocess, while a second one is refused in this process
+def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_thread, capsys):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    run_experiment(composed(QUICK + ["train.rounds=40"]), straight)
+    run_experiment(composed(QUICK + ["train.rounds=2"]), run)
+    first = subprocess.Popen(
+        semdl_command("train", f"resume={run}", "train.rounds=40"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**environment(), "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while not (run / WRITER).exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, first.stderr.read()
+    assert json.loads((run / WRITER).read_text())["pid"] == first.pid
+    with pytest.raises(SystemExit) as second:
+        main(["train", f"resume={run}", "train.rounds=40"])
+    assert second.value.code == 2
+    assert f"is in use by semdl train resume (pid {first.pid} on " in one_line(capsys)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert not (run / WRITER).exists()  # released at the end
+    metrics, summary = outcome(run)
+    expected_metrics, expected_summary = outcome(straight)
+    assert without_evaluation_rows(metrics) == without_evaluation_rows(expected_metrics)
+    assert summary == expected_summary
+
+
+def test_a_writer_that_died_is_reported_and_its_run_resumes(tmp_path, one_thread, caplog):
+    run_experiment(composed(QUICK + ["train.rounds=2"]), tmp_path)
+    dead = {"command": "semdl train", "pid": 1 << 30, "host": "node7", "since": "2026-01-01 00:00:00"}
+    (tmp_path / WRITER).write_text(json.dumps(dead))
+    with caplog.at_level("WARNING", logger="semdl"):
+        resume_experiment(tmp_path, ["train.rounds=3"])
+    reports = [record.message for record in caplog.records if "ended without releasing it" in record.message]
+    assert reports == [f"{tmp_path} was last written by semdl train (pid {1 << 30} on node7, since 2026-01-01 00:00:00), "
+                       "which ended without releasing it"]
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
+    assert not (tmp_path / WRITER).exists()
+
+
+def test_an_extended_run_stopped_during_its_final_evaluation_resumes_to_its_end(tmp_path, one_thread, monkeypatch):
+    """Two rounds finished, extended to four, stopped once round 4's checkpoint is written but before its summary:
+    the old summary (2 rounds) no longer says finished, so resume= redoes the final evaluation."""
+    import semdl.pipeline.finish as finish
+
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    run_experiment(composed(QUICK + ["train.rounds=4"]), straight)
+    run_experiment(composed(QUICK + ["train.rounds=2"]), run)
+
+    def killed(*args, **kwargs):
+        raise Stopped(signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finish, "evaluate_network", killed)
+        with pytest.raises(Stopped):
+            resume_experiment(run, ["train.rounds=4"])
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["round"] == 4
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 2
+
+    resume_experiment(run, [])  # the checkpoint asks for 4 rounds: only the end remains
+    metrics, summary = outcome(run)
+    expected_metrics, expected_summary = outcome(straight)
+    assert without_evaluation_rows(metrics) == without_evaluation_rows(expected_metrics)
+    assert [row["round"] for row in metrics if row["node"] == "eval"] == [2, 4]
+    assert summary == expected_summary
+
+
+def test_eval_says_which_round_and_checkpoint_it_evaluates(tmp_path, one_thread, caplog):
+    """last.pt unreadable: previous.pt (round 3 of 4) is evaluated, with a warning for each, and eval.json says so."""
+    run_experiment(composed(QUICK + ["train.rounds=4", "train.checkpoint_every=1"]), tmp_path)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"cut")
+    (tmp_path / "summary.json").unlink()
+    with caplog.at_level("INFO", logger="semdl"):
+        evaluation, out_dir = reevaluate(tmp_path, [])
+    messages = [record.message for record in caplog.records]
+    assert any(message.startswith(f"{tmp_path / 'checkpoints' / 'last.pt'} is unreadable") for message in messages)
+    assert "evaluating round 3 of 4 (checkpoints/previous.pt)" in messages
+    assert f"{tmp_path} has not finished: round 3 is evaluated, not its final round 4" in messages
+    saved = json.loads((out_dir / "eval.json").read_text())
+    assert (saved["round"], saved["checkpoint"], saved["run_finished"]) == (3, "checkpoints/previous.pt", False)
+    assert evaluation["round"] == 3
+
+
+def poison_round(monkeypatch, round_to_poison: int, action) -> None:
+    """Run `action` at the start of round `round_to_poison` of the primal-dual solver."""
+    from semdl.solvers.primal_dual import PrimalDual
+
+    original = PrimalDual.round
+    calls = []
+
+    def round_with_action(self, network):
+        calls.append(1)
+        if len(calls) == round_to_poison:
+            action()
+        return original(self, network)
+
+    monkeypatch.setattr(PrimalDual, "round", round_with_action)
+
+
+def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeypatch, capsys):
+    def two_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    poison_round(monkeypatch, 4, two_signals)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as status:
+        main(["train", *QUICK, "train.rounds=8", "train.checkpoint_every=2", f"hydra.run.dir={run}"])
+    assert status.value.code == 143
+    line = one_line(capsys)
+    assert line == f"semdl: stopped at once by SIGTERM; continue from its last checkpoint with: semdl train resume={run}"
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["round"] == 2
+    assert not (run / WRITER).exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, one_thread, monkeypatch, capsys):
+    def disk_full(directory, payload):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / ".last.pt.tmp"))
+
+    import semdl.pipeline.loop as loop
+
+    monkeypatch.setattr(loop, "save_checkpoint", disk_full)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as status:
+        main(["train", *QUICK, "train.rounds=4", "train.checkpoint_every=2", f"hydra.run.dir={run}"])
+    assert status.value.code == 1
+    assert one_line(capsys) == (
+        f"semdl: {run / 'checkpoints' / '.last.pt.tmp'}: No space left on device; once fixed, continue with: "
+        f"semdl train resume={run}"
+    )
+
+
+def test_a_bug_is_one_line_with_the_traceback_in_the_log(tmp_path, one_thread, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("an evaluation bug\nwith a second line")
+
+    import semdl.pipeline.finish as finish
+
+    monkeypatch.setattr(finish, "evaluate_network", broken)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as status:
+        main(["train", *QUICK, "train.rounds=2", f"hydra.run.dir={run}"])
+    assert status.value.code == 1
+    assert one_line(capsys) == (
+        f"semdl: failed: RuntimeError: an evaluation bug (the traceback is in {run / 'semdl.log'})"
+    )
+    log = (run / "semdl.log").read_text()
+    assert "Traceback (most recent call last)" in log and "with a second line" in log
+
+
+def limit_file_size(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return apply
+
+
+@pytest.mark.integration  # one run in a subprocess whose files may not exceed a size, as on a disk that fills
+def test_a_disk_that_fills_leaves_nothing_partial_and_the_run_resumes(tmp_path, one_thread):
+    """With a file-size limit above the checkpoints but below the similarity figure, the run stops while writing
+    its figures, exit 1 and one line; no partial file is left behind; resumed without the limit, it ends as the
+    reference run."""
+    overrides = QUICK + ["train.rounds=4", "train.checkpoint_every=2", "model.hidden=[16]"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    run_experiment(composed(overrides), reference)
+    sizes = {path.name: path.stat().st_size for path in reference.rglob("*") if path.is_file()}
+    limit = sizes["last.pt"] + 4096
+    assert sizes["similarity.png"] > limit, sizes  # otherwise the limit could not stop this run
+
+    stopped = subprocess.run(
+        semdl_command("train", *overrides, f"hydra.run.dir={run}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**environment(), "OMP_NUM_THREADS": "1"},
+        preexec_fn=limit_file_size(limit),
+        timeout=300,
+    )
+    assert stopped.returncode == 1, stopped.stderr
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("semdl")]
+    assert "Traceback" not in stopped.stderr and len(lines) == 1, stopped.stderr
+    assert "File too large" in lines[0] and f"continue with: semdl train resume={run}" in lines[0]
+    leftovers = [path.name for path in run.rglob("*") if path.name.endswith((".tmp", ".partial"))]
+    assert leftovers == []
+    for figure in run.rglob("*.png"):
+        assert figure.read_bytes().endswith(b"IEND\xaeB`\x82"), figure  # every PNG written is whole
+    assert not (run / "summary.json").exists()
+
+    resume_experiment(run, [])
+    assert outcome(run) == outcome(reference)
