@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,22 +96,63 @@ def test_two_processes_give_the_in_process_numbers(solver, tmp_path):
     assert sorted(path.name for path in (double / "checkpoints").iterdir()) == ["last.pt"]
 
 
-def test_a_two_process_checkpoint_resumes_in_process(tmp_path):
-    """Four rounds on two processes, then four more in one: the numbers of eight rounds in one process."""
-    overrides = EXPERIMENTS["primal_dual"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert in_process(overrides, straight, "train.rounds=8").returncode == 0
-    result = torchrun(["-m", "semdl"], overrides, split)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = subprocess.run(
-        [sys.executable, "-m", "semdl", "train", f"resume={split}", "comm=in_process", "train.rounds=8"],
+def rank_process(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker of `rank` (its child whose environment says RANK=<rank>)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        for child in children:
+            try:
+                variables = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in variables:
+                return int(child)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of rank {rank} under torchrun (pid {launcher.pid})")
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_round(tmp_path, one_thread):
+    """SIGTERM to rank 1 alone, mid-run: the ranks agree after the round, so the checkpoint holds that round of every
+    node; it resumes in-process to the numbers of the same rounds run in one process."""
+    from semdl.experiment import resume_experiment, run_experiment
+    from conftest import composed
+
+    overrides = EXPERIMENTS["primal_dual"] + ["train.rounds=500", "train.checkpoint_every=0"]
+    split = tmp_path / "split"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "semdl"]
+    launcher = subprocess.Popen(
+        [*command, "train", *overrides, "comm=torch_distributed", "comm_timeout=60", f"hydra.run.dir={split}"],
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env=environment(),
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rank_one = rank_process(launcher, 1)
+    deadline = time.monotonic() + 240
+    while not (split / "metrics.jsonl").exists() or len(read_metrics(split / "metrics.jsonl")) < 8:
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.kill(rank_one, signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=180)
+    assert launcher.returncode != 0
+    said = re.findall(r"semdl: rank .*", stderr)  # a line may follow the progress bar's last refresh
+    assert len(said) == 2, stderr[-3000:]
+    stopped_at = int(said[0].split("interrupted after round ")[1].split()[0])
+    assert sorted(said) == [
+        f"semdl: rank 0 (nodes 0-1): interrupted after round {stopped_at} of 500, checkpoint saved; continue with: "
+        f"semdl train resume={split}",
+        f"semdl: rank 1 (nodes 2-2): interrupted after round {stopped_at} of 500, with rank 0",
+    ]
+    state = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    assert state["round"] == stopped_at and len(state["nodes"]) == 3
+    assert max(row["round"] for row in read_metrics(split / "metrics.jsonl")) == stopped_at
+
+    rounds = f"train.rounds={stopped_at + 2}"
+    resume_experiment(split, ["comm=in_process", rounds])
+    straight = tmp_path / "straight"
+    run_experiment(composed(EXPERIMENTS["primal_dual"] + [rounds]), straight)
     rows = [row for row in read_metrics(split / "metrics.jsonl") if row["node"] != "eval"]
     expected = [row for row in read_metrics(straight / "metrics.jsonl") if row["node"] != "eval"]
     assert_same_numbers(rows, expected)

@@ -188,9 +188,9 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
                 stop = communicator.anyone(bool(received))
                 checkpoint(round_index, stop)
                 if stop and round_index < cfg.train.rounds:
+                    where = f"checkpoint saved; continue with: semdl train resume={run_dir}" if leader else "with rank 0"
                     raise Interrupted(
-                        f"interrupted after round {round_index} of {cfg.train.rounds}, checkpoint saved; continue "
-                        f"with: semdl train resume={run_dir}",
+                        f"interrupted after round {round_index} of {cfg.train.rounds}, {where}",
                         received[0] if received else signal.SIGTERM,
                     )
     finally:
