@@ -12,7 +12,6 @@ from math import log2, prod
 from typing import Callable, List, Optional, Sequence
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from semdl.errors import UserError
@@ -93,6 +92,8 @@ def lenet(input_shape: Sequence[int], dim_z: int) -> nn.Sequential:
 
 def cifar_resnet(depth: int) -> Callable[[Sequence[int], int], nn.Sequential]:
     def build(input_shape: Sequence[int], dim_z: int) -> nn.Sequential:
+        import torchvision  # imported by the architectures that need it: it doubles the start-up time of `semdl`
+
         backbone = getattr(torchvision.models, f"resnet{depth}")()
         backbone.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False)
         backbone.maxpool = nn.Identity()
@@ -104,6 +105,8 @@ def cifar_resnet(depth: int) -> Callable[[Sequence[int], int], nn.Sequential]:
 
 def cifar_vgg(depth: int) -> Callable[[Sequence[int], int], nn.Sequential]:
     def build(input_shape: Sequence[int], dim_z: int) -> nn.Sequential:
+        import torchvision
+
         backbone = getattr(torchvision.models, f"vgg{depth}_bn")()
         first = backbone.features[0]
         backbone.features[0] = nn.Conv2d(input_shape[0], first.out_channels, 3, padding=1)
