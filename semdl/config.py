@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -9,8 +10,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from semdl.errors import UserError
-from semdl.models.encoders import architectures
 from semdl.registry import Registry
+from semdl.resources import check_memory
 
 
 @dataclass
@@ -95,6 +96,12 @@ class Config:
     eps_sq: float = 0.5  # epsilon squared; the coding-rate scale is d / (m * eps_sq) (paper: 0.5)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what torch and numpy hold in an integer
+FLOAT32_MAX = 3.4028234663852886e38  # the coding-rate scale dim_z / (m eps_sq) is a float32 factor
+# The largest seed each consumer takes: numpy's SeedSequence any integer >= 0 (the run seed, within int64), and
+# scikit-learn's train_test_split (data.seed of digits) one below 2**32.
+SEED_MAX = {"seed": INT64_MAX, "data.seed": 2**32 - 1}
+MAX_COMM_TIMEOUT = 1e9  # seconds (about 30 years); gloo refuses 1e13 s as an invalid timeout
 OPTIMIZERS = ("adam", "adamw", "sgd")
 BATCHINGS = ("equal", "published")
 DEVICES = ("auto", "cpu", "cuda")
@@ -155,6 +162,29 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise UserError(f"{key}={value} is out of range; it must be >= {low}")
 
 
+def _reject_unusable_numbers(value: Any, key: str = "") -> None:
+    """NaN and infinities pass every `>`/`<` range check, and integers beyond int64 pass Python but not torch or
+    numpy: refuse them anywhere in the config (lists and the config groups' keys included)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _reject_unusable_numbers(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_unusable_numbers(item, f"{key}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}={value} is not a finite number")
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise UserError(f"{key}={value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
+
+
+def _check_seeds(cfg: DictConfig) -> None:
+    """numpy refuses negative seeds and scikit-learn those from 2**32, deep inside a run: refuse them here."""
+    seeds = {"seed": cfg.seed, "data.seed": cfg.data.get("seed")}
+    for key, value in seeds.items():
+        if isinstance(value, int) and not 0 <= value <= SEED_MAX[key]:
+            raise UserError(f"{key}={value} is out of range; it must be in [0, {SEED_MAX[key]}]")
+
+
 def _reject_unknown_keys(node: DictConfig, schema: DictConfig, prefix: str = "") -> None:
     """Keys added with `+key=value` pass Hydra; a key semdl never reads is almost always a typo. The config groups'
     own keys are checked against their option's dataclass instead."""
@@ -171,15 +201,24 @@ def validate(cfg: DictConfig) -> None:
     """Check ranges and cross-field consistency that types alone cannot express; raise UserError."""
     groups = registries()
     _reject_unknown_keys(cfg, OmegaConf.structured(Config))
+    _check_seeds(cfg)
+    # Unresolved: an interpolation is checked where its value is written.
+    _reject_unusable_numbers(OmegaConf.to_container(cfg, resolve=False))
     _at_least("nodes", cfg.nodes, 1)
     _at_least("dim_z", cfg.dim_z, 1)
     _positive("eps_sq", cfg.eps_sq)
+    if cfg.dim_z / cfg.eps_sq > FLOAT32_MAX:
+        raise UserError(
+            f"eps_sq={cfg.eps_sq} is out of range; the coding-rate scale dim_z / eps_sq must stay below float32's "
+            f"largest value, so eps_sq >= {cfg.dim_z / FLOAT32_MAX:.3g}"
+        )
     if cfg.resume is not None:
         raise UserError("resume= continues one run directory; give it to `semdl train` with no -m sweep")
     _choice("device", cfg.device, DEVICES)
     _choice("comm", cfg.comm, COMMUNICATORS)
     _choice("comm_backend", cfg.comm_backend, BACKENDS)
-    _positive("comm_timeout", cfg.comm_timeout)
+    if not 0 < cfg.comm_timeout <= MAX_COMM_TIMEOUT:
+        raise UserError(f"comm_timeout={cfg.comm_timeout} is out of range; it must be in (0, {MAX_COMM_TIMEOUT:.0e}]")
 
     for group in ("data", "partition", "topology"):
         kind = groups[group].resolve(cfg[group]).value
@@ -189,10 +228,11 @@ def validate(cfg: DictConfig) -> None:
             check(settings)
 
     model = groups["model"].settings(cfg.model)
-    names = architectures(model, cfg.nodes)
     if model.per_node is not None and len(model.per_node) != cfg.nodes:
         raise UserError(f"model.per_node has {len(model.per_node)} entries but nodes={cfg.nodes}; give one per node")
-    for name in set(names):
+    # The distinct architectures, without a list of `nodes` names: nodes may be huge until check_memory refuses it.
+    names = set(model.per_node) if model.per_node is not None else {model.name}
+    for name in names:
         groups["model"].get(name, "model.per_node" if model.per_node is not None else "model")
     for width in model.hidden:
         _at_least("model.hidden entry", width, 1)
@@ -201,10 +241,10 @@ def validate(cfg: DictConfig) -> None:
 
     solver = solver_class(cfg.solver)
     solver.check(groups["solver"].settings(cfg.solver), cfg)
-    if solver.traits.one_architecture and len(set(names)) > 1:
+    if solver.traits.one_architecture and len(names) > 1:
         raise UserError(
             f"solver={cfg.solver.name} averages weights, so every node needs the same architecture; "
-            f"model.per_node mixes {', '.join(sorted(set(names)))}"
+            f"model.per_node mixes {', '.join(sorted(names))}"
         )
 
     _at_least("train.rounds", cfg.train.rounds, 1)
@@ -245,3 +285,4 @@ def validate(cfg: DictConfig) -> None:
     _at_least("eval.heatmap_every", cfg.eval.heatmap_every, 0)
     _choice("eval.similarity", cfg.eval.similarity, SIMILARITIES)
     _at_least("eval.heatmap_per_class", cfg.eval.heatmap_per_class, 1)
+    check_memory(cfg)

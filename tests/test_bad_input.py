@@ -105,6 +105,7 @@ def world(tmp_path_factory):
         root, "stopped", "stopped_gap", lambda run: rewrite_json(run / "partition.json", lambda p: {**p, "seed": 3})
     )
     (root / "a_file").write_text("not a directory\n")
+    damaged_copy(root, "done", "binary_summary", lambda run: (run / "summary.json").write_bytes(b"\x89PNG\r\n\x1a\n\0"))
     damaged_copy(root, "done", "busy", lambda run: None)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(root / "busy")], stdout=subprocess.PIPE, text=True
@@ -279,6 +280,33 @@ CASES = [
     (["train", "-m", "seed=0,1", "hydra.sweep.dir={world}/done"], "hydra.sweep.dir={world}/done already holds files"),
     (["train", "hydra.nope=1"], "hydra.nope"),
     (["train", "hydra.run.dir=${nope}"], "nope"),
+    # numbers: not finite, beyond int64, seeds out of range, sizes that cannot fit in memory
+    (["train", "solver.rho=nan"], "solver.rho=nan is not a finite number"),
+    (["train", "data=synthetic", "data.noise=inf"], "data.noise=inf is not a finite number"),
+    (["train", "nodes=99999999999999999999999"], "nodes=99999999999999999999999 is out of range; integers must lie in"),
+    (["train", "seed=-1"], "seed=-1 is out of range; it must be in [0, 9223372036854775807]"),
+    (["train", "data.seed=4294967296"], "data.seed=4294967296 is out of range; it must be in [0, 4294967295]"),
+    (["train", "eps_sq=1e-300"], "the coding-rate scale dim_z / eps_sq must stay below float32's largest value"),
+    (["train", "dim_z=100000"], "the run needs at least 5.5 TiB on"),
+    (["train", "nodes=1000000"], "the graph of 1000000 nodes needs at least 7.3 TiB on cpu"),
+    (["train", "model.hidden=[1000000,1000000]"], "the run needs at least 72.8 TiB on"),
+    (["train", "eval.heatmap_per_class=1000000000000"], "similarity heatmap 7.3 TiB"),
+    (["train", "data=synthetic", "data.ambient_dim=64", "data.shape=[-1,-64]"], "data.shape entry=-1 is out of range"),
+    (["partition", "seed=-1"], "seed=-1 is out of range"),
+    (
+        ["train", "resume={world}/done", "train.rounds=99999999999999999999999"],
+        "train.rounds=99999999999999999999999 is out of range",
+    ),
+    (["eval", "{world}/done", "eval.probe_lr=nan"], "eval.probe_lr=nan is not a finite number"),
+    (["eval", "{world}/done", "eval.probe_hidden=1000000000000"], "the evaluation needs at least"),
+    # semdl table: nothing readable left
+    (
+        ["table", "{world}/binary_summary"],
+        "no readable semdl run under {world}/binary_summary: {world}/binary_summary/summary.json is not a text file "
+        "(binary content at byte 0)",
+    ),
+    (["table", "{world}/list_summary"], "summary.json holds a list, not a run summary object"),
+    (["table", "{world}/bad_hydra"], "config.yaml is not YAML"),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]
@@ -286,7 +314,7 @@ CASES = [
 
 def test_the_table_is_as_large_as_promised():
     commands = {arguments[0] for arguments, _ in CASES}
-    assert len(CASES) >= 89 and {"train", "eval", "table", "partition"} <= commands
+    assert len(CASES) >= 100 and {"train", "eval", "table", "partition"} <= commands
 
 
 @pytest.mark.parametrize("arguments, message", CASES, ids=[" ".join(arguments) for arguments, _ in CASES])

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from semdl.cli import main
 from semdl.errors import UserError
 from semdl.io import read_metrics
 from semdl.io.table import find_runs, table_command
@@ -31,7 +33,9 @@ SWEEP = [
     "eval.classifiers=[knn,nearest_subspace]",
     "device=cpu",
 ]
-pytestmark = pytest.mark.integration  # a `semdl train -m` sweep in a subprocess, then `semdl table`
+# The tests of a real sweep: a `semdl train -m` sweep in a subprocess, then `semdl table`. The tests of damaged
+# run directories build them by hand and are fast.
+integration = pytest.mark.integration
 
 METRICS = ["acc.knn", "acc.nearest_subspace", "network_dR", "consensus_residual", "MB/node/round", "s/round"]
 
@@ -82,6 +86,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@integration
 def test_table_equals_mean_and_std_of_the_runs(sweep, tmp_path):
     markdown = table_command([str(sweep)], ["solver.rho"], [], "acc.knn", str(tmp_path / "table.csv"))
     rows = read_csv(tmp_path / "table.csv")
@@ -100,6 +105,7 @@ def test_table_equals_mean_and_std_of_the_runs(sweep, tmp_path):
     assert markdown.splitlines()[0] == "| solver.rho | " + " | ".join(METRICS) + " |"
 
 
+@integration
 def test_columns_show_one_metric_per_column_value(sweep, tmp_path):
     markdown = table_command([str(sweep)], ["solver.name"], ["solver.rho"], "acc.knn", str(tmp_path / "t.csv"))
     (row,) = read_csv(tmp_path / "t.csv")
@@ -112,6 +118,7 @@ def test_columns_show_one_metric_per_column_value(sweep, tmp_path):
     assert markdown.splitlines()[0] == "| solver.name | acc.knn @ solver.rho=1.0 | acc.knn @ solver.rho=5.0 |"
 
 
+@integration
 def test_single_run_and_default_csv_path(sweep, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     markdown = table_command([str(sweep / "0")], [], [], "acc.knn", None)
@@ -120,6 +127,7 @@ def test_single_run_and_default_csv_path(sweep, tmp_path, monkeypatch):
     assert f"{float(row['acc.knn mean']):.4g} (n=1)" in markdown
 
 
+@integration
 def test_torn_last_metrics_line_is_ignored(sweep, tmp_path):
     table_command([str(sweep)], ["solver.rho"], [], "acc.knn", str(tmp_path / "whole.csv"))
     copy = tmp_path / "sweep"
@@ -130,6 +138,7 @@ def test_torn_last_metrics_line_is_ignored(sweep, tmp_path):
     assert read_csv(tmp_path / "torn.csv") == read_csv(tmp_path / "whole.csv")
 
 
+@integration
 def test_mistakes_are_one_line_user_errors(sweep, tmp_path):
     (tmp_path / "empty").mkdir()
     foreign = tmp_path / "foreign"
@@ -140,7 +149,7 @@ def test_mistakes_are_one_line_user_errors(sweep, tmp_path):
     cases = {
         "does not exist": ([str(tmp_path / "missing")], ["solver.rho"], [], "acc.knn"),
         "no run directory": ([str(tmp_path / "empty")], ["solver.rho"], [], "acc.knn"),
-        "not a readable semdl run": ([str(foreign)], ["solver.rho"], [], "acc.knn"),
+        "no readable semdl run under": ([str(foreign)], ["solver.rho"], [], "acc.knn"),
         "unknown row key solver.rh; available: ": ([str(sweep)], ["solver.rh"], [], "acc.knn"),
         "unknown metric acc.svm; available: acc.knn, ": ([str(sweep)], ["solver.name"], ["solver.rho"], "acc.svm"),
         "differ in solver.rho; add it to the rows or columns": ([str(sweep)], [], [], "acc.knn"),
@@ -152,6 +161,7 @@ def test_mistakes_are_one_line_user_errors(sweep, tmp_path):
     assert len(find_runs([sweep, sweep / "0"])) == 4
 
 
+@integration
 def test_table_command_line(sweep, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "semdl", "table", str(sweep), "--rows", "solver.rho", "--csv", str(tmp_path / "t.csv")],
@@ -166,3 +176,142 @@ def test_table_command_line(sweep, tmp_path):
     )
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "differ in solver.rho; add it to the rows or columns" in refused.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Damaged and foreign run directories, built by hand
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fake_run(directory: Path, seed: int, rho: float = 1.0, accuracy: object = None, **summary_keys) -> Path:
+    """A run directory as semdl writes it: its config, summary and one round's network row (2 nodes, 4 kB sent)."""
+    (directory / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "solver": {"name": "primal_dual", "rho": rho}}
+    (directory / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = {
+        "accuracy": {"knn": {"mean": 0.5 + seed / 10}} if accuracy is None else accuracy,
+        "network_dR": 2.0,
+        "consensus_residual": 0.1,
+        "nodes": [{"node": 0}, {"node": 1}],
+        **summary_keys,
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+    (directory / "metrics.jsonl").write_text(
+        json.dumps({"round": 1, "node": "network", "bytes_sent": 4000, "seconds": 0.5}) + "\n"
+    )
+    return directory
+
+
+DAMAGES = {
+    "summary not JSON": ("summary.json", b'{"accuracy": ', "summary.json is not JSON (Expecting value at line 1"),
+    "summary a list": ("summary.json", b"[0.5, 0.9]", "summary.json holds a list, not a run summary object"),
+    "summary binary": ("summary.json", b"\x89PNG\r\n\x1a\n\0\0", "summary.json is not a text file (binary content at"),
+    "summary with NUL": ("summary.json", b'{"network_dR": 1}\0\0', "summary.json is not a text file (binary content"),
+    "summary too deep": ("summary.json", b"[" * 100_000, "summary.json is not a run summary (nested too deeply)"),
+    "summary a number": ("summary.json", b"0.9", "summary.json holds a number, not a run summary object"),
+    "config not YAML": (".hydra/config.yaml", b"seed: [1\n", "config.yaml is not YAML (while parsing"),
+    "config a list": (".hydra/config.yaml", b"- seed\n", "config.yaml holds a list, not a mapping of config keys"),
+    "config empty": (".hydra/config.yaml", b"", "config.yaml holds nothing, not a mapping of config keys"),
+    "config UTF-16": (".hydra/config.yaml", "seed: 2\n".encode("utf-16"), "config.yaml is not a text file"),
+    "config interpolation": (".hydra/config.yaml", b"seed: ${nowhere}\n", "config.yaml is not a semdl config"),
+    "metrics damaged": ("metrics.jsonl", b'nope\n{"round": 1, "node": "network"}\n', "metrics.jsonl line 1 is damaged"),
+    "metrics missing": ("metrics.jsonl", None, "metrics.jsonl cannot be read (No such file or directory)"),
+    "summary a folder": ("summary.json", "folder", "summary.json cannot be read (Is a directory)"),
+}
+
+
+def damage(run_dir: Path, file: str, content: bytes | str | None) -> None:
+    path = run_dir / file
+    path.unlink()
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+
+
+@pytest.mark.parametrize("file, content, reason", DAMAGES.values(), ids=list(DAMAGES))
+def test_an_unreadable_run_is_left_out_with_one_warning(file, content, reason, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "0", seed=0)
+    fake_run(sweep / "1", seed=1)
+    damage(fake_run(sweep / "2", seed=2), file, content)
+    markdown = table_command([str(sweep)], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+    (row,) = read_csv(tmp_path / "t.csv")
+    assert row["acc.knn n"] == "2" and float(row["acc.knn mean"]) == pytest.approx(0.55)
+    assert "(n=2)" in markdown
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"semdl: warning: {sweep / '2' / file} ")
+    assert reason in warning and warning.endswith("; that run is left out of the table")
+
+
+@pytest.mark.parametrize("file, content, reason", DAMAGES.values(), ids=list(DAMAGES))
+def test_no_readable_run_is_one_user_error(file, content, reason, tmp_path, capsys):
+    damage(fake_run(tmp_path / "run", seed=0), file, content)
+    with pytest.raises(UserError) as refused:
+        table_command([str(tmp_path / "run")], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+    message = str(refused.value)
+    assert message.startswith(f"no readable semdl run under {tmp_path / 'run'}: {tmp_path / 'run' / file} ")
+    assert reason in message and "\n" not in message
+    assert capsys.readouterr().err == "" and not (tmp_path / "t.csv").exists()
+
+
+def test_several_unreadable_runs_are_counted_in_the_error(tmp_path):
+    for seed in range(3):
+        damage(fake_run(tmp_path / str(seed), seed=seed), "summary.json", b"")
+    with pytest.raises(UserError, match=r"summary\.json is not JSON .* \(and 2 more\)$"):
+        table_command([str(tmp_path)], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+
+
+def test_a_metric_that_is_not_a_finite_number_is_missing_not_zero(tmp_path):
+    """Text, null, NaN, infinity, a boolean or a list, and a missing key: the cell counts only the real number."""
+    values = [0.5, "0.9", None, float("nan"), float("inf"), True, [0.9]]
+    for seed, value in enumerate(values):
+        fake_run(tmp_path / "rho1" / str(seed), seed=seed, accuracy={"knn": {"mean": value}})
+    fake_run(tmp_path / "rho1" / "missing", seed=len(values), accuracy={"knn": {}})
+    fake_run(tmp_path / "rho1" / "no_accuracy", seed=len(values) + 1, accuracy="none")
+    for seed in range(2):  # no run of this row has a knn accuracy
+        fake_run(tmp_path / "rho5" / str(seed), seed=seed, rho=5.0, accuracy={"knn": {"mean": None}}, nodes="?")
+    markdown = table_command([str(tmp_path)], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+    rows = {row["solver.rho"]: row for row in read_csv(tmp_path / "t.csv")}
+    assert (rows["1.0"]["acc.knn mean"], rows["1.0"]["acc.knn n"]) == ("0.5", "1")
+    assert rows["5.0"]["acc.knn mean"] == rows["5.0"]["acc.knn n"] == ""
+    assert rows["5.0"]["MB/node/round n"] == ""  # its summary does not list the nodes
+    assert rows["1.0"]["MB/node/round mean"] == "0.002" and rows["1.0"]["MB/node/round n"] == "9"
+    assert "| 1.0 | 0.5 (n=1) |" in markdown and "| 5.0 | - |" in markdown
+
+
+def test_byte_order_marks_are_read(tmp_path):
+    """Editors on Windows start a file with one (metrics.jsonl is read by semdl.io.read_metrics, which does not)."""
+    run = fake_run(tmp_path / "run", seed=3)
+    for file in ("summary.json", ".hydra/config.yaml"):
+        (run / file).write_bytes(b"\xef\xbb\xbf" + (run / file).read_bytes())
+    table_command([str(run)], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+    (row,) = read_csv(tmp_path / "t.csv")
+    assert (row["solver.rho"], row["acc.knn mean"], row["s/round mean"]) == ("1.0", "0.8", "0.5")
+
+
+def test_a_config_without_the_row_key_is_a_null_row(tmp_path):
+    fake_run(tmp_path / "0", seed=0)
+    fake_run(tmp_path / "other", seed=1)
+    (tmp_path / "other" / ".hydra" / "config.yaml").write_text("seed: 1\nsolver:\n  name: primal_dual\n")
+    table_command([str(tmp_path)], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+    assert [row["solver.rho"] for row in read_csv(tmp_path / "t.csv")] == ["1.0", "null"]
+
+
+def test_the_command_line_warns_and_still_prints_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path / "runs" / "0", seed=0)
+    damage(fake_run(tmp_path / "runs" / "1", seed=1), "summary.json", b"\0\0\0")
+    main(["table", str(tmp_path / "runs"), "--rows", "solver.rho"])
+    captured = capsys.readouterr()
+    assert captured.out.startswith("| solver.rho | acc.knn |")
+    assert captured.err == (
+        f"semdl: warning: {tmp_path / 'runs' / '1' / 'summary.json'} is not a text file (binary content at byte 0); "
+        "that run is left out of the table\n"
+    )
+    damage(tmp_path / "runs" / "0", "summary.json", b"[]")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["table", str(tmp_path / "runs")])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_status.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("semdl: error: no readable semdl run under ")

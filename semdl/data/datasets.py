@@ -488,6 +488,8 @@ def _check_synthetic(cfg) -> None:
     _at_least("data.test_per_class", cfg.test_per_class, 1)
     if cfg.noise < 0:
         raise UserError(f"data.noise={cfg.noise} is out of range; it must be >= 0")
+    for entry in cfg.shape or []:
+        _at_least("data.shape entry", entry, 1)
     if cfg.shape is not None and prod(cfg.shape) != cfg.ambient_dim:
         raise UserError(
             f"data.shape={list(cfg.shape)} holds {prod(cfg.shape)} values but data.ambient_dim="

@@ -146,7 +146,7 @@ class DamagedMetrics(ValueError):
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl file. A torn last line (a crash mid-write: no newline after it) is left out;
     any other line that is not a JSON object with a round raises DamagedMetrics naming it."""
-    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
     lines = text.split("\n")
     torn = lines.pop()  # what follows the last newline: empty, or a line the writer did not finish
     rows = []

@@ -4,6 +4,11 @@ Runs whose configs differ only in `seed` form one group. Every cell is the mean,
 (ddof=1) and the number n of runs of its group. With one run the standard deviation is undefined: the CSV holds
 `nan` and the Markdown shows the mean and `(n=1)` without `±`. A cell no run has a value for is `-` in the Markdown
 and empty in the CSV.
+
+Run directories are read defensively: a run whose summary.json, .hydra/config.yaml or metrics.jsonl cannot be read
+(not UTF-8 text, not JSON or YAML, not a mapping, a damaged line) is left out with one warning line on stderr, and
+a metric a run lacks, or holds as something else than a finite number (null, NaN, text), is missing from its cells:
+never counted as a number.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,20 +28,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError
-from semdl.io.files import _replace_atomically, read_metrics
+from semdl.io.files import DamagedMetrics, _replace_atomically, read_metrics
 
 SEED_KEY = "seed"
-# What reading a foreign or damaged run directory can raise.
-UNREADABLE = (
-    OSError,
-    ValueError,
-    KeyError,
-    TypeError,
-    AttributeError,
-    ZeroDivisionError,
-    yaml.YAMLError,
-    OmegaConfBaseException,
-)
+
+
+class UnreadableRun(Exception):
+    """A run directory the table leaves out; the message names the file and why."""
 
 
 @dataclass(frozen=True)
@@ -84,34 +83,129 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _hashable(value: Any) -> Any:
-    """Lists (also nested) as tuples."""
-    return tuple(_hashable(item) for item in value) if isinstance(value, list) else value
+    """Lists (also nested) as tuples, mappings inside them as tuples of pairs."""
+    if isinstance(value, list):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):
+        return tuple((key, _hashable(item)) for key, item in value.items())
+    return value
 
 
-def _number(value: Any) -> float:
-    """A summary number as float; null (a non-finite value written by write_json) becomes nan."""
-    return math.nan if value is None else float(value)
+def _finite(value: Any) -> float | None:
+    """A summary number as float; None for anything else (null, NaN, infinities, text, a list), so that it is
+    missing from the table rather than counted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _mean(values: list[Any]) -> float | None:
+    """The mean of the finite numbers among `values`, or None when there are none."""
+    numbers = [number for number in map(_finite, values) if number is not None]
+    return float(np.mean(numbers)) if numbers else None
+
+
+def _read_text(path: Path) -> str:
+    """A run file's UTF-8 text without a byte-order mark; binary content is refused."""
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise UnreadableRun(f"{path} cannot be read ({error.strerror or error})") from None
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UnreadableRun(f"{path} is not a text file (binary content at byte {error.start})") from None
+    nul = content.find(b"\0")  # valid UTF-8, but no text file holds NUL bytes
+    if nul >= 0:
+        raise UnreadableRun(f"{path} is not a text file (binary content at byte {nul})")
+    return text
+
+
+def _read_config(path: Path) -> dict:
+    """.hydra/config.yaml as a nested dict, interpolations resolved."""
+    try:
+        loaded = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as error:
+        raise UnreadableRun(f"{path} is not YAML ({_first_line(error)})") from None
+    if not isinstance(loaded, dict):
+        raise UnreadableRun(f"{path} holds {_kind(loaded)}, not a mapping of config keys")
+    try:
+        return OmegaConf.to_container(OmegaConf.create(loaded), resolve=True)
+    except OmegaConfBaseException as error:
+        raise UnreadableRun(f"{path} is not a semdl config ({_first_line(error)})") from None
+
+
+def _read_summary(path: Path) -> dict:
+    try:
+        summary = json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise UnreadableRun(f"{path} is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise UnreadableRun(f"{path} is not a run summary (nested too deeply)") from None
+    if not isinstance(summary, dict):
+        raise UnreadableRun(f"{path} holds {_kind(summary)}, not a run summary object")
+    return summary
+
+
+def _read_network_rows(path: Path) -> list[dict]:
+    """The network rows of metrics.jsonl."""
+    try:
+        rows = read_metrics(path)
+    except OSError as error:
+        raise UnreadableRun(f"{path} cannot be read ({error.strerror or error})") from None
+    except DamagedMetrics as error:
+        raise UnreadableRun(str(error)) from None
+    return [row for row in rows if row.get("node") == "network"]
+
+
+def _kind(value: Any) -> str:
+    """What a parsed file holds instead of a mapping, for messages."""
+    kinds = {type(None): "nothing", list: "a list", str: "a string", int: "a number", float: "a number"}
+    return kinds.get(type(value), "a single value")
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def load_run_record(run_dir: Path) -> dict:
-    """{"path", "config": flattened .hydra/config.yaml, "metrics": headline numbers} of one run directory."""
+    """{"path", "config": flattened .hydra/config.yaml, "metrics": headline numbers} of one run directory; a
+    metric the run lacks, or holds as something else than a finite number, is left out. Raises UnreadableRun."""
     run_dir = Path(run_dir)
-    try:
-        config = _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True))
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        network = [row for row in read_metrics(run_dir / "metrics.jsonl") if row.get("node") == "network"]
-        metrics = {f"acc.{name}": _number(result["mean"]) for name, result in summary["accuracy"].items()}
-        metrics["network_dR"] = _number(summary["network_dR"])
-        metrics["consensus_residual"] = _number(summary["consensus_residual"])
-        num_nodes = len(summary["nodes"])
-    except UNREADABLE as error:
-        raise UserError(f"{run_dir} is not a readable semdl run ({type(error).__name__}: {error})") from None
-    if not network:
-        raise UserError(f"{run_dir} is not a readable semdl run (metrics.jsonl has no network rows)")
+    config = _flatten(_read_config(run_dir / ".hydra" / "config.yaml"))
+    summary = _read_summary(run_dir / "summary.json")
+    network = _read_network_rows(run_dir / "metrics.jsonl")
+    accuracy = summary.get("accuracy")
+    values = {
+        f"acc.{name}": result.get("mean") if isinstance(result, dict) else None
+        for name, result in (accuracy.items() if isinstance(accuracy, dict) else [])
+    }
+    values["network_dR"] = summary.get("network_dR")
+    values["consensus_residual"] = summary.get("consensus_residual")
+    nodes = summary.get("nodes")
+    num_nodes = len(nodes) if isinstance(nodes, list) and nodes else None
     # Per round from the round rows, so the exchange before round 1 does not inflate short runs.
-    metrics["MB/node/round"] = float(np.mean([row["bytes_sent"] for row in network])) / 1e6 / num_nodes
-    metrics["s/round"] = float(np.mean([row["seconds"] for row in network]))
-    return {"path": run_dir, "config": config, "metrics": metrics}
+    bytes_sent = _mean([row.get("bytes_sent") for row in network])
+    if bytes_sent is not None and num_nodes is not None:
+        values["MB/node/round"] = bytes_sent / 1e6 / num_nodes
+    values["s/round"] = _mean([row.get("seconds") for row in network])
+    metrics = {name: _finite(value) for name, value in values.items()}
+    return {"path": run_dir, "config": config, "metrics": {name: x for name, x in metrics.items() if x is not None}}
+
+
+def load_run_records(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
+    """The records of the readable runs, and why each of the others is left out."""
+    records, skipped = [], []
+    for run_dir in run_dirs:
+        try:
+            records.append(load_run_record(run_dir))
+        except UnreadableRun as error:
+            skipped.append(str(error))
+    return records, skipped
 
 
 def _label(value: Any) -> str:
@@ -235,7 +329,13 @@ def write_csv(table: Table, path: Path) -> None:
 def table_command(paths: list[str], rows: list[str], columns: list[str], metric: str, csv_path: str | None) -> str:
     """Tabulate the runs under `paths`, write the CSV to `csv_path` (None: table.csv in the current directory)
     and return the Markdown."""
-    records = [load_run_record(run_dir) for run_dir in find_runs([Path(path) for path in paths])]
+    records, skipped = load_run_records(find_runs([Path(path) for path in paths]))
+    if not records:
+        others = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise UserError(f"no readable semdl run under {', '.join(map(str, paths))}: {skipped[0]}{others}")
     table = build_table(records, rows or ["solver.name"], columns, metric)
     write_csv(table, Path(csv_path) if csv_path is not None else Path("table.csv"))
+    # Once the table stands, so that a mistake in the command is still one line.
+    for reason in skipped:
+        print(f"semdl: warning: {reason}; that run is left out of the table", file=sys.stderr)
     return format_markdown(table)
