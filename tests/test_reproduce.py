@@ -33,7 +33,7 @@ def test_smoke_reproduction_builds_every_table(tmp_path):
         with open(tmp_path / f"{experiment}.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         assert {row["solver.name"] for row in rows} == solvers
-        assert all(row["acc.knn n"] == "2" for row in rows)  # two seeds per solver
+        assert all(row["acc.knn n"] == "1" for row in rows)  # one seed per solver: the smoke checks the pipeline
         centralized = next(row for row in rows if row["solver.name"] == "centralized")
         assert float(centralized["MB/node/round mean"]) == 0.0
 
