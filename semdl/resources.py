@@ -25,7 +25,6 @@ from semdl.errors import UserError
 from semdl.models.encoders import build_encoder
 from semdl.network.distributed import process_rank
 from semdl.solvers.base import solver_class
-from semdl.solvers.centralized import Centralized
 
 FLOAT32_BYTES = 4
 INT64_BYTES = 8  # topologies are built as N x N int64 matrices; the heatmap indexes its samples in int64
@@ -78,8 +77,7 @@ def requirements(cfg: DictConfig, device: torch.device) -> list[Requirement]:
     samples_per_class = data.get("train_per_class", 1) + data.get("test_per_class", 1)
     data_bytes = num_classes * samples_per_class * prod(shape)
 
-    # centralized trains one node that holds every part; the other solvers, every node.
-    trained = 1 if issubclass(solver_class(cfg.solver), Centralized) else cfg.nodes
+    trained = solver_class(cfg.solver).trained_nodes(cfg.nodes)
     local = local_nodes(cfg, trained)
     # (K, d, d) statistics and duals of each node this process runs, and the communicator's copy of every node's.
     statistics = FLOAT32_BYTES * num_classes * cfg.dim_z**2 * (2 * len(local) + trained)

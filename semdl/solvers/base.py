@@ -84,6 +84,12 @@ class Solver(ABC):
     def check(cls, config: Any, run: DictConfig) -> None:
         """Raise UserError for values that types alone cannot refuse (ranges, combinations with other keys)."""
 
+    @classmethod
+    def trained_nodes(cls, num_nodes: int) -> int:
+        """How many encoders `prepare` will ask for on a network of `num_nodes`, known before any data is loaded
+        (the memory estimate reads it); every node's by default."""
+        return num_nodes
+
     @property
     def rate_weights(self) -> tuple[float, float]:
         """(gamma1, gamma2), the weights of R and Rc in the dR this solver maximises; (1, 1) for the others."""

@@ -24,5 +24,9 @@ class Centralized(Local):
 
     Config = CentralizedConfig
 
+    @classmethod
+    def trained_nodes(cls, num_nodes: int) -> int:
+        return 1
+
     def prepare(self, parts: list[np.ndarray], counts: np.ndarray, topology: Topology) -> Plan:
         return Plan([np.sort(np.concatenate(parts))], np.ones((1, counts.shape[1]), dtype=bool), [[]])
