@@ -15,6 +15,12 @@ from hydra import compose, initialize_config_dir
 from semdl.cli import CONF_DIR
 from semdl.config import validate
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The workers share the machine's cores: one intra-op thread each, in this process and in the semdl and torchrun
+    # processes its tests start (several torch processes with a thread per core each slow down up to 40x).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 SMALL_SYNTHETIC = [
     "data=synthetic",
     "data.num_classes=4",

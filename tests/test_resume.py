@@ -34,7 +34,9 @@ def semdl_command(*arguments: str) -> list[str]:
 
 
 def environment() -> dict:
-    return {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    """One intra-op thread, as the in-process runs of these tests have (`one_thread`): the same reduction order."""
+    keep = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    return {**keep, "OMP_NUM_THREADS": "1"}
 
 
 def without_timing(value):
@@ -185,7 +187,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thr
 
 @pytest.mark.integration
 @pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_stop_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, signal_number, status):
+def test_a_stop_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, signal_number, status, one_thread):
     """Ctrl-C, or the SIGTERM of a scheduler or `kill`: the round finishes, a checkpoint is written, the exit
     status is 128 + the signal's number, and the run resumes from there to the uninterrupted run's result."""
     overrides = SOLVERS["primal_dual"] + ["train.rounds=200", "train.checkpoint_every=0"]
