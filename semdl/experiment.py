@@ -50,7 +50,9 @@ def _fresh_run(cfg: DictConfig, run_dir: Path, started: float) -> dict | None:
     return train_and_finish(cfg, run_dir, network, device, 0, History(), started)
 
 
-def resume_experiment(run_dir: Path, overrides: list[str], when_accepted: Callable[[], None] = lambda: None) -> dict | None:
+def resume_experiment(
+    run_dir: Path, overrides: list[str], when_accepted: Callable[[], None] = lambda: None
+) -> dict | None:
     """Continue the run in `run_dir` from its newest readable checkpoint (with only allowed overrides), appending
     to its metrics.jsonl; return the summary. The result equals the uninterrupted run's (CPU). Rank 0 holds the
     directory throughout and calls `when_accepted` once every check passed, before its first write."""
@@ -71,7 +73,13 @@ def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=l
     restore_global_generators(checkpoint["generators"])
     device = process_device(cfg)
     network = build_network(
-        cfg, run_dir, device, run.parts, partial(restore_network, checkpoint), checkpoint["solver"], checkpoint["run_id"]
+        cfg,
+        run_dir,
+        device,
+        run.parts,
+        partial(restore_network, checkpoint),
+        checkpoint["solver"],
+        checkpoint["run_id"],
     )
     rows = []
     if network.communicator.rank == 0:

@@ -201,7 +201,10 @@ CASES = [
         ["train", "topology=file", "topology.path={world}/binary_topology.txt"],
         "topology.path={world}/binary_topology.txt is not a text file (binary content at byte 0)",
     ),
-    (["train", "topology=file", "topology.path={world}/empty"], "cannot read topology.path={world}/empty: Is a directory"),
+    (
+        ["train", "topology=file", "topology.path={world}/empty"],
+        "cannot read topology.path={world}/empty: Is a directory",
+    ),
     (
         ["train", "topology=file", "topology.path={world}/bom_topology.txt", "nodes=3"],
         "topology file {world}/bom_topology.txt has a non-zero diagonal",

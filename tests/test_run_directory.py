@@ -10,9 +10,7 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -78,8 +76,10 @@ def test_a_writer_that_died_is_reported_and_its_run_resumes(tmp_path, one_thread
     with caplog.at_level("WARNING", logger="semdl"):
         resume_experiment(tmp_path, ["train.rounds=3"])
     reports = [record.message for record in caplog.records if "ended without releasing it" in record.message]
-    assert reports == [f"{tmp_path} was last written by semdl train (pid {1 << 30} on node7, since 2026-01-01 00:00:00), "
-                       "which ended without releasing it"]
+    assert reports == [
+        f"{tmp_path} was last written by semdl train (pid {1 << 30} on node7, since 2026-01-01 00:00:00), "
+        "which ended without releasing it"
+    ]
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 3
     assert not (tmp_path / WRITER).exists()
 
@@ -154,7 +154,9 @@ def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeyp
         main(["train", *QUICK, "train.rounds=8", "train.checkpoint_every=2", f"hydra.run.dir={run}"])
     assert status.value.code == 143
     line = one_line(capsys)
-    assert line == f"semdl: stopped at once by SIGTERM; continue from its last checkpoint with: semdl train resume={run}"
+    assert line == (
+        f"semdl: stopped at once by SIGTERM; continue from its last checkpoint with: semdl train resume={run}"
+    )
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["round"] == 2
     assert not (run / WRITER).exists()
 

@@ -87,7 +87,8 @@ def checkpoint_on_signals() -> Iterator[list[int]]:
         if signum in received:
             raise Stopped(signum)
         if not received:
-            log.warning("%s: stopping after this round, with a checkpoint (again to stop now)", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.warning("%s: stopping after this round, with a checkpoint (again to stop now)", name)
         received.append(signum)
 
     if threading.current_thread() is not threading.main_thread():
@@ -188,7 +189,8 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
                 stop = communicator.anyone(bool(received))
                 checkpoint(round_index, stop)
                 if stop and round_index < cfg.train.rounds:
-                    where = f"checkpoint saved; continue with: semdl train resume={run_dir}" if leader else "with rank 0"
+                    resume = f"checkpoint saved; continue with: semdl train resume={run_dir}"
+                    where = resume if leader else "with rank 0"
                     raise Interrupted(
                         f"interrupted after round {round_index} of {cfg.train.rounds}, {where}",
                         received[0] if received else signal.SIGTERM,
