@@ -108,3 +108,61 @@ def test_binary_adjacency_file_is_refused(tmp_path, content, offset):
 def test_adjacency_path_that_is_a_directory(tmp_path):
     with pytest.raises(UserError, match=re.escape(f"cannot read topology.path={tmp_path}: Is a directory")):
         build_topology("file", 3, path=str(tmp_path))
+
+
+# The networkx graph families: each checked against the structure its construction guarantees.
+
+
+def test_grid_and_torus_are_the_lattices():
+    grid = build_topology("grid", 12)  # 3 x 4, the most nearly square
+    rows, columns = 3, 4
+    expected = {
+        (r * columns + c, r2 * columns + c2)
+        for r in range(rows)
+        for c in range(columns)
+        for r2, c2 in ((r + 1, c), (r, c + 1))
+        if r2 < rows and c2 < columns
+    }
+    assert set(grid.edges) == expected and len(expected) == rows * (columns - 1) + columns * (rows - 1)
+    torus = build_topology("grid", 12, periodic=True)
+    assert degrees(torus) == [4] * 12 and len(torus.edges) == 24
+    assert set(build_topology("grid", 12, rows=2).edges) != set(grid.edges)
+    assert degrees(build_topology("grid", 7)) == [1, 2, 2, 2, 2, 2, 1]  # a prime: one row, a path
+
+
+def test_scale_free_has_m_links_per_added_node():
+    graph = build_topology("scale_free", 20, seed=3, m=2)
+    assert len(graph.edges) == 2 * (20 - 2)
+    assert min(degrees(graph)) >= 2 and graph == build_topology("scale_free", 20, seed=3, m=2)
+    assert graph != build_topology("scale_free", 20, seed=4, m=2)
+
+
+def test_random_regular_is_regular_seeded_and_connected():
+    graph = build_topology("random_regular", 14, seed=1, degree=3)
+    assert degrees(graph) == [3] * 14 and is_connected(graph.adjacency())
+    assert graph == build_topology("random_regular", 14, seed=1, degree=3)
+    assert graph != build_topology("random_regular", 14, seed=2, degree=3)
+
+
+def test_small_world_without_rewiring_is_the_ring_lattice():
+    lattice = build_topology("small_world", 10, k=4, p=0.0)
+    assert lattice.neighbors[0] == (1, 2, 8, 9) and degrees(lattice) == [4] * 10
+    rewired = build_topology("small_world", 30, seed=0, k=4, p=0.3)
+    assert len(rewired.edges) == 30 * 4 // 2  # rewiring moves links, never adds or removes them
+    assert rewired != build_topology("small_world", 30, seed=0, k=4, p=0.0)
+    assert is_connected(rewired.adjacency())
+
+
+@pytest.mark.parametrize(
+    "name, nodes, options, message",
+    [
+        ("small_world", 10, {"k": 3}, "topology.k=3 is out of range; it must be even, >= 2 and < nodes=10"),
+        ("small_world", 10, {"p": 1.5}, "topology.p=1.5 is out of range; it must be in [0, 1]"),
+        ("scale_free", 10, {"m": 10}, "topology.m=10 is out of range; it must be in [1, nodes=10)"),
+        ("grid", 10, {"rows": 3}, "topology.rows=3 does not divide nodes=10; choose a divisor"),
+        ("random_regular", 9, {"degree": 3}, "it must be in [1, nodes=9) with degree * nodes even"),
+    ],
+)
+def test_impossible_graph_keys_are_one_line(name, nodes, options, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_topology(name, nodes, 0, **options)
