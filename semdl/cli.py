@@ -283,16 +283,24 @@ def report(run_dir: Path, summary: dict | None) -> None:
         f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
         f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s"
     )
-    print(accuracy_lines(summary["accuracy"], summary["evaluation_protocol"]))
+    print(accuracy_lines(summary))
 
 
-def accuracy_lines(accuracies: dict, protocol: str) -> str:
-    """One line per classifier: mean test accuracy and every node's; the protocol first unless it is the default."""
+def accuracy_lines(numbers: dict) -> str:
+    """One line per classifier: mean test accuracy and every node's. When some node lacks classes (a non-i.i.d.
+    partition), the accuracy on the classes each node holds comes first, the all-class number after it: a node
+    cannot classify what it never saw, and the all-class number alone hides how well it learnt what it saw (when
+    every node holds every class, the two are one number). The protocol first unless it is the default."""
+    protocol = numbers["evaluation_protocol"]
     lines = [] if protocol == "default" else [f"evaluation protocol: {protocol}"]
-    lines += [
-        f"{name:>18} accuracy mean {result['mean']:.4f} (nodes: {' '.join(f'{v:.3f}' for v in result['per_node'])})"
-        for name, result in accuracies.items()
-    ]
+    nodes = lambda values: " ".join(f"{value:.3f}" for value in values)  # noqa: E731
+    for name, result in numbers["accuracy"].items():
+        every_class = f"mean {result['mean']:.4f} (nodes: {nodes(result['per_node'])})"
+        if numbers["every_node_holds_every_class"]:
+            lines.append(f"{name:>18} accuracy {every_class}")
+        else:
+            own = f"mean {result['own_classes_mean']:.4f} (nodes: {nodes(result['own_classes'])})"
+            lines.append(f"{name:>18} own-class accuracy {own} | all classes {every_class}")
     return "\n".join(lines)
 
 
@@ -304,8 +312,7 @@ def evaluate_run(arguments: list[str]) -> None:
     log_to(None)
     evaluation, out_dir = guarded(partial(reevaluate, Path(arguments[0]), arguments[1:]), 0, None)
     print(f"evaluation written to: {out_dir} (round {evaluation['round']}, {evaluation['checkpoint']})")
-    numbers = headline(evaluation)
-    print(accuracy_lines(numbers["accuracy"], numbers["evaluation_protocol"]))
+    print(accuracy_lines(headline(evaluation)))
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

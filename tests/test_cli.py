@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from conftest import SMALL_SYNTHETIC
-from semdl.cli import main
+from conftest import SMALL_SYNTHETIC, composed
+from semdl.cli import main, report
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
 
@@ -177,3 +177,20 @@ def test_partition_command_rejects_an_impossible_request(tmp_path):
 def test_unknown_command(tmp_path):
     result = semdl("fly", cwd=tmp_path)
     assert result.returncode == 2 and "unknown command 'fly'" in result.stderr
+
+
+def test_a_non_iid_headline_leads_with_own_class_accuracy(tmp_path, capsys, one_thread):
+    """Two of four classes per node: a node's all-class accuracy cannot pass the share of its classes in the test
+    set (a half), so the headline leads with the accuracy on the node's own classes."""
+    from semdl.experiment import run_experiment
+
+    overrides = ["nodes=4", "partition=label_split", "partition.classes_per_node=2", "train.rounds=2"]
+    summary = run_experiment(composed(SMALL_SYNTHETIC + overrides + ["eval.classifiers=[knn]"]), tmp_path)
+    capsys.readouterr()
+    report(tmp_path, summary)
+    knn = summary["accuracy"]["knn"]
+    assert summary["every_node_holds_every_class"] is False
+    assert knn["mean"] <= 0.5 < knn["own_classes_mean"]
+    line = next(line for line in capsys.readouterr().out.splitlines() if "knn" in line).strip()
+    assert line.startswith(f"knn own-class accuracy mean {knn['own_classes_mean']:.4f} (nodes: ")
+    assert f"| all classes mean {knn['mean']:.4f} (nodes: " in line

@@ -15,7 +15,7 @@ import yaml
 from semdl.cli import main
 from semdl.errors import UserError
 from semdl.io import read_metrics
-from semdl.io.table import find_runs, table_command
+from semdl.io.table import find_runs, load_run_records, table_command
 
 SWEEP = [
     "data=synthetic",
@@ -37,7 +37,16 @@ SWEEP = [
 # run directories build them by hand and are fast.
 integration = pytest.mark.integration
 
-METRICS = ["acc.knn", "acc.nearest_subspace", "network_dR", "consensus_residual", "MB/node/round", "s/round"]
+METRICS = [
+    "acc.knn",
+    "acc.knn.own_classes",
+    "acc.nearest_subspace",
+    "acc.nearest_subspace.own_classes",
+    "network_dR",
+    "consensus_residual",
+    "MB/node/round",
+    "s/round",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +72,9 @@ def direct_metrics(run_dir: Path) -> dict[str, float]:
     seconds = [row["seconds"] for row in read_metrics(run_dir / "metrics.jsonl") if row["node"] == "network"]
     return {
         "acc.knn": summary["accuracy"]["knn"]["mean"],
+        "acc.knn.own_classes": summary["accuracy"]["knn"]["own_classes_mean"],
         "acc.nearest_subspace": summary["accuracy"]["nearest_subspace"]["mean"],
+        "acc.nearest_subspace.own_classes": summary["accuracy"]["nearest_subspace"]["own_classes_mean"],
         "network_dR": summary["network_dR"],
         "consensus_residual": summary["consensus_residual"],
         "MB/node/round": 4 * 4 * (8 * 8 + 1) / 1e6,  # per round each node sends K=4 classes of d=8 to 1 neighbour
@@ -315,3 +326,20 @@ def test_the_command_line_warns_and_still_prints_the_table(tmp_path, monkeypatch
     lines = capsys.readouterr().err.splitlines()
     assert exit_status.value.code == 2 and len(lines) == 1
     assert lines[0].startswith("semdl: error: no readable semdl run under ")
+
+
+def test_own_class_accuracy_stands_beside_and_leads_for_a_non_iid_run(tmp_path):
+    """A run whose nodes lack classes shows each classifier's own-class accuracy first, then the all-class one; a run
+    whose nodes hold every class, the all-class one first. --metric takes the own-class one too."""
+    accuracy = {"knn": {"mean": 0.27, "own_classes_mean": 0.9}}
+    fake_run(tmp_path / "split" / "0", seed=0, accuracy=accuracy, every_node_holds_every_class=False)
+    records, _ = load_run_records([tmp_path / "split" / "0"])
+    assert list(records[0]["metrics"])[:2] == ["acc.knn.own_classes", "acc.knn"]
+    assert records[0]["metrics"]["acc.knn.own_classes"] == 0.9 and records[0]["metrics"]["acc.knn"] == 0.27
+    fake_run(tmp_path / "iid" / "0", seed=0, accuracy=accuracy, every_node_holds_every_class=True)
+    records, _ = load_run_records([tmp_path / "iid" / "0"])
+    assert list(records[0]["metrics"])[:2] == ["acc.knn", "acc.knn.own_classes"]
+    markdown = table_command(
+        [str(tmp_path / "split")], ["solver.name"], ["solver.rho"], "acc.knn.own_classes", str(tmp_path / "t.csv")
+    )
+    assert "| primal_dual | 0.9 (n=1) |" in markdown

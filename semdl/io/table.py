@@ -180,10 +180,13 @@ def load_run_record(run_dir: Path) -> dict:
     summary = _read_summary(run_dir / "summary.json")
     network = _read_network_rows(run_dir / "metrics.jsonl")
     accuracy = summary.get("accuracy")
-    values = {
-        f"acc.{name}": result.get("mean") if isinstance(result, dict) else None
-        for name, result in (accuracy.items() if isinstance(accuracy, dict) else [])
-    }
+    # Each classifier's all-class and own-class accuracy side by side; own-class first for a non-i.i.d. partition.
+    own_first = summary.get("every_node_holds_every_class") is False
+    values = {}
+    for name, result in accuracy.items() if isinstance(accuracy, dict) else []:
+        result = result if isinstance(result, dict) else {}
+        pair = [(f"acc.{name}", result.get("mean")), (f"acc.{name}.own_classes", result.get("own_classes_mean"))]
+        values.update(reversed(pair) if own_first else pair)
     values["network_dR"] = summary.get("network_dR")
     values["consensus_residual"] = summary.get("consensus_residual")
     nodes = summary.get("nodes")

@@ -22,8 +22,9 @@ def headline(evaluation: dict) -> dict:
     """The numbers of eval.json that summary.json repeats."""
     return {
         "evaluation_protocol": evaluation["protocol"],
+        "every_node_holds_every_class": evaluation["every_node_holds_every_class"],
         "accuracy": {
-            name: {key: result[key] for key in ("mean", "per_node", "own_classes_mean")}
+            name: {key: result[key] for key in ("mean", "per_node", "own_classes_mean", "own_classes")}
             for name, result in evaluation["classifiers"].items()
         },
         "mean_cross_node_angle": evaluation["consistency"]["mean_cross_node_angle"],
