@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import NoReturn
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig
@@ -119,10 +121,10 @@ def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
         raise UserError(f"{key}={directory} cannot be created: {existing} is not a writable directory")
 
 
-def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> tuple[str, Path]:
+def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> tuple[str, Path, int]:
     """Compose and validate the config of every job before any runs, so a bad sweep fails at once, and refuse an
     output directory that already holds files; nothing is written before both pass. Returns the output directory's
-    key and path."""
+    key and path, and the number of jobs."""
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     from semdl.network.distributed import process_rank
 
@@ -131,7 +133,8 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
             key, directory = output_directory(overrides, multirun)
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
                 check_output_directory(key, directory, multirun)
-            for job in sweep_jobs(overrides, multirun):
+            jobs = sweep_jobs(overrides, multirun)
+            for job in jobs:
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
                 paths = [item for item in job if item.startswith("hydra.searchpath")] or search
                 try:
@@ -144,7 +147,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
                     check_input_shape(architecture, input_shape(cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
-    return key, directory
+    return key, directory, len(jobs)
 
 
 def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str | None:
@@ -175,7 +178,43 @@ def train_job(cfg: DictConfig) -> None:
         validate(cfg)
         return run_experiment(cfg, run_dir)  # holds run_dir (already held, unless this is a job of a sweep)
 
-    report(run_dir, guarded(train, cfg.nodes, run_dir))
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        report(run_dir, sweep_job(train, run_dir))
+    else:
+        report(run_dir, guarded(train, cfg.nodes, run_dir))
+
+
+FAILURES = "failures.jsonl"  # in a sweep's folder: one line per failed job
+
+
+def sweep_job(run, run_dir: Path) -> dict | None:
+    """One job of a -m sweep: a failure is said in its line, recorded in the sweep folder's failures.jsonl, and the
+    sweep goes on with the next job; a stop signal still ends the whole sweep."""
+    from semdl.errors import Interrupted, Stopped
+
+    try:
+        return run()
+    except (SystemExit, Interrupted, Stopped, KeyboardInterrupt) as error:
+        if isinstance(error, SystemExit):
+            raise
+        exit_with(error, "", run_dir)
+    except Exception as error:
+        status, line = outcome(error, "", run_dir)
+        print(line, file=sys.stderr)
+        record = {"job": HydraConfig.get().job.num, "run_dir": str(run_dir), "status": status, "reason": line}
+        with open(run_dir.parent / FAILURES, "a", encoding="utf-8") as failures:
+            failures.write(json.dumps(record) + "\n")
+        return None
+
+
+def sweep_report(sweep_dir: Path, jobs: int) -> None:
+    """The sweep's last line: how many jobs were done and how many failed; exit status 1 if any failed."""
+    failures = sweep_dir / FAILURES
+    failed = len(failures.read_text(encoding="utf-8").splitlines()) if failures.is_file() else 0
+    if failed:
+        print(f"semdl: sweep: {jobs - failed} done, {failed} failed (see {failures})", file=sys.stderr)
+        sys.exit(1)
+    print(f"sweep: {jobs} done, in {sweep_dir}")
 
 
 def guarded(run, num_nodes: int, run_dir: Path | None):
@@ -198,36 +237,41 @@ def guarded(run, num_nodes: int, run_dir: Path | None):
 
 
 def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> NoReturn:
-    """One line on stderr and the exit status that says what stopped the command: 2 a user mistake, 3 a numerical
-    failure, 128 + the signal's number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank)
-    or a bug, whose traceback goes to the run's log (or a file in the temporary folder) instead of the terminal."""
+    """Say what stopped the command in one line on stderr, and exit with its status (outcome)."""
+    from semdl.errors import Interrupted, NumericalError, Stopped
+
+    explained = (UserError, NumericalError, Interrupted, Stopped, KeyboardInterrupt)
+    if os.environ.get("SEMDL_DEBUG") and not isinstance(error, explained):
+        raise error  # a developer asked to see the traceback of a fault or a bug
+    status, line = outcome(error, prefix, run_dir)
+    print(line, file=sys.stderr)
+    sys.exit(status)
+
+
+def outcome(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> tuple[int, str]:
+    """The exit status and the one line that say what stopped a command: 2 a user mistake, 3 a numerical failure,
+    128 + the signal's number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank) or a
+    bug, whose traceback goes to the run's log (or a file in the temporary folder) instead of the terminal."""
     from semdl.errors import Interrupted, NumericalError, Stopped
 
     if isinstance(error, UserError):
-        fail(f"{prefix}{error}")
+        return 2, f"semdl: error: {prefix}{error}"
     if isinstance(error, NumericalError):
-        print(f"semdl: numerical failure: {prefix}{error}", file=sys.stderr)
-        sys.exit(3)
+        return 3, f"semdl: numerical failure: {prefix}{error}"
     if isinstance(error, Interrupted):
-        print(f"semdl: {prefix}{error}", file=sys.stderr)
-        sys.exit(128 + error.signal_number)
+        return 128 + error.signal_number, f"semdl: {prefix}{error}"
     if isinstance(error, (Stopped, KeyboardInterrupt)):
         number = error.signal_number if isinstance(error, Stopped) else signal.SIGINT
         resumable = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
         hint = f"; continue from its last checkpoint with: semdl train resume={run_dir}" if resumable else ""
-        print(f"semdl: {prefix}stopped at once by {signal.Signals(number).name}{hint}", file=sys.stderr)
-        sys.exit(128 + number)
-    if os.environ.get("SEMDL_DEBUG"):
-        raise error
+        return 128 + number, f"semdl: {prefix}stopped at once by {signal.Signals(number).name}{hint}"
     if isinstance(error, OSError) and error.errno is not None:
         where = f"{error.filename}: " if error.filename else ""
         hint = f"; once fixed, continue with: semdl train resume={run_dir}" if run_dir is not None else ""
-        print(f"semdl: {prefix}{where}{error.strerror or error}{hint}", file=sys.stderr)
-        sys.exit(1)
+        return 1, f"semdl: {prefix}{where}{error.strerror or error}{hint}"
     log = crash_log(run_dir)
     first_line = (str(error).strip().splitlines() or [""])[0][:300]
-    print(f"semdl: {prefix}failed: {type(error).__name__}: {first_line} (the traceback is in {log})", file=sys.stderr)
-    sys.exit(1)
+    return 1, f"semdl: {prefix}failed: {type(error).__name__}: {first_line} (the traceback is in {log})"
 
 
 def crash_log(run_dir: Path | None) -> Path:
@@ -371,7 +415,7 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     if informational:
         job()
         return
-    key, directory = check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
+    key, directory, jobs = check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
     from semdl.network.distributed import launched_by_torchrun, process_rank
 
     if launched_by_torchrun() and process_rank() != 0:
@@ -393,6 +437,8 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
             raise UserError(f"{key}={directory} already holds files; choose a fresh directory")
         claim(directory, f"semdl {command}")
         job()
+    if parsed.multirun and command == "train":
+        sweep_report(directory, jobs)
 
 
 def table(arguments: list[str]) -> None:

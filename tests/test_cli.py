@@ -194,3 +194,22 @@ def test_a_non_iid_headline_leads_with_own_class_accuracy(tmp_path, capsys, one_
     line = next(line for line in capsys.readouterr().out.splitlines() if "knn" in line).strip()
     assert line.startswith(f"knn own-class accuracy mean {knn['own_classes_mean']:.4f} (nodes: ")
     assert f"| all classes mean {knn['mean']:.4f} (nodes: " in line
+
+
+def test_a_failing_job_does_not_end_the_sweep(tmp_path, capsys, one_thread):
+    """Two jobs; the second's partition table asks for more samples than the data holds, which only loading the
+    data can tell: the first finishes, the second is recorded, and the sweep ends with its count and status 1."""
+    fits, too_many = tmp_path / "fits.txt", tmp_path / "too_many.txt"
+    fits.write_text("20 20 20 20\n" * 3)  # 60 training samples per class, as the data has
+    too_many.write_text("30 30 30 30\n" * 3)
+    sweep = tmp_path / "sweep"
+    arguments = [*QUICK, "eval.classifiers=[knn]", "partition=table", f"partition.path={fits},{too_many}"]
+    with pytest.raises(SystemExit) as status:
+        main(["train", "-m", *arguments, f"hydra.sweep.dir={sweep}"])
+    assert status.value.code == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("semdl")]
+    assert len(said) == 2 and said[0].startswith("semdl: error: ") and "partition" in said[0]
+    assert said[1] == f"semdl: sweep: 1 done, 1 failed (see {sweep / 'failures.jsonl'})"
+    assert (sweep / "0" / "summary.json").is_file() and not (sweep / "1" / "summary.json").exists()
+    failures = [json.loads(line) for line in (sweep / "failures.jsonl").read_text().splitlines()]
+    assert failures == [{"job": 1, "run_dir": str(sweep / "1"), "status": 2, "reason": said[0]}]
