@@ -60,7 +60,7 @@ def config_groups() -> dict[str, list[str]]:
 
 
 def usage() -> str:
-    lines = ["usage: semdl <command> [overrides...]", "", "commands:"]
+    lines = ["usage: semdl <command> [overrides...]   (semdl --version: the installed version)", "", "commands:"]
     lines += [f"  {name:<10}{text}" for name, text in COMMANDS.items()]
     lines += ["", "config groups (choose with group=option):"]
     lines += [f"  {group:<11}{', '.join(options)}" for group, options in config_groups().items()]
@@ -322,12 +322,17 @@ def report(run_dir: Path, summary: dict | None) -> None:
     """The run's headline numbers (rank 0 of a distributed run; the other ranks print nothing)."""
     if summary is None:
         return
-    print(f"run directory: {run_dir}")
-    print(
-        f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
-        f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s"
+    text = "\n".join(
+        [
+            f"run directory: {run_dir}",
+            f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
+            f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s",
+            accuracy_lines(summary),
+        ]
     )
-    print(accuracy_lines(summary))
+    print(text)
+    with open(run_dir / "semdl.log", "a", encoding="utf-8") as log:  # the log keeps what the terminal showed
+        log.write(text + "\n")
 
 
 def accuracy_lines(numbers: dict) -> str:
@@ -348,7 +353,17 @@ def accuracy_lines(numbers: dict) -> str:
     return "\n".join(lines)
 
 
+EVAL_USAGE = """usage: semdl eval <run_dir> [eval=<protocol>] [eval.key=value ...] [device=...]
+
+Evaluate a run again from its newest checkpoint, into <run_dir>/evaluations/<time>/ (eval.json, figures,
+overrides.json). Only the evaluation (eval=default|paper, eval.*) and the device may change; `semdl train --help`
+lists the eval.* keys. It says which round and checkpoint it evaluates, and warns when the run has not finished."""
+
+
 def evaluate_run(arguments: list[str]) -> None:
+    if arguments and arguments[0] in ("-h", "--help"):
+        print(EVAL_USAGE)
+        return
     if not arguments or arguments[0].startswith("-"):
         fail("semdl eval needs a run directory: semdl eval <run_dir> [eval.key=value ...]")
     from semdl.experiment import headline, reevaluate
@@ -468,6 +483,11 @@ def main(argv: list[str] | None = None) -> None:
     """The `semdl` command. Whatever stops it ends as one line and an exit status (exit_with): SIGTERM, outside
     the rounds that finish with a checkpoint, stops at once like Ctrl-C."""
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in ("-V", "--version"):
+        from semdl import __version__
+
+        print(f"semdl {__version__}")
+        return
     if not arguments or arguments[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if arguments else 2)

@@ -213,3 +213,22 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path, capsys, one_thread):
     assert (sweep / "0" / "summary.json").is_file() and not (sweep / "1" / "summary.json").exists()
     failures = [json.loads(line) for line in (sweep / "failures.jsonl").read_text().splitlines()]
     assert failures == [{"job": 1, "run_dir": str(sweep / "1"), "status": 2, "reason": said[0]}]
+
+
+def test_version_and_eval_help(capsys):
+    from semdl import __version__
+
+    main(["--version"])
+    assert capsys.readouterr().out == f"semdl {__version__}\n"
+    main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: semdl eval <run_dir>") and "evaluations/<time>/" in out
+
+
+def test_the_log_keeps_the_headline(tmp_path, capsys, one_thread):
+    main(["train", *QUICK, "eval.classifiers=[knn]", f"hydra.run.dir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out.strip().splitlines()  # the log's console lines, then the headline
+    headline = out[out.index(f"run directory: {tmp_path / 'run'}") :]
+    assert len(headline) == 3 and "knn accuracy mean" in headline[-1]
+    log = (tmp_path / "run" / "semdl.log").read_text().splitlines()
+    assert log[-len(headline):] == headline
