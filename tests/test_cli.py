@@ -213,6 +213,11 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path, capsys, one_thread):
     assert (sweep / "0" / "summary.json").is_file() and not (sweep / "1" / "summary.json").exists()
     failures = [json.loads(line) for line in (sweep / "failures.jsonl").read_text().splitlines()]
     assert failures == [{"job": 1, "run_dir": str(sweep / "1"), "status": 2, "reason": said[0]}]
+    main(["table", str(sweep), "--csv", str(tmp_path / "table.csv")])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("semdl")]
+    assert warnings == [
+        f"semdl: warning: {sweep / '1'} failed (exit status 2: {said[0]}); that run is left out of the table"
+    ]
 
 
 def test_version_and_eval_help(capsys):

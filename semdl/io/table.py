@@ -339,6 +339,19 @@ def table_command(paths: list[str], rows: list[str], columns: list[str], metric:
     table = build_table(records, rows or ["solver.name"], columns, metric)
     write_csv(table, Path(csv_path) if csv_path is not None else Path("table.csv"))
     # Once the table stands, so that a mistake in the command is still one line.
-    for reason in skipped:
+    for reason in skipped + failed_jobs([Path(path) for path in paths]):
         print(f"semdl: warning: {reason}; that run is left out of the table", file=sys.stderr)
     return format_markdown(table)
+
+
+def failed_jobs(paths: list[Path]) -> list[str]:
+    """The jobs that sweeps under `paths` recorded as failed (their failures.jsonl), each as why it has no results."""
+    reasons = []
+    for failures in sorted({file for path in paths for file in path.rglob("failures.jsonl")}):
+        for line in failures.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                failure = json.loads(line)
+                reasons.append(f"{failure['run_dir']} failed (exit status {failure['status']}: {failure['reason']})")
+            except (ValueError, KeyError, TypeError):
+                reasons.append(f"{failures} holds a line that is not a failed job")
+    return reasons
