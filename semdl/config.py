@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 0.001
     weight_decay: float = 1e-5
     checkpoint_every: int = 10  # write checkpoints/last.pt every this many rounds (0: only at the end)
+    keep_checkpoints: int = 2  # how many checkpoints to keep: last.pt, previous.pt, previous-2.pt, ... (1: last.pt)
     amp: str = "auto"  # bf16 autocast of the encoders (objectives stay float32): auto = on CUDA
     compile: str = "auto"  # torch.compile of the encoders: auto = on CUDA
 
@@ -254,6 +255,7 @@ def validate(cfg: DictConfig) -> None:
     _choice("train.batching", cfg.train.batching, BATCHINGS)
     _positive("train.lr", cfg.train.lr)
     _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0)
+    _at_least("train.keep_checkpoints", cfg.train.keep_checkpoints, 1)
     _choice("train.amp", cfg.train.amp, SWITCHES)
     _choice("train.compile", cfg.train.compile, SWITCHES)
     _choice("sim.lockstep", cfg.sim.lockstep, ("on", "off"))

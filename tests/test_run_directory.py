@@ -236,3 +236,37 @@ def test_a_disk_that_fills_leaves_nothing_partial_and_the_run_resumes(tmp_path, 
 
     resume_experiment(run, [])
     assert outcome(run) == outcome(reference)
+
+
+def checkpoint_rounds(directory) -> dict[str, int]:
+    return {path.name: torch.load(path, weights_only=True)["round"] for path in sorted(directory.glob("*.pt"))}
+
+
+@pytest.mark.parametrize(
+    "keep, kept",
+    [
+        (1, {"last.pt": 5}),
+        (2, {"last.pt": 5, "previous.pt": 4}),
+        (4, {"last.pt": 5, "previous.pt": 4, "previous-2.pt": 3, "previous-3.pt": 2}),
+    ],
+)
+def test_checkpoints_kept_newest_first(tmp_path, keep, kept):
+    from semdl.io import save_checkpoint
+
+    for round_index in range(1, 6):
+        save_checkpoint(tmp_path, {"round": round_index}, keep)
+    assert checkpoint_rounds(tmp_path) == kept
+    save_checkpoint(tmp_path, {"round": 6}, 1)  # fewer kept from now on: the older ones go
+    assert checkpoint_rounds(tmp_path) == {"last.pt": 6}
+
+
+def test_a_resume_falls_back_through_every_kept_checkpoint(tmp_path):
+    from semdl.io import load_checkpoint, save_checkpoint
+
+    for round_index in range(1, 5):
+        save_checkpoint(tmp_path, {"round": round_index}, 3)
+    for name in ("last.pt", "previous.pt"):
+        (tmp_path / name).write_bytes(b"cut")
+    (tmp_path / "previous-x.pt").write_bytes(b"not one of the kept names")
+    payload, path, problems = load_checkpoint(tmp_path, lambda payload: None)
+    assert (payload["round"], path.name, len(problems)) == (2, "previous-2.pt", 2)

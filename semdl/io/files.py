@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,29 +68,43 @@ CHECKPOINT = "last.pt"
 PREVIOUS_CHECKPOINT = "previous.pt"
 
 
-def save_checkpoint(directory: Path, payload: Any) -> None:
-    """Write `payload` as directory/last.pt, keeping the one it replaces as previous.pt.
+def checkpoint_files(keep: int) -> list[str]:
+    """The names of the `keep` newest checkpoints, newest first: last.pt, previous.pt, previous-2.pt, ..."""
+    return [CHECKPOINT, PREVIOUS_CHECKPOINT, *(f"previous-{age}.pt" for age in range(2, keep))][:keep]
 
-    The new file is complete and synced before either rename, so at every moment at least one of the two
-    files is a whole checkpoint.
+
+def save_checkpoint(directory: Path, payload: Any, keep: int = 2) -> None:
+    """Write `payload` as directory/last.pt, keeping the `keep` newest checkpoints (2: last.pt and previous.pt; 1:
+    last.pt alone; more: previous-2.pt, previous-3.pt, ... older and older).
+
+    The new file is complete and synced before any rename, so at every moment at least one whole checkpoint is
+    there; with keep >= 2, also while last.pt is replaced.
     """
     directory = Path(directory)
     temporary = _write_synced(directory / CHECKPOINT, lambda handle: torch.save(payload, handle))
-    if (directory / CHECKPOINT).exists():
-        os.replace(directory / CHECKPOINT, directory / PREVIOUS_CHECKPOINT)
+    names = checkpoint_files(max(keep, 2))
+    for older, newer in reversed(list(zip(names[1:], names))):  # the oldest moves first, freeing its successor's name
+        if (directory / newer).exists():
+            os.replace(directory / newer, directory / older)
     os.replace(temporary, directory / CHECKPOINT)
+    for stale in sorted(directory.glob("previous*.pt")):
+        if stale.name not in checkpoint_files(keep):
+            stale.unlink()
     _sync_directory(directory)
 
 
 def load_checkpoint(directory: Path, is_valid) -> tuple[dict, Path, list[str]]:
-    """The newest readable checkpoint in `directory` (last.pt, else previous.pt), loaded with weights_only=True.
+    """The newest readable checkpoint in `directory` (last.pt, else previous.pt, else previous-2.pt, ...), loaded
+    with weights_only=True.
 
     is_valid(payload) -> str | None says what is wrong with a payload that loads but is not a checkpoint of
     this kind. Returns (payload, its path, the problems of the files skipped); raises FileNotFoundError with
     those problems when neither file is usable.
     """
     problems = []
-    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+    ages = [re.fullmatch(r"previous-(\d+)\.pt", path.name) for path in Path(directory).glob("previous-*.pt")]
+    older = [f"previous-{age}.pt" for age in sorted(int(match[1]) for match in ages if match)]
+    for name in [CHECKPOINT, PREVIOUS_CHECKPOINT, *older]:
         path = Path(directory) / name
         if not path.is_file():
             continue

@@ -53,7 +53,7 @@ def finish(
     state = checkpoint_state(cfg.train.rounds, network, cfg)
     if network.communicator.rank != 0:
         return None
-    save_checkpoint(run_dir / "checkpoints", state)
+    save_checkpoint(run_dir / "checkpoints", state, cfg.train.keep_checkpoints)
     everyone = evaluation_nodes(cfg, network, state)
     evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
     evaluation = {**evaluated_at(cfg.train.rounds, CHECKPOINT, True), **evaluation}

@@ -142,7 +142,7 @@ class CheckpointCadence:
         if interrupted or (every and round_index % every == 0 and round_index < rounds):
             state = checkpoint_state(round_index, self.network, self.cfg)
             if self.leader:
-                save_checkpoint(self.checkpoints, state)
+                save_checkpoint(self.checkpoints, state, self.cfg.train.keep_checkpoints)
 
 
 def progress_bar(cfg: DictConfig, done: int, leader: bool) -> tqdm:
