@@ -162,7 +162,7 @@ def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeyp
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, one_thread, monkeypatch, capsys):
-    def disk_full(directory, payload):
+    def disk_full(directory, payload, keep):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / ".last.pt.tmp"))
 
     import semdl.pipeline.loop as loop
