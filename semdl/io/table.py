@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, _replace_atomically, read_metrics
+from semdl.io.text import BinaryContent, decoded_text
 
 SEED_KEY = "seed"
 
@@ -116,13 +117,9 @@ def _read_text(path: Path) -> str:
     except OSError as error:
         raise UnreadableRun(f"{path} cannot be read ({error.strerror or error})") from None
     try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UnreadableRun(f"{path} is not a text file (binary content at byte {error.start})") from None
-    nul = content.find(b"\0")  # valid UTF-8, but no text file holds NUL bytes
-    if nul >= 0:
-        raise UnreadableRun(f"{path} is not a text file (binary content at byte {nul})")
-    return text
+        return decoded_text(content)
+    except BinaryContent as error:
+        raise UnreadableRun(f"{path} is not a text file ({error})") from None
 
 
 def _read_config(path: Path) -> dict:
