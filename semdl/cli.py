@@ -194,9 +194,9 @@ def sweep_job(run, run_dir: Path) -> dict | None:
 
     try:
         return run()
-    except (SystemExit, Interrupted, Stopped, KeyboardInterrupt) as error:
-        if isinstance(error, SystemExit):
-            raise
+    except SystemExit:
+        raise
+    except (Interrupted, Stopped, KeyboardInterrupt) as error:
         exit_with(error, "", run_dir)
     except Exception as error:
         status, line = outcome(error, "", run_dir)
