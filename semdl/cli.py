@@ -24,12 +24,8 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from semdl.config import register_schema, registries, validate
-from semdl.data import input_shape
 from semdl.errors import UserError
 from semdl.io.lock import WRITER, claim, writing
-from semdl.models import architectures, check_input_shape
-from semdl.network import topology_of
 
 CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -40,7 +36,15 @@ COMMANDS = {
     "table": "tabulate runs and sweeps, mean ± std over seeds: semdl table <dir>... [--rows K,..] [--columns K,..]",
 }
 
-register_schema()
+
+def load_registries():
+    """semdl's config schema and every registered option (semdl's own modules, with torch, and installed plugins).
+    Loaded by the commands that compose a config, not at import: `semdl --help`, `--version` and `table` start
+    without torch."""
+    from semdl.config import register_schema, registries
+
+    register_schema()
+    return registries()
 
 
 def fail(message: str) -> NoReturn:
@@ -51,7 +55,7 @@ def fail(message: str) -> NoReturn:
 
 def config_groups() -> dict[str, list[str]]:
     """Every config group's options: the registered ones and the presets shipped as YAML files."""
-    groups = {name: registry.names() for name, registry in registries().items() if name != "classifier"}
+    groups = {name: registry.names() for name, registry in load_registries().items() if name != "classifier"}
     for folder in sorted(CONF_DIR.iterdir()):
         if folder.is_dir() and folder.name not in ("__pycache__", "solver_settings"):
             presets = [option.stem for option in sorted(folder.glob("*.yaml"))]
@@ -62,10 +66,8 @@ def config_groups() -> dict[str, list[str]]:
 def usage() -> str:
     lines = ["usage: semdl <command> [overrides...]   (semdl --version: the installed version)", "", "commands:"]
     lines += [f"  {name:<10}{text}" for name, text in COMMANDS.items()]
-    lines += ["", "config groups (choose with group=option):"]
-    lines += [f"  {group:<11}{', '.join(options)}" for group, options in config_groups().items()]
-    lines += ["", f"classifiers (eval.classifiers=[...]): {', '.join(registries()['classifier'].names())}"]
-    lines += ["", "`semdl train --help` lists every key and its default."]
+    lines += ["", "`semdl train --help` lists the config groups with their options, and every key with its default"]
+    lines += ["and what it means; `semdl eval --help` and `semdl table --help` give those commands' usage."]
     return "\n".join(lines)
 
 
@@ -126,7 +128,13 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     output directory that already holds files; nothing is written before both pass. Returns the output directory's
     key and path, and the number of jobs."""
     search = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    from semdl.config import validate
+    from semdl.data import input_shape
+    from semdl.models import architectures, check_input_shape
+    from semdl.network import topology_of
     from semdl.network.distributed import process_rank
+
+    load_registries()
 
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
@@ -157,16 +165,18 @@ def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str |
         return None
     key = text.split("'")[1]
     group = key.split(".")[0]
-    if group not in registries() or key.count(".") != 1:
+    registries = load_registries()
+    if group not in registries or key.count(".") != 1:
         return None
     others = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") != key]
     options = compose(config_name="config", overrides=others)[group]
-    keys = registries()[group].keys(options)
+    keys = registries[group].keys(options)
     return f"{key} is not a key of {group}={options.name}; its keys are: {', '.join(keys)}"
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def train_job(cfg: DictConfig) -> None:
+    from semdl.config import validate
     from semdl.experiment import run_experiment
     from semdl.network.distributed import process_rank
 
@@ -376,6 +386,7 @@ def evaluate_run(arguments: list[str]) -> None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def partition_job(cfg: DictConfig) -> None:
+    from semdl.config import validate
     from semdl.pipeline.network import partition_dataset
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -425,6 +436,7 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     """Validate every job's config first (one line and exit 2 on a mistake), then hold the fresh run (or sweep)
     directory and let Hydra run `job` in it: Hydra writes its .hydra/ only into a directory semdl accepted."""
     parsed = hydra_arguments(arguments)
+    load_registries()  # before Hydra composes: the schema and every option's keys
     informational = parsed.help or parsed.hydra_help or parsed.info or parsed.cfg or parsed.shell_completion
     sys.argv = [f"semdl {command}", *arguments]
     if informational:

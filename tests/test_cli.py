@@ -79,7 +79,7 @@ def test_overrides_reach_the_run(tmp_path):
 def test_help_lists_commands_and_config_groups(tmp_path):
     top = semdl("--help", cwd=tmp_path)
     assert top.returncode == 0
-    assert "train" in top.stdout and "topology" in top.stdout and "paper10" in top.stdout and "synthetic" in top.stdout
+    assert all(command in top.stdout for command in ("train", "partition", "eval", "table", "semdl train --help"))
     train = semdl("train", "--help", cwd=tmp_path)
     assert train.returncode == 0
     for text in [

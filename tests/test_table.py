@@ -343,3 +343,24 @@ def test_own_class_accuracy_stands_beside_and_leads_for_a_non_iid_run(tmp_path):
         [str(tmp_path / "split")], ["solver.name"], ["solver.rho"], "acc.knn.own_classes", str(tmp_path / "t.csv")
     )
     assert "| primal_dual | 0.9 (n=1) |" in markdown
+
+
+def test_commands_that_need_no_torch_start_without_it(tmp_path):
+    """`semdl --version`, `--help`, `eval --help`, `table --help` and `semdl table` never import torch (it takes
+    seconds to import); checked in a fresh interpreter, where nothing else has imported it."""
+    for seed in (0, 1):
+        fake_run(tmp_path / "sweep" / str(seed), seed)
+    script = (
+        "import sys\n"
+        "from semdl.cli import main\n"
+        "for arguments in (['--version'], ['--help'], ['eval', '--help'], ['table', '--help']):\n"
+        "    try:\n"
+        "        main(arguments)\n"
+        "    except SystemExit as stop:\n"
+        "        assert stop.code in (0, None), (arguments, stop.code)\n"
+        f"main(['table', {str(tmp_path / 'sweep')!r}, '--csv', {str(tmp_path / 'table.csv')!r}])\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| primal_dual |" in result.stdout and result.stdout.endswith("torch imported: False\n")

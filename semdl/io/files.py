@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 
 
 def _write_synced(path: Path, write) -> Path:
@@ -80,6 +79,8 @@ def save_checkpoint(directory: Path, payload: Any, keep: int = 2) -> None:
     The new file is complete and synced before any rename, so at every moment at least one whole checkpoint is
     there; with keep >= 2, also while last.pt is replaced.
     """
+    import torch  # here, not at the top: `semdl table` reads metrics through this module, and starts without torch
+
     directory = Path(directory)
     temporary = _write_synced(directory / CHECKPOINT, lambda handle: torch.save(payload, handle))
     names = checkpoint_files(max(keep, 2))
@@ -101,6 +102,8 @@ def load_checkpoint(directory: Path, is_valid) -> tuple[dict, Path, list[str]]:
     this kind. Returns (payload, its path, the problems of the files skipped); raises FileNotFoundError with
     those problems when neither file is usable.
     """
+    import torch
+
     problems = []
     ages = [re.fullmatch(r"previous-(\d+)\.pt", path.name) for path in Path(directory).glob("previous-*.pt")]
     older = [f"previous-{age}.pt" for age in sorted(int(match[1]) for match in ages if match)]
