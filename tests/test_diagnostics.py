@@ -198,13 +198,40 @@ def test_cross_node_accuracy_respects_allowed_classes_and_zero_bases():
     bases, features, labels = separated_test_set(num_classes, d, r, per_class=50)
     zeroed = bases.clone()
     zeroed[3] = 0
-    both = torch.stack([bases, zeroed])
-    # Node 1 has no class-3 subspace, so class 3 (a quarter of the test set) is never predicted.
-    default = cross_node_accuracy(both, features.expand(2, -1, -1), labels)
-    assert float(default[0, 0]) > 0.98 and float(default[1, 0]) == pytest.approx(0.75, abs=0.02)
+    # Node 1 has no class-3 subspace, so it does not hold class 3: entry (1, 0) leaves out node 0's class-3 samples,
+    # which node 1 could only get wrong.
+    default = cross_node_accuracy(torch.stack([bases, zeroed]), features.expand(2, -1, -1), labels)
+    assert float(default.min()) > 0.98
+    # Node 1's encoder puts its class-3 samples where class 0 lies: node 0 would file them under class 0, but entry
+    # (0, 1) leaves them out, as node 1 does not hold class 3.
+    features_of_node_1 = features.clone()
+    features_of_node_1[labels == 3] = features[labels == 0][: int((labels == 3).sum())]
+    shifted = cross_node_accuracy(torch.stack([bases, zeroed]), torch.stack([features, features_of_node_1]), labels)
+    assert float(shifted.min()) > 0.98
     allowed = torch.tensor([[True, True, False, False], [True] * 4])
     restricted = cross_node_accuracy(torch.stack([bases, bases]), features.expand(2, -1, -1), labels, allowed)
-    assert float(restricted[0, 0]) == pytest.approx(0.5, abs=0.02) and float(restricted[1, 1]) > 0.98
+    assert float(restricted.min()) > 0.98
+
+
+def test_cross_node_accuracy_scores_the_classes_both_nodes_hold():
+    """Four classes on the coordinate axes of R^4 at every node; node 0 holds {0, 1}, node 1 {1, 2}, node 2 {3}.
+    Each node's encoder puts every test sample on its class's axis except the ones listed, and entry (i, j) counts
+    node i's nearest allowed axis on the test samples of the classes both hold, two per class."""
+    axes = torch.eye(4)
+    bases = axes[:, :, None].expand(3, 4, 4, 1)
+    held = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    features = axes[labels].expand(3, -1, -1).clone()
+    # Node 0's class-2 samples on class 1's axis: node 0 lacks class 2, so they are never scored.
+    features[0, 4:6] = axes[1]
+    # Node 0's second class-1 sample nearer class 3's axis than class 1's: right for nodes 0 and 1, which lack class 3.
+    features[0, 3] = F.normalize(axes[1] + 1.2 * axes[3], dim=0)
+    # Node 1's second class-1 sample mostly on class 0's axis: node 0 files it under 0, node 1 (no class 0) under 2.
+    features[1, 3] = F.normalize(axes[0] + 0.5 * axes[2], dim=0)
+    accuracy = cross_node_accuracy(bases, features, labels, held)
+    nan = float("nan")
+    expected = torch.tensor([[1.0, 0.5, nan], [1.0, 0.75, nan], [nan, nan, 1.0]])
+    assert torch.allclose(accuracy, expected, equal_nan=True)
 
 
 def test_similarity_matrix_is_sorted_symmetric_unit_diagonal_and_block_diagonal():
@@ -239,9 +266,10 @@ def test_every_plot_writes_a_readable_png(tmp_path):
     bases, features, labels = separated_test_set(num_classes, d, r, per_class=60)
     similarity, sorted_labels = similarity_matrix(features, labels, max_samples_per_class=30)
     plot_similarity_heatmap(similarity, sorted_labels, tmp_path / "similarity.png")
-    plot_class_spectra(class_spectra(features, labels, num_classes), tmp_path / "spectra.png")
+    plot_class_spectra(class_spectra(features, labels, num_classes)[None], tmp_path / "spectra.png")
     plot_cross_node_accuracy(
         cross_node_accuracy(torch.stack([bases, bases]), features.expand(2, -1, -1), labels),
+        torch.ones(2, num_classes, dtype=torch.bool),
         tmp_path / "cross.png",
     )
     plot_accuracy_curves(

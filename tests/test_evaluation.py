@@ -50,6 +50,7 @@ def test_eval_json_holds_every_measurement(finished_run):
     )
     assert len(evaluation["consistency"]["cross_node_angles"]) == 4  # one N x N matrix per class
     assert len(evaluation["consistency"]["cross_node_accuracy"]) == 3
+    assert evaluation["consistency"]["cross_node_shared_classes"] == [[4] * 3] * 3  # every pair shares all 4 classes
     angles = evaluation["discriminability"]["class_angles"][0]
     assert all(angles[k][k] == 0 for k in range(4)) and 0 < evaluation["discriminability"]["mean_class_angle"] <= 90
     assert summary["accuracy"]["semantic_subspace"]["mean"] == evaluation["classifiers"]["semantic_subspace"]["mean"]

@@ -54,19 +54,25 @@ def cross_node_accuracy(
 ) -> Tensor:
     """Accuracy (N, N) of node j's test features (N, n, d) by node i's nearest class subspace, bases (N, K, d, r).
 
-    The residual ||x||^2 - ||U_k^T x||^2 is minimised over the classes `allowed` (N, K) for node i (default: every
-    class with a non-zero basis); a high off-diagonal shows that node i's subspaces serve node j's encoder.
+    `allowed` (N, K) are the classes each node holds (default: every class with a non-zero basis). Node i minimises
+    the residual ||x||^2 - ||U_k^T x||^2 over its own classes, and entry (i, j) is scored on the test samples of the
+    classes both nodes hold: node i cannot name a class it lacks, nor node j's encoder place one it never saw. A pair
+    holding no class in common has no score (nan). A high off-diagonal shows that node i's subspaces serve node j's
+    encoder.
     """
     _, num_classes, dim, rank = bases.shape
     if allowed is None:
         allowed = bases.flatten(-2).ne(0).any(-1)
     squared_norms = test_features.square().sum(-1, keepdim=True)
+    held_by_encoder = allowed[:, test_labels]
     rows = []
     for node_bases, node_allowed in zip(bases, allowed, strict=True):
         flat = node_bases.permute(1, 0, 2).reshape(dim, num_classes * rank)
         energies = (test_features @ flat).square().unflatten(-1, (num_classes, rank)).sum(-1)
         residuals = (squared_norms - energies).masked_fill(~node_allowed, float("inf"))
-        rows.append((residuals.argmin(-1) == test_labels).to(test_features.dtype).mean(-1))
+        scored = node_allowed[test_labels] & held_by_encoder
+        correct = (residuals.argmin(-1) == test_labels) & scored
+        rows.append(correct.sum(-1).to(test_features.dtype) / scored.sum(-1).to(test_features.dtype))
     return torch.stack(rows)
 
 

@@ -104,11 +104,11 @@ def evaluate_accuracy(nodes: list[Node], dataset: Dataset, cfg: DictConfig, dim_
     )
 
 
-def draw_similarity(features: Tensor, labels: Tensor, cfg: DictConfig, path: Path, title: str = "") -> None:
-    """The class-sorted similarity heatmap of eval.similarity's kind."""
+def draw_similarity(features: Tensor, labels: Tensor, cfg: DictConfig, path: Path, subject: str) -> None:
+    """The class-sorted similarity heatmap of eval.similarity's kind; `subject` says whose features they are."""
     similarity, sorted_labels = similarity_matrix(features, labels, cfg.heatmap_per_class, cfg.similarity)
     kind = "|cosine|" if cfg.similarity == "absolute" else "cosine clipped to [0, 1]"
-    plot_similarity_heatmap(similarity, sorted_labels, path, kind, title)
+    plot_similarity_heatmap(similarity, sorted_labels, path, kind, subject)
 
 
 @torch.no_grad()
@@ -116,7 +116,8 @@ def similarity_snapshot(nodes: list[Node], dataset: Dataset, cfg: DictConfig, pa
     """The heatmap of every node's training features, pooled, at one round (eval.heatmap_every)."""
     train_features = [encode(node.encoder, node.inputs[node.indices], node.pipeline) for node in nodes]
     labels = torch.cat([node.labels[node.indices] for node in nodes])
-    draw_similarity(torch.cat(train_features), labels, cfg, path, f"round {round_index}: ")
+    subject = f"the training features of all {len(nodes)} nodes, pooled, at round {round_index}"
+    draw_similarity(torch.cat(train_features), labels, cfg, path, subject)
 
 
 @torch.no_grad()
@@ -187,12 +188,14 @@ def evaluate_network(
             "cross_node_angles": node_angles.tolist(),
             "mean_cross_node_angle": _masked_mean(node_angles, pair_held),
             "cross_node_accuracy": cross_accuracy.tolist(),
+            "cross_node_shared_classes": (held[:, None] & held[None]).sum(-1).tolist(),
         },
         "test_samples": len(dataset.test_y),
     }
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        draw_similarity(pooled_train, pooled_train_labels, cfg, figures / "similarity.png")
-        plot_class_spectra(class_spectra(pooled_train, pooled_train_labels, num_classes), figures / "spectra.png")
-        plot_cross_node_accuracy(cross_accuracy, figures / "cross_node_accuracy.png")
+        subject = f"the training features of all {len(nodes)} nodes, pooled"
+        draw_similarity(pooled_train, pooled_train_labels, cfg, figures / "similarity.png", subject)
+        plot_class_spectra(spectra, figures / "spectra.png")
+        plot_cross_node_accuracy(cross_accuracy, held, figures / "cross_node_accuracy.png")
     return evaluation

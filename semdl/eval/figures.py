@@ -1,4 +1,8 @@
-"""Figures of a run, drawn with matplotlib's file-only backend."""
+"""Figures of a run, drawn with matplotlib's file-only backend.
+
+Every figure is built by a `*_figure` function that returns it (what the tests inspect) and written by a `plot_*`
+function that saves and closes it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from semdl.io.files import write_figure  # noqa: E402
 
+MAX_TICK_LABELS = 20  # more labels along one axis overlap at the figure sizes used here
+MAX_PARTITION_COLUMNS = 100  # a node x class cell stays about 10 pixels wide up to this many columns
+MAX_WRITTEN_COUNTS = 400  # cells with their count written in them; more are too small for the digits
 
-def plot_training_curves(network_rows: list[dict], path: Path) -> None:
+
+def save_figure(figure: Figure, path: Path | str) -> None:
+    """Lay out, write the PNG and free the figure, so long runs do not accumulate open figures."""
+    figure.tight_layout()
+    write_figure(figure, path)
+    plt.close(figure)
+
+
+def tick_step(count: int) -> int:
+    """Label every tick_step-th of `count` positions, so that at most MAX_TICK_LABELS labels share an axis."""
+    return -(-count // MAX_TICK_LABELS)
+
+
+def training_curves_figure(network_rows: list[dict]) -> Figure:
     """Network dR (from the shared statistics) and the max consensus residual, per round."""
     rounds = [row["round"] for row in network_rows]
     figure, (rate_axis, residual_axis) = plt.subplots(1, 2, figsize=(10, 4))
@@ -26,34 +47,47 @@ def plot_training_curves(network_rows: list[dict], path: Path) -> None:
     residual_axis.set(
         xlabel="round", ylabel=r"max $\|V_i^k - V_j^k\|_F$", title="Consensus residual (max over edges, classes)"
     )
-    figure.tight_layout()
-    write_figure(figure, path)
-    plt.close(figure)
+    return figure
+
+
+def plot_training_curves(network_rows: list[dict], path: Path) -> None:
+    save_figure(training_curves_figure(network_rows), path)
+
+
+def partition_figure(counts: np.ndarray) -> Figure:
+    """Heatmap of training samples per node (rows) and class (columns), the counts written in the cells when few.
+
+    Up to MAX_PARTITION_COLUMNS classes every class keeps its own column: the cells are the partition, and summing
+    classes would hide which ones a node lacks. Beyond that, consecutive classes are summed in equal groups, and the
+    title says so.
+    """
+    num_nodes, num_classes = counts.shape
+    group = -(-num_classes // MAX_PARTITION_COLUMNS)
+    columns = np.add.reduceat(counts, np.arange(0, num_classes, group), axis=1)
+    num_columns = columns.shape[1]
+    figure, axis = plt.subplots(
+        figsize=(min(max(4, 0.45 * num_columns + 2), 16), min(max(3, 0.4 * num_nodes + 1.5), 12))
+    )
+    image = axis.imshow(columns, cmap="viridis", aspect="auto", vmin=0, interpolation="nearest")
+    if columns.size <= MAX_WRITTEN_COUNTS and num_columns <= 30:
+        threshold = columns.max() / 2
+        for (node, column), value in np.ndenumerate(columns):
+            colour = "black" if value > threshold else "white"
+            axis.text(column, node, str(value), ha="center", va="center", fontsize=7, color=colour)
+    column_ticks = np.arange(0, num_columns, tick_step(num_columns))
+    axis.set_xticks(column_ticks, [str(column * group) for column in column_ticks])
+    axis.set_yticks(np.arange(0, num_nodes, tick_step(num_nodes)))
+    title = f"Training samples per node and class ({num_nodes} nodes, {num_classes} classes)"
+    if group > 1:
+        title += f"\nclasses summed in groups of {group} consecutive classes, labelled by their first class"
+        axis.set(xlabel=f"class (first of a group of {group})", ylabel="node")
+    else:
+        axis.set(xlabel="class", ylabel="node")
+    axis.set_title(title, fontsize=10)
+    unit = "training samples (count)" if group == 1 else f"training samples in the {group} classes (count)"
+    figure.colorbar(image, ax=axis, label=unit)
+    return figure
 
 
 def plot_partition(counts: np.ndarray, path: Path) -> None:
-    """Heatmap of training samples per node (rows) and class (columns), counts written in the cells when few."""
-    num_nodes, num_classes = counts.shape
-    figure, axis = plt.subplots(figsize=(max(4, 0.45 * num_classes + 2), max(3, 0.4 * num_nodes + 1.5)))
-    image = axis.imshow(counts, cmap="viridis", aspect="auto", vmin=0)
-    if num_nodes * num_classes <= 400:
-        threshold = counts.max() / 2
-        for (node, label), value in np.ndenumerate(counts):
-            axis.text(
-                label,
-                node,
-                str(value),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="black" if value > threshold else "white",
-            )
-    axis.set(xlabel="class", ylabel="node", title="Training samples per node and class")
-    if num_classes <= 20:
-        axis.set_xticks(range(num_classes))
-    if num_nodes <= 40:
-        axis.set_yticks(range(num_nodes))
-    figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    write_figure(figure, path)
-    plt.close(figure)
+    save_figure(partition_figure(counts), path)
