@@ -440,7 +440,7 @@ def _capped(dataset: Dataset, cfg) -> Dataset:
 
 @dataclass
 class DigitsConfig:
-    name: str = "digits"
+    name: str = "digits"  # the dataset: scikit-learn's bundled 8x8 handwritten digits, 10 classes
     seed: int = 0  # fixes the train/test split, independently of the run seed
     test_fraction: float = 0.3  # share of samples held out for testing (stratified)
     subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
@@ -466,13 +466,13 @@ DATASETS.add(
 
 @dataclass
 class SyntheticConfig:
-    name: str = "synthetic"
+    name: str = "synthetic"  # the dataset: noisy samples of a random low-dimensional subspace per class
     seed: int = 0  # fixes the generated samples, independently of the run seed
-    num_classes: int = 10
+    num_classes: int = 10  # number of classes K (>= 2)
     ambient_dim: int = 64  # dimension D of the samples
     subspace_dim: int = 4  # dimension of each class subspace
-    train_per_class: int = 100
-    test_per_class: int = 50
+    train_per_class: int = 100  # training samples per class
+    test_per_class: int = 50  # test samples per class
     noise: float = 0.05  # std of isotropic Gaussian noise added to each sample
     shape: Optional[List[int]] = None  # reshape samples to this shape, e.g. [1, 8, 8] (product = ambient_dim)
     subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
@@ -526,14 +526,14 @@ AUGMENTATIONS = ("none", "crop_flip")
 
 @dataclass
 class ImageConfig:
-    name: str = "cifar10"
+    name: str = "cifar10"  # the torchvision dataset: mnist, fashion_mnist, cifar10 or cifar100
     seed: int = 0  # seeds data.subset's choice of samples
     root: str = "${oc.env:SEMDL_DATA,'~/.cache/semdl/data'}"  # where the files are (or are downloaded to)
     download: bool = True  # download missing files
     subset: Optional[int] = None  # at most this many samples per class, in train and in test (seeded by data.seed)
     resize: Optional[int] = None  # resize images to resize x resize (the MNIST runs use 32)
-    mean: List[float] = field(default_factory=lambda: [0.5])  # per-channel normalisation (1 entry: all channels)
-    std: List[float] = field(default_factory=lambda: [0.5])
+    mean: List[float] = field(default_factory=lambda: [0.5])  # per-channel normalisation mean (1 entry: all channels)
+    std: List[float] = field(default_factory=lambda: [0.5])  # per-channel normalisation std, each > 0 (1 entry: all)
     augment: str = "none"  # none | crop_flip (training batches only, on the device)
 
 

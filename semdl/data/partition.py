@@ -267,7 +267,7 @@ def _check_alpha_key(cfg) -> None:
 
 @dataclass
 class IIDConfig:
-    name: str = "iid"
+    name: str = "iid"  # the partition: every node gets each class's samples in equal shares
 
 
 PARTITIONS.add("iid", PartitionKind(lambda cfg, labels, num_classes, num_nodes, seed: partition_iid(labels, num_nodes, seed)), IIDConfig)
@@ -275,7 +275,7 @@ PARTITIONS.add("iid", PartitionKind(lambda cfg, labels, num_classes, num_nodes, 
 
 @dataclass
 class DirichletConfig:
-    name: str = "dirichlet"
+    name: str = "dirichlet"  # the partition: each class shared out over the nodes in Dir(alpha) proportions
     alpha: float = 0.5  # concentration of Dir(alpha) over nodes, per class; small = heterogeneous
     min_size: int = 10  # every node needs at least this many samples (redrawn otherwise)
     max_tries: int = 1000  # redraws before giving up with an error
@@ -301,7 +301,7 @@ PARTITIONS.add(
 
 @dataclass
 class DirichletClientConfig:
-    name: str = "dirichlet_client"
+    name: str = "dirichlet_client"  # the partition: each node draws its own class mix from Dir(alpha)
     alpha: float = 0.5  # concentration of each node's Dir(alpha) class mix; small = heterogeneous
     node_size: Optional[int] = None  # samples per node (null: equal shares of the training set)
 
@@ -326,8 +326,8 @@ PARTITIONS.add(
 
 @dataclass
 class LabelSplitConfig:
-    name: str = "label_split"
-    classes_per_node: int = 2
+    name: str = "label_split"  # the partition: each node holds a few whole classes, shared with their other holders
+    classes_per_node: int = 2  # classes each node holds (>= 1)
 
 
 PARTITIONS.add(
@@ -344,7 +344,7 @@ PARTITIONS.add(
 
 @dataclass
 class TableConfig:
-    name: str = "table"
+    name: str = "table"  # the partition: explicit per-node per-class sample counts
     counts: Optional[List[List[int]]] = None  # per-node per-class counts (nodes x classes)
     path: Optional[str] = None  # or a text file of counts, one row per node, one column per class
 

@@ -23,7 +23,7 @@ def _adjacency(graph: nx.Graph, num_nodes: int) -> np.ndarray:
 
 @dataclass
 class SmallWorldConfig:
-    name: str = "small_world"
+    name: str = "small_world"  # the graph: Watts-Strogatz small world
     k: int = 4  # each node starts linked to its k nearest neighbours on a ring (k even)
     p: float = 0.1  # probability of rewiring each link to a random node (redrawn until connected)
 
@@ -44,7 +44,7 @@ def small_world(num_nodes: int, seed: int, k: int = 4, p: float = 0.1) -> np.nda
 
 @dataclass
 class ScaleFreeConfig:
-    name: str = "scale_free"
+    name: str = "scale_free"  # the graph: Barabási-Albert preferential attachment
     m: int = 2  # links of each new node to existing ones, chosen in proportion to their degree
 
 
@@ -58,7 +58,7 @@ def scale_free(num_nodes: int, seed: int, m: int = 2) -> np.ndarray:
 
 @dataclass
 class GridConfig:
-    name: str = "grid"
+    name: str = "grid"  # the graph: a 2-D lattice (or a torus)
     rows: Optional[int] = None  # rows x (nodes / rows) nodes; null: the most nearly square factorisation of nodes
     periodic: bool = False  # true: a torus (the edges wrap around)
 
@@ -76,7 +76,7 @@ def grid(num_nodes: int, seed: int, rows: int | None = None, periodic: bool = Fa
 
 @dataclass
 class RandomRegularConfig:
-    name: str = "random_regular"
+    name: str = "random_regular"  # the graph: uniformly drawn with every node of the same degree
     degree: int = 3  # every node's number of links (degree * nodes must be even)
 
 

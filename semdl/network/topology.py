@@ -95,18 +95,18 @@ TOPOLOGIES: Registry[Callable[..., np.ndarray]] = Registry("topology", "topology
 
 @dataclass
 class PlainConfig:
-    name: str = "ring"
+    name: str = "ring"  # the graph: ring, complete, star, or the published paper10 and paper5
 
 
 @dataclass
 class ErdosRenyiConfig:
-    name: str = "erdos_renyi"
+    name: str = "erdos_renyi"  # the graph: Erdős–Rényi, each possible edge present with probability p
     p: float = 0.5  # edge probability (redrawn, seeded by the run seed, until the graph is connected)
 
 
 @dataclass
 class FileConfig:
-    name: str = "file"
+    name: str = "file"  # the graph: an adjacency matrix read from topology.path
     path: Optional[str] = None  # adjacency matrix text file: N rows of N whitespace-separated 0/1 entries
 
 

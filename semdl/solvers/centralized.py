@@ -13,7 +13,7 @@ from semdl.solvers.local import Local
 
 @dataclass
 class CentralizedConfig:
-    name: str = "centralized"
+    name: str = "centralized"  # the solver: one node trains on the union of all parts (a baseline)
     gamma1: float = 1.0  # weight of R in dR
     gamma2: float = 1.0  # weight of Rc in dR
 

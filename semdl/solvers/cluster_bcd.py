@@ -32,7 +32,7 @@ BATCH_SCALINGS = ("published", "rescaled")
 
 @dataclass
 class ClusterBCDConfig:
-    name: str = "cluster_bcd"
+    name: str = "cluster_bcd"  # the solver: block coordinate descent within clusters of class holders (non-i.i.d.)
     rho: float = 2.0  # consensus penalty
     dual_step: float = 0.1  # alpha, the dual ascent step
     gamma1: float = 1.0  # weight of R in dR

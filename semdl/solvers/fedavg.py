@@ -26,7 +26,7 @@ AGGREGATIONS = ("server", "gossip")
 
 @dataclass
 class FedAvgMCR2Config:
-    name: str = "fedavg_mcr2"
+    name: str = "fedavg_mcr2"  # the solver: federated averaging of encoders trained on their rate reduction
     aggregation: str = "server"  # server: average over all nodes; gossip: over each node's neighbours and itself
     gamma1: float = 1.0  # weight of R in dR
     gamma2: float = 1.0  # weight of Rc in dR
@@ -34,7 +34,7 @@ class FedAvgMCR2Config:
 
 @dataclass
 class FedAvgCEConfig:
-    name: str = "fedavg_ce"
+    name: str = "fedavg_ce"  # the solver: federated averaging of encoders trained on cross-entropy
     aggregation: str = "server"  # server: average over all nodes; gossip: over each node's neighbours and itself
 
 

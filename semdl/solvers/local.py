@@ -19,7 +19,7 @@ from semdl.solvers.primal_dual import check_rate_weights
 
 @dataclass
 class LocalConfig:
-    name: str = "local"
+    name: str = "local"  # the solver: every node trains alone on its own data (a baseline)
     gamma1: float = 1.0  # weight of R in dR
     gamma2: float = 1.0  # weight of Rc in dR
 

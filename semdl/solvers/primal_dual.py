@@ -28,7 +28,7 @@ IID_TOLERANCE = 0.05  # total-variation distance from the global class mix above
 
 @dataclass
 class PrimalDualConfig:
-    name: str = "primal_dual"
+    name: str = "primal_dual"  # the solver: primal-dual consensus on shared class statistics (i.i.d. data)
     rho: float = 5.0  # consensus penalty
     dual_step: float = 0.1  # alpha, the dual ascent step
     gamma1: float = 1.0  # weight of R in dR
