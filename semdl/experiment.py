@@ -23,6 +23,7 @@ from semdl.pipeline.finish import evaluated_at, finish, headline
 from semdl.pipeline.loop import History, train_rounds
 from semdl.pipeline.network import Network, build_network, node_descriptions, process_device, resolve_device
 from semdl.pipeline.runs import EVALUATION_KEYS, load_resumable, load_run
+from semdl.tracking import Resumption, tracking
 
 __all__ = ["Network", "build_network", "headline", "reevaluate", "resolve_device", "resume_experiment", "run_experiment"]
 
@@ -83,10 +84,12 @@ def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=l
     )
     rows = []
     if network.communicator.rank == 0:
+        # Rows after the checkpoint are redone; so is the final evaluation of a run stopped in it. A periodic
+        # evaluation of the checkpoint's round came before that checkpoint: it is kept, as nothing redoes it.
+        final_redone = not run.finished and done == checkpoint["config"]["train"]["rounds"]
         rows = truncate_metrics(
             run_dir / "metrics.jsonl",
-            # Rows after the checkpoint are redone; so is the final evaluation of a run that had not finished.
-            lambda row: row["round"] < done or (row["round"] == done and (run.finished or row["node"] != "eval")),
+            lambda row: row["round"] < done or (row["round"] == done and not (final_redone and row["node"] == "eval")),
         )
     log.info("resuming %s at round %d of %d (from %s)", run_dir, done + 1, cfg.train.rounds, run.checkpoint_file.name)
     return train_and_finish(cfg, run_dir, network, device, done, History.of(rows), started)
@@ -122,9 +125,12 @@ def train_and_finish(
             description["weight_bytes"] / 1e6,
             description["statistics_bytes"] / 1e6,
         )
+    # A resumed run continues from a checkpoint, and checkpoints are written after a round: done > 0.
+    resumed = Resumption(done, frozenset(row["round"] for row in history.evaluation_rows)) if done else None
     try:
-        train_rounds(cfg, run_dir, network, done, history)
-        return finish(cfg, run_dir, network, device, history, descriptions, started)
+        with tracking(cfg, run_dir, network.run_id, network.communicator.rank == 0, resumed) as tracker:
+            train_rounds(cfg, run_dir, network, done, history, tracker)
+            return finish(cfg, run_dir, network, device, history, descriptions, started, tracker)
     except NumericalError as error:
         raise NumericalError(f"{error}; stopped, the last good checkpoint is in {run_dir / 'checkpoints'}") from None
 

@@ -1,0 +1,169 @@
+"""logger=mlflow: an MLflow run, by default in an sqlite store beside the run (MLflow 3's recommended local store;
+its file store is in maintenance mode and refused unless forced), so nothing needs a server or the network.
+
+Where: `logger.tracking_uri` when set (a server, a database); otherwise sqlite:///<run_dir>/mlflow.db with its
+artifacts in <run_dir>/mlflow-artifacts, and in a -m sweep the same two in the sweep folder, so that all the jobs of
+a sweep are runs of one MLflow experiment. <run_dir>/mlflow_run.json records the store and the MLflow run, so that
+`resume=` continues that run (found by its tag semdl.run_id)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from semdl.errors import UserError
+from semdl.io import write_json
+from semdl.tracking.base import EXTRA, LOGGERS, Resumption, ScalarTracker, as_text, require
+
+RUN_FILE = "mlflow_run.json"
+SQLITE = "sqlite:///"  # then the database file's path: sqlite:////absolute/path, sqlite:///relative/path
+STORE, ARTIFACTS = "mlflow.db", "mlflow-artifacts"
+RUN_ID_TAG = "semdl.run_id"
+STATUSES = {"finished": "FINISHED", "killed": "KILLED", "failed": "FAILED"}
+
+
+@dataclass
+class MlflowConfig:
+    name: str = "mlflow"  # the tracker: an MLflow run, offline unless tracking_uri names a server
+    tracking_uri: Optional[str] = None  # null: an sqlite store in the run directory (a sweep's: in its folder)
+    experiment: str = "semdl"  # the MLflow experiment that holds the run
+
+
+def _param(value: Any) -> str:
+    """A config value as an MLflow param: as_text, cut to MLflow's length limit (a long partition.counts table) and
+    then ending in "..."; .hydra/config.yaml holds it whole."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    text = as_text(value)
+    return text if len(text) <= MAX_PARAM_VAL_LENGTH else text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
+
+
+def store_folder(run_dir: Path) -> Path:
+    """The run directory, or, for a job of a -m sweep, the sweep folder (hydra.sweep.dir) that holds every job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():  # the library API: no Hydra job
+        return run_dir
+    job = HydraConfig.get()
+    # Hydra keeps the config of the last job it ran: it speaks for this run only if that job runs in run_dir.
+    if job.mode == RunMode.MULTIRUN and Path(job.runtime.output_dir).resolve() == run_dir.resolve():
+        return Path(job.sweep.dir)
+    return run_dir
+
+
+@contextmanager
+def one_at_a_time(tracking_uri: str) -> Iterator[None]:
+    """Hold <store>.lock, for an sqlite store: the jobs of a parallel sweep (hydra/launcher=joblib) share the sweep's
+    store, and two processes creating its tables at once corrupt it. Once created, sqlite's own locking serialises
+    their writes."""
+    if not tracking_uri.startswith(SQLITE):
+        yield
+        return
+    lock = Path(tracking_uri[len(SQLITE) :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+@LOGGERS.register("mlflow", MlflowConfig)
+class MlflowRun(ScalarTracker):
+    """Metrics tagged as `network/dR`, `node0/loss`, `eval/knn/mean`, ... with the round as step; the resolved
+    config as params; the figures as artifacts under figures/. MLflow keeps each value as a float64: exact."""
+
+    Config = MlflowConfig
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        # mlflow-skinny writes to servers; its sqlite store needs SQLAlchemy and Alembic as well.
+        require("mlflow", "MLflow", ("mlflow", "sqlalchemy", "alembic"))
+        import mlflow
+
+        # Before 3.7, creating an sqlite store replaced the process's logging setup (semdl.log lost its lines).
+        if tuple(int(part) for part in mlflow.__version__.split(".")[:2]) < (3, 7):
+            raise UserError(f"logger=mlflow needs MLflow >= 3.7 (found {mlflow.__version__}): {EXTRA}")
+
+    def start(self, hyperparameters: dict[str, Any], run_id: str, resumed: Resumption | None) -> None:
+        # The store announces its table migrations at INFO, which would fill the terminal and semdl.log.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        recorded = self.run_dir / RUN_FILE
+        folder = store_folder(self.run_dir).resolve()
+        tracking_uri = (
+            json.loads(recorded.read_text())["tracking_uri"]
+            if recorded.is_file()
+            else self.settings.tracking_uri or f"{SQLITE}{folder / STORE}"
+        )
+        with one_at_a_time(tracking_uri):
+            self._open(tracking_uri, folder, hyperparameters, run_id)
+
+    def _open(self, tracking_uri: str, folder: Path, hyperparameters: dict[str, Any], run_id: str) -> None:
+        """Create or continue the MLflow run (store, experiment, run, params) and record it in the run directory."""
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(self.settings.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            # A store of semdl's keeps its artifacts beside it; a server given by the user decides for itself.
+            location = None if self.settings.tracking_uri else (folder / ARTIFACTS).as_uri()
+            experiment_id = self.client.create_experiment(self.settings.experiment, artifact_location=location)
+        params = {key: _param(value) for key, value in hyperparameters.items()}
+        found = self.client.search_runs([experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1)
+        if found:
+            run, self.logged = found[0], self._logged(found[0])
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            # MLflow cannot change a param: one that a resume changed (train.rounds) becomes a tag.
+            old = run.data.params
+            changed = [
+                RunTag(f"semdl.resumed.{key}", value) for key, value in params.items() if old.get(key, value) != value
+            ]
+            params = {key: value for key, value in params.items() if key not in old}
+        else:
+            tags = {RUN_ID_TAG: run_id, "semdl.run_dir": str(self.run_dir.resolve())}
+            run, self.logged = self.client.create_run(experiment_id, run_name=self.run_dir.name, tags=tags), set()
+            changed = []
+        self.mlflow_run_id = run.info.run_id
+        self.client.log_batch(
+            self.mlflow_run_id, params=[Param(key, value) for key, value in params.items()], tags=changed
+        )
+        write_json(
+            self.run_dir / RUN_FILE,
+            {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "run_id": self.mlflow_run_id},
+        )
+
+    def _logged(self, run) -> set[tuple[str, int]]:
+        """Every (metric, round) the store holds for `run`. MLflow cannot remove a value, so a resumed run does not
+        log these again: the rounds it redoes after its checkpoint keep the values first logged (the same on the
+        CPU, where a resumed run repeats the uninterrupted one, but for `seconds`)."""
+        return {
+            (key, metric.step)
+            for key in run.data.metrics
+            for metric in self.client.get_metric_history(run.info.run_id, key)
+        }
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(tag, value, timestamp, step) for tag, value in scalars.items() if (tag, step) not in self.logged
+        ]
+        if metrics:
+            self.client.log_batch(self.mlflow_run_id, metrics=metrics)
+
+    def log_figures(self, round_index: int, paths: list[Path]) -> None:
+        for path in paths:
+            self.client.log_artifact(self.mlflow_run_id, str(path), "figures")
+
+    def close(self, status: str) -> None:
+        self.client.set_terminated(self.mlflow_run_id, STATUSES[status])
