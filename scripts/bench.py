@@ -44,7 +44,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from torch import Tensor
 
-from semdl.cli import CONFIG_MODULE
+from semdl.cli import CONFIG_MODULE, load_registries
 from semdl.config import validate
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import Network, build_network, resolve_device
@@ -210,6 +210,7 @@ def cuda_missing(device: str) -> bool:
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """The experiment's config as `semdl train` would compose it, validated."""
+    load_registries()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
         cfg = compose(config_name="config", overrides=overrides)
     validate(cfg)

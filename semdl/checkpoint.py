@@ -69,10 +69,12 @@ def _to_cpu(value):
     return value
 
 
-def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dict | None:
+def checkpoint_state(round_index: int, network: Network, cfg: DictConfig, optimizers: bool = True) -> dict | None:
     """Everything of every node, in the per-node layout whatever groups or ranks ran it, the byte counters, the
-    solver's own state and every random generator; on the CPU. A distributed run gathers the nodes' states to
-    rank 0 (every rank must call this); other ranks get None. Encoder tensors, statistics and duals are copied
+    solver's own state and every random generator; on the CPU. Without `optimizers` (a finished run's last
+    checkpoint under train.final_optimizer_state=false), the encoders' optimizer state is None: with Adam, the
+    file is about a third as large. A distributed run gathers the nodes' states to rank 0 (every rank must call
+    this); other ranks get None. Encoder tensors, statistics and duals are copied
     out of their group's stacked storage, which would otherwise be saved whole with each view."""
     for group in network.groups:
         group.sync_optimizers()
@@ -82,7 +84,7 @@ def checkpoint_state(round_index: int, network: Network, cfg: DictConfig) -> dic
                 {
                     "architecture": node.architecture,
                     "encoder": {name: value.clone() for name, value in node.encoder.state_dict().items()},
-                    "optimizer": node.optimizer.state_dict(),
+                    "optimizer": node.optimizer.state_dict() if optimizers else None,
                     "statistics": node.statistics.clone(),
                     "counts": node.counts.clone(),
                     "dual": node.dual.clone(),
@@ -137,7 +139,8 @@ def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> 
     for node in nodes:
         saved = checkpoint["nodes"][node.index]
         node.encoder.load_state_dict(saved["encoder"])
-        node.optimizer.load_state_dict(saved["optimizer"])
+        if saved["optimizer"] is not None:
+            node.optimizer.load_state_dict(saved["optimizer"])
         node.statistics = saved["statistics"].to(device)
         node.counts = saved["counts"].to(device)
         node.dual = saved["dual"].to(device)
@@ -149,6 +152,12 @@ def restore_network(checkpoint: dict, network: Network) -> None:
     if len(checkpoint["nodes"]) != len(network.parts):
         raise UserError(
             f"the checkpoint holds {len(checkpoint['nodes'])} nodes but this run's solver trains {len(network.parts)}"
+        )
+    if any(node["optimizer"] is None for node in checkpoint["nodes"]):
+        log.warning(
+            "the checkpoint of round %d holds no optimizer state (train.final_optimizer_state=false): the encoders' "
+            "optimizers start afresh, so the rounds from here differ from a run trained straight through",
+            checkpoint["round"],
         )
     restore_nodes(checkpoint, network.nodes, network.nodes[0].statistics.device)
     network.communicator.bytes_sent = list(checkpoint["bytes_sent"])

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import uuid
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import NoReturn
@@ -20,8 +21,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError
@@ -71,7 +73,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def _one_line(error: Exception) -> str:
+def hydra_error_line(error: Exception) -> str:
     """Hydra and OmegaConf explain on several lines; keep the lines that say what is wrong."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, option = error.missing_cfg_file.rpartition("/")
@@ -83,28 +85,54 @@ def _one_line(error: Exception) -> str:
     return "; ".join(line for line in lines if "HYDRA_FULL_ERROR" not in line and not line.startswith("object_type"))
 
 
-def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override lists of every job a command line starts: one, or the cartesian product of a -m sweep's
-    values (choice, range, a,b,c), in Hydra's basic sweeper's order."""
+def sweep_jobs(overrides: list[str], multirun: bool, searching: bool = False) -> list[list[str]]:
+    """The override lists of the jobs to validate before any runs: the one job; the cartesian product of a -m
+    sweep's values (choice, range, a,b,c), in Hydra's basic sweeper's order; or, for a search, a set of jobs that
+    takes every choice and range value and both ends of every interval at least once."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     if not multirun:
         return [overrides]
-    values = [
-        [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
-        if override.is_sweep_override()
-        else [override.input_line]
-        for override in parsed
-    ]
+    values = [[override.input_line] for override in parsed]
+    for index, override in enumerate(parsed):
+        if not override.is_sweep_override():
+            continue
+        key, sweep = override.get_key_element(), override.value()
+        if isinstance(sweep, IntervalSweep) and not searching:
+            raise UserError(f"{override.input_line}: an interval is searched, not enumerated; add hydra/sweeper=optuna")
+        points = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else override.sweep_string_iterator()
+        values[index] = [f"{key}={value}" for value in points]
+    if searching:
+        return [[choices[i % len(choices)] for choices in values] for i in range(max(map(len, values), default=1))]
     return [list(job) for job in itertools.product(*values)]
 
 
-def output_directory(overrides: list[str], multirun: bool) -> tuple[str, Path]:
+SEARCH = "hydra_plugins.semdl_search.OptunaSearch"  # hydra/sweeper=optuna's _target_
+EXTRAS = {  # the config a Hydra plugin brings, and what to install for it
+    "hydra/launcher/joblib": "sweep",
+    "hydra/launcher/submitit_local": "sweep",
+    "hydra/launcher/submitit_slurm": "sweep",
+}
+
+
+def output_directory(hydra: DictConfig, multirun: bool) -> tuple[str, Path]:
     """The run (or sweep) directory the command line asks for, resolved once, with its key."""
-    hydra_overrides = [item for item in overrides if item.lstrip("+~").startswith("hydra")]
-    hydra = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
     if multirun:
         return "hydra.sweep.dir", Path(hydra.sweep.dir)
     return "hydra.run.dir", Path(hydra.run.dir)
+
+
+def hydra_settings(overrides: list[str]) -> DictConfig:
+    """The `hydra` node the command line composes (its directories, launcher and sweeper), with one line naming the
+    extra to install when it asks for a plugin that is not installed."""
+    hydra_overrides = [item for item in overrides if item.lstrip("+~").startswith("hydra")]
+    try:
+        return compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
+    except MissingConfigException as error:
+        missing = (error.missing_cfg_file or "").removesuffix(".yaml")
+        if missing in EXTRAS:
+            group, _, option = missing.rpartition("/")
+            raise UserError(f'{group}={option} needs its Hydra plugin: pip install -e ".[{EXTRAS[missing]}]"') from None
+        raise
 
 
 def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
@@ -131,34 +159,42 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     from semdl.config import validate
     from semdl.data import input_shape
     from semdl.models import architectures, check_input_shape
+    from semdl.io.table import metric_names
     from semdl.network import topology_of
     from semdl.network.distributed import process_rank
+    from semdl.search import check_search, search_space
 
     load_registries()
-
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
-            key, directory = output_directory(overrides, multirun)
+            hydra = hydra_settings(overrides)
+            key, directory = output_directory(hydra, multirun)
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
                 check_output_directory(key, directory, multirun)
-            jobs = sweep_jobs(overrides, multirun)
+            searching = multirun and hydra.sweeper.get("_target_") == SEARCH
+            params = dict(hydra.sweeper.get("params") or {}) if searching else {}
+            jobs = sweep_jobs([f"{name}={value}" for name, value in params.items()] + overrides, multirun, searching)
             for job in jobs:
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
                 paths = [item for item in job if item.startswith("hydra.searchpath")] or search
                 try:
                     cfg = compose(config_name="config", overrides=paths + own)
                 except ConfigCompositionException as error:
-                    raise UserError(_not_a_key(error, paths + own) or _one_line(error)) from None
+                    raise UserError(not_a_key_line(error, paths + own) or hydra_error_line(error)) from None
                 validate(cfg)
                 topology_of(cfg)
                 for architecture in set(architectures(cfg.model, cfg.nodes)):
                     check_input_shape(architecture, input_shape(cfg.data))
+                if searching:
+                    check_search(cfg, hydra.sweeper, metric_names(cfg.eval.classifiers))
+            if searching:
+                search_space([item for item in overrides if not item.lstrip("+~").startswith("hydra")], params)
     except (HydraException, OmegaConfBaseException) as error:
-        raise UserError(_one_line(error)) from None
-    return key, directory, len(jobs)
+        raise UserError(hydra_error_line(error)) from None
+    return key, directory, hydra.sweeper.n_trials if searching else len(jobs)
 
 
-def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str | None:
+def not_a_key_line(error: ConfigCompositionException, overrides: list[str]) -> str | None:
     """`solver=local solver.rho=3`: say which keys the chosen option has, instead of Hydra's "Could not override"."""
     text = str(error)
     if not text.startswith("Could not override '"):
@@ -175,7 +211,9 @@ def _not_a_key(error: ConfigCompositionException, overrides: list[str]) -> str |
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def train_job(cfg: DictConfig) -> None:
+def train_job(cfg: DictConfig) -> float | None:
+    """One run. In a sweep, its value of `sweep.objective` is the job's return value (what a search optimises),
+    None when the job failed."""
     from semdl.config import validate
     from semdl.experiment import run_experiment
     from semdl.network.distributed import process_rank
@@ -186,12 +224,83 @@ def train_job(cfg: DictConfig) -> None:
 
     def train() -> dict | None:
         validate(cfg)
+        share_cores(HydraConfig.get().launcher)
         return run_experiment(cfg, run_dir)  # holds run_dir (already held, unless this is a job of a sweep)
 
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        report(run_dir, sweep_job(train, run_dir))
+    with run_log(run_dir if process_rank() == 0 else None, cfg):
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            report(run_dir, guarded(train, cfg.nodes, run_dir))
+            return None
+        summary = sweep_job(train, run_dir)
+        report(run_dir, summary)
+    return None if summary is None else objective_value(run_dir, cfg.sweep.objective)
+
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
+
+
+@contextmanager
+def run_log(run_dir: Path | None, cfg: DictConfig):
+    """While a job runs, its semdl.log gets what semdl says whatever logging Hydra was told to set up
+    (hydra/job_logging=disabled, none, stdout: then semdl adds a handler of its own), and what only the log keeps:
+    the configuration, and progress at intervals (logger `semdl.run`; the terminal has tqdm's bar). Nothing for
+    a rank other than 0 (None), whose directory is a scratch folder."""
+    if run_dir is None:
+        yield
+        return
+    path = (run_dir / "semdl.log").resolve()
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    semdl, only_the_log = logging.getLogger("semdl"), logging.getLogger("semdl.run")
+    written = [h for h in [*logging.getLogger().handlers, *semdl.handlers] if isinstance(h, logging.FileHandler)]
+    loggers = [only_the_log]
+    if not any(Path(h.baseFilename).resolve() == path for h in written):
+        loggers.append(semdl)
+    saved = [(logger.level, logger.disabled, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.disabled = False  # hydra/job_logging=disabled disables the loggers that exist
+    only_the_log.propagate = False
+    only_the_log.info(
+        "configuration (overrides: %s):\n%s",
+        " ".join(HydraConfig.get().overrides.task) or "none",
+        OmegaConf.to_yaml(cfg).rstrip(),
+    )
+    try:
+        yield
+    finally:
+        for logger, (level, disabled, propagate) in zip(loggers, saved):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.disabled, logger.propagate = disabled, propagate
+        handler.close()
+
+
+def objective_value(run_dir: Path, objective: str) -> float | None:
+    """The run's value of a metric, as `semdl table` reads it from the run's files."""
+    from semdl.io.table import load_run_record
+
+    return load_run_record(run_dir)["metrics"].get(objective)
+
+
+def share_cores(launcher: DictConfig) -> None:
+    """Jobs that run side by side share the machine's cores instead of each starting one torch thread per core (on
+    2 cores, that slowed training up to 40x): under the joblib launcher each job takes cores / parallel jobs
+    threads; under submitit, the cpus_per_task it asked for."""
+    import torch
+
+    target = launcher.get("_target_", "")
+    cores = os.cpu_count() or 1
+    if target.endswith("JoblibLauncher"):
+        jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)  # joblib's -1: all cores
+        threads, reason = max(1, cores // jobs), f"{cores} cores shared by {jobs} parallel jobs"
+    elif "submitit" in target and launcher.get("cpus_per_task"):
+        threads, reason = launcher.cpus_per_task, "hydra.launcher.cpus_per_task"
     else:
-        report(run_dir, guarded(train, cfg.nodes, run_dir))
+        return
+    torch.set_num_threads(threads)
+    logging.getLogger("semdl").info(f"{threads} torch threads ({reason})")
 
 
 FAILURES = "failures.jsonl"  # in a sweep's folder: one line per failed job
@@ -439,6 +548,11 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     load_registries()  # before Hydra composes: the schema and every option's keys
     informational = parsed.help or parsed.hydra_help or parsed.info or parsed.cfg or parsed.shell_completion
     sys.argv = [f"semdl {command}", *arguments]
+    if parsed.help and command == "train":
+        from semdl.help import train_help
+
+        print(train_help(parsed.overrides, parsed.config_dir))
+        return
     if informational:
         job()
         return

@@ -16,15 +16,16 @@ from semdl.resources import check_memory
 
 @dataclass
 class TrainConfig:
-    rounds: int = 100
-    local_epochs: int = 1
-    batch_size: int = 1000
+    rounds: int = 100  # communication rounds (>= 1)
+    local_epochs: int = 1  # passes over a node's own data in each round (>= 1)
+    batch_size: int = 1000  # samples per mini-batch of local training (>= 2)
     batching: str = "equal"  # equal: ceil(n / batch_size) batches of near-equal size; published: batch_size, then the rest
-    optimizer: str = "adam"
-    lr: float = 0.001
-    weight_decay: float = 1e-5
+    optimizer: str = "adam"  # each node's optimizer: adam | adamw | sgd (momentum 0.9)
+    lr: float = 0.001  # the optimizer's learning rate (> 0)
+    weight_decay: float = 1e-5  # the optimizer's weight decay (>= 0)
     checkpoint_every: int = 10  # write checkpoints/last.pt every this many rounds (0: only at the end)
     keep_checkpoints: int = 2  # how many checkpoints to keep: last.pt, previous.pt, previous-2.pt, ... (1: last.pt)
+    final_optimizer_state: bool = True  # keep the optimizers' state in a finished run's last.pt (false: smaller)
     amp: str = "auto"  # bf16 autocast of the encoders (objectives stay float32): auto = on CUDA
     compile: str = "auto"  # torch.compile of the encoders: auto = on CUDA
 
@@ -40,7 +41,7 @@ class EvalConfig:
     name: str = "default"  # the evaluation protocol: default (semdl's) or paper (the published code's)
     knn_k: int = 10  # neighbours of the cosine k-NN classifier
     every: int = 0  # also evaluate every this many rounds (0: only at the end)
-    classifiers: List[str] = field(
+    classifiers: List[str] = field(  # the classifiers trained on the frozen features and scored on the test set
         default_factory=lambda: ["knn", "nearest_subspace", "semantic_subspace", "linear_probe"]
     )
     n_components: Optional[int] = None  # dimension of class subspaces (null: dim_z // classes, at most 30)
@@ -48,8 +49,8 @@ class EvalConfig:
     probe_batch_size: Optional[int] = None  # linear probe: mini-batch size (null: the full batch)
     probe_lr: float = 0.1  # linear probe: Adam's learning rate
     probe_hidden: Optional[int] = None  # a hidden ReLU layer of this width makes the probe an MLP (null: linear)
-    test_per_class: Optional[int] = None  # evaluate on at most this many test samples per class, the same at every
-    test_seed: int = 0  # node, chosen with this seed (null: the whole test set)
+    test_per_class: Optional[int] = None  # evaluate on at most this many test samples per class (null: all of them)
+    test_seed: int = 0  # seeds the choice of eval.test_per_class's samples, the same at every node
     heatmap_per_class: int = 50  # similarity heatmap: samples per class
     heatmap_every: int = 0  # also draw figures/similarity_round_<t>.png every this many rounds (0: only at the end)
     similarity: str = "absolute"  # heatmap values: absolute (|cosine|) or clipped (cosine clipped to [0, 1])
@@ -76,18 +77,26 @@ EVALUATIONS = {"default": EvalConfig(), "paper": PAPER_EVALUATION}  # the `eval`
 
 
 @dataclass
+class SweepConfig:
+    objective: str = "acc.knn"  # what a search (hydra/sweeper=optuna) optimises: a metric of semdl table
+    direction: str = "maximize"  # maximize | minimize the objective
+
+
+@dataclass
 class Config:
     # The config groups: each option's keys and defaults are its registered dataclass (semdl.registry).
-    data: Any = MISSING
-    partition: Any = MISSING
-    model: Any = MISSING
-    topology: Any = MISSING
-    solver: Any = MISSING
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    sim: SimConfig = field(default_factory=SimConfig)
-    nodes: int = 5
-    seed: int = 0
+    data: Any = MISSING  # the dataset (data=<option>) and its keys
+    partition: Any = MISSING  # how the training set is split over the nodes (partition=<option>) and its keys
+    model: Any = MISSING  # the nodes' encoders (model=<option>) and their keys
+    topology: Any = MISSING  # the communication graph of the nodes (topology=<option>) and its keys
+    solver: Any = MISSING  # the learning method (solver=<option>) and its keys
+    logger: Any = MISSING  # the experiment tracker (logger=<option>: none, csv, tensorboard, mlflow) and its keys
+    train: TrainConfig = field(default_factory=TrainConfig)  # local training at every node
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation of the learnt features (eval=default|paper)
+    sim: SimConfig = field(default_factory=SimConfig)  # how this process batches the simulated nodes' work
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # what a hyperparameter search optimises
+    nodes: int = 5  # number of nodes N (>= 1)
+    seed: int = 0  # the run seed: partition, random topologies, initial weights, mini-batch order
     resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
     comm: str = "in_process"  # in_process | torch_distributed (launch with torchrun --nproc-per-node=P -m semdl train)
     comm_backend: str = "auto"  # torch_distributed: auto (NCCL with CUDA, gloo otherwise) | gloo | nccl
@@ -135,6 +144,7 @@ def registries() -> dict[str, Registry]:
     from semdl.models.encoders import ENCODERS
     from semdl.network.topology import TOPOLOGIES
     from semdl.solvers.base import SOLVERS
+    from semdl.tracking import LOGGERS
 
     import semdl.solvers  # noqa: F401  (registers semdl's solvers)
 
@@ -145,6 +155,7 @@ def registries() -> dict[str, Registry]:
         "topology": TOPOLOGIES,
         "solver": SOLVERS,
         "classifier": CLASSIFIERS,
+        "logger": LOGGERS,
     }
 
 
@@ -221,7 +232,9 @@ def validate(cfg: DictConfig) -> None:
     if not 0 < cfg.comm_timeout <= MAX_COMM_TIMEOUT:
         raise UserError(f"comm_timeout={cfg.comm_timeout} is out of range; it must be in (0, {MAX_COMM_TIMEOUT:.0e}]")
 
-    for group in ("data", "partition", "topology"):
+    # A run directory written before the logger group existed has no `logger`: it logs nothing.
+    trackers = () if OmegaConf.is_missing(cfg, "logger") else ("logger",)
+    for group in ("data", "partition", "topology", *trackers):
         kind = groups[group].resolve(cfg[group]).value
         settings = groups[group].settings(cfg[group])
         check = getattr(kind, "check", None)

@@ -12,8 +12,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from semdl.cli import CONF_DIR
+from semdl.cli import CONF_DIR, load_registries
 from semdl.config import validate
+
+load_registries()  # the schema and every option, for the configs the tests compose
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The workers share the machine's cores: one intra-op thread each, in this process and in the semdl and torchrun

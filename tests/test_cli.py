@@ -237,3 +237,16 @@ def test_the_log_keeps_the_headline(tmp_path, capsys, one_thread):
     assert len(headline) == 3 and "knn accuracy mean" in headline[-1]
     log = (tmp_path / "run" / "semdl.log").read_text().splitlines()
     assert log[-len(headline):] == headline
+
+
+@pytest.mark.parametrize("job_logging", ["default", "disabled", "none", "stdout"])
+def test_the_log_holds_the_run_whatever_hydra_logging_is_chosen(tmp_path, capsys, one_thread, job_logging):
+    """Each line once: the configuration, what semdl said while building the network, progress, the headline."""
+    run_dir = tmp_path / "run"
+    main(["train", *QUICK, "eval.classifiers=[knn]", f"hydra/job_logging={job_logging}", f"hydra.run.dir={run_dir}"])
+    log = (run_dir / "semdl.log").read_text()
+    assert log.count("[semdl.run][INFO] - configuration (overrides: ") == 1
+    assert log.count("\n  rounds: 2\n") == 1  # the configuration as YAML
+    assert log.count("[semdl][INFO] - node 2: mlp") == 1
+    assert log.count("[semdl.run][INFO] - round 1 of 2: dR ") == 1 and log.count("round 2 of 2: dR ") == 1
+    assert log.endswith(capsys.readouterr().out[-200:]) and "knn accuracy mean" in log.splitlines()[-1]

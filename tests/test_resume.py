@@ -258,3 +258,29 @@ def test_a_failed_cholesky_is_counted_not_fatal():
         values[:2], torch.tensor([2 * torch.log(torch.tensor(2.0)), torch.log(torch.tensor(2.0))])
     )
     assert torch.isnan(values[2])
+
+
+def test_a_finished_run_can_leave_the_optimizer_state_out(tmp_path, one_thread, caplog):
+    """train.final_optimizer_state=false: the same encoders, no optimizer state, a file smaller by about the size
+    of Adam's moments (two tensors per parameter, plus a little serialisation); extending the run still works,
+    with a warning that its optimizers start afresh."""
+    config = SOLVERS["primal_dual"] + ["train.checkpoint_every=0", "train.keep_checkpoints=1", f"train.rounds={ROUNDS}"]
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    run_experiment(composed(config), full)
+    run_experiment(composed(config + ["train.final_optimizer_state=false"]), lean)
+    full_state, lean_state = (torch.load(run / "checkpoints" / "last.pt", weights_only=True) for run in (full, lean))
+    moments = 0
+    for kept, left in zip(full_state["nodes"], lean_state["nodes"], strict=True):
+        assert left["optimizer"] is None and kept["optimizer"]["state"]
+        assert all(torch.equal(kept["encoder"][name], left["encoder"][name]) for name in kept["encoder"])
+        moments += sum(
+            value.numel() * value.element_size()
+            for state in kept["optimizer"]["state"].values()
+            for value in state.values()
+            if torch.is_tensor(value) and value.dim() > 0
+        )
+    difference = (full / "checkpoints" / "last.pt").stat().st_size - (lean / "checkpoints" / "last.pt").stat().st_size
+    assert moments <= difference <= moments + 64 * 1024
+    resume_experiment(lean, ["train.rounds=12"])
+    assert "holds no optimizer state (train.final_optimizer_state=false)" in caplog.text
+    assert json.loads((lean / "summary.json").read_text())["rounds"] == 12

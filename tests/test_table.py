@@ -309,6 +309,22 @@ def test_a_config_without_the_row_key_is_a_null_row(tmp_path):
     assert [row["solver.rho"] for row in read_csv(tmp_path / "t.csv")] == ["1.0", "null"]
 
 
+def test_runs_that_differ_only_in_bookkeeping_keys_are_one_group(tmp_path):
+    """A tracker, a search objective or checkpoint retention does not change what a run computed: such runs (and a
+    run written before those keys existed) share a cell; a difference in the solver's keys still separates them."""
+    config = {"seed": 0, "solver": {"name": "primal_dual", "rho": 1.0}}
+    bookkeeping = {"logger": {"name": "csv"}, "sweep": {"objective": "acc.knn"}, "train": {"keep_checkpoints": 1}}
+    for seed, extra in enumerate([{}, bookkeeping]):
+        run = fake_run(tmp_path / "runs" / str(seed), seed)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, **extra, "seed": seed}))
+    table_command([str(tmp_path / "runs")], ["solver.name"], [], "acc.knn", str(tmp_path / "t.csv"))
+    [row] = read_csv(tmp_path / "t.csv")
+    assert row["acc.knn n"] == "2" and float(row["acc.knn mean"]) == pytest.approx(0.55)
+    fake_run(tmp_path / "runs" / "2", 2, rho=5.0)
+    with pytest.raises(UserError, match="differ in solver.rho"):
+        table_command([str(tmp_path / "runs")], ["solver.name"], [], "acc.knn", str(tmp_path / "t.csv"))
+
+
 def test_the_command_line_warns_and_still_prints_the_table(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     fake_run(tmp_path / "runs" / "0", seed=0)

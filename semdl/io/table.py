@@ -32,6 +32,9 @@ from semdl.io.files import DamagedMetrics, _replace_atomically, read_metrics
 from semdl.io.text import BinaryContent, decoded_text
 
 SEED_KEY = "seed"
+# Keys that say how a run was kept and reported, not what it computed: runs differing only in them are one group
+# (and runs written before such a key existed group with the runs that have it).
+BOOKKEEPING_KEYS = ("logger.", "sweep.", "train.checkpoint_every", "train.keep_checkpoints", "train.final_optimizer_state")
 
 
 class UnreadableRun(Exception):
@@ -169,6 +172,15 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
+RUN_METRICS = ("network_dR", "consensus_residual", "MB/node/round", "s/round")  # beside each classifier's two
+
+
+def metric_names(classifiers: list[str]) -> list[str]:
+    """Every metric a run evaluated with these classifiers has: the names of `--metric` and of `sweep.objective`."""
+    accuracies = [name for classifier in classifiers for name in (f"acc.{classifier}", f"acc.{classifier}.own_classes")]
+    return [*accuracies, *RUN_METRICS]
+
+
 def load_run_record(run_dir: Path) -> dict:
     """{"path", "config": flattened .hydra/config.yaml, "metrics": headline numbers} of one run directory; a
     metric the run lacks, or holds as something else than a finite number, is left out. Raises UnreadableRun."""
@@ -247,7 +259,9 @@ def _check_one_group(records: list[dict], keys: list[str]) -> None:
     for record in records[1:]:
         other = record["config"]
         differing = sorted(
-            key for key in first.keys() | other.keys() if key not in ignored and first.get(key) != other.get(key)
+            key
+            for key in first.keys() | other.keys()
+            if key not in ignored and not key.startswith(BOOKKEEPING_KEYS) and first.get(key) != other.get(key)
         )
         if differing:
             raise UserError(

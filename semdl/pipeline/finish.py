@@ -16,6 +16,7 @@ from semdl.io import MetricsWriter, save_checkpoint, write_json
 from semdl.io.files import CHECKPOINT
 from semdl.pipeline.loop import History, evaluation_nodes, evaluation_row
 from semdl.pipeline.network import Network
+from semdl.tracking.base import GuardedTracker
 
 
 def headline(evaluation: dict) -> dict:
@@ -47,10 +48,12 @@ def finish(
     history: History,
     descriptions: list[dict] | None,
     started: float,
+    tracker: GuardedTracker,
 ) -> dict | None:
-    """Checkpoint the last round, evaluate every node, draw the figures and write summary.json; return the summary
-    (rank 0; the other ranks of a distributed run only hand their nodes over, and return None)."""
-    state = checkpoint_state(cfg.train.rounds, network, cfg)
+    """Checkpoint the last round, evaluate every node, draw the figures and write summary.json, then pass the
+    evaluation and the figures to the tracker; return the summary (rank 0; the other ranks of a distributed run only
+    hand their nodes over, and return None)."""
+    state = checkpoint_state(cfg.train.rounds, network, cfg, optimizers=cfg.train.final_optimizer_state)
     if network.communicator.rank != 0:
         return None
     save_checkpoint(run_dir / "checkpoints", state, cfg.train.keep_checkpoints)
@@ -84,4 +87,7 @@ def finish(
         "nodes": descriptions,
     }
     write_json(run_dir / "summary.json", summary)
+    # After summary.json: a run stopped before it redoes this evaluation when resumed, so the tracker gets it once.
+    tracker.log_evaluation(cfg.train.rounds, evaluation["classifiers"])
+    tracker.log_figures(cfg.train.rounds, sorted((run_dir / "figures").glob("*.png")))
     return summary

@@ -24,8 +24,10 @@ from semdl.objectives.rates import counting_fallbacks
 from semdl.pipeline.network import Network, build_nodes
 from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
+from semdl.tracking.base import GuardedTracker
 
 log = logging.getLogger("semdl")
+progress_log = logging.getLogger("semdl.run")  # the run's semdl.log only: the terminal shows the progress bar
 
 
 @dataclass
@@ -157,9 +159,12 @@ def progress_bar(cfg: DictConfig, done: int, leader: bool) -> tqdm:
     )
 
 
-def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, history: History) -> None:
-    """Rounds done+1 .. train.rounds: metrics appended each round (by rank 0), periodic evaluations and
-    checkpoints; a first SIGINT or SIGTERM ends the run after its round with a checkpoint (raising Interrupted)."""
+def train_rounds(
+    cfg: DictConfig, run_dir: Path, network: Network, done: int, history: History, tracker: GuardedTracker
+) -> None:
+    """Rounds done+1 .. train.rounds: metrics appended each round (by rank 0) and passed to the tracker, periodic
+    evaluations and checkpoints; a first SIGINT or SIGTERM ends the run after its round with a checkpoint (raising
+    Interrupted)."""
     communicator = network.communicator
     leader = communicator.rank == 0
     evaluate = PeriodicEvaluation(cfg, network, run_dir / "figures")
@@ -182,9 +187,19 @@ def train_rounds(cfg: DictConfig, run_dir: Path, network: Network, done: int, hi
                 history.network_rows.append(network_row)
                 if metrics is not None:
                     metrics.write_round(rows)
+                tracker.log_round(rows)
                 progress.set_postfix(
                     dR=f"{network_row['dR']:.3f}", residual=f"{network_row['consensus_residual']:.2e}", refresh=False
                 )
+                if round_index % max(1, cfg.train.rounds // 10) == 0 or round_index == cfg.train.rounds:
+                    progress_log.info(
+                        "round %d of %d: dR %.4f, consensus residual %.2e, %.2f s",
+                        round_index,
+                        cfg.train.rounds,
+                        network_row["dR"],
+                        network_row["consensus_residual"],
+                        network_row["seconds"],
+                    )
                 # Every rank stops after the same round, so the checkpoint holds one round of every node.
                 stop = communicator.anyone(bool(received))
                 checkpoint(round_index, stop)

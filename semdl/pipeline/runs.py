@@ -18,7 +18,15 @@ from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, read_metrics
 
 # What a resumed run may change: its length, its evaluation, how often it checkpoints, and where it runs.
-RESUMABLE_KEYS = ("train.rounds", "train.checkpoint_every", "train.keep_checkpoints", "eval.", "comm", "device")
+RESUMABLE_KEYS = (
+    "train.rounds",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.final_optimizer_state",
+    "eval.",
+    "comm",
+    "device",
+)
 # What a re-evaluation may change: the evaluation, and where it runs.
 EVALUATION_KEYS = ("eval.", "device")
 

@@ -1,0 +1,154 @@
+"""Hyperparameter search: a Hydra sweeper (`hydra/sweeper=optuna`) that asks Optuna for every trial's values and
+maximises (or minimises) a metric of the finished run, `sweep.objective`.
+
+The search space is Hydra's sweep syntax, on the command line or in `hydra.sweeper.params`:
+- `choice(a,b,c)` or `a,b,c`: one of the values;
+- `range(start,stop[,step])`: an integer (or a float on a grid) from the range, stop excluded;
+- `interval(low,high)`: a float; `int(interval(low,high))` an integer; `tag(log,interval(...))` on a log scale.
+Every trial is a job of the sweep, run by the configured launcher (in parallel with `hydra/launcher=joblib`,
+batches of `hydra.sweeper.n_jobs` trials). A failed job is a failed trial: the search goes on. The study lives in
+`<sweep>/optuna.db` (SQLite), and `<sweep>/search.json` lists every trial and the best one.
+
+Hydra's own Optuna sweeper plugin pins Optuna below 3; this one uses the current Optuna API directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from omegaconf import DictConfig, OmegaConf
+
+from semdl.errors import UserError
+from semdl.io.files import write_json
+
+log = logging.getLogger("semdl")
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("tpe", "random")
+STUDY_FILE = "optuna.db"
+RESULTS_FILE = "search.json"
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError('hydra/sweeper=optuna needs Optuna: pip install -e ".[sweep]"') from None
+    return optuna
+
+
+def distribution(override: Override):
+    """The Optuna distribution of one sweep override."""
+    optuna = import_optuna()
+    sweep = override.value()
+    key = override.get_key_element()
+    if isinstance(sweep, ChoiceSweep):
+        return optuna.distributions.CategoricalDistribution(list(override.sweep_string_iterator()))
+    if isinstance(sweep, RangeSweep):
+        values = [float(value) for value in sweep.range()]
+        if not values:
+            raise UserError(f"{override.input_line} is an empty range")
+        if isinstance(sweep.range(), range):
+            return optuna.distributions.IntDistribution(int(values[0]), int(values[-1]), step=int(sweep.step))
+        return optuna.distributions.FloatDistribution(values[0], values[-1], step=float(sweep.step))
+    if isinstance(sweep, IntervalSweep):
+        low, high, log_scale = sweep.start, sweep.end, "log" in sweep.tags
+        if not low < high:
+            raise UserError(f"{key}: interval({low}, {high}) needs low < high")
+        if log_scale and low <= 0:
+            raise UserError(f"{key}: a log-scale interval needs low > 0, not {low}")
+        if isinstance(low, int) and isinstance(high, int):
+            return optuna.distributions.IntDistribution(low, high, log=log_scale)
+        return optuna.distributions.FloatDistribution(float(low), float(high), log=log_scale)
+    raise UserError(f"{override.input_line}: the search takes choice(...), range(...) and interval(...)")
+
+
+def search_space(arguments: list[str], params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The searched keys with their distributions, and the fixed overrides every trial gets. The command line's
+    overrides take precedence over `hydra.sweeper.params` for the same key."""
+    parser = OverridesParser.create()
+    overrides = {}
+    for override in parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + arguments):
+        overrides[override.get_key_element()] = override
+    space = {key: distribution(o) for key, o in overrides.items() if o.is_sweep_override()}
+    fixed = [o.input_line for o in overrides.values() if not o.is_sweep_override()]
+    return space, fixed
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """hydra.sweeper's keys (conf/hydra/sweeper/optuna.yaml)."""
+
+    n_trials: int = 20
+    n_jobs: int = 1
+    sampler: str = "tpe"
+    seed: int = 0
+    study_name: str = "semdl"
+    storage: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def run_search(settings: SearchSettings, launcher, config: DictConfig, arguments: list[str]) -> dict:
+    """Run the study: ask Optuna for `n_jobs` trials at a time, launch them as jobs of the sweep, tell Optuna each
+    job's objective (a job that returned None failed). Writes <sweep>/search.json and returns its content."""
+    optuna = import_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, fixed = search_space(arguments, settings.params)
+    objective, direction = config.sweep.objective, config.sweep.direction
+    sweep_dir = Path(config.hydra.sweep.dir)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    sampler = (optuna.samplers.TPESampler if settings.sampler == "tpe" else optuna.samplers.RandomSampler)(
+        seed=settings.seed
+    )
+    study = optuna.create_study(
+        study_name=settings.study_name,
+        storage=settings.storage or f"sqlite:///{(sweep_dir / STUDY_FILE).absolute()}",
+        sampler=sampler,
+        direction=direction,
+        load_if_exists=settings.storage is not None,
+    )
+    log.info(f"search: {settings.n_trials} trials, {direction} {objective} over {', '.join(space)}")
+    trials: list[dict] = []
+    while len(trials) < settings.n_trials:
+        batch = [study.ask(space) for _ in range(min(settings.n_jobs, settings.n_trials - len(trials)))]
+        jobs = [fixed + [f"{key}={value}" for key, value in trial.params.items()] for trial in batch]
+        for trial, result in zip(batch, launcher.launch(jobs, initial_job_idx=len(trials))):
+            value = result.return_value
+            if value is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, value)
+            run_dir = result.hydra_cfg.hydra.runtime.output_dir
+            trials.append({"trial": trial.number, "run_dir": run_dir, "params": trial.params, "value": value})
+    return write_results(trials, objective, direction, study.study_name, sweep_dir)
+
+
+def write_results(trials: list[dict], objective: str, direction: str, study: str, sweep_dir: Path) -> dict:
+    """<sweep>/search.json (every trial, and the best) and the search's line on the terminal."""
+    done = [trial for trial in trials if trial["value"] is not None]
+    best = (max if direction == "maximize" else min)(done, key=lambda trial: trial["value"]) if done else None
+    results = {"objective": objective, "direction": direction, "study": study, "best": best, "trials": trials}
+    write_json(sweep_dir / RESULTS_FILE, results)
+    if best is not None:
+        values = " ".join(f"{key}={value}" for key, value in best["params"].items())
+        print(f"search: best {objective} {best['value']:.4f} (trial {best['trial']}: {values}) in {best['run_dir']}")
+    return results
+
+
+def check_search(cfg: DictConfig, sweeper: DictConfig, metric_names: list[str]) -> None:
+    """Refuse, before any trial runs, a search that cannot work: Optuna missing, an unknown objective or setting."""
+    import_optuna()
+    if cfg.sweep.objective not in metric_names:
+        raise UserError(f"sweep.objective={cfg.sweep.objective} is not a metric of this run; choose one of: "
+                        + ", ".join(metric_names))
+    if cfg.sweep.direction not in DIRECTIONS:
+        raise UserError(f"sweep.direction={cfg.sweep.direction} must be one of: {', '.join(DIRECTIONS)}")
+    if sweeper.sampler not in SAMPLERS:
+        raise UserError(f"hydra.sweeper.sampler={sweeper.sampler} must be one of: {', '.join(SAMPLERS)}")
+    for key in ("n_trials", "n_jobs"):
+        if not isinstance(sweeper[key], int) or sweeper[key] < 1:
+            raise UserError(f"hydra.sweeper.{key}={sweeper[key]} must be a whole number of at least 1")

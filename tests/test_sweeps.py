@@ -1,0 +1,165 @@
+"""Sweeps beyond one process: the Optuna search (hydra/sweeper=optuna), Hydra's joblib and submitit launchers, and
+their one-line refusals. Tiny runs; each search or launcher result is checked against the runs' own files."""
+
+import json
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from conftest import SMALL_SYNTHETIC
+from semdl import cli
+from semdl.cli import CONFIG_MODULE, main, sweep_jobs
+from semdl.io.table import load_run_record, metric_names
+
+QUICK = [*SMALL_SYNTHETIC, "nodes=3", "train.rounds=2", "eval.classifiers=[knn]"]
+
+
+def refusal(arguments, capsys) -> str:
+    """The one line `semdl` says when it refuses a command line (exit status 2)."""
+    with pytest.raises(SystemExit) as status:
+        main(arguments)
+    assert status.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def run_config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+
+
+@pytest.mark.integration
+def test_a_search_tells_optuna_each_runs_objective_and_keeps_the_best(tmp_path, capsys, one_thread):
+    """Four trials over a log-scale interval and a choice, one of whose partition tables asks for more samples than
+    the data holds: that trial fails (FAIL in the study, null in search.json), the others carry their run's own
+    own-class kNN accuracy, and the best is the largest of them."""
+    fits, too_many = tmp_path / "fits.txt", tmp_path / "too_many.txt"
+    fits.write_text("20 20 20 20\n" * 3)
+    too_many.write_text("30 30 30 30\n" * 3)
+    sweep = tmp_path / "search"
+    arguments = [
+        "train", "-m", *QUICK, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler=random",
+        "train.lr=tag(log,interval(1e-4,1e-2))", "partition=table", f"partition.path=choice({fits},{too_many})",
+        "sweep.objective=acc.knn.own_classes", f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as status:
+        main(arguments)
+    assert status.value.code == 1  # a trial failed
+    results = json.loads((sweep / "search.json").read_text())
+    trials = results["trials"]
+    assert [trial["trial"] for trial in trials] == [0, 1, 2, 3]
+    failed = [trial for trial in trials if trial["params"]["partition.path"] == str(too_many)]
+    assert failed and all(trial["value"] is None for trial in failed)  # the random sampler's seed 0 picks it
+    done = [trial for trial in trials if trial not in failed]
+    assert done
+    for trial in done:
+        run_dir = Path(trial["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert trial["value"] == summary["accuracy"]["knn"]["own_classes_mean"]
+        assert run_config(run_dir)["train"]["lr"] == trial["params"]["train.lr"]
+        assert 1e-4 <= trial["params"]["train.lr"] <= 1e-2
+    assert results["best"] == max(done, key=lambda trial: trial["value"])
+    study = optuna.load_study(study_name="semdl", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    states = [trial.state.name for trial in study.trials]
+    assert states == ["FAIL" if trial in failed else "COMPLETE" for trial in trials]
+    assert [t.value for t in study.trials if t.value is not None] == [trial["value"] for trial in done]
+    out, err = capsys.readouterr()
+    assert f"search: best acc.knn.own_classes {results['best']['value']:.4f} (trial {results['best']['trial']}" in out
+    assert f"semdl: sweep: {len(done)} done, {len(failed)} failed (see {sweep / 'failures.jsonl'})" in err
+
+
+@pytest.mark.integration
+def test_joblib_runs_jobs_side_by_side_on_a_share_of_the_cores(tmp_path, capsys):
+    """Two jobs in parallel processes: each finishes, and each uses cores / 2 torch threads (at least one)."""
+    sweep = tmp_path / "sweep"
+    main(["train", "-m", *QUICK, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+          f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for job in ("0", "1"):
+        assert (sweep / job / "summary.json").is_file()
+        log = (sweep / job / "semdl.log").read_text()
+        assert f"{threads} torch threads ({os.cpu_count()} cores shared by 2 parallel jobs)" in log
+    assert capsys.readouterr().out.strip().endswith(f"sweep: 2 done, in {sweep}")
+
+
+@pytest.mark.integration
+def test_submitit_local_runs_the_jobs_as_cluster_jobs_would(tmp_path, capsys):
+    """Hydra's submitit launcher on this machine: each job runs in a submitted process and takes the
+    cpus_per_task it asked for as its torch threads; the sweep's line counts both."""
+    sweep = tmp_path / "sweep"
+    main(["train", "-m", *QUICK, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+          f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    for job in ("0", "1"):
+        assert run_config(sweep / job)["seed"] == int(job)
+        assert load_run_record(sweep / job)["metrics"]["acc.knn"] > 0.5  # 4 classes: chance is 0.25
+        assert "1 torch threads (hydra.launcher.cpus_per_task)" in (sweep / job / "semdl.log").read_text()
+    assert (sweep / ".submitit").is_dir()
+    assert capsys.readouterr().out.strip().endswith(f"sweep: 2 done, in {sweep}")
+
+
+def test_the_slurm_preset_asks_for_one_gpu_per_job():
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        launcher = compose("config", ["hydra/launcher=slurm_gpu"], return_hydra_config=True).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+
+
+def test_the_objective_names_are_the_metrics_a_run_has(tmp_path, one_thread):
+    """sweep.objective is checked against metric_names before any trial: they are exactly the run's metrics."""
+    from conftest import composed
+    from semdl.experiment import run_experiment
+
+    cfg = composed(QUICK)
+    run_experiment(cfg, tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # as Hydra writes it beside a run
+    assert sorted(load_run_record(tmp_path)["metrics"]) == sorted(metric_names(["knn"]))
+
+
+def test_a_search_validates_every_value_before_any_trial():
+    """A search's validation jobs take every choice and both ends of every interval at least once."""
+    jobs = sweep_jobs(["a=choice(x,y,z)", "b=interval(1,2)", "c=int(interval(3,9))", "d=4"], True, searching=True)
+    assert jobs == [["a=x", "b=1.0", "c=3", "d=4"], ["a=y", "b=2.0", "c=9", "d=4"], ["a=z", "b=1.0", "c=3", "d=4"]]
+    product = [["a=1", "b=3"], ["a=1", "b=4"], ["a=2", "b=3"], ["a=2", "b=4"]]
+    assert sweep_jobs(["a=1,2", "b=range(3,5)"], True) == product
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.objective=acc.nope"], "sweep.objective=acc.nope is not a metric of this run; choose one of: acc.knn"),
+        (["sweep.direction=up"], "sweep.direction=up must be one of: maximize, minimize"),
+        (["hydra.sweeper.sampler=grid"], "hydra.sweeper.sampler=grid must be one of: tpe, random"),
+        (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 must be a whole number of at least 1"),
+        (["train.lr=interval(0.1,0.01)"], "train.lr: interval(0.1, 0.01) needs low < high"),
+        (["train.weight_decay=tag(log,interval(0,0.1))"], "train.weight_decay: a log-scale interval needs low > 0"),
+    ],
+)
+def test_a_search_that_cannot_work_is_refused_before_any_trial(tmp_path, capsys, overrides, message):
+    sweep = tmp_path / "search"
+    line = refusal(["train", "-m", *QUICK, "hydra/sweeper=optuna", *overrides, f"hydra.sweep.dir={sweep}"], capsys)
+    assert line.startswith(f"semdl: error: {message}")
+    assert not sweep.exists()
+
+
+def test_an_interval_needs_the_search(tmp_path, capsys):
+    line = refusal(["train", "-m", *QUICK, "train.lr=interval(1e-4,1e-2)", f"hydra.sweep.dir={tmp_path}/s"], capsys)
+    assert line == (
+        "semdl: error: train.lr=interval(1e-4,1e-2): an interval is searched, not enumerated; add hydra/sweeper=optuna"
+    )
+
+
+def test_a_missing_extra_is_named(tmp_path, capsys, monkeypatch):
+    """A launcher whose Hydra plugin is not installed, and the search without Optuna: one line naming the extra."""
+    monkeypatch.setitem(cli.EXTRAS, "hydra/launcher/ray", "sweep")
+    line = refusal(["train", "-m", *QUICK, "hydra/launcher=ray", f"hydra.sweep.dir={tmp_path}/a"], capsys)
+    assert line == 'semdl: error: hydra/launcher=ray needs its Hydra plugin: pip install -e ".[sweep]"'
+    monkeypatch.setitem(__import__("sys").modules, "optuna", None)  # `import optuna` fails as if not installed
+    line = refusal(["train", "-m", *QUICK, "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}/b"], capsys)
+    assert line == 'semdl: error: hydra/sweeper=optuna needs Optuna: pip install -e ".[sweep]"'
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
