@@ -447,7 +447,7 @@ def test_a_tracker_failing_mid_run_leaves_the_run_whole(tmp_path, monkeypatch, o
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.integration  # `semdl train -m` in a subprocess, two jobs at once
+@pytest.mark.integration  # `semdl train -m` in a subprocess, two jobs at once (the joblib launcher's test too)
 @track
 def test_a_parallel_sweep_is_one_mlflow_experiment_in_its_folder(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -466,6 +466,10 @@ def test_a_parallel_sweep_is_one_mlflow_experiment_in_its_folder(tmp_path):
     chatter = [line for line in (said.stdout + said.stderr).splitlines() if "alembic" in line or "mlflow." in line]
     assert chatter == []
     assert sorted(path.name for path in sweep.glob("mlflow*")) == ["mlflow-artifacts", "mlflow.db", "mlflow.db.lock"]
+    threads = max(1, (os.cpu_count() or 1) // 2)  # the joblib launcher's jobs share the cores
+    for job in ("0", "1"):
+        log = (sweep / job / "semdl.log").read_text()
+        assert f"{threads} torch threads ({os.cpu_count()} cores shared by 2 parallel jobs)" in log
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
