@@ -121,18 +121,30 @@ def output_directory(hydra: DictConfig, multirun: bool) -> tuple[str, Path]:
     return "hydra.run.dir", Path(hydra.run.dir)
 
 
-def hydra_settings(overrides: list[str]) -> DictConfig:
-    """The `hydra` node the command line composes (its directories, launcher and sweeper), with one line naming the
-    extra to install when it asks for a plugin that is not installed."""
-    hydra_overrides = [item for item in overrides if item.lstrip("+~").startswith("hydra")]
+def hydra_settings(overrides: list[str], search: list[str]) -> DictConfig:
+    """The `hydra` node the command line composes: its directories, launcher and sweeper, which a preset of the
+    user's may choose too. A mistake elsewhere in the overrides is left to the per-job checks, which say it in
+    their own words; a plugin that is not installed is one line naming the extra to install."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [override.input_line for override in parsed if not override.is_sweep_override()]
     try:
-        return compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True).hydra
+        return compose(config_name="config", overrides=search + fixed, return_hydra_config=True).hydra
+    except (HydraException, OmegaConfBaseException) as error:
+        check_plugin_installed(error)
+    hydra_only = [item for item in fixed if item.lstrip("+~").startswith("hydra")]
+    try:
+        return compose(config_name="config", overrides=hydra_only, return_hydra_config=True).hydra
     except MissingConfigException as error:
-        missing = (error.missing_cfg_file or "").removesuffix(".yaml")
-        if missing in EXTRAS:
-            group, _, option = missing.rpartition("/")
-            raise UserError(f'{group}={option} needs its Hydra plugin: pip install -e ".[{EXTRAS[missing]}]"') from None
+        check_plugin_installed(error)
         raise
+
+
+def check_plugin_installed(error: Exception) -> None:
+    """`hydra/launcher=joblib` without Hydra's joblib plugin: one line naming the extra that brings it."""
+    missing = (getattr(error, "missing_cfg_file", None) or "").removesuffix(".yaml")
+    if missing in EXTRAS:
+        group, _, option = missing.rpartition("/")
+        raise UserError(f'{group}={option} needs its Hydra plugin: pip install -e ".[{EXTRAS[missing]}]"') from None
 
 
 def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
@@ -167,7 +179,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     load_registries()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
-            hydra = hydra_settings(overrides)
+            hydra = hydra_settings(overrides, search)
             key, directory = output_directory(hydra, multirun)
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
                 check_output_directory(key, directory, multirun)

@@ -149,3 +149,21 @@ def test_a_missing_extra_is_named(tmp_path, capsys, monkeypatch):
     line = refusal(["train", "-m", *QUICK, "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path}/b"], capsys)
     assert line == 'semdl: error: hydra/sweeper=optuna needs Optuna: pip install -e ".[sweep]"'
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_search_in_a_preset_of_the_users_is_checked_like_one_on_the_command_line(tmp_path, capsys):
+    """A preset in --config-dir chooses the search and its space (hydra.sweeper.params): semdl's checks see it, so
+    an unknown objective, and a bad interval in the params, are refused before any trial."""
+    presets = tmp_path / "conf" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "my_search.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /hydra/sweeper: optuna\n"
+        "hydra:\n  sweeper:\n    n_trials: 2\n    params:\n      train.lr: interval(0.1, 0.01)\n"
+    )
+    command = ["train", "-m", "--config-dir", str(tmp_path / "conf"), *QUICK, "experiment=my_search"]
+    line = refusal([*command, "sweep.objective=acc.nope", f"hydra.sweep.dir={tmp_path}/a"], capsys)
+    assert line.startswith("semdl: error: sweep.objective=acc.nope is not a metric of this run")
+    line = refusal([*command, f"hydra.sweep.dir={tmp_path}/b"], capsys)
+    assert line == "semdl: error: train.lr: interval(0.1, 0.01) needs low < high"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
