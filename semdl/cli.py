@@ -268,7 +268,8 @@ def run_log(run_dir: Path | None, cfg: DictConfig):
     loggers = [only_the_log]
     if not any(Path(h.baseFilename).resolve() == path for h in written):
         loggers.append(semdl)
-    saved = [(logger.level, logger.disabled, logger.propagate) for logger in loggers]
+    saved = {logger: (logger.level, logger.disabled, logger.propagate, list(logger.handlers)) for logger in loggers}
+    only_the_log.handlers = []  # this job's log only, whatever an earlier command in this process set up
     for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -282,10 +283,9 @@ def run_log(run_dir: Path | None, cfg: DictConfig):
     try:
         yield
     finally:
-        for logger, (level, disabled, propagate) in zip(loggers, saved):
-            logger.removeHandler(handler)
+        for logger, (level, disabled, propagate, handlers) in saved.items():
             logger.setLevel(level)
-            logger.disabled, logger.propagate = disabled, propagate
+            logger.disabled, logger.propagate, logger.handlers = disabled, propagate, handlers
         handler.close()
 
 
@@ -442,11 +442,13 @@ def resume_run(arguments: list[str]) -> None:
 
 def log_to(path: Path | None) -> None:
     """Console and run-log output as a Hydra job has them (a resumed run appends to its own log); console only
-    without a path."""
+    without a path. The progress lines of logger `semdl.run` go to the run's log alone, as in a fresh run."""
     handlers = [logging.StreamHandler()] + ([logging.FileHandler(path, mode="a", delay=True)] if path else [])
     for handler in handlers:
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    only_the_log = logging.getLogger("semdl.run")
+    only_the_log.handlers, only_the_log.propagate = handlers[1:], False
 
 
 def report(run_dir: Path, summary: dict | None) -> None:

@@ -250,3 +250,14 @@ def test_the_log_holds_the_run_whatever_hydra_logging_is_chosen(tmp_path, capsys
     assert log.count("[semdl][INFO] - node 2: mlp") == 1
     assert log.count("[semdl.run][INFO] - round 1 of 2: dR ") == 1 and log.count("round 2 of 2: dR ") == 1
     assert log.endswith(capsys.readouterr().out[-200:]) and "knn accuracy mean" in log.splitlines()[-1]
+
+
+def test_a_resumed_run_logs_its_progress_to_the_log_alone(tmp_path, capsys, one_thread):
+    """As in a fresh run, the progress lines go to semdl.log, not to the terminal beside the progress bar."""
+    run_dir = tmp_path / "run"
+    main(["train", *QUICK, "eval.classifiers=[knn]", f"hydra.run.dir={run_dir}"])
+    main(["train", f"resume={run_dir}", "train.rounds=4"])
+    out, err = capsys.readouterr()
+    assert "round 2 of 2: dR " not in out + err and "round 4 of 4: dR " not in out + err
+    log = (run_dir / "semdl.log").read_text()
+    assert [log.count(f"round {r} of {n}: dR ") for r, n in ((1, 2), (2, 2), (3, 4), (4, 4))] == [1, 1, 1, 1]
