@@ -15,7 +15,7 @@ Hydra's own Optuna sweeper plugin pins Optuna below 3; this one uses the current
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +81,15 @@ def search_space(arguments: list[str], params: dict[str, str]) -> tuple[dict[str
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """hydra.sweeper's keys (conf/hydra/sweeper/optuna.yaml)."""
+    """hydra.sweeper's keys; their defaults are written once, in conf/hydra/sweeper/optuna.yaml."""
 
-    n_trials: int = 20
-    n_jobs: int = 1
-    sampler: str = "tpe"
-    seed: int = 0
-    study_name: str = "semdl"
-    storage: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
+    n_trials: int
+    n_jobs: int
+    sampler: str
+    seed: int
+    study_name: str
+    storage: str | None
+    params: dict[str, str]
 
 
 def run_search(settings: SearchSettings, launcher, config: DictConfig, arguments: list[str]) -> dict:
