@@ -321,3 +321,31 @@ def test_training_on_mnist_files_with_augmentation(tmp_path, monkeypatch):
 def test_input_shape_is_known_before_loading(overrides):
     cfg = composed(overrides).data
     assert load_dataset(cfg).input_shape == input_shape(cfg)
+
+
+@pytest.mark.parametrize(
+    "bad_split, labels, message",
+    [
+        ("train", torch.tensor([0, 1, 3, 1]), "data=digits: the train split holds label 3; labels must lie in [0, 3)"),
+        ("test", torch.tensor([0, -1, 2, 1]), "data=digits: the test split holds label -1; labels must lie in [0, 3)"),
+        ("test", torch.tensor([0.0, 1.0, 2.0, 1.0]), "data=digits: the test labels are torch.float32; they must be"),
+    ],
+)
+def test_a_dataset_whose_labels_leave_its_classes_is_refused_when_loaded(monkeypatch, bad_split, labels, message):
+    """Training groups batches by class without checking labels (a check would wait for the device every step), so
+    load_dataset checks every dataset's labels once, a registered plugin's included."""
+    from semdl.data.datasets import DATASETS, Dataset, DatasetKind
+    from semdl.registry import Option
+
+    def serving(train_y, test_y):
+        dataset = Dataset("plugin", torch.zeros(4, 2), train_y, torch.zeros(4, 2), test_y, 3)
+        kind = DatasetKind(load=lambda cfg: dataset, input_shape=lambda cfg: (2,), num_classes=lambda cfg: 3)
+        monkeypatch.setattr(DATASETS, "resolve", lambda cfg: Option("plugin", kind, None))
+
+    good = torch.tensor([0, 1, 2, 1])
+    serving(labels if bad_split == "train" else good, labels if bad_split == "test" else good)
+    with pytest.raises(UserError) as refused:
+        load_dataset(composed([]).data)
+    assert str(refused.value).startswith(message)
+    serving(good, good)
+    assert load_dataset(composed([]).data).num_classes == 3

@@ -34,6 +34,8 @@ from semdl.objectives import (
     rate_reduction,
     rate_reduction_from_statistics,
 )
+from semdl.objectives.consensus import batch_consensus_terms
+from semdl.objectives.rates import counting_fallbacks, rate_terms
 
 EPS_SQ = 0.5
 F64 = torch.float64
@@ -591,30 +593,48 @@ def test_neighbour_sums_of_rows_equal_the_sums_of_the_gathered_neighbours():
         torch.testing.assert_close(getattr(rows, field), getattr(gathered, field), rtol=1e-12, atol=1e-12)
 
 
-def test_primal_dual_takes_the_eigenvalue_fallback_when_a_factorisation_fails(monkeypatch):
-    """Where the fused objective's Cholesky factorisation fails, the loss and gradient come from the autograd path
-    with logdet_identity_plus's eigenvalue fallback (here: forced for every call of the fused path)."""
-    K, d, counts, J = 10, 128, [40, 0, 1, 30, 25, 60, 10, 50, 33, 20], 2
+def failing_first_factorisations(monkeypatch):
+    """Make every first Cholesky factorisation of identity_plus_cholesky report failure (its retry, the next call,
+    runs as is), so the shifted refactorisation is taken for every matrix."""
+    real = torch.linalg.cholesky_ex
+    calls = []
+
+    def cholesky_ex(matrices):
+        calls.append(1)
+        factor, info = real(matrices)
+        return (factor, torch.ones_like(info)) if len(calls) % 2 == 1 else (factor, info)
+
+    monkeypatch.setattr(rates_module.torch.linalg, "cholesky_ex", cholesky_ex)
+    return calls
+
+
+def test_primal_dual_takes_the_shifted_refactorisation_when_a_factorisation_fails(monkeypatch):
+    """Where the fused objective's Cholesky factorisations fail, its loss and hand-derived gradient are those of the
+    shifted refactorisation, as the autograd path through logdet_identity_plus computes them on the same matrices
+    (that path's shift is checked against an independent logdet in section 7)."""
+    K, d, counts, J, rho = 10, 128, [40, 0, 1, 30, 25, 60, 10, 50, 33, 20], 2, 3.0
     g = torch.Generator().manual_seed(11)
     Z = unit_rows(sum(counts), d, seed=11).requires_grad_(True)
     labels = labels_from_counts(counts, seed=11)
     V_self = random_symmetric(K, d, d, generator=g)
     V_neighbors = random_symmetric(J, K, d, d, generator=g)
     dual = random_symmetric(K, d, d, generator=g)
-    expected = ref_primal_dual_loss(Z, labels, K, EPS_SQ, V_self, V_neighbors, dual, 3.0)
-
-    def failing_cholesky(gram, scale):
-        factor, info = rates_module.identity_plus_cholesky(gram, scale)
-        return factor, torch.ones_like(info)
-
-    monkeypatch.setattr(consensus_module, "identity_plus_cholesky", failing_cholesky)
-    calls = []
-    original_rate_terms = consensus_module.rate_terms
-    monkeypatch.setattr(consensus_module, "rate_terms", lambda *args: calls.append(1) or original_rate_terms(*args))
-    loss = primal_dual_loss(Z, labels, K, EPS_SQ, V_self, V_neighbors, dual, 3.0)
-    assert calls == [1]
+    penalty = consensus_penalty(V_self, V_neighbors, dual, rho)
+    calls = failing_first_factorisations(monkeypatch)
+    with counting_fallbacks() as fallbacks:
+        loss = primal_dual_loss_with_penalty(Z, labels, K, EPS_SQ, penalty)
+    assert len(calls) == 4  # the batch's Gram and the class Grams, each factorised twice
+    assert fallbacks.total() == 1 + K
+    R, Rc, batch = rate_terms(Z, labels, K, EPS_SQ)
+    expected = -(R - Rc) + batch_consensus_terms(batch, penalty)
+    unshifted = ref_primal_dual_loss(Z, labels, K, EPS_SQ, V_self, V_neighbors, dual, rho)
     assert_rel(loss, expected, 1e-5)
     assert_rel(grad_of(loss, Z), grad_of(expected, Z), 1e-5)
+    # Each matrix is shifted by delta = n u max_i A_ii <= 128 u (1 + d / eps_sq) (unit rows: s G_ii <= d / eps_sq),
+    # about 4e-3, and its logdet moves by at most n delta (eigenvalues of A are >= 1), about 0.5; the weights of
+    # the 1 + K logdets in the loss (1/2 and m_k / 2m) sum to 1. The shift is taken: the loss moves.
+    moved = abs(float(loss.detach()) - float(unshifted.detach()))
+    assert 0 < moved < 128 * torch.finfo(torch.float32).eps * (1 + d / EPS_SQ) * 128
 
 
 def test_primal_dual_of_non_finite_features_is_nan_not_an_error():
@@ -652,19 +672,8 @@ def test_class_statistics_trace_zero_and_counts():
     torch.testing.assert_close(V[1], torch.outer(Z[labels == 1][0], Z[labels == 1][0]), rtol=1e-12, atol=1e-15)
 
 
-def test_class_statistics_rejects_out_of_range_labels():
-    with pytest.raises(ValueError):
-        class_statistics(unit_rows(4, 8, seed=0), torch.tensor([0, 1, 2, 3]), 3)
-
-
-def test_stacked_batches_reject_a_label_out_of_range_in_any_batch():
-    """A label K in the first of two stacked batches would be class 0 of the second if offsets alone were used."""
+def test_stacked_batches_are_grouped_each_on_its_own():
     Z = torch.stack([unit_rows(4, 8, seed=0), unit_rows(4, 8, seed=1)])
-    for bad_batch in (0, 1):
-        labels = torch.tensor([[0, 1, 2, 0], [2, 1, 0, 0]])
-        labels[bad_batch, 1] = 3
-        with pytest.raises(ValueError, match=r"\[0, 3\)"):
-            rates_module.pad_by_class(Z, labels, 3)
     padded, counts = rates_module.pad_by_class(Z, torch.tensor([[0, 1, 2, 0], [2, 1, 0, 0]]), 3)
     assert counts.tolist() == [[2, 1, 1], [2, 1, 1]]
     torch.testing.assert_close(padded[1, 0, :2], Z[1, 2:4])  # batch 1's class 0 holds its own rows 2 and 3
@@ -698,62 +707,96 @@ def test_pool_statistics_equals_statistics_of_concatenated_data():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _fallback_batch():
-    n = 4
+def shifted_logdet(scale: float, gram: torch.Tensor, unit_roundoff: float) -> torch.Tensor:
+    """logdet(A + delta I), A = I + scale * gram, delta = n * u * max_i A_ii, in float64 (the refactorisation's math)."""
+    n = gram.shape[-1]
+    A = torch.eye(n, dtype=F64) + scale * gram.to(F64)
+    return torch.logdet(A + n * unit_roundoff * A.diagonal().max() * torch.eye(n, dtype=F64))
+
+
+def _rounding_batch():
+    """Float32 Grams of features of rank 3 in d = 8, with a scale so large that rounding (of order u ||sG||, over
+    1 here) makes I + s G indefinite in float32 for the middle one; the others factorise."""
     g = torch.Generator().manual_seed(5)
-    A = torch.randn(n, n, generator=g, dtype=F64)
-    psd = A @ A.T / n
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
-    indefinite = Q @ torch.diag(torch.tensor([1.0, 0.5, 0.2, -1e-3], dtype=F64)) @ Q.T  # "nearly PSD"
-    grams = torch.stack([psd, indefinite, 2 * psd + 0.1 * torch.eye(n, dtype=F64)])
-    scales = torch.tensor([0.5, 1e4, 2.0], dtype=F64)  # 1 - 1e4 * 1e-3 < 0: I + scale * G is indefinite
+    X = torch.randn(3, 8, generator=g)
+    low_rank = (X.T @ X).float()
+    full = torch.eye(8) + low_rank
+    grams = torch.stack([full, low_rank, 0.5 * full])
+    scales = torch.tensor([0.5, 3e8, 2.0])
     return grams, scales
 
 
-def test_logdet_identity_plus_falls_back_when_cholesky_fails():
-    grams, scales = _fallback_batch()
-    n = grams.shape[-1]
-    _, info = torch.linalg.cholesky_ex(torch.eye(n, dtype=F64) + scales[:, None, None] * grams)
+def refactorisation_tolerance(scale: float, gram: torch.Tensor, rank: int) -> float:
+    """How far float32 may put a refactorised logdet from the float64 one: forming A = I + s G in float32 perturbs
+    it by E with ||E|| <= u ||A||_F, which moves each of the n - rank eigenvalues near the shift delta by up to
+    ||E||, so each of their logs by up to u ||A||_F / delta; the rank directions (eigenvalues >> delta) move by
+    far less."""
+    n, u = gram.shape[-1], torch.finfo(torch.float32).eps
+    A = torch.eye(n, dtype=F64) + scale * gram.to(F64)
+    delta = n * u * float(A.diagonal().max())
+    return (n - rank) * u * float(torch.linalg.matrix_norm(A)) / delta
+
+
+def test_logdet_identity_plus_refactorises_what_rounding_made_indefinite():
+    grams, scales = _rounding_batch()
+    n, u = grams.shape[-1], torch.finfo(torch.float32).eps
+    _, info = torch.linalg.cholesky_ex(torch.eye(n) + scales[:, None, None] * grams)
     assert info.tolist()[0] == 0 and info.tolist()[1] != 0 and info.tolist()[2] == 0
 
     grams.requires_grad_(True)
-    result = logdet_identity_plus(grams, scales)
-    assert result.shape == (3,)
-    assert torch.isfinite(result).all()
+    with counting_fallbacks() as fallbacks:
+        result = logdet_identity_plus(grams, scales)
+    assert fallbacks.total() == 1
+    kept = [0, 2]
+    expected = torch.stack([ref_logdet_identity_plus(float(scales[k]), grams[k].detach()) for k in kept])
+    torch.testing.assert_close(result[kept].double(), expected, rtol=1e-5, atol=1e-5)
+    shifted = shifted_logdet(float(scales[1]), grams[1].detach(), u)
+    tolerance = refactorisation_tolerance(float(scales[1]), grams[1].detach(), rank=3)
+    assert abs(float(result[1].detach()) - float(shifted)) <= tolerance
 
-    fallback = torch.log1p(scales[1] * torch.linalg.eigvalsh(grams[1]).clamp(min=0)).sum()
-    expected = torch.stack(
-        [
-            ref_logdet_identity_plus(float(scales[0]), grams[0]),
-            fallback,
-            ref_logdet_identity_plus(float(scales[2]), grams[2]),
-        ]
-    )
-    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-12)
-    # the clamped eigenvalue contributes nothing: log1p(1e4 * 1) + log1p(1e4 * .5) + log1p(1e4 * .2)
-    assert float(result[1].detach()) == pytest.approx(math.log1p(1e4) + math.log1p(5e3) + math.log1p(2e3), rel=1e-10)
-
-    # gradients stay finite and match, including through the fallback
-    weights = torch.tensor([1.0, 0.3, -2.0], dtype=F64)
+    weights = torch.tensor([1.0, 0.3, -2.0])
     (got,) = torch.autograd.grad((weights * result).sum(), grams)
-    (want,) = torch.autograd.grad((weights * expected).sum(), grams)
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+    A = torch.eye(n, dtype=F64) + scales.double()[kept, None, None] * grams.detach().double()[kept]
+    want = (weights * scales).double()[kept, None, None] * torch.linalg.inv(A)
+    torch.testing.assert_close(got[kept].double(), want, rtol=1e-5, atol=1e-9)
+    # the refactorised matrix's gradient is w s (A + delta I)^-1: symmetric positive definite over w s
+    refactorised = got[1].double() / float(weights[1] * scales[1])
+    torch.testing.assert_close(refactorised, refactorised.mT, rtol=1e-4, atol=1e-12)
+    assert float(torch.linalg.eigvalsh((refactorised + refactorised.mT) / 2).min()) > 0
 
 
 def test_logdet_identity_plus_without_failure_matches_cholesky_logdet():
-    grams, scales = _fallback_batch()
+    grams, _ = _rounding_batch()
+    grams = grams.double()
     scales = torch.tensor([0.5, 3.0, 2.0], dtype=F64)  # now every matrix is positive definite
-    result = logdet_identity_plus(grams, scales)
+    with counting_fallbacks() as fallbacks:
+        result = logdet_identity_plus(grams, scales)
+    assert fallbacks.total() == 0
     expected = torch.stack([ref_logdet_identity_plus(float(s), G) for s, G in zip(scales, grams)])
     torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_logdet_identity_plus_fallback_unbatched():
-    grams, scales = _fallback_batch()
+def test_logdet_identity_plus_refactorisation_unbatched():
+    grams, scales = _rounding_batch()
     result = logdet_identity_plus(grams[1], scales[1])  # (n, n) gram, 0-d scale
-    expected = torch.log1p(scales[1] * torch.linalg.eigvalsh(grams[1]).clamp(min=0)).sum()
-    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-12)
+    assert result.shape == ()
+    expected = shifted_logdet(float(scales[1]), grams[1], torch.finfo(torch.float32).eps)
+    assert abs(float(result) - float(expected)) <= refactorisation_tolerance(float(scales[1]), grams[1], rank=3)
+
+
+def test_logdet_identity_plus_of_a_truly_indefinite_or_non_finite_matrix_is_nan():
+    """A matrix indefinite beyond rounding (not a Gram at all) or with a NaN entry has no logdet: NaN, for the run's
+    numerical guard, and no exception."""
+    indefinite = torch.diag(torch.tensor([1.0, -5.0]))
+    non_finite = torch.full((2, 2), float("nan"))
+    with counting_fallbacks() as fallbacks:
+        values = logdet_identity_plus(torch.stack([torch.eye(2), indefinite, non_finite]), 1.0)
+    assert fallbacks.total() == 2
+    with counting_fallbacks() as outside:
+        pass
+    assert outside.total() == 0  # a tally counts only its own block
+    assert float(values[0]) == pytest.approx(2 * math.log(2.0), rel=1e-6)
+    assert torch.isnan(values[1:]).all()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -583,5 +583,17 @@ def input_shape(cfg) -> tuple[int, ...]:
 
 
 def load_dataset(cfg) -> Dataset:
-    """The dataset the `data` config group names, on the CPU (the caller moves it once to the device)."""
-    return DATASETS.resolve(cfg).value.load(cfg)
+    """The dataset the `data` config group names, on the CPU (the caller moves it once to the device). Its labels
+    are checked here, once: training groups batches by class without checking them (a check would wait for the
+    device at every step)."""
+    dataset = DATASETS.resolve(cfg).value.load(cfg)
+    for split, labels in (("train", dataset.train_y), ("test", dataset.test_y)):
+        if labels.dtype != torch.long:
+            raise UserError(f"data={cfg.name}: the {split} labels are {labels.dtype}; they must be torch.long (int64)")
+        outside = labels[(labels < 0) | (labels >= dataset.num_classes)]
+        if outside.numel():
+            raise UserError(
+                f"data={cfg.name}: the {split} split holds label {int(outside[0])}; "
+                f"labels must lie in [0, {dataset.num_classes})"
+            )
+    return dataset

@@ -9,11 +9,11 @@ from torch import Tensor
 
 from semdl.objectives.rates import (
     ClassBatch,
+    factor_counted,
     gram_smaller_side,
-    identity_plus_cholesky,
+    inverse_of_factor,
     logdet_of_factor,
     pad_by_class,
-    rate_terms,
     times_on_side,
 )
 
@@ -142,8 +142,8 @@ class _PrimalDualObjective(torch.autograd.Function):
         d <W^k, Z_k^T Z_k> / d Z_k = 2 Z_k W^k (W^k symmetric),   d ||Z_k^T Z_k||^2 / d Z_k = 4 Z_k Z_k^T Z_k
 
     each on the smaller side of its Gram (push-through identity). Autograd would add two products of the batch
-    with d x d matrices per term; here the consensus term's Z_k W^k serves both passes. Outputs the (B,) losses
-    and whether any Cholesky factorisation failed (then the caller takes the eigenvalue fallback instead).
+    with d x d matrices per term; here the consensus term's Z_k W^k serves both passes. Outputs the (B,) losses;
+    nothing in either pass waits for the device (see identity_plus_cholesky for a failed factorisation).
     """
 
     @staticmethod
@@ -151,10 +151,10 @@ class _PrimalDualObjective(torch.autograd.Function):
         m, d = Z.shape[-2:]
         alpha = d / (m * eps_sq)
         gram, rows = gram_smaller_side(Z)
-        factor, info = identity_plus_cholesky(gram, alpha)
+        factor = factor_counted(gram, alpha)
         class_gram, class_rows = gram_smaller_side(padded)
         sizes = counts.clamp_min(1)
-        class_factor, class_info = identity_plus_cholesky(class_gram, d / (sizes * eps_sq))
+        class_factor = factor_counted(class_gram, d / (sizes * eps_sq))
         present = (counts > 0).to(counts.dtype)
         inverse_sizes = present / sizes  # 1/m_k for classes in the batch, else 0
         projected = padded @ linear
@@ -166,21 +166,19 @@ class _PrimalDualObjective(torch.autograd.Function):
         R = 0.5 * logdet_of_factor(factor)
         Rc = (counts / (2 * m) * logdet_of_factor(class_factor)).sum(-1)
         losses = gamma2 * Rc - gamma1 * R + consensus.sum(-1)
-        failed = (info != 0).any() | (class_info != 0).any()
         ctx.save_for_backward(Z, padded, factor, class_gram, class_factor, projected, present, inverse_sizes, quadratic)
         ctx.constants = (alpha, rows, class_rows, gamma1, gamma2)
-        ctx.mark_non_differentiable(failed)
-        return losses, failed
+        return losses
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_losses, _grad_failed):
+    def backward(ctx, grad_losses):
         Z, padded, factor, class_gram, class_factor, projected, present, inverse_sizes, quadratic = ctx.saved_tensors
         alpha, rows, class_rows, gamma1, gamma2 = ctx.constants
-        grad_Z = times_on_side(torch.cholesky_inverse(factor) * (-gamma1 * alpha * grad_losses)[:, None, None], Z, rows)
+        grad_Z = times_on_side(inverse_of_factor(factor) * (-gamma1 * alpha * grad_losses)[:, None, None], Z, rows)
         grad = grad_losses[:, None]
         rate_weight = gamma2 * alpha * present * grad  # (m_k / m) alpha_k = alpha for present classes
-        class_matrix = (rate_weight[..., None, None] * torch.cholesky_inverse(class_factor)).add_(
+        class_matrix = (rate_weight[..., None, None] * inverse_of_factor(class_factor)).add_(
             (4 * quadratic * inverse_sizes.pow(2) * grad)[..., None, None] * class_gram
         )
         grad_padded = times_on_side(class_matrix, padded, class_rows).add_(
@@ -211,31 +209,8 @@ def primal_dual_loss_with_penalty(
         Z, labels, penalty = Z[None], labels[None], penalty[None]
     padded, counts = pad_by_class(Z, labels, num_classes, width)
     fields = (penalty.linear.detach(), penalty.quadratic.detach(), penalty.constant.detach())
-    losses, failed = _PrimalDualObjective.apply(Z, padded, counts.to(Z.dtype), *fields, eps_sq, gamma1, gamma2)
-    if failed:
-        losses = torch.stack(
-            [
-                _loss_with_fallback(Z[b], labels[b], num_classes, eps_sq, penalty[b], gamma1, gamma2, width)
-                for b in range(Z.shape[0])
-            ]
-        )
+    losses = _PrimalDualObjective.apply(Z, padded, counts.to(Z.dtype), *fields, eps_sq, gamma1, gamma2)
     return losses if stacked else losses[0]
-
-
-def _loss_with_fallback(
-    Z: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    eps_sq: float,
-    penalty: ConsensusPenalty,
-    gamma1: float,
-    gamma2: float,
-    width: int | None,
-) -> Tensor:
-    """One batch's loss through autograd and logdet_identity_plus, which takes the eigenvalue fallback for a
-    Gram whose Cholesky factorisation fails."""
-    R, Rc, batch = rate_terms(Z, labels, num_classes, eps_sq, width)
-    return -(gamma1 * R - gamma2 * Rc) + batch_consensus_terms(batch, penalty)
 
 
 def primal_dual_loss(

@@ -17,17 +17,41 @@ from torch import Tensor
 
 
 def identity_plus_cholesky(gram: Tensor, scale: Tensor | float) -> tuple[Tensor, Tensor]:
-    """Cholesky factors of I + scale * gram for a batch (..., n, n), scale (...) or a number, and their info codes
-    (nonzero where the factorisation failed)."""
+    """Cholesky factors of I + scale * gram for a batch (..., n, n), scale (...) or a number, and where a first
+    factorisation failed (bool (...)), decided on the device: no host wait.
+
+    Rounding can make I + scale * gram, positive definite in exact arithmetic, slightly indefinite (a nearly
+    singular Gram times a large scale). Those matrices are factorised again with their diagonal shifted by
+    n * u * (their largest diagonal entry), u the dtype's unit roundoff: the size of the rounding error of
+    forming and factorising them, so the shift stays within what float precision can resolve. A matrix that
+    still fails (a non-finite one) gets a NaN factor, so its logdet is NaN, for the run's numerical guard.
+    """
     if torch.is_tensor(scale):
         scale = scale[..., None, None]
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    return torch.linalg.cholesky_ex(eye + scale * gram)
+    n = gram.shape[-1]
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    matrices = eye + scale * gram
+    factor, info = torch.linalg.cholesky_ex(matrices)
+    failed = info != 0
+    if factor.device.type == "cpu" and not bool(failed.any()):
+        return factor, failed  # on the CPU the flag costs no wait, and a retry nobody selects is skipped
+    shift = n * torch.finfo(gram.dtype).eps * matrices.diagonal(dim1=-2, dim2=-1).amax(-1)
+    retried, retry_info = torch.linalg.cholesky_ex(matrices + shift[..., None, None] * eye)
+    retried = torch.where((retry_info == 0)[..., None, None], retried, float("nan"))
+    return torch.where(failed[..., None, None], retried, factor), failed
 
 
 def logdet_of_factor(factor: Tensor) -> Tensor:
     """logdet(L L^T) of Cholesky factors (..., n, n)."""
     return 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+def inverse_of_factor(factor: Tensor) -> Tensor:
+    """(L L^T)^-1 of Cholesky factors (..., n, n), through the triangular inverse: unlike cholesky_inverse, which
+    checks LAPACK's error codes on the host, it never waits for the device (and costs about the same on the CPU)."""
+    eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+    inverse_factor = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+    return inverse_factor.mT @ inverse_factor
 
 
 def gram_smaller_side(X: Tensor) -> tuple[Tensor, bool]:
@@ -43,31 +67,19 @@ def times_on_side(matrix: Tensor, X: Tensor, rows: bool) -> Tensor:
     return matrix @ X if rows else X @ matrix
 
 
-class _CholeskyLogdet(torch.autograd.Function):
-    """logdet(I + s G) through one Cholesky factor L; its gradient s (I + s G)^-1 reuses L (cholesky_inverse),
-    which is about twice as fast as differentiating through the factorisation."""
-
-    @staticmethod
-    def forward(ctx, gram: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        factor, info = identity_plus_cholesky(gram, scale)
-        ctx.save_for_backward(factor, scale, info)
-        ctx.mark_non_differentiable(info)
-        return logdet_of_factor(factor), info
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logdet: Tensor, _grad_info: Tensor) -> tuple[Tensor, None]:
-        factor, scale, info = ctx.saved_tensors
-        # A failed factor is garbage; its entries take the eigenvalue fallback's gradient instead.
-        weight = torch.where(info == 0, grad_logdet * scale, 0)
-        return weight[..., None, None] * torch.cholesky_inverse(factor), None
-
-
 class FallbackTally:
-    """How many matrices took the eigenvalue fallback inside one `counting_fallbacks` block."""
+    """How many matrices needed the shifted refactorisation inside one `counting_fallbacks` block, as a device
+    tensor (so counting adds no host wait); `total()` reads it."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count: Tensor | None = None
+
+    def add(self, failed: Tensor) -> None:
+        found = failed.sum()
+        self.count = found if self.count is None else self.count + found.to(self.count.device)
+
+    def total(self) -> int:
+        return 0 if self.count is None else int(self.count)
 
 
 _tally: ContextVar[FallbackTally | None] = ContextVar("semdl_fallback_tally", default=None)
@@ -75,7 +87,7 @@ _tally: ContextVar[FallbackTally | None] = ContextVar("semdl_fallback_tally", de
 
 @contextmanager
 def counting_fallbacks() -> Iterator[FallbackTally]:
-    """Count the eigenvalue fallbacks of the logdets computed inside the block (a round counts its own, so no
+    """Count the shifted refactorisations of the logdets computed inside the block (a round counts its own, so no
     counter outlives the work it describes)."""
     tally = FallbackTally()
     token = _tally.set(tally)
@@ -85,29 +97,41 @@ def counting_fallbacks() -> Iterator[FallbackTally]:
         _tally.reset(token)
 
 
+def factor_counted(gram: Tensor, scale: Tensor | float) -> Tensor:
+    """identity_plus_cholesky's factors, its refactorisations counted by the enclosing `counting_fallbacks`."""
+    factor, failed = identity_plus_cholesky(gram, scale)
+    tally = _tally.get()
+    if tally is not None:
+        tally.add(failed)
+    return factor
+
+
+class _CholeskyLogdet(torch.autograd.Function):
+    """logdet(I + s G) through one Cholesky factor L; its gradient s (I + s G)^-1 reuses L, which is about twice
+    as fast as differentiating through the factorisation."""
+
+    @staticmethod
+    def forward(ctx, gram: Tensor, scale: Tensor) -> Tensor:
+        factor = factor_counted(gram, scale)
+        ctx.save_for_backward(factor, scale)
+        return logdet_of_factor(factor)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logdet: Tensor) -> tuple[Tensor, None]:
+        factor, scale = ctx.saved_tensors
+        return (grad_logdet * scale)[..., None, None] * inverse_of_factor(factor), None
+
+
 def logdet_identity_plus(gram: Tensor, scale: Tensor | float) -> Tensor:
     """logdet(I + scale * gram) for a batch (..., n, n) of symmetric PSD matrices; `scale` (...) is a constant,
-    a tensor or a Python number (which costs no host-to-device copy)."""
+    a tensor or a Python number (which costs no host-to-device copy). NaN for a non-finite matrix; a matrix that
+    rounding made indefinite is factorised with a shifted diagonal (see identity_plus_cholesky)."""
     batch_shape, n = gram.shape[:-2], gram.shape[-1]
-    grams = gram.reshape(-1, n, n)
     if not torch.is_tensor(scale):
         scale = gram.new_full((), scale)
     scales = scale.to(gram.dtype).expand(batch_shape).reshape(-1)
-    logdet, info = _CholeskyLogdet.apply(grams, scales)
-    failed = info != 0
-    if failed.any():
-        # Rounding can make a nearly singular Gram slightly indefinite; its eigenvalues, clamped at 0, still
-        # give the logdet of the PSD matrix it approximates.
-        tally = _tally.get()
-        if tally is not None:
-            tally.count += int(failed.sum())
-        # A non-finite matrix has no logdet: it becomes NaN, for the run's numerical guard, not an eigh error.
-        candidates = grams[failed]
-        finite = torch.isfinite(candidates).all(-1).all(-1)
-        eigenvalues = torch.linalg.eigvalsh(torch.where(finite[:, None, None], candidates, 0)).clamp_min(0)
-        fallback = torch.where(finite, torch.log1p(scales[failed][:, None] * eigenvalues).sum(-1), float("nan"))
-        logdet = logdet.index_put((failed,), fallback)
-    return logdet.reshape(batch_shape)
+    return _CholeskyLogdet.apply(gram.reshape(-1, n, n), scales).reshape(batch_shape)
 
 
 def coding_rate(Z: Tensor, eps_sq: float) -> Tensor:
@@ -120,21 +144,20 @@ def pad_by_class(Z: Tensor, labels: Tensor, num_classes: int, width: int | None 
     """Rows of Z grouped by class into a zero-padded (K, width, d) tensor, and the class counts (K,).
 
     Z (..., m, d) and labels (..., m) may carry leading batch dimensions (several nodes' batches, grouped each on
-    its own): then the result is (..., K, width, d) and (..., K). width defaults to the largest class count, which
-    is read from the device (a host synchronisation, since it is a shape); a caller that knows an upper bound (a
-    node knows its largest local class) passes it.
+    its own): then the result is (..., K, width, d) and (..., K). Labels must lie in [0, K): they are not checked
+    here, since a check would wait for the device (semdl checks a dataset's labels once, when it is loaded).
+    width defaults to the largest class count, which is read from the device (a host wait, since it is a shape);
+    a caller that knows an upper bound (a node knows its largest local class) passes it.
     """
     batch_shape, d = labels.shape[:-1], Z.shape[-1]
     batch = math.prod(batch_shape)
     flat_labels = labels.reshape(-1)
     if batch > 1:
-        # Batch b's classes become b*K + k; a label >= K goes past every batch's range, so the count below sees it.
         offsets = num_classes * torch.arange(batch, device=labels.device)
-        rows = labels.reshape(batch, -1)
-        flat_labels = torch.where(rows < num_classes, rows + offsets[:, None], batch * num_classes).reshape(-1)
-    counts = torch.bincount(flat_labels, minlength=batch * num_classes)
-    if counts.shape[0] != batch * num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes})")
+        flat_labels = (labels.reshape(batch, -1) + offsets[:, None]).reshape(-1)
+    # A scatter-add, not torch.bincount, which reads its input's largest value on the host to size its output.
+    counts = torch.zeros(batch * num_classes, dtype=torch.long, device=labels.device)
+    counts.index_add_(0, flat_labels, torch.ones_like(flat_labels))
     order = torch.argsort(flat_labels, stable=True)
     sorted_labels = flat_labels[order]
     starts = torch.cumsum(counts, 0) - counts

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from omegaconf import DictConfig
+from torch import Tensor
 from tqdm import tqdm
 
 from semdl.checkpoint import checkpoint_state, restore_nodes
@@ -44,8 +45,9 @@ class History:
         )
 
 
-def run_round(network: Network) -> tuple[RoundResult, int]:
-    """One round of the solver, with the eigenvalue fallbacks it took; the network then holds its inboxes."""
+def run_round(network: Network) -> tuple[RoundResult, Tensor | None]:
+    """One round of the solver, with the number of shifted Cholesky refactorisations it took (a device tensor, or
+    None if it factorised nothing); the network then holds its inboxes."""
     with counting_fallbacks() as fallbacks:
         result = network.solver.round(network)
     network.inboxes = result.inboxes

@@ -108,7 +108,7 @@ def round_rows(
     result: RoundResult,
     bytes_before: list[int],
     round_start: float,
-    cholesky_fallbacks: int,
+    cholesky_fallbacks: Tensor | None,
     test_losses: HeldOutLosses | None = None,
 ) -> list[dict]:
     """metrics.jsonl rows of one round: one per node, one per cluster of the plan and one for the network.
@@ -120,14 +120,18 @@ def round_rows(
     """
     communicator = network.communicator
     per_node = communicator.gather(node_values(network, result, test_losses))
-    numbers = torch.cat([per_node.flatten(), network_values(network)]).tolist()
+    fallbacks = torch.zeros(1, dtype=torch.float64, device=per_node.device)
+    if cholesky_fallbacks is not None:
+        fallbacks += cholesky_fallbacks.to(fallbacks.device)
+    numbers = torch.cat([per_node.flatten(), network_values(network), fallbacks]).tolist()
+    own_fallbacks = int(numbers.pop())
     round_seconds = time.perf_counter() - round_start
     num_nodes, width = len(communicator.bytes_sent), NodeRecord.width()
     records = [NodeRecord(*numbers[width * index : width * (index + 1)]) for index in range(num_nodes)]
     for index, record in enumerate(records):
         record.check(round_index, index)
     host = communicator.gather_host(
-        [[work.seconds, cholesky_fallbacks if position == 0 else 0] for position, work in enumerate(result.work)]
+        [[work.seconds, own_fallbacks if position == 0 else 0] for position, work in enumerate(result.work)]
     )
     communicator.sync_bytes()
     bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
