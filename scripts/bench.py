@@ -4,6 +4,7 @@
                                       [--classes 10 100] [--neighbors 5] [--objectives primal_dual cluster]
                                       [--repeats N] [--json PATH]
     python scripts/bench.py round [OVERRIDE ...] [--device auto|cpu|cuda] [--rounds N] [--warmup N] [--json PATH]
+                                  [--grid KEY=V1,V2 ...]
     python scripts/bench.py scaling [--device auto|cpu|cuda] [--nodes 2 4 8 16 32 64] [--per-node-per-class 10]
                                     [--rounds N] [--json PATH]
 
@@ -248,35 +249,110 @@ def encoder_floor(cfg: DictConfig) -> Callable[[], None]:
     return floor
 
 
-def run_round_bench(args: argparse.Namespace) -> int:
-    """The `round` subcommand: seconds per solver round against the encoder floor, printed and optionally as JSON."""
-    if cuda_missing(args.device):
-        return 2
-    torch.set_num_threads(args.threads)
-    cfg = compose_config([*args.overrides, f"device={args.device}"])
+def round_row(overrides: list[str], args: argparse.Namespace) -> dict:
+    """Time the round of the experiment `overrides` against its encoder floor: one table row."""
+    cfg = compose_config([*overrides, f"device={args.device}"])
     device = resolve_device(cfg.device).type
     network, step = round_step(cfg)
-    nodes = network.nodes
     floor = encoder_floor(cfg)
     round_s, floor_s = interleaved_medians([step, floor], args.warmup, args.rounds, device)
-    machine = machine_info(device, args.threads)
-    print(", ".join(f"{key}={value}" for key, value in machine.items()))
     row = {
-        "overrides": " ".join(args.overrides) or "(default)",
+        "overrides": " ".join(overrides) or "(default)",
         "solver": cfg.solver.name,
         "nodes": cfg.nodes,
-        "samples": sum(node.num_samples for node in nodes),
+        "samples": sum(node.num_samples for node in network.nodes),
+        "groups": [len(group.nodes) for group in network.groups],
         "round_s": round_s,
         "floor_s": floor_s,
         "ratio": round_s / floor_s,
     }
-    print(f"{'overrides':<30} {'solver':<12} {'nodes':>5} {'samples':>7} {'round s':>9} {'floor s':>9} {'ratio':>6}")
-    print(
-        f"{row['overrides']:<30} {row['solver']:<12} {row['nodes']:>5} {row['samples']:>7} {round_s:>9.4f}"
-        f" {floor_s:>9.4f} {row['ratio']:>6.2f}"
-    )
-    if args.json is not None:
-        args.json.write_text(json.dumps({"machine": machine, "rows": [row]}, indent=2) + "\n")
+    if device == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return row
+
+
+def grid_variants(axes: list[str]) -> list[list[str]]:
+    """Every combination of `KEY=V1,V2,...` axes as override lists, the first axis varying slowest."""
+    variants: list[list[str]] = [[]]
+    for axis in axes:
+        key, separator, values = axis.partition("=")
+        if not separator or not values:
+            raise SystemExit(f"bench.py: error: --grid {axis!r} is not KEY=V1,V2,...")
+        variants = [[*variant, f"{key}={value}"] for variant in variants for value in values.split(",")]
+    return variants
+
+
+def cached_datasets() -> None:
+    """Load each dataset config once in this process (a grid builds two networks of the same data per row)."""
+    import semdl.pipeline.network as network_module
+    from omegaconf import OmegaConf
+
+    load, cache = network_module.load_dataset, {}
+
+    def load_once(data_cfg):
+        key = OmegaConf.to_yaml(data_cfg)
+        if key not in cache:
+            cache[key] = load(data_cfg)
+        return cache[key]
+
+    network_module.load_dataset = load_once
+
+
+def free_device_memory(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def print_round_rows(rows: list[dict], header: bool = True) -> None:
+    """One line per row: its variant (in a grid) or overrides, then the numbers, the ratio last."""
+    label = "variant" if "variant" in rows[0] else "overrides"
+    if header:
+        print(f"{label:<30} {'solver':<12} {'nodes':>5} {'samples':>7} {'round s':>9} {'floor s':>9} {'ratio':>6}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row[label]:<30} error: {row['error']}")
+            continue
+        print(
+            f"{row[label]:<30} {row['solver']:<12} {row['nodes']:>5} {row['samples']:>7} {row['round_s']:>9.4f}"
+            f" {row['floor_s']:>9.4f} {row['ratio']:>6.2f}"
+        )
+
+
+def run_round_bench(args: argparse.Namespace) -> int:
+    """The `round` subcommand: seconds per solver round against the encoder floor, printed and optionally as JSON;
+    with --grid, one row per combination of the grid's values."""
+    if cuda_missing(args.device):
+        return 2
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device).type
+    machine = machine_info(device, args.threads)
+    print(", ".join(f"{key}={value}" for key, value in machine.items()))
+    if not args.grid:
+        rows = [round_row(args.overrides, args)]
+        print_round_rows(rows)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        return 0
+    cached_datasets()
+    rows = []
+    for variant in grid_variants(args.grid):
+        started = time.perf_counter()
+        try:
+            row = round_row([*args.overrides, *variant], args)
+        except Exception as error:  # a rejected combination or a failure: recorded, the grid goes on
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            row = {"overrides": " ".join([*args.overrides, *variant]), "error": f"{type(error).__name__}: {message}"}
+        row = {"variant": " ".join(variant), **row, "seconds": time.perf_counter() - started}
+        rows.append(row)
+        free_device_memory(device)
+        print_round_rows([row], header=not rows[:-1])
+        sys.stdout.flush()
+        if args.json is not None:
+            args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     return 0
 
 
@@ -397,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     round_parser.add_argument("--rounds", type=int, default=5, help="timed rounds (and floors)")
     round_parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (and floors) first")
     round_parser.add_argument("--json", type=Path, default=None, help="write the row and machine info here")
+    round_parser.add_argument(
+        "--grid", nargs="+", default=None, metavar="KEY=V1,V2", help="time every combination of these values"
+    )
     round_parser.set_defaults(handler=run_round_bench)
     scaling = subcommands.add_parser("scaling", help="seconds per round and state size against the node count")
     scaling.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -369,9 +369,9 @@ def guarded(run, num_nodes: int, run_dir: Path | None):
 
 def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> NoReturn:
     """Say what stopped the command in one line on stderr, and exit with its status (outcome)."""
-    from semdl.errors import Interrupted, NumericalError, Stopped
+    from semdl.errors import Interrupted, NumericalError, OutOfMemory, Stopped
 
-    explained = (UserError, NumericalError, Interrupted, Stopped, KeyboardInterrupt)
+    explained = (UserError, NumericalError, OutOfMemory, Interrupted, Stopped, KeyboardInterrupt)
     if os.environ.get("SEMDL_DEBUG") and not isinstance(error, explained):
         raise error  # a developer asked to see the traceback of a fault or a bug
     status, line = outcome(error, prefix, run_dir)
@@ -380,15 +380,23 @@ def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = Non
 
 
 def outcome(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> tuple[int, str]:
-    """The exit status and the one line that say what stopped a command: 2 a user mistake, 3 a numerical failure,
-    128 + the signal's number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank) or a
-    bug, whose traceback goes to the run's log (or a file in the temporary folder) instead of the terminal."""
-    from semdl.errors import Interrupted, NumericalError, Stopped
+    """The exit status and the one line that say what stopped a command: 2 a user mistake or a device out of memory
+    (the line names the stage, the device and the settings that help: semdl.pipeline.lockstep), 3 a numerical
+    failure, 128 + the signal's number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank)
+    or a bug, whose traceback goes to the run's log (or a file in the temporary folder) instead of the terminal."""
+    from semdl.errors import Interrupted, NumericalError, OutOfMemory, Stopped
 
     if isinstance(error, UserError):
         return 2, f"semdl: error: {prefix}{error}"
     if isinstance(error, NumericalError):
         return 3, f"semdl: numerical failure: {prefix}{error}"
+    if isinstance(error, OutOfMemory):
+        return 2, f"semdl: {prefix}{error}"
+    # Out of memory outside the rounds: only a command that got as far as the pipeline (which loads this module)
+    # allocates much.
+    memory = sys.modules.get("semdl.pipeline.lockstep")
+    if memory is not None and memory.is_out_of_memory(error):
+        return 2, f"semdl: {prefix}{memory.out_of_memory_line(error, run_dir)}"
     if isinstance(error, Interrupted):
         return 128 + error.signal_number, f"semdl: {prefix}{error}"
     if isinstance(error, (Stopped, KeyboardInterrupt)):

@@ -32,7 +32,7 @@ class TrainConfig:
 
 @dataclass
 class SimConfig:
-    lockstep: str = "on"  # train nodes of equal data sizes mini-batch by mini-batch, batched between the encoders
+    lockstep: str = "auto"  # batch nodes of equal data sizes, one backward per group: on, off, auto (cut to fit memory)
     vectorize: str = "auto"  # run nodes of one architecture and equal data as one vmapped group: auto = on CUDA
 
 
@@ -271,10 +271,13 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.keep_checkpoints", cfg.train.keep_checkpoints, 1)
     _choice("train.amp", cfg.train.amp, SWITCHES)
     _choice("train.compile", cfg.train.compile, SWITCHES)
-    _choice("sim.lockstep", cfg.sim.lockstep, ("on", "off"))
+    _choice("sim.lockstep", cfg.sim.lockstep, SWITCHES)
     _choice("sim.vectorize", cfg.sim.vectorize, SWITCHES)
     if cfg.sim.vectorize == "on" and cfg.sim.lockstep == "off":
-        raise UserError("sim.vectorize=on runs nodes in lockstep groups; it cannot be combined with sim.lockstep=off")
+        raise UserError(
+            "sim.vectorize=on runs nodes in lockstep groups (sim.lockstep=on or auto); "
+            "it cannot be combined with sim.lockstep=off"
+        )
     if cfg.sim.vectorize == "on" and not solver.traits.lockstep:
         lockstep = ", ".join(name for name in groups["solver"].names() if groups["solver"].get(name).value.traits.lockstep)
         raise UserError(

@@ -1,5 +1,6 @@
-"""Exceptions the CLI turns into one line on stderr: a user mistake (exit 2), a numerical failure (exit 3),
-an interruption that saved a checkpoint or a stop at once (exit 130 for SIGINT, 143 for SIGTERM)."""
+"""Exceptions the CLI turns into one line on stderr: a user mistake or a device out of memory (exit 2), a numerical
+failure (exit 3), an interruption that saved a checkpoint or a stop at once (exit 130 for SIGINT, 143 for
+SIGTERM)."""
 
 import signal
 
@@ -10,6 +11,11 @@ class UserError(Exception):
 
 class NumericalError(Exception):
     """A non-finite loss, statistic or dual: the run stopped, keeping its last good checkpoint."""
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory where the run knows its round and stage; the message is the whole line (without
+    `semdl: `) that the command prints before it exits with status 2 (semdl.pipeline.lockstep builds it)."""
 
 
 class Interrupted(Exception):

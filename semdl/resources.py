@@ -171,7 +171,8 @@ def run_device(cfg: DictConfig) -> torch.device | None:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         return None
-    index = int(os.environ.get("LOCAL_RANK", "0")) if cfg.comm == "torch_distributed" else torch.cuda.current_device()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    index = local_rank % torch.cuda.device_count() if cfg.comm == "torch_distributed" else torch.cuda.current_device()
     return torch.device("cuda", index)
 
 

@@ -708,7 +708,7 @@ def test_pool_statistics_equals_statistics_of_concatenated_data():
 
 
 def shifted_logdet(scale: float, gram: torch.Tensor, unit_roundoff: float) -> torch.Tensor:
-    """logdet(A + delta I), A = I + scale * gram, delta = n * u * max_i A_ii, in float64 (the refactorisation's math)."""
+    """logdet(A + delta I), A = I + scale * gram, delta = n * u * max_i A_ii, in float64 (the refactorisation)."""
     n = gram.shape[-1]
     A = torch.eye(n, dtype=F64) + scale * gram.to(F64)
     return torch.logdet(A + n * unit_roundoff * A.diagonal().max() * torch.eye(n, dtype=F64))

@@ -22,6 +22,7 @@ from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.io import MetricsWriter, save_checkpoint
 from semdl.network import Node
 from semdl.objectives.rates import counting_fallbacks
+from semdl.pipeline.lockstep import is_out_of_memory, round_out_of_memory
 from semdl.pipeline.network import Network, build_nodes
 from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
@@ -138,8 +139,9 @@ class PeriodicEvaluation:
 class CheckpointCadence:
     """train.checkpoint_every, and the checkpoint of a round that a first Ctrl-C asked to be the last."""
 
-    def __init__(self, cfg: DictConfig, network: Network, checkpoints: Path, leader: bool):
+    def __init__(self, cfg: DictConfig, network: Network, checkpoints: Path, leader: bool, done: int = 0):
         self.cfg, self.network, self.checkpoints, self.leader = cfg, network, checkpoints, leader
+        self.last = done or None  # the round of the newest checkpoint (a resumed run starts from one)
 
     def __call__(self, round_index: int, interrupted: bool) -> None:
         every, rounds = self.cfg.train.checkpoint_every, self.cfg.train.rounds
@@ -147,6 +149,7 @@ class CheckpointCadence:
             state = checkpoint_state(round_index, self.network, self.cfg)
             if self.leader:
                 save_checkpoint(self.checkpoints, state, self.cfg.train.keep_checkpoints)
+            self.last = round_index
 
 
 def progress_bar(cfg: DictConfig, done: int, leader: bool) -> tqdm:
@@ -170,17 +173,21 @@ def train_rounds(
     communicator = network.communicator
     leader = communicator.rank == 0
     evaluate = PeriodicEvaluation(cfg, network, run_dir / "figures")
-    checkpoint = CheckpointCadence(cfg, network, run_dir / "checkpoints", leader)
+    checkpoint = CheckpointCadence(cfg, network, run_dir / "checkpoints", leader, done)
     test_losses = HeldOutLosses(network) if cfg.eval.test_loss else None
     progress = progress_bar(cfg, done, leader)
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
+    round_index, stage = done + 1, "training"  # where the rounds are, for the line of a run out of memory
     try:
         with checkpoint_on_signals() as received:
             for round_index in progress:
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
+                stage = "training"
                 result, fallbacks = run_round(network)
+                stage = "training" if test_losses is None else "evaluation"  # eval.test_loss encodes the test set
                 rows = round_rows(round_index, network, result, bytes_before, round_start, fallbacks, test_losses)
+                stage = "evaluation"
                 evaluation = evaluate(round_index)
                 if evaluation is not None:
                     history.evaluation_rows.append(evaluation)
@@ -204,6 +211,7 @@ def train_rounds(
                     )
                 # Every rank stops after the same round, so the checkpoint holds one round of every node.
                 stop = communicator.anyone(bool(received))
+                stage = "checkpointing"
                 checkpoint(round_index, stop)
                 if stop and round_index < cfg.train.rounds:
                     resume = f"checkpoint saved; continue with: semdl train resume={run_dir}"
@@ -212,6 +220,20 @@ def train_rounds(
                         f"interrupted after round {round_index} of {cfg.train.rounds}, {where}",
                         received[0] if received else signal.SIGTERM,
                     )
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        # One line instead of a traceback (semdl.cli.outcome, exit status 2): the round, what it was doing, what
+        # helps, and the checkpoint to continue from (written whole or not at all, so the last one is intact).
+        raise round_out_of_memory(
+            network.dataset.train_y.device,
+            stage,
+            round_index,
+            cfg.train.rounds,
+            any(len(group.nodes) > 1 for group in network.groups),
+            run_dir if leader else None,
+            checkpoint.last,
+        ) from error
     finally:
         if metrics is not None:
             metrics.close()

@@ -28,6 +28,7 @@ from semdl.network.distributed import (
     process_rank,
     start_process_group,
 )
+from semdl.pipeline.lockstep import plan_groups
 from semdl.solvers import NodeGroup, Plan, Solver, build_groups, build_solver
 
 log = logging.getLogger("semdl")
@@ -60,12 +61,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def local_gpu() -> int:
+    """The GPU of this torchrun rank: its LOCAL_RANK, modulo the GPUs there are."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+
+
 def process_device(cfg: DictConfig) -> torch.device:
-    """This process's device; with comm=torch_distributed, also join the torchrun job (one GPU per local rank)."""
+    """This process's device; with comm=torch_distributed, also join the torchrun job (one GPU per local rank; with
+    more local ranks than GPUs, ranks share them in turn)."""
     device = resolve_device(cfg.device)
     if cfg.comm == "torch_distributed":
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            device = torch.device("cuda", local_gpu())
             torch.cuda.set_device(device)
         start_process_group(cfg.comm_backend, cfg.comm_timeout, device)
     elif launched_by_torchrun():
@@ -212,12 +219,15 @@ def build_network(
     else:
         communicator = InProcessCommunicator(plan.neighbors, responsible)
     nodes = build_nodes(cfg, dataset, plan.parts, plan.responsible, device, communicator.local)
-    lockstep = solver.traits.lockstep and cfg.sim.lockstep == "on"
+    lockstep = solver.traits.lockstep and cfg.sim.lockstep != "off"
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
     network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id)
     if restore is not None:
         restore(network)
-    network.groups = build_groups(nodes, lockstep, vectorize, switch(cfg.train.compile, device.type == "cuda"))
+    # sim.lockstep=auto measures the nodes as they are now (restored, when resuming); the plan is redone on resume
+    members = plan_groups(nodes, cfg.sim.lockstep if lockstep else "off", vectorize, cfg.train.batch_size, device)
+    compile_encoders = switch(cfg.train.compile, device.type == "cuda")
+    network.groups = build_groups(nodes, lockstep, vectorize, compile_encoders, members)
     solver.start(network)
     if solver_states is not None:
         solver.load_state_dict(network, solver_states)

@@ -17,13 +17,15 @@ from semdl.config import EVALUATIONS, Config, validate
 from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, read_metrics
 
-# What a resumed run may change: its length, its evaluation, how often it checkpoints, and where it runs.
+# What a resumed run may change: its length, its evaluation, how often it checkpoints, and where and in what groups
+# its nodes run (sim.*: how work is batched, not what a node computes).
 RESUMABLE_KEYS = (
     "train.rounds",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.final_optimizer_state",
     "eval.",
+    "sim.",
     "comm",
     "device",
 )
