@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 from types import SimpleNamespace
 
@@ -365,9 +366,17 @@ def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path,
     assert max(row["round"] for row in read_metrics(run_dir / "metrics.jsonl")) == 2
     monkeypatch.setattr(PrimalDual, "round", original_round)
 
+    advised = tmp_path / "advised"
+    shutil.copytree(run_dir, advised)
     resume_experiment(run_dir, [])
     run_experiment(composed(QUICK), tmp_path / "uninterrupted")
     assert results(run_dir) == results(tmp_path / "uninterrupted")
+    # The advice can be taken on resume (sim.* only batches the same per-node work differently): the same numbers
+    # up to float rounding (1e-3, as tests/test_fast_paths.py justifies for node-by-node against grouped runs).
+    resume_experiment(advised, ["sim.lockstep=off"])
+    resumed, uninterrupted = (json.loads((run / "summary.json").read_text()) for run in (advised, run_dir))
+    assert resumed["rounds"] == 3
+    assert resumed["network_dR"] == pytest.approx(uninterrupted["network_dR"], rel=1e-3)
 
 
 def test_out_of_memory_outside_the_rounds_names_its_stage(tmp_path, monkeypatch):

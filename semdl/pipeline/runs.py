@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -68,6 +70,15 @@ def _read_json(path: Path, what: str) -> dict:
     return payload
 
 
+def override_values(overrides: list[str]) -> DictConfig:
+    """Command-line overrides as a config, their values read as `semdl train` reads them (Hydra's grammar: `off`
+    stays the string it is, where YAML would make it false)."""
+    values = OmegaConf.create()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        OmegaConf.update(values, override.key_or_group, override.value(), force_add=True)
+    return values
+
+
 def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], command: str) -> SavedRun:
     """Read `run_dir` for `command` ("resume", "semdl eval"), with `overrides` of the keys in `allowed` only.
 
@@ -109,8 +120,8 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     # eval=<protocol> replaces the run's evaluation settings with that protocol's, before any eval.* override.
     protocol = [{"eval": OmegaConf.structured(EVALUATIONS[name])} for name in protocols[-1:]]
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, *protocol, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as error:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, *protocol, override_values(overrides))
+    except (OmegaConfBaseException, HydraException) as error:
         raise UserError(f"cannot apply {' '.join(overrides)} to {run_dir}: {str(error).splitlines()[0]}") from None
     validate(cfg)
     partition, parts = saved_partition(run_dir)
