@@ -209,6 +209,15 @@ def cuda_missing(device: str) -> bool:
     return False
 
 
+def start_on_device(args: argparse.Namespace) -> tuple[str, dict]:
+    """Set the threads, resolve --device and print the machine line; the device type and the machine info."""
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device).type
+    machine = machine_info(device, args.threads)
+    print(", ".join(f"{key}={value}" for key, value in machine.items()))
+    return device, machine
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """The experiment's config as `semdl train` would compose it, validated."""
     load_registries()
@@ -327,10 +336,7 @@ def run_round_bench(args: argparse.Namespace) -> int:
     with --grid, one row per combination of the grid's values."""
     if cuda_missing(args.device):
         return 2
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device).type
-    machine = machine_info(device, args.threads)
-    print(", ".join(f"{key}={value}" for key, value in machine.items()))
+    device, machine = start_on_device(args)
     if not args.grid:
         rows = [round_row(args.overrides, args)]
         print_round_rows(rows)
@@ -398,10 +404,7 @@ def run_scaling(args: argparse.Namespace) -> int:
     """
     if cuda_missing(args.device):
         return 2
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device).type
-    machine = machine_info(device, args.threads)
-    print(", ".join(f"{key}={value}" for key, value in machine.items()))
+    device, machine = start_on_device(args)
     rows, steps = [], []
     for num_nodes in args.nodes:
         rss_before = peak_rss_mb()

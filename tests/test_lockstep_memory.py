@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from conftest import SMALL_SYNTHETIC, composed
+from test_resume import outcome
 from semdl.cli import main
 from semdl.data.datasets import InputPipeline
 from semdl.eval import figures
@@ -310,22 +311,6 @@ def test_the_published_cifar_encoders_fit_a_16_gib_device():
 # ----------------------------------------------------------------------------------------------------------------
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=3", "train.checkpoint_every=2", "eval.classifiers=[knn]"]
-TIMING = ("seconds", "wall_seconds", "run_id")
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {key: without_timing(item) for key, item in value.items() if key not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(item) for item in value]
-    return value
-
-
-def results(run_dir):
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return without_timing(read_metrics(run_dir / "metrics.jsonl")), without_timing(summary)
-
-
 def stopped_line(arguments: list[str], capsys) -> str:
     """Run `semdl <arguments>` in this process; it must stop with status 2 and one line on stderr, no traceback."""
     capsys.readouterr()
@@ -370,7 +355,7 @@ def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path,
     shutil.copytree(run_dir, advised)
     resume_experiment(run_dir, [])
     run_experiment(composed(QUICK), tmp_path / "uninterrupted")
-    assert results(run_dir) == results(tmp_path / "uninterrupted")
+    assert outcome(run_dir) == outcome(tmp_path / "uninterrupted")
     # The advice can be taken on resume (sim.* only batches the same per-node work differently): the same numbers
     # up to float rounding (1e-3, as tests/test_fast_paths.py justifies for node-by-node against grouped runs).
     resume_experiment(advised, ["sim.lockstep=off"])
