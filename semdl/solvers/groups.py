@@ -14,7 +14,7 @@ import copy
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from semdl.network import Node
@@ -125,6 +125,8 @@ class VectorizedGroup(NodeGroup):
                 stacked = self.params[name] if name in self.params else self.buffers[name]
                 tensor.data = stacked.detach()[index]
         self.template = copy.deepcopy(first.encoder).to("meta")
+        if self.amp and first.indices.device.type == "cpu":
+            float32_batch_norm_inputs(self.template)
         self.optimizer = type(first.optimizer)(self.params.values(), **first.optimizer.defaults)
         self._load_optimizer_states()
         forward = vmap(self._call)
@@ -179,6 +181,15 @@ class VectorizedGroup(NodeGroup):
                 for position, values in group_state["state"].items()
             }
             node.optimizer.load_state_dict(node_state)
+
+
+def float32_batch_norm_inputs(module: nn.Module) -> None:
+    """Cast the inputs of the module's BatchNorm layers to float32. Under CPU autocast a bias-free Linear or
+    convolution gives bf16, which torch's vmapped CPU batch norm refuses next to float32 running statistics (its
+    eager kernel takes the mix); in float32 the normalisation is the same, a little more precise."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.register_forward_pre_hook(lambda layer, inputs: (inputs[0].float(), *inputs[1:]))
 
 
 def lockstep_groups(nodes: list[Node], by_architecture: bool) -> list[list[Node]]:
