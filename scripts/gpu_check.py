@@ -272,7 +272,7 @@ def markdown(report: dict) -> str:
                 )
             elif name == "two_ranks_one_device":
                 outcomes = {k: ("ok" if v.get("ok") else v.get("error")) for k, v in values.get("outcomes", {}).items()}
-                notes.append(f"{name}: working backend {values.get('working_backend')}; {outcomes}")
+                notes.append(f"{name}: comm_backend=auto and nccl: {outcomes}")
         if notes:
             lines += ["", "Recorded:", ""] + [f"- {note}" for note in notes]
     for name, target in (("objective", OBJECTIVE_TARGET), ("round", ROUND_TARGET)):

@@ -99,7 +99,7 @@ class Config:
     seed: int = 0  # the run seed: partition, random topologies, initial weights, mini-batch order
     resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
     comm: str = "in_process"  # in_process | torch_distributed (launch with torchrun --nproc-per-node=P -m semdl train)
-    comm_backend: str = "auto"  # torch_distributed: auto (NCCL with CUDA, gloo otherwise) | gloo | nccl
+    comm_backend: str = "auto"  # torch_distributed: auto (NCCL, one GPU per rank; else gloo) | gloo | nccl
     comm_timeout: float = 300.0  # torch_distributed: seconds a collective waits for a lost rank before the job stops
     device: str = "auto"  # auto | cpu | cuda
     dim_z: int = 128  # feature dimension d (paper: 128)

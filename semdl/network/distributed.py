@@ -73,8 +73,14 @@ class RankLayout:
         return "; ".join(f"rank {rank}: nodes {block[0]}-{block[-1]}" for rank, block in enumerate(self.blocks))
 
 
+def sharing_gpus() -> bool:
+    """Whether this machine's torchrun ranks outnumber its GPUs, so that some share one (NCCL refuses that)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > torch.cuda.device_count()
+
+
 def start_process_group(backend: str, timeout_seconds: float, device: torch.device) -> None:
-    """Join the torchrun job (env:// rendezvous); backend auto is NCCL for CUDA devices, gloo otherwise."""
+    """Join the torchrun job (env:// rendezvous); backend auto is NCCL for CUDA devices, unless ranks share a GPU
+    (NCCL refuses two ranks on one device), and gloo otherwise."""
     missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
     if missing:
         raise UserError(
@@ -82,7 +88,7 @@ def start_process_group(backend: str, timeout_seconds: float, device: torch.devi
             "torchrun --nproc-per-node=P -m semdl train comm=torch_distributed ..."
         )
     if backend == "auto":
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = "nccl" if device.type == "cuda" and not sharing_gpus() else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise UserError("comm_backend=nccl needs CUDA devices; use comm_backend=gloo (or auto) on the CPU")
     if not dist.is_initialized():
@@ -106,14 +112,18 @@ class DistributedCommunicator(Communicator):
         )
         # Object collectives (checkpoints, evaluation) go through gloo whatever moves the tensors.
         self._objects = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+        # gloo broadcasts and reduces CUDA tensors but does not all-gather them: those go through the host.
+        self._gather_on_host = dist.get_backend() == "gloo" and responsible.device.type == "cuda"
 
     def _all(self, local: Tensor) -> Tensor:
         """All-gather blocks of unequal length: pad each to the longest, gather, keep the real rows in node order."""
         padded = local.new_zeros((self._width, *local.shape[1:]))
         padded[: local.shape[0]] = local
-        gathered = local.new_empty((self.world_size * self._width, *local.shape[1:]))
+        if self._gather_on_host:
+            padded = padded.cpu()
+        gathered = padded.new_empty((self.world_size * self._width, *local.shape[1:]))
         ALL_GATHER(gathered, padded.contiguous())
-        return gathered[self._rows]
+        return gathered.to(local.device)[self._rows]
 
     def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         owner = self.layout.owner(sender)
