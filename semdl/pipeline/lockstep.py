@@ -298,7 +298,9 @@ TRAINING_ADVICE = "sim.lockstep=off or a smaller train.batch_size"
 # What bounds the evaluation's memory: the test samples it encodes and queries, the probe's mini-batch (null: every
 # feature at once) and the heatmap's samples.
 EVALUATION_ADVICE = "a smaller eval.test_per_class, eval.probe_batch_size or eval.heatmap_per_class"
-# Where in a run an error happened, by the semdl modules in its traceback, the most telling first.
+# Where in a run an error happened, by the semdl modules in its traceback, the most telling first; SETUP_STAGE when
+# none of them is there.
+SETUP_STAGE = "setting up the run"
 STAGES = (
     ("semdl.pipeline.lockstep", "measuring one node's training step"),
     ("semdl.eval", "evaluation"),
@@ -378,7 +380,7 @@ def error_stage(traceback: TracebackType | None) -> str:
     for prefix, stage in STAGES:
         if any(module == prefix or module.startswith(prefix + ".") for module in modules):
             return stage
-    return "setting up the run"
+    return SETUP_STAGE
 
 
 def out_of_memory_line(error: BaseException, run_dir: Path | None) -> str:
@@ -386,7 +388,7 @@ def out_of_memory_line(error: BaseException, run_dir: Path | None) -> str:
     and evaluation, `semdl eval`): the device and stage read from the error, and the last checkpoint if the run
     directory holds one."""
     stage = error_stage(error.__traceback__)
-    if stage == "setting up the run":
+    if stage == SETUP_STAGE:
         hint = "reduce nodes, the model or the data"
     else:
         hint = f"try {advice(stage, None)}"

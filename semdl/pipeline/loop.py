@@ -22,7 +22,7 @@ from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.io import MetricsWriter, save_checkpoint
 from semdl.network import Node
 from semdl.objectives.rates import counting_fallbacks
-from semdl.pipeline.lockstep import is_out_of_memory, round_out_of_memory
+from semdl.pipeline.lockstep import SETUP_STAGE, error_stage, is_out_of_memory, round_out_of_memory
 from semdl.pipeline.network import Network, build_nodes
 from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
@@ -177,17 +177,14 @@ def train_rounds(
     test_losses = HeldOutLosses(network) if cfg.eval.test_loss else None
     progress = progress_bar(cfg, done, leader)
     metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
-    round_index, stage = done + 1, "training"  # where the rounds are, for the line of a run out of memory
+    round_index = done + 1  # the round in progress, for the line of a run out of memory
     try:
         with checkpoint_on_signals() as received:
             for round_index in progress:
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
-                stage = "training"
                 result, fallbacks = run_round(network)
-                stage = "training" if test_losses is None else "evaluation"  # eval.test_loss encodes the test set
                 rows = round_rows(round_index, network, result, bytes_before, round_start, fallbacks, test_losses)
-                stage = "evaluation"
                 evaluation = evaluate(round_index)
                 if evaluation is not None:
                     history.evaluation_rows.append(evaluation)
@@ -211,7 +208,6 @@ def train_rounds(
                     )
                 # Every rank stops after the same round, so the checkpoint holds one round of every node.
                 stop = communicator.anyone(bool(received))
-                stage = "checkpointing"
                 checkpoint(round_index, stop)
                 if stop and round_index < cfg.train.rounds:
                     resume = f"checkpoint saved; continue with: semdl train resume={run_dir}"
@@ -225,9 +221,10 @@ def train_rounds(
             raise
         # One line instead of a traceback (semdl.cli.outcome, exit status 2): the round, what it was doing, what
         # helps, and the checkpoint to continue from (written whole or not at all, so the last one is intact).
+        stage = error_stage(error.__traceback__)
         raise round_out_of_memory(
             network.dataset.train_y.device,
-            stage,
+            "training" if stage == SETUP_STAGE else stage,
             round_index,
             cfg.train.rounds,
             any(len(group.nodes) > 1 for group in network.groups),
