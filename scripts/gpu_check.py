@@ -8,8 +8,8 @@ section's share), OUT_DIR/gpu_check.json rewritten after each:
   pytest     `pytest -m gpu tests` (tests/test_gpu.py): CUDA against the CPU for every solver, bf16 autocast and
              torch.compile against float32 eager, no host synchronisation inside a training step (and the count of
              a whole round's), sim.lockstep=auto keeping the paper's ten CIFAR encoders under a 16 GiB cap, two
-             torchrun ranks on one GPU (comm_backend=auto, and NCCL's refusal). Outcomes from pytest's junit XML, numbers from the
-             records the tests write (SEMDL_GPU_RECORDS).
+             torchrun ranks on one GPU (comm_backend=auto, and NCCL's refusal). Outcomes from pytest's junit XML,
+             numbers from the records the tests write (SEMDL_GPU_RECORDS).
   objective  scripts/bench.py objective: primal_dual_loss and cluster_block_loss against one Gram plus one batched
              Cholesky (target: ratio <= 1.2).
   round      scripts/bench.py round of the paper's i.i.d. CIFAR-10 experiment (10 heterogeneous encoders, batch 1000,
