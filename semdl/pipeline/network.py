@@ -227,7 +227,7 @@ def build_network(
     # sim.lockstep=auto measures the nodes as they are now (restored, when resuming); the plan is redone on resume
     members = plan_groups(nodes, cfg.sim.lockstep if lockstep else "off", vectorize, cfg.train.batch_size, device)
     compile_encoders = switch(cfg.train.compile, device.type == "cuda")
-    network.groups = build_groups(nodes, lockstep, vectorize, compile_encoders, members)
+    network.groups = build_groups(members, vectorize, compile_encoders)
     solver.start(network)
     if solver_states is not None:
         solver.load_state_dict(network, solver_states)

@@ -202,21 +202,10 @@ def lockstep_groups(nodes: list[Node], by_architecture: bool) -> list[list[Node]
     return list(groups.values())
 
 
-def build_groups(
-    nodes: list[Node],
-    lockstep: bool,
-    vectorize: bool,
-    compile_encoders: bool,
-    members: list[list[Node]] | None = None,
-) -> list[NodeGroup]:
-    """How the nodes of a round execute: one group each, or (`lockstep`, for the solvers whose nodes train
-    independently within a round) in lockstep groups, vectorised where `vectorize` and a group has two or more
-    nodes of one architecture. `members` are the groups' nodes when chosen already (sub-groups of lockstep_groups,
-    as semdl.pipeline.lockstep.plan_groups cuts them to fit the device); by default lockstep_groups."""
-    if not lockstep:
-        return [NodeGroup([node]) for node in nodes]
-    if members is None:
-        members = lockstep_groups(nodes, by_architecture=vectorize)
+def build_groups(members: list[list[Node]], vectorize: bool, compile_encoders: bool) -> list[NodeGroup]:
+    """How the nodes of a round execute: each member list (one node, or nodes that run in lockstep, as
+    semdl.pipeline.lockstep.plan_groups chooses them) as one group, vectorised where `vectorize` and a group has two
+    or more nodes (then of one architecture)."""
     return [
         VectorizedGroup(group, compile_encoders) if vectorize and len(group) > 1 else NodeGroup(group)
         for group in members
