@@ -8,7 +8,7 @@ section's share), OUT_DIR/gpu_check.json rewritten after each:
   pytest     `pytest -m gpu tests` (tests/test_gpu.py): CUDA against the CPU for every solver, bf16 autocast and
              torch.compile against float32 eager, no host synchronisation inside a training step (and the count of
              a whole round's), sim.lockstep=auto keeping the paper's ten CIFAR encoders under a 16 GiB cap, two
-             torchrun ranks on one GPU (comm_backend=auto, and NCCL's refusal). Outcomes from pytest's junit XML,
+             torchrun ranks on one GPU (comm.backend=auto, and NCCL's refusal). Outcomes from pytest's junit XML,
              numbers from the records the tests write (SEMDL_GPU_RECORDS).
   objective  scripts/bench.py objective: primal_dual_loss and cluster_block_loss against one Gram plus one batched
              Cholesky (target: ratio <= 1.2).
@@ -272,7 +272,7 @@ def markdown(report: dict) -> str:
                 )
             elif name == "two_ranks_one_device":
                 outcomes = {k: ("ok" if v.get("ok") else v.get("error")) for k, v in values.get("outcomes", {}).items()}
-                notes.append(f"{name}: comm_backend=auto and nccl: {outcomes}")
+                notes.append(f"{name}: comm.backend=auto and nccl: {outcomes}")
         if notes:
             lines += ["", "Recorded:", ""] + [f"- {note}" for note in notes]
     for name, target in (("objective", OBJECTIVE_TARGET), ("round", ROUND_TARGET)):

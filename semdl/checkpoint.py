@@ -90,6 +90,7 @@ def checkpoint_state(round_index: int, network: Network, cfg: DictConfig, optimi
                     "dual": node.dual.clone(),
                     "responsible": node.responsible,
                     "generator": node.generator.get_state(),
+                    "messages": network.communicator.state(node.index),
                 }
             )
             for node in network.nodes
@@ -161,6 +162,9 @@ def restore_network(checkpoint: dict, network: Network) -> None:
         )
     restore_nodes(checkpoint, network.nodes, network.nodes[0].statistics.device)
     network.communicator.bytes_sent = list(checkpoint["bytes_sent"])
+    network.round = checkpoint["round"]
+    if network.communicator.stateful and network.solver.traits.shares_statistics:
+        network.communicator.restore([node["messages"] for node in checkpoint["nodes"]])
 
 
 def saved_partition(run_dir: Path) -> tuple[dict, list[np.ndarray]]:

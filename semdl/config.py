@@ -10,6 +10,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from semdl.errors import UserError
+from semdl.network.compression import COMPRESSIONS
+from semdl.network.conditions import STALE_POLICIES
 from semdl.registry import Registry
 from semdl.resources import check_memory
 
@@ -34,6 +36,26 @@ class TrainConfig:
 class SimConfig:
     lockstep: str = "auto"  # batch nodes of equal data sizes, one backward per group: on, off, auto (cut to fit memory)
     vectorize: str = "auto"  # run nodes of one architecture and equal data as one vmapped group: auto = on CUDA
+
+
+@dataclass
+class CommConfig:
+    name: str = "in_process"  # in_process | torch_distributed (launch with torchrun --nproc-per-node=P -m semdl train)
+    backend: str = "auto"  # torch_distributed: auto (NCCL, one GPU per rank; else gloo) | gloo | nccl
+    timeout: float = 300.0  # torch_distributed: seconds a collective waits for a lost rank before the job stops
+    compress: str = "none"  # how statistics travel: none (float32) | fp16 | bf16 | lowrank (top eigenpairs)
+    rank: Optional[int] = None  # lowrank: eigenpairs sent per class (at most; null: as comm.energy chooses)
+    energy: Optional[float] = None  # lowrank: send the fewest eigenpairs holding this share of a class's trace
+    error_feedback: bool = False  # the sender adds what compression dropped to its next message
+
+
+@dataclass
+class NetworkConfig:
+    link_drop: float = 0.0  # each round, each link fails with this probability (both directions at once)
+    node_dropout: float = 0.0  # each round, each node is offline (neither trains nor sends) with this probability
+    stale: str = "reuse"  # a message that did not arrive: reuse the last statistics received, or skip the neighbour
+    schedule: Optional[str] = None  # a file of adjacency matrices: which topology links exist, round by round
+    schedule_every: int = 1  # rounds each matrix of network.schedule lasts (the schedule repeats after its last)
 
 
 @dataclass
@@ -74,6 +96,7 @@ PAPER_EVALUATION = EvalConfig(
 )
 SIMILARITIES = ("absolute", "clipped")
 EVALUATIONS = {"default": EvalConfig(), "paper": PAPER_EVALUATION}  # the `eval` config group's options
+COMMUNICATORS = {name: CommConfig(name=name) for name in ("in_process", "torch_distributed")}  # `comm` options
 
 
 @dataclass
@@ -94,13 +117,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # local training at every node
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation of the learnt features (eval=default|paper)
     sim: SimConfig = field(default_factory=SimConfig)  # how this process batches the simulated nodes' work
+    comm: CommConfig = field(default_factory=CommConfig)  # where nodes run and how their messages travel (comm=<name>)
+    network: NetworkConfig = field(default_factory=NetworkConfig)  # links that fail, nodes that drop out
     sweep: SweepConfig = field(default_factory=SweepConfig)  # what a hyperparameter search optimises
     nodes: int = 5  # number of nodes N (>= 1)
     seed: int = 0  # the run seed: partition, random topologies, initial weights, mini-batch order
     resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
-    comm: str = "in_process"  # in_process | torch_distributed (launch with torchrun --nproc-per-node=P -m semdl train)
-    comm_backend: str = "auto"  # torch_distributed: auto (NCCL, one GPU per rank; else gloo) | gloo | nccl
-    comm_timeout: float = 300.0  # torch_distributed: seconds a collective waits for a lost rank before the job stops
     device: str = "auto"  # auto | cpu | cuda
     dim_z: int = 128  # feature dimension d (paper: 128)
     eps_sq: float = 0.5  # epsilon squared; the coding-rate scale is d / (m * eps_sq) (paper: 0.5)
@@ -116,7 +138,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 BATCHINGS = ("equal", "published")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
-COMMUNICATORS = ("in_process", "torch_distributed")
 BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -132,6 +153,8 @@ def register_schema() -> None:
     store.store(name="semdl_schema", node=Config)
     for name, option in EVALUATIONS.items():
         store.store(group="eval", name=name, node=option)
+    for name, option in COMMUNICATORS.items():
+        store.store(group="comm", name=name, node=option)
     for registry in registries().values():
         registry.names()
 
@@ -189,6 +212,52 @@ def _reject_unusable_numbers(value: Any, key: str = "") -> None:
         raise UserError(f"{key}={value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
 
 
+def _probability(key: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise UserError(f"{key}={value} is out of range; it must be in [0, 1]")
+
+
+def _check_comm(comm: DictConfig) -> None:
+    _choice("comm", comm.name, tuple(COMMUNICATORS))
+    _choice("comm.backend", comm.backend, BACKENDS)
+    if not 0 < comm.timeout <= MAX_COMM_TIMEOUT:
+        raise UserError(f"comm.timeout={comm.timeout} is out of range; it must be in (0, {MAX_COMM_TIMEOUT:.0e}]")
+    _choice("comm.compress", comm.compress, COMPRESSIONS)
+    if comm.rank is not None:
+        _at_least("comm.rank", comm.rank, 1)
+    if comm.energy is not None and not 0 < comm.energy <= 1:
+        raise UserError(f"comm.energy={comm.energy} is out of range; it must be in (0, 1]")
+    if comm.compress == "lowrank" and comm.rank is None and comm.energy is None:
+        raise UserError("comm.compress=lowrank needs comm.rank=<eigenpairs per class> or comm.energy=<share in (0, 1]>")
+    if comm.compress != "lowrank" and (comm.rank is not None or comm.energy is not None):
+        raise UserError(
+            f"comm.rank and comm.energy choose the eigenpairs of comm.compress=lowrank, not of {comm.compress}"
+        )
+    if comm.error_feedback and comm.compress == "none":
+        raise UserError("comm.error_feedback=true keeps what compression drops; choose a comm.compress other than none")
+
+
+def _check_network(network: DictConfig) -> None:
+    _probability("network.link_drop", network.link_drop)
+    _probability("network.node_dropout", network.node_dropout)
+    _choice("network.stale", network.stale, STALE_POLICIES)
+    _at_least("network.schedule_every", network.schedule_every, 1)
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A run's saved config in today's layout: runs written before `comm` became a config group kept its name in
+    `comm` and its settings in `comm_backend` and `comm_timeout`."""
+    if not isinstance(saved.get("comm", {}), str):
+        return saved
+    upgraded = {key: value for key, value in saved.items() if key not in ("comm_backend", "comm_timeout")}
+    upgraded["comm"] = {
+        "name": saved["comm"],
+        "backend": saved.get("comm_backend", CommConfig.backend),
+        "timeout": saved.get("comm_timeout", CommConfig.timeout),
+    }
+    return upgraded
+
+
 def _check_seeds(cfg: DictConfig) -> None:
     """numpy refuses negative seeds and scikit-learn those from 2**32, deep inside a run: refuse them here."""
     seeds = {"seed": cfg.seed, "data.seed": cfg.data.get("seed")}
@@ -227,10 +296,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.resume is not None:
         raise UserError("resume= continues one run directory; give it to `semdl train` with no -m sweep")
     _choice("device", cfg.device, DEVICES)
-    _choice("comm", cfg.comm, COMMUNICATORS)
-    _choice("comm_backend", cfg.comm_backend, BACKENDS)
-    if not 0 < cfg.comm_timeout <= MAX_COMM_TIMEOUT:
-        raise UserError(f"comm_timeout={cfg.comm_timeout} is out of range; it must be in (0, {MAX_COMM_TIMEOUT:.0e}]")
+    _check_comm(cfg.comm)
+    _check_network(cfg.network)
 
     # A run directory written before the logger group existed has no `logger`: it logs nothing.
     trackers = () if OmegaConf.is_missing(cfg, "logger") else ("logger",)
@@ -283,6 +350,11 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(
             f"sim.vectorize=on needs nodes that train independently within a round ({lockstep});"
             f" solver={cfg.solver.name} does not"
+        )
+    if cfg.network.node_dropout > 0 and "on" in (cfg.sim.lockstep, cfg.sim.vectorize):
+        raise UserError(
+            "network.node_dropout runs nodes one by one (an offline node must not train with its lockstep group); "
+            "it cannot be combined with sim.lockstep=on or sim.vectorize=on"
         )
     if cfg.train.weight_decay < 0:
         raise UserError(f"train.weight_decay={cfg.train.weight_decay} is out of range; it must be >= 0")

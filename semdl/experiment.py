@@ -146,7 +146,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
         run = load_run(run_dir, overrides, EVALUATION_KEYS, "semdl eval")
         claim(run_dir, "semdl eval")
         cfg = run.cfg
-        cfg.comm = "in_process"  # every node is evaluated in this one process, however the run was trained
+        cfg.comm.name = "in_process"  # every node is evaluated in this one process, however the run was trained
         cfg.sim.lockstep = "on"  # nothing trains: no step to measure for sim.lockstep=auto
         asked = run.checkpoint["config"]["train"]["rounds"]
         log.info("evaluating round %d of %d (%s)", run.round, asked, run.checkpoint_file.relative_to(run_dir))

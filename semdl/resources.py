@@ -131,7 +131,7 @@ def probe_bytes(eval_cfg: DictConfig, dim_z: int, num_classes: int) -> int:
 
 def local_nodes(cfg: DictConfig, trained: int) -> range:
     """The nodes this process runs: all of them, or under torchrun its block (as RankLayout.balanced cuts them)."""
-    if cfg.comm != "torch_distributed":
+    if cfg.comm.name != "torch_distributed":
         return range(trained)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), process_rank()
     size, extra = divmod(trained, world_size)
@@ -172,7 +172,8 @@ def run_device(cfg: DictConfig) -> torch.device | None:
     if not torch.cuda.is_available():
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    index = local_rank % torch.cuda.device_count() if cfg.comm == "torch_distributed" else torch.cuda.current_device()
+    distributed = cfg.comm.name == "torch_distributed"
+    index = local_rank % torch.cuda.device_count() if distributed else torch.cuda.current_device()
     return torch.device("cuda", index)
 
 

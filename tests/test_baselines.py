@@ -8,7 +8,7 @@ from semdl.experiment import run_experiment
 from semdl.io import read_metrics
 from semdl.network import InProcessCommunicator
 from semdl.solvers import SOLVERS
-from semdl.solvers.fedavg import average, mixing_matrix
+from semdl.solvers.fedavg import average, mixing_matrix, weight_messages
 
 ROUNDS = 8
 TRAINING = [
@@ -85,9 +85,11 @@ def test_mixing_matrix_is_count_weighted_and_follows_the_topology():
     neighbors = [[1], [0, 2], [1]]
     # float32 weights of a few operations each (counts / sum, 1 / degree): within a few u (~1e-7) of the float32
     # expected values, far inside allclose's default rtol 1e-5
-    server = mixing_matrix(neighbors, [10, 30, 60], "server", torch.device("cpu"))
+    _, everyone = weight_messages(neighbors, "server", None)
+    server = mixing_matrix([10, 30, 60], "server", everyone, torch.device("cpu"))
     assert torch.allclose(server, torch.tensor([[0.1, 0.3, 0.6]] * 3))
-    gossip = mixing_matrix(neighbors, [10, 30, 60], "gossip", torch.device("cpu"))
+    _, along_edges = weight_messages(neighbors, "gossip", None)
+    gossip = mixing_matrix([10, 30, 60], "gossip", along_edges, torch.device("cpu"))
     assert torch.allclose(gossip, torch.tensor([[0.25, 0.75, 0.0], [0.1, 0.3, 0.6], [0.0, 1 / 3, 2 / 3]]))
 
 
@@ -97,7 +99,7 @@ def test_averaging_mixes_parameters_and_batch_norm_statistics():
         torch.nn.init.constant_(module.weight, value)
         module.running_mean.fill_(value)
     communicator = InProcessCommunicator([[1], [0]], torch.ones(2, 1, dtype=torch.bool))
-    average(communicator, modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]))
+    average(communicator, modules, torch.tensor([[0.5, 0.5], [0.25, 0.75]]), None)
     assert modules[0].weight.tolist() == [2.0, 2.0] and modules[1].running_mean.tolist() == [2.5, 2.5]
     assert int(modules[0].num_batches_tracked) == 0
 

@@ -52,7 +52,10 @@ def test_pushes_update_the_latest_statistics_but_not_what_the_exchange_delivered
 
 def test_a_neighbourhood_is_every_inbox_of_a_group_padded_to_the_widest():
     communicator = InProcessCommunicator(NEIGHBORS, RESPONSIBLE)
-    index, shared = communicator.neighborhood([1, 2])
+    exchanged(communicator)
+    neighborhood = communicator.neighborhood([1, 2])
+    assert neighborhood.source is communicator.statistics
+    index, shared = neighborhood.index, neighborhood.shared
     assert index.tolist() == [[0, 0], [0, 1]]  # node 1 has one neighbour; its second slot is padding
     assert shared[0, 0].tolist() == (RESPONSIBLE[1] & RESPONSIBLE[0]).tolist()
     assert not shared[0, 1].any()  # the padding shares nothing

@@ -53,7 +53,7 @@ def torchrun(
 ) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *script]
     return subprocess.run(
-        [*command, "train", *overrides, "comm=torch_distributed", "comm_timeout=60", f"hydra.run.dir={run_dir}"],
+        [*command, "train", *overrides, "comm=torch_distributed", "comm.timeout=60", f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent,
         capture_output=True,
         text=True,
@@ -122,7 +122,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_round(tmp_path, on
     split = tmp_path / "split"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "semdl"]
     launcher = subprocess.Popen(
-        [*command, "train", *overrides, "comm=torch_distributed", "comm_timeout=60", f"hydra.run.dir={split}"],
+        [*command, "train", *overrides, "comm=torch_distributed", "comm.timeout=60", f"hydra.run.dir={split}"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -488,7 +488,7 @@ def test_lockstep_auto_fits_the_paper_encoders_in_16_gib(tmp_path):
 # gpu: two torchrun ranks on one GPU
 # ----------------------------------------------------------------------------------------------------------------
 
-TWO_RANKS = TINY_DIGITS + ["train.rounds=2", "eval.classifiers=[knn]", "comm=torch_distributed", "comm_timeout=30"]
+TWO_RANKS = TINY_DIGITS + ["train.rounds=2", "eval.classifiers=[knn]", "comm=torch_distributed", "comm.timeout=30"]
 
 
 def torchrun(script: list[str], overrides: list[str], run_dir: Path, timeout: float) -> dict:
@@ -525,13 +525,13 @@ def torchrun(script: list[str], overrides: list[str], run_dir: Path, timeout: fl
 @pytest.mark.gpu
 def test_two_ranks_share_one_device(tmp_path):
     """Two torchrun ranks on one GPU with the plain command: ranks take LOCAL_RANK modulo the GPU count, and
-    comm_backend=auto picks gloo, whose all-gathers of CUDA tensors go through the host (NCCL refuses two ranks on
+    comm.backend=auto picks gloo, whose all-gathers of CUDA tensors go through the host (NCCL refuses two ranks on
     one device: "Duplicate GPU detected"; that attempt is recorded too). On the CPU dry run: gloo on the CPU."""
     outcomes = {}
     if DEVICE == "cuda":
         outcomes["auto"] = torchrun(["-m", "semdl"], [*TWO_RANKS, "device=cuda"], tmp_path / "auto", timeout=90)
         outcomes["nccl"] = torchrun(
-            ["-m", "semdl"], [*TWO_RANKS, "device=cuda", "comm_backend=nccl"], tmp_path / "nccl", timeout=90
+            ["-m", "semdl"], [*TWO_RANKS, "device=cuda", "comm.backend=nccl"], tmp_path / "nccl", timeout=90
         )
     else:
         outcomes["auto"] = torchrun(["-m", "semdl"], [*TWO_RANKS, "device=cpu"], tmp_path / "auto", timeout=120)

@@ -46,7 +46,7 @@ CASES = [
     (["data=synthetic", "data.seed=-1"], "data.seed=-1 is out of range"),
     # finite, but not in the float32 arithmetic or the torch.distributed timeouts that use them
     (["eps_sq=1e-300"], "eps_sq=1e-300 is out of range; the coding-rate scale dim_z / eps_sq must stay below float32"),
-    (["comm_timeout=1e300"], "comm_timeout=1e+300 is out of range; it must be in (0, 1e+09]"),
+    (["comm.timeout=1e300"], "comm.timeout=1e+300 is out of range; it must be in (0, 1e+09]"),
     # memory no machine has, refused before anything is allocated
     (["dim_z=100000"], "the run needs at least 5.5 TiB on cpu (data 1.2 KiB, statistics 5.5 TiB, encoders 3.8 GiB)"),
     (["nodes=1000000"], "the graph of 1000000 nodes needs at least 7.3 TiB on cpu (adjacency matrix 7.3 TiB)"),

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from semdl.errors import UserError
-from semdl.network.communicator import Communicator
+from semdl.network.communicator import Communicator, Delivery
 
 # torch 2.14 renamed all_gather_into_tensor (deprecated since); the project supports torch >= 2.1.
 ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -90,7 +90,7 @@ def start_process_group(backend: str, timeout_seconds: float, device: torch.devi
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" and not sharing_gpus() else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise UserError("comm_backend=nccl needs CUDA devices; use comm_backend=gloo (or auto) on the CPU")
+        raise UserError("comm.backend=nccl needs CUDA devices; use comm.backend=gloo (or auto) on the CPU")
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
 
@@ -98,12 +98,20 @@ def start_process_group(backend: str, timeout_seconds: float, device: torch.devi
 class DistributedCommunicator(Communicator):
     """The Communicator over torch.distributed; this rank runs `layout.local`."""
 
-    def __init__(self, neighbors, responsible: Tensor, layout: RankLayout, timeout_seconds: float):
-        super().__init__(neighbors, responsible)
+    def __init__(
+        self,
+        neighbors,
+        responsible: Tensor,
+        layout: RankLayout,
+        timeout_seconds: float,
+        delivery: Delivery | None = None,
+    ):
+        super().__init__(neighbors, responsible, delivery)
         self.layout = layout
         self.local = layout.local
         self.rank = layout.rank
         self.world_size = len(layout.blocks)
+        self.begin_round(None)  # the message tally counts this rank's nodes
         self._width = max(len(block) for block in layout.blocks)
         # Where each node's row lands in a gather of blocks padded to the longest.
         self._rows = torch.tensor(
@@ -121,19 +129,24 @@ class DistributedCommunicator(Communicator):
         padded[: local.shape[0]] = local
         if self._gather_on_host:
             padded = padded.cpu()
-        gathered = padded.new_empty((self.world_size * self._width, *local.shape[1:]))
-        ALL_GATHER(gathered, padded.contiguous())
+        # Half-precision messages travel as their bits: every backend gathers 16-bit integers.
+        half = padded.dtype in (torch.float16, torch.bfloat16)
+        wire = padded.view(torch.int16) if half else padded
+        gathered = wire.new_empty((self.world_size * self._width, *local.shape[1:]))
+        ALL_GATHER(gathered, wire.contiguous())
+        gathered = gathered.view(padded.dtype) if half else gathered
         return gathered.to(local.device)[self._rows]
 
     def push(self, sender: int, statistics: Tensor | None, counts: Tensor | None, receivers: int) -> None:
         owner = self.layout.owner(sender)
-        statistics = statistics.contiguous() if owner == self.rank else torch.empty_like(self.statistics[sender])
-        counts = counts.contiguous() if owner == self.rank else torch.empty_like(self.counts[sender])
+        if owner == self.rank:  # the sender's process compresses it and counts its bytes
+            statistics = self._compress_push(sender, statistics, counts, receivers).contiguous()
+            counts = counts.contiguous()
+        else:
+            statistics, counts = torch.empty_like(self.statistics[sender]), torch.empty_like(self.counts[sender])
         dist.broadcast(statistics, src=owner)
         dist.broadcast(counts, src=owner)
         self._update(sender, statistics, counts)
-        if owner == self.rank:
-            self.record_bytes(sender, self._push_bytes(sender, receivers))
 
     def gather_host(self, rows: list[list[float]]) -> list[list[float]]:
         local = torch.tensor(rows, dtype=torch.float64, device=self.responsible.device)

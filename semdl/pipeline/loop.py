@@ -47,8 +47,12 @@ class History:
 
 
 def run_round(network: Network) -> tuple[RoundResult, Tensor | None]:
-    """One round of the solver, with the number of shifted Cholesky refactorisations it took (a device tensor, or
-    None if it factorised nothing); the network then holds its inboxes."""
+    """The network's next round of the solver, under that round's network conditions, with the number of shifted
+    Cholesky refactorisations it took (a device tensor, or None if it factorised nothing); the network then holds
+    its inboxes."""
+    network.round += 1
+    network.now = network.conditions.at(network.round) if network.conditions is not None else None
+    network.communicator.begin_round(network.now)
     with counting_fallbacks() as fallbacks:
         result = network.solver.round(network)
     network.inboxes = result.inboxes

@@ -20,7 +20,19 @@ from semdl.errors import UserError
 from semdl.eval import plot_partition
 from semdl.io import write_json
 from semdl.models import architectures, build_encoder
-from semdl.network import Communicator, InProcessCommunicator, Inbox, Node, build_optimizer, node_seeds, topology_of
+from semdl.network import (
+    Communicator,
+    Delivery,
+    InProcessCommunicator,
+    Inbox,
+    Node,
+    Topology,
+    build_optimizer,
+    node_seeds,
+    topology_of,
+)
+from semdl.network.compression import build_compression
+from semdl.network.conditions import NetworkConditions, RoundConditions, read_schedule
 from semdl.network.distributed import (
     DistributedCommunicator,
     RankLayout,
@@ -47,10 +59,37 @@ class Network:
     solver: Solver
     inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
     run_id: str  # names the run in its partition, checkpoints and summary, so a file of another run is recognised
+    conditions: NetworkConditions | None = None  # an unreliable network's per-round draws (None: reliable)
+    round: int = 0  # the last round run (the checkpoint's, when resumed)
+    now: RoundConditions | None = None  # the conditions of that round
+
+    def online(self, node: int) -> bool:
+        """Whether `node` takes part in the round in progress (an offline node neither trains nor sends)."""
+        return self.now is None or bool(self.now.online[node])
 
     @property
     def responsible(self) -> np.ndarray:
         return self.plan.responsible
+
+
+def network_conditions(cfg: DictConfig, topology: Topology, num_nodes: int) -> NetworkConditions | None:
+    """The unreliable network of `num_nodes` trained nodes that cfg.network describes, or None when it is reliable.
+    A schedule is read and checked against the topology (it switches the topology's links on and off); without
+    one, any two nodes may be linked (the communicator sends along its own graph's links only)."""
+    settings = cfg.network
+    schedule = None
+    allowed = ~np.eye(num_nodes, dtype=bool)
+    if settings.schedule is not None:
+        if num_nodes != topology.num_nodes:
+            raise UserError(
+                f"network.schedule switches links between nodes; solver={cfg.solver.name} trains {num_nodes} node(s)"
+            )
+        allowed = topology.adjacency().astype(bool)
+        schedule = read_schedule(settings.schedule, allowed, cfg.topology.name)
+    conditions = NetworkConditions(
+        allowed, cfg.seed, settings.link_drop, settings.node_dropout, schedule, settings.schedule_every
+    )
+    return conditions if conditions.active else None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,11 +109,11 @@ def process_device(cfg: DictConfig) -> torch.device:
     """This process's device; with comm=torch_distributed, also join the torchrun job (one GPU per local rank; with
     more local ranks than GPUs, ranks share them in turn)."""
     device = resolve_device(cfg.device)
-    if cfg.comm == "torch_distributed":
+    if cfg.comm.name == "torch_distributed":
         if device.type == "cuda":
             device = torch.device("cuda", local_gpu())
             torch.cuda.set_device(device)
-        start_process_group(cfg.comm_backend, cfg.comm_timeout, device)
+        start_process_group(cfg.comm.backend, cfg.comm.timeout, device)
     elif launched_by_torchrun():
         raise UserError(
             f"torchrun started {os.environ['WORLD_SIZE']} processes but comm=in_process would run the whole network "
@@ -210,18 +249,26 @@ def build_network(
     if writer is not None:
         for name, payload in plan.files.items():
             write_json(Path(writer) / name, payload)
+    conditions = network_conditions(cfg, topology, len(plan.parts))
     dataset = dataset.to(device)
     responsible = torch.as_tensor(plan.responsible, device=device)
-    if cfg.comm == "torch_distributed":
+    delivery = Delivery(
+        build_compression(cfg.comm.compress, cfg.comm.rank, cfg.comm.energy),
+        cfg.comm.error_feedback,
+        conditions is not None,
+        cfg.network.stale,
+    )
+    if cfg.comm.name == "torch_distributed":
         layout = RankLayout.balanced(len(plan.parts), dist.get_world_size(), dist.get_rank())
         log.info("nodes per rank: %s", layout.describe())
-        communicator = DistributedCommunicator(plan.neighbors, responsible, layout, cfg.comm_timeout)
+        communicator = DistributedCommunicator(plan.neighbors, responsible, layout, cfg.comm.timeout, delivery)
     else:
-        communicator = InProcessCommunicator(plan.neighbors, responsible)
+        communicator = InProcessCommunicator(plan.neighbors, responsible, delivery)
     nodes = build_nodes(cfg, dataset, plan.parts, plan.responsible, device, communicator.local)
-    lockstep = solver.traits.lockstep and cfg.sim.lockstep != "off"
+    # A node offline for a round must not train with its lockstep group: node dropout runs nodes one by one.
+    lockstep = solver.traits.lockstep and cfg.sim.lockstep != "off" and cfg.network.node_dropout == 0
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
-    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id)
+    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id, conditions)
     if restore is not None:
         restore(network)
     # sim.lockstep=auto measures the nodes as they are now (restored, when resuming); the plan is redone on resume
@@ -234,11 +281,16 @@ def build_network(
     if restore is None:
         for group in network.groups:
             group.refresh_statistics()
-    # Resuming, the inboxes are those the checkpointed round delivered: already counted then.
-    network.inboxes = communicator.exchange(
-        [node.statistics for node in nodes],
-        [node.counts for node in nodes],
-        record=solver.traits.shares_statistics and restore is None,
-    )
+        network.inboxes = communicator.exchange(
+            [node.statistics for node in nodes], [node.counts for node in nodes], record=solver.traits.shares_statistics
+        )
+        if communicator.pending_bytes is not None:  # read once, before the first round
+            communicator.settle_bytes(communicator.pending_bytes.tolist())
+    elif communicator.stateful and solver.traits.shares_statistics:
+        network.inboxes = communicator.inboxes()  # what the checkpointed round delivered, restored with the nodes
+    else:  # the inboxes the checkpointed round delivered (counted then): its nodes' latest statistics
+        network.inboxes = communicator.exchange(
+            [node.statistics for node in nodes], [node.counts for node in nodes], record=False
+        )
     communicator.sync_bytes()
     return network

@@ -29,15 +29,18 @@ class NodeRecord:
     dual_norm: float
     finite: float
     test_loss: float  # nan unless eval.test_loss
+    compression_error: float  # relative Frobenius error of the node's last exchanged message (0 uncompressed)
+    device_bytes: float  # bytes the node sent that only the device knew (data-dependent compression)
 
     @classmethod
     def width(cls) -> int:
         return len(fields(cls))
 
-    def check(self, round_index: int, node: int) -> None:
-        """Raise NumericalError naming the node and the first quantity that is not finite (NaN or inf)."""
+    def check(self, round_index: int, node: int, online: bool) -> None:
+        """Raise NumericalError naming the node and the first quantity that is not finite (NaN or inf); an offline
+        node has no training loss."""
         for finite, quantity in (
-            (math.isfinite(self.loss), f"its training loss is {self.loss}"),
+            (not online or math.isfinite(self.loss), f"its training loss is {self.loss}"),
             (self.finite == 1.0, "its statistics V_i^k hold non-finite values"),
             (math.isfinite(self.dual_norm), "its duals Y_i^k hold non-finite values"),
         ):
@@ -66,8 +69,9 @@ class HeldOutLosses:
 def node_values(network: Network, result: RoundResult, test_losses: HeldOutLosses | None = None) -> Tensor:
     """The local nodes' NodeRecord values (n_local, NodeRecord.width()) as one device tensor, not yet read."""
     gammas = network.solver.rate_weights
+    communicator = network.communicator
     rows = []
-    for node, work in zip(network.nodes, result.work):
+    for position, (node, work) in enumerate(zip(network.nodes, result.work)):
         inbox = result.inboxes[node.index]
         dR, R, Rc = rate_reduction_from_statistics(
             node.statistics, node.counts * node.responsible, network.solver.run.eps_sq, *gammas
@@ -75,16 +79,23 @@ def node_values(network: Network, result: RoundResult, test_losses: HeldOutLosse
         residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
         finite = torch.isfinite(node.statistics).all()
         test_loss = test_losses(network, node) if test_losses is not None else torch.full_like(R, float("nan"))
-        values = (work.loss, R, Rc, dR, residual, node.dual.norm(), finite, test_loss)
+        error, sent = (
+            values[position] if values is not None else torch.zeros_like(R)
+            for values in (communicator.compression_error, communicator.pending_bytes)
+        )
+        values = (work.loss, R, Rc, dR, residual, node.dual.norm(), finite, test_loss, error, sent)
         rows.append(torch.stack([value.to(torch.float64).reshape(()) for value in values]))
     return torch.stack(rows)
 
 
 def network_values(network: Network) -> Tensor:
-    """R, Rc and dR of each cluster of the solver's plan, then of the pooled network statistics (a device tensor)."""
+    """R, Rc and dR of each cluster of the solver's plan, then of the pooled network statistics (a device tensor):
+    the nodes' own statistics, not what compressed messages made of them."""
     communicator, plan = network.communicator, network.plan
     eps_sq, gammas = network.solver.run.eps_sq, network.solver.rate_weights
     statistics = communicator.statistics
+    if communicator.compression_error is not None:
+        statistics = communicator.gather(torch.stack([node.statistics for node in network.nodes]))
     shared_counts = communicator.counts * communicator.responsible
     values = []
     for members in plan.clusters:
@@ -116,7 +127,8 @@ def round_rows(
     The nodes' values are gathered from every process (in-process, they are all here) and read from the device in
     one transfer. The round's seconds run from `round_start` to that transfer. Raises NumericalError, naming the
     first node and quantity, when a loss, statistic or dual is not finite (every process sees the same numbers,
-    so all stop together).
+    so all stop together). Besides the objectives: each node's messages received and lost, the age of the oldest
+    statistics it used, whether it was online and its compression error; the network's totals of them.
     """
     communicator = network.communicator
     per_node = communicator.gather(node_values(network, result, test_losses))
@@ -128,20 +140,40 @@ def round_rows(
     round_seconds = time.perf_counter() - round_start
     num_nodes, width = len(communicator.bytes_sent), NodeRecord.width()
     records = [NodeRecord(*numbers[width * index : width * (index + 1)]) for index in range(num_nodes)]
+    online = [network.online(index) for index in range(num_nodes)]
     for index, record in enumerate(records):
-        record.check(round_index, index)
+        record.check(round_index, index, online[index])
+    communicator.settle_bytes([records[node].device_bytes for node in communicator.local])
+    tally = communicator.tally
     host = communicator.gather_host(
-        [[work.seconds, own_fallbacks if position == 0 else 0] for position, work in enumerate(result.work)]
+        [
+            [work.seconds, own_fallbacks if position == 0 else 0, *messages]
+            for position, (work, *messages) in enumerate(zip(result.work, tally.received, tally.lost, tally.oldest))
+        ]
     )
     communicator.sync_bytes()
     bytes_sent = [after - before for after, before in zip(communicator.bytes_sent, bytes_before)]
     rows = []
-    for index, (record, (seconds, _)) in enumerate(zip(records, host)):
+    for index, (record, (seconds, _, received, lost, oldest)) in enumerate(zip(records, host)):
         values = asdict(record)
-        del values["finite"]
+        del values["finite"], values["device_bytes"]
         if test_losses is None:
             del values["test_loss"]
-        rows.append({"round": round_index, "node": index, **values, "bytes_sent": bytes_sent[index], "seconds": seconds})
+        if not online[index]:
+            values["loss"] = None
+        rows.append(
+            {
+                "round": round_index,
+                "node": index,
+                **values,
+                "online": online[index],
+                "received": int(received),
+                "lost": int(lost),
+                "max_age": int(oldest),
+                "bytes_sent": bytes_sent[index],
+                "seconds": seconds,
+            }
+        )
     offset = width * num_nodes
     for cluster, members in enumerate(network.plan.clusters):
         R, Rc, dR = numbers[offset + 3 * cluster : offset + 3 * cluster + 3]
@@ -155,6 +187,11 @@ def round_rows(
             "Rc": Rc,
             "dR": dR,
             "consensus_residual": max(record.consensus_residual for record in records),
+            "active_nodes": sum(online),
+            "messages_delivered": sum(row["received"] for row in rows[:num_nodes]),
+            "messages_lost": sum(row["lost"] for row in rows[:num_nodes]),
+            "max_age": max(row["max_age"] for row in rows[:num_nodes]),
+            "compression_error": max(record.compression_error for record in records),
             "bytes_sent": sum(bytes_sent),
             "cholesky_fallbacks": int(sum(row[1] for row in host)),
             "seconds": round_seconds,

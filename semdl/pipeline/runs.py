@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.checkpoint import changed_keys, read_checkpoint, saved_partition
-from semdl.config import EVALUATIONS, Config, validate
+from semdl.config import EVALUATIONS, Config, upgrade_saved_config, validate
 from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, read_metrics
 
 # What a resumed run may change: its length, its evaluation, how often it checkpoints, and where and in what groups
-# its nodes run (sim.*: how work is batched, not what a node computes).
+# its nodes run (sim.*: how work is batched, not what a node computes; comm=<name> and its transport settings, not
+# how messages are compressed).
 RESUMABLE_KEYS = (
     "train.rounds",
     "train.checkpoint_every",
@@ -28,7 +29,9 @@ RESUMABLE_KEYS = (
     "train.final_optimizer_state",
     "eval.",
     "sim.",
-    "comm",
+    "comm.name",
+    "comm.backend",
+    "comm.timeout",
     "device",
 )
 # What a re-evaluation may change: the evaluation, and where it runs.
@@ -93,7 +96,12 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     if missing:
         raise UserError(f"{command}: {run_dir} is not a semdl run directory: {', '.join(missing)} missing")
     protocols = [item.split("=", 1)[1] for item in overrides if item.startswith("eval=")]
-    overrides = [item for item in overrides if not item.startswith("eval=")]
+    # comm=<name> chooses the transport; on a saved run that is its comm.name (the group's other keys stay).
+    overrides = [
+        f"comm.name={item.split('=', 1)[1]}" if item.startswith("comm=") else item
+        for item in overrides
+        if not item.startswith("eval=")
+    ]
     foreign = [item.split("=", 1)[0].lstrip("+~") for item in overrides if not item.lstrip("+~").startswith(allowed)]
     if foreign:
         keys = ", ".join(key.replace(".", ".*") if key.endswith(".") else key for key in allowed)
@@ -101,11 +109,11 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
             f"{command} cannot change {foreign[0]}: it continues the same experiment; only {keys} may change"
         )
     checkpoint, checkpoint_file = read_checkpoint(run_dir)
-    saved = checkpoint["config"]
+    saved = upgrade_saved_config(checkpoint["config"])
     own_config = run_dir / ".hydra" / "config.yaml"
     if own_config.is_file():
         try:
-            own = OmegaConf.to_container(OmegaConf.load(own_config), resolve=True)
+            own = upgrade_saved_config(OmegaConf.to_container(OmegaConf.load(own_config), resolve=True))
         except (OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
             raise UserError(f"cannot read {own_config}: {str(error).splitlines()[0][:200]}") from None
         different = [key for key in changed_keys(own, saved) if not key.startswith(RESUMABLE_KEYS)]

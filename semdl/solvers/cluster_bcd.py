@@ -21,7 +21,7 @@ from semdl.objectives import (
     neighbor_sums,
 )
 from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits
-from semdl.solvers.common import Clock, NodeWork, optimise_locally, timed
+from semdl.solvers.common import Clock, NodeWork, idle_work, optimise_locally, timed
 from semdl.solvers.primal_dual import check_consensus_settings, dual_step
 
 log = logging.getLogger("semdl")
@@ -179,11 +179,12 @@ class ClusterBCD(Solver):
         )
 
     def round(self, network) -> RoundResult:
-        """`network.nodes` are the nodes this process runs; returns their work."""
+        """`network.nodes` are the nodes this process runs; returns their work. An offline member skips its dual
+        step and its block and pushes nothing: its cluster goes on with the statistics it last shared."""
         nodes, communicator, inboxes, plan = network.nodes, network.communicator, network.inboxes, self.plan
-        local = {node.index: node for node in nodes}
+        local = {node.index: node for node in nodes if network.online(node.index)}
         penalties = {}
-        for node in nodes:
+        for node in local.values():
             inbox = inboxes[node.index]
             neighbors = neighbor_sums(inbox.statistics, inbox.shared)
             dual_step(node.dual, node.statistics, neighbors, self.config.dual_step)
@@ -193,7 +194,7 @@ class ClusterBCD(Solver):
         losses: dict[int, list[Tensor]] = {node.index: [] for node in nodes}
         clocks: dict[int, list[Clock]] = {node.index: [] for node in nodes}
         for members in plan.clusters:
-            for index in members:
+            for index in filter(network.online, members):
                 node = local.get(index)
                 if node is not None:
                     with timed(node.statistics.device) as clock:
@@ -211,6 +212,11 @@ class ClusterBCD(Solver):
                     node.counts if node is not None else None,
                     len(members) - 1,
                 )
-        work = [NodeWork(torch.stack(losses[node.index]).mean(), tuple(clocks[node.index])) for node in nodes]
+        work = [
+            NodeWork(torch.stack(losses[node.index]).mean(), tuple(clocks[node.index]))
+            if node.index in local
+            else idle_work(node.statistics.device)
+            for node in nodes
+        ]
         inboxes = communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
         return RoundResult(work, inboxes)

@@ -55,6 +55,11 @@ class NodeWork:
         return self.share * sum(clock.seconds for clock in self.clocks)
 
 
+def idle_work(device: torch.device) -> NodeWork:
+    """The share of a round of a node that was offline: no loss, no time."""
+    return NodeWork(torch.full((), float("nan"), device=device), ())
+
+
 @contextmanager
 def timed(device: torch.device) -> Iterator[Clock]:
     """Measure the enclosed block (see Clock)."""

@@ -4,6 +4,11 @@
 (the task-specific training the paper contrasts with MCR²); both then average weights, count-weighted, over all
 nodes (`server`) or over each node's topology neighbourhood and itself (`gossip`). Weights are the only thing
 that travels, and averaging them is these solvers' business alone: the communicator only gathers tensors.
+
+On an unreliable network the same failures hit the weight messages: an offline node neither trains nor sends and
+keeps its weights; a node averages over the messages that arrived (gossip: its neighbours whose link worked; server:
+the nodes whose link to the server worked), itself included. With comm.compress=fp16 or bf16 the weights travel in
+half precision: a node's own weights enter its average exactly, the others' as they arrive.
 """
 
 from __future__ import annotations
@@ -11,17 +16,20 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from semdl.errors import UserError
 from semdl.network import Communicator
+from semdl.network.conditions import RoundConditions
 from semdl.solvers.base import SOLVERS, RoundResult, Solver, Traits
-from semdl.solvers.common import NodeWork, optimise_locally, timed
+from semdl.solvers.common import NodeWork, idle_work, optimise_locally, timed
 from semdl.solvers.local import local_rate_reduction_training
 from semdl.solvers.primal_dual import check_rate_weights
 
 AGGREGATIONS = ("server", "gossip")
+HALF_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -38,37 +46,67 @@ class FedAvgCEConfig:
     aggregation: str = "server"  # server: average over all nodes; gossip: over each node's neighbours and itself
 
 
-def mixing_matrix(neighbors: list[list[int]], sizes: list[int], aggregation: str, device: torch.device) -> Tensor:
-    """Count-weighted averaging over all nodes (server) or over each node's neighbourhood and itself (gossip)."""
+def weight_messages(
+    neighbors: list[list[int]], aggregation: str, conditions: RoundConditions | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sent, delivered), each (N, N) bool: whether node j sent its weights to node i, and whether they arrived.
+    With aggregation=server a node's exchange with the server is one message, on the diagonal: sent when the node is
+    online, delivered when its link to the server works too."""
+    count = len(neighbors)
+    if aggregation == "server":
+        if conditions is None:
+            return np.eye(count, dtype=bool), np.eye(count, dtype=bool)
+        return np.diag(conditions.online), np.diag(conditions.online & conditions.uplinks)
+    graph = np.zeros((count, count), dtype=bool)
+    for node, adjacent in enumerate(neighbors):
+        graph[node, adjacent] = True
+    if conditions is None:
+        return graph, graph
+    return graph & conditions.sent(), graph & conditions.delivered()
+
+
+def mixing_matrix(sizes: list[int], aggregation: str, delivered: np.ndarray, device: torch.device) -> Tensor:
+    """Count-weighted averaging over the weights each node has this round: its own and what `delivered` brought it
+    (gossip), or the average of every node whose exchange with the server went through (server: the others keep
+    their own)."""
     count = len(sizes)
     weights = torch.tensor(sizes, dtype=torch.float32, device=device)
     if aggregation == "server":
-        mask = torch.ones(count, count, dtype=torch.bool, device=device)
+        participants = np.diag(delivered)
+        mask = np.eye(count, dtype=bool) | (participants[:, None] & participants[None, :])
     else:
-        mask = torch.eye(count, dtype=torch.bool, device=device)
-        for node, adjacent in enumerate(neighbors):
-            mask[node, adjacent] = True
-    mixing = mask * weights[None, :]
+        mask = np.eye(count, dtype=bool) | delivered
+    mixing = torch.as_tensor(mask, device=device) * weights[None, :]
     return mixing / mixing.sum(1, keepdim=True)
 
 
 @torch.no_grad()
-def average(communicator: Communicator, modules: list[nn.Module], mixing: Tensor) -> None:
+def average(communicator: Communicator, modules: list[nn.Module], mixing: Tensor, wire: torch.dtype | None) -> None:
     """Replace every local module's floating-point parameters and buffers by its row of `mixing` (N, N) applied to
-    all nodes' modules (gathered from every process)."""
+    all nodes' modules (gathered from every process), which travel in the `wire` dtype when given."""
     states = [module.state_dict() for module in modules]
     rows = mixing[communicator.local]
+    own_weights = rows.gather(1, torch.as_tensor(communicator.local, device=rows.device)[:, None])[:, 0]
     for key, first in states[0].items():
         if not first.is_floating_point():
             continue
-        everyone = communicator.gather(torch.stack([state[key] for state in states]))
+        local = torch.stack([state[key] for state in states])
+        everyone = communicator.gather(local if wire is None else local.to(wire)).to(local.dtype)
         mixed = torch.einsum("ij,j...->i...", rows, everyone)
+        if wire is not None:  # a node's own weights never travel: they enter its average exactly
+            own = everyone[communicator.local[0] : communicator.local[-1] + 1]
+            mixed += own_weights.view(-1, *[1] * (local.dim() - 1)) * (local - own)
         for state, value in zip(states, mixed):
             state[key].copy_(value)
 
 
-def weight_bytes(module: nn.Module) -> int:
-    return sum(value.nbytes for value in module.state_dict().values() if value.is_floating_point())
+def weight_bytes(module: nn.Module, bytes_per_value: int | None = None) -> int:
+    """The bytes of a module's floating-point tensors, at their own precision or `bytes_per_value` each."""
+    return sum(
+        value.numel() * (bytes_per_value or value.element_size())
+        for value in module.state_dict().values()
+        if value.is_floating_point()
+    )
 
 
 class FederatedAveraging(Solver):
@@ -82,15 +120,16 @@ class FederatedAveraging(Solver):
             raise UserError(
                 f"solver.aggregation={config.aggregation!r} is not allowed; choose one of: {', '.join(AGGREGATIONS)}"
             )
+        if run.comm.compress not in ("none", *HALF_PRECISIONS) or run.comm.error_feedback:
+            raise UserError(
+                f"solver={config.name} sends weights, which travel as comm.compress=none, fp16 or bf16 without error "
+                "feedback; lowrank and comm.error_feedback compress class statistics"
+            )
 
     def start(self, network) -> None:
         self.training = self.local_training(network)
-        device = network.nodes[0].statistics.device
-        neighbors = network.plan.neighbors
-        self.mixing = mixing_matrix(
-            neighbors, [len(part) for part in network.parts], self.config.aggregation, device
-        )
-        self.messages = [1 if self.config.aggregation == "server" else len(adjacent) for adjacent in neighbors]
+        self.sizes = [len(part) for part in network.parts]
+        self.wire = HALF_PRECISIONS.get(self.run.comm.compress)
 
     @abstractmethod
     def train_node(self, position: int, node) -> Tensor:
@@ -105,16 +144,26 @@ class FederatedAveraging(Solver):
         nodes, communicator = network.nodes, network.communicator
         work = []
         for position, node in enumerate(nodes):
+            if not network.online(node.index):
+                work.append(idle_work(node.statistics.device))
+                continue
             with timed(node.statistics.device) as clock:
                 loss = self.train_node(position, node)
             work.append(NodeWork(loss, (clock,)))
+        sent, delivered = weight_messages(network.plan.neighbors, self.config.aggregation, network.now)
+        mixing = mixing_matrix(self.sizes, self.config.aggregation, delivered, nodes[0].statistics.device)
         extra = self.averaged_modules()
         for modules in [[node.encoder for node in nodes], *extra]:
-            average(communicator, modules, self.mixing)
+            average(communicator, modules, mixing, self.wire)
+        communicator.count_messages(sent, delivered)
+        value_bytes = None if self.wire is None else self.wire.itemsize
         for position, node in enumerate(nodes):
-            sent = weight_bytes(node.encoder) + sum(weight_bytes(modules[position]) for modules in extra)
-            communicator.record_bytes(node.index, self.messages[node.index] * sent)
-            node.refresh_statistics()
+            message = weight_bytes(node.encoder, value_bytes) + sum(
+                weight_bytes(modules[position], value_bytes) for modules in extra
+            )
+            communicator.record_bytes(node.index, int(sent[:, node.index].sum()) * message)
+            if network.online(node.index):
+                node.refresh_statistics()
         inboxes = communicator.exchange(
             [node.statistics for node in nodes], [node.counts for node in nodes], record=False
         )

@@ -19,7 +19,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from semdl.network import Node
 from semdl.objectives.rates import class_statistics_of
-from semdl.solvers.common import NodeWork, optimisation_steps, timed
+from semdl.solvers.common import NodeWork, idle_work, optimisation_steps, timed
 
 GroupLoss = Callable[[Tensor, Tensor], Tensor]  # features (B, m, d), labels (B, m) -> each node's loss (B,)
 
@@ -217,12 +217,17 @@ def train_groups(
     local_epochs: int,
     batch_size: int,
     prepare_losses: Sequence[Callable[[], GroupLoss]],
+    online: Callable[[int], bool] = lambda node: True,
 ) -> tuple[list[Node], list[NodeWork]]:
     """One round's local work of independent nodes, group by group and timed per group: each group's loss
     (prepare_losses[g](), which may first update the group, as a dual step does), its training and its statistics
-    pass. Returns the nodes in index order and their work."""
+    pass. A group with a node offline (`online(index)` false) does nothing: under node dropout every group is one
+    node (semdl.pipeline.network). Returns the nodes in index order and their work."""
     work = {}
     for group, prepare_loss in zip(groups, prepare_losses):
+        if not all(online(node.index) for node in group.nodes):
+            work.update({node.index: idle_work(group.statistics.device) for node in group.nodes})
+            continue
         with timed(group.statistics.device) as clock:
             losses = group.optimise(local_epochs, batch_size, prepare_loss())
             group.refresh_statistics()

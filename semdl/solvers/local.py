@@ -72,6 +72,7 @@ class Local(Solver):
             self.training.local_epochs,
             self.training.batch_size,
             [partial(local_group_loss, group, self.training, self.rate_weights) for group in groups],
+            network.online,
         )
         inboxes = network.communicator.exchange(
             [node.statistics for node in nodes], [node.counts for node in nodes], record=False

@@ -91,9 +91,6 @@ class PrimalDual(Solver):
 
     def start(self, network) -> None:
         self.training = self.local_training(network)
-        self.neighborhoods = [
-            network.communicator.neighborhood([node.index for node in group.nodes]) for group in network.groups
-        ]
 
     def test_loss(self, network, node, features: Tensor, labels: Tensor, width: int) -> Tensor:
         """L_i on held-out data: -dR plus the consensus terms with the node's duals and its latest inbox."""
@@ -105,13 +102,13 @@ class PrimalDual(Solver):
         )
 
     def round(self, network) -> RoundResult:
-        """Each node reads only round t-1 statistics (the communicator's, until the exchange), so running the groups
-        one after another is the synchronous round of the algorithm."""
+        """Each node reads only round t-1 statistics (what the last exchange delivered it), so running the groups
+        one after another is the synchronous round of the algorithm. An offline node does nothing."""
         communicator = network.communicator
 
-        def dual_step_then_loss(group: NodeGroup, neighborhood: tuple[Tensor, Tensor]) -> GroupLoss:
-            index, shared = neighborhood
-            neighbors = neighbor_sums_of_rows(communicator.statistics, index, shared)
+        def dual_step_then_loss(group: NodeGroup) -> GroupLoss:
+            inboxes = communicator.neighborhood([node.index for node in group.nodes])
+            neighbors = neighbor_sums_of_rows(inboxes.source, inboxes.index, inboxes.shared)
             dual_step(group.duals, group.statistics, neighbors, self.config.dual_step)
             return group_loss(group, neighbors, self.config, self.training)
 
@@ -119,7 +116,8 @@ class PrimalDual(Solver):
             network.groups,
             self.training.local_epochs,
             self.training.batch_size,
-            [partial(dual_step_then_loss, *pair) for pair in zip(network.groups, self.neighborhoods)],
+            [partial(dual_step_then_loss, group) for group in network.groups],
+            network.online,
         )
         return RoundResult(
             work, communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
