@@ -174,7 +174,9 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     from semdl.io.table import metric_names
     from semdl.network import topology_of
     from semdl.network.distributed import process_rank
+    from semdl.pipeline.network import network_conditions
     from semdl.search import check_search, search_space
+    from semdl.solvers.base import solver_class
 
     load_registries()
     try:
@@ -194,7 +196,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
                 except ConfigCompositionException as error:
                     raise UserError(not_a_key_line(error, paths + own) or hydra_error_line(error)) from None
                 validate(cfg)
-                topology_of(cfg)
+                network_conditions(cfg, topology_of(cfg), solver_class(cfg.solver).trained_nodes(cfg.nodes))
                 for architecture in set(architectures(cfg.model, cfg.nodes)):
                     check_input_shape(architecture, input_shape(cfg.data))
                 if searching:

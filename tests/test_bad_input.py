@@ -112,6 +112,7 @@ def world(tmp_path_factory):
     )
     assert holder.stdout.readline().strip() == "holding"
     (root / "bad_topology.txt").write_text("0 1 0\n1 0 x\n0 1 0\n")
+    (root / "ring3.txt").write_text("0 1 1\n1 0 1\n1 1 0\n")
     (root / "bad_table.txt").write_text("5 5 5 5\n5 5\n")
     write_mnist(root / "corrupt", "MNIST", train_per_class=2, test_per_class=1)
     archive = root / "corrupt" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
@@ -311,6 +312,23 @@ CASES = [
     ),
     (["table", "{world}/list_summary"], "summary.json holds a list, not a run summary object"),
     (["table", "{world}/bad_hydra"], "config.yaml is not YAML"),
+    # compressed messages and unreliable networks
+    (["train", "comm.compress=zip"], "comm.compress='zip' is not allowed"),
+    (["train", "comm.compress=lowrank"], "comm.compress=lowrank needs comm.rank=<eigenpairs per class>"),
+    (["train", "comm.compress=fp16", "comm.rank=4"], "comm.rank and comm.energy choose the eigenpairs"),
+    (["train", "comm.compress=lowrank", "comm.energy=1.5"], "comm.energy=1.5 is out of range"),
+    (["train", "comm.compress=lowrank", "comm.rank=0"], "comm.rank=0 is out of range"),
+    (["train", "comm.error_feedback=true"], "comm.error_feedback=true keeps what compression drops"),
+    (["train", "solver=fedavg_mcr2", "comm.compress=lowrank", "comm.rank=2"], "solver=fedavg_mcr2 sends weights"),
+    (["train", "network.link_drop=1.5"], "network.link_drop=1.5 is out of range; it must be in [0, 1]"),
+    (["train", "network.node_dropout=-0.1"], "network.node_dropout=-0.1 is out of range"),
+    (["train", "network.stale=wait"], "network.stale='wait' is not allowed"),
+    (["train", "network.schedule_every=0"], "network.schedule_every=0 is out of range"),
+    (["train", "network.node_dropout=0.1", "sim.lockstep=on"], "network.node_dropout runs nodes one by one"),
+    (["train", "network.schedule={world}/bad_topology.txt"], "must hold whitespace-separated 0/1 integers"),
+    (["train", "network.schedule={world}/no_such_file.txt"], "cannot read network.schedule"),
+    (["train", "solver=centralized", "network.schedule={world}/ring3.txt"], "solver=centralized trains 1 node(s)"),
+    (["train", "resume={world}/done", "comm.compress=fp16"], "resume cannot change comm.compress"),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]

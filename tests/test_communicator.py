@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
-from semdl.network import InProcessCommunicator
+from semdl.network import Delivery, InProcessCommunicator
+from semdl.network.compression import HalfPrecision
+from semdl.network.conditions import RoundConditions
 
 K, D = 3, 2
 NEIGHBORS = [[1, 2], [0], [0, 1]]
@@ -60,3 +64,61 @@ def test_a_neighbourhood_is_every_inbox_of_a_group_padded_to_the_widest():
     assert shared[0, 0].tolist() == (RESPONSIBLE[1] & RESPONSIBLE[0]).tolist()
     assert not shared[0, 1].any()  # the padding shares nothing
     assert shared[1].tolist() == [(RESPONSIBLE[2] & RESPONSIBLE[j]).tolist() for j in (0, 1)]
+
+
+def conditions(online: list[bool], failed: list[tuple[int, int]]) -> RoundConditions:
+    """Every pair linked, the `failed` links down, the offline nodes as given."""
+    count = len(online)
+    scheduled = ~np.eye(count, dtype=bool)
+    links = scheduled.copy()
+    for i, j in failed:
+        links[i, j] = links[j, i] = False
+    return RoundConditions(np.array(online), scheduled, links, np.ones(count, dtype=bool))
+
+
+@pytest.mark.parametrize("stale", ["reuse", "skip"])
+def test_a_lost_message_is_reused_with_its_age_or_skipped(stale):
+    """Round 1 loses link 0-1 and node 2 is offline; round 2 delivers everything. (Node i reads NEIGHBORS[i].)"""
+    delivery = Delivery(unreliable=True, stale=stale)
+    communicator = InProcessCommunicator(NEIGHBORS, RESPONSIBLE, delivery)
+    communicator.begin_round(conditions([True, True, True], failed=[]))
+    exchanged(communicator)  # round 0: everything arrives
+    communicator.begin_round(conditions([True, True, False], failed=[(0, 1)]))
+    inboxes = exchanged(communicator, offset=1.0)
+    # Node 2 was offline: it sent nothing, so every node still holds its round-0 statistics.
+    assert torch.equal(communicator.statistics[2], node_statistics(2))
+    assert communicator.tally.received.tolist() == [0, 0, 0]  # 0 lost 1 and 2; 1 lost 0; 2 was offline
+    # Sent and lost: to 0 from 1 (link) and 2 (offline sender sends nothing); to 1 from 0; to 2 from 0 and 1.
+    assert communicator.tally.lost.tolist() == [1, 1, 2]
+    if stale == "reuse":
+        assert torch.equal(inboxes[0].statistics, torch.stack([node_statistics(1), node_statistics(2)]))
+        assert torch.equal(inboxes[0].shared, torch.stack([RESPONSIBLE[0] & RESPONSIBLE[j] for j in (1, 2)]))
+        assert communicator.tally.oldest.tolist() == [1, 1, 1]
+    else:
+        assert not inboxes[0].shared.any() and not inboxes[1].shared.any() and not inboxes[2].shared.any()
+        assert communicator.tally.oldest.tolist() == [0, 0, 0]
+    neighborhood = communicator.neighborhood([0, 1])
+    from_rows = neighborhood.source[neighborhood.index]
+    assert torch.equal(from_rows[0], inboxes[0].statistics) and torch.equal(from_rows[1, :1], inboxes[1].statistics)
+    assert torch.equal(neighborhood.shared[0], inboxes[0].shared)
+
+    communicator.begin_round(conditions([True, True, True], failed=[]))
+    inboxes = exchanged(communicator, offset=2.0)
+    assert torch.equal(inboxes[0].statistics, torch.stack([node_statistics(1, 2.0), node_statistics(2, 2.0)]))
+    assert communicator.tally.received.tolist() == [2, 1, 2] and communicator.tally.lost.tolist() == [0, 0, 0]
+    assert communicator.tally.oldest.tolist() == [0, 0, 0]
+
+
+def test_bytes_count_every_message_sent_and_none_from_an_offline_node():
+    delivery = Delivery(HalfPrecision(torch.float16), unreliable=True)
+    communicator = InProcessCommunicator(NEIGHBORS, RESPONSIBLE, delivery)
+    communicator.begin_round(conditions([True, True, True], failed=[]))
+    exchanged(communicator)
+    per_class = D * D * 2 + 4  # fp16 values and a float32 count
+    # A node sends to the nodes that read it: node 0 to 1 (classes {0, 1}) and 2 ({1}); node 1 to 0 ({0, 1}) and 2
+    # ({1, 2}); node 2 to 0 ({1}).
+    assert communicator.bytes_sent == [3 * per_class, 4 * per_class, 1 * per_class]
+    communicator.begin_round(conditions([True, False, True], failed=[(0, 2)]))
+    exchanged(communicator, offset=1.0)
+    # A failed link or an offline receiver loses what was sent; an offline node sends nothing.
+    assert communicator.bytes_sent == [6 * per_class, 4 * per_class, 2 * per_class]

@@ -172,7 +172,17 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
-RUN_METRICS = ("network_dR", "consensus_residual", "MB/node/round", "s/round")  # beside each classifier's two
+# Beside each classifier's two: the network's, what its communication cost, and what the network let through.
+RUN_METRICS = (
+    "network_dR",
+    "consensus_residual",
+    "MB/node/round",
+    "s/round",
+    "delivered",
+    "active_nodes",
+    "max_age",
+    "compression_error",
+)
 
 
 def metric_names(classifiers: list[str]) -> list[str]:
@@ -205,6 +215,14 @@ def load_run_record(run_dir: Path) -> dict:
     if bytes_sent is not None and num_nodes is not None:
         values["MB/node/round"] = bytes_sent / 1e6 / num_nodes
     values["s/round"] = _mean([row.get("seconds") for row in network])
+    # Over the rounds: the share of messages that arrived, the nodes online, the oldest statistics any node used,
+    # and the compression error (the largest node's) of a round's messages.
+    arrived, lost = (sum(_finite(row.get(key)) or 0 for row in network) for key in ("messages_delivered", "messages_lost"))
+    values["delivered"] = arrived / (arrived + lost) if arrived + lost else None
+    values["active_nodes"] = _mean([row.get("active_nodes") for row in network])
+    ages = [_finite(row.get("max_age")) for row in network]
+    values["max_age"] = max((age for age in ages if age is not None), default=None)
+    values["compression_error"] = _mean([row.get("compression_error") for row in network])
     metrics = {name: _finite(value) for name, value in values.items()}
     return {"path": run_dir, "config": config, "metrics": {name: x for name, x in metrics.items() if x is not None}}
 

@@ -123,7 +123,8 @@ class Communicator(ABC):
         self.received: Tensor | None = None  # network.stale=reuse: each local node's last statistics per neighbour
         self.received_counts: Tensor | None = None
         self.ages: np.ndarray | None = None  # (n_local, J) rounds since each neighbour's statistics arrived
-        self.fresh: Tensor | None = None  # (n_local, J) bool: the last exchange delivered this neighbour's message
+        self.held: np.ndarray | None = None  # network.stale=reuse: (n_local, J) whether any statistics ever arrived
+        self.usable: Tensor | None = None  # (n_local, J) bool: whose statistics a node's consensus uses this round
         self._neighborhoods: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
 
     @property
@@ -181,11 +182,12 @@ class Communicator(ABC):
             self._neighborhoods[key] = index, shared, rows
         index, shared, rows = self._neighborhoods[key]
         width = index.shape[1]
+        if self.usable is None:
+            return Neighborhood(self._delivered, index, shared)
+        shared = shared & self.usable[rows, :width, None]
         if self.received is not None:
             slots = rows[:, None] * self.received.shape[1] + torch.arange(width, device=index.device)
             return Neighborhood(self.received.flatten(0, 1), slots, shared)
-        if self.fresh is not None:
-            return Neighborhood(self._delivered, index, shared & self.fresh[rows, :width, None])
         return Neighborhood(self._delivered, index, shared)
 
     @abstractmethod
@@ -253,63 +255,60 @@ class Communicator(ABC):
         sent = delivered = links
         if self.conditions is not None:
             sent, delivered = links & self.conditions.sent(), links & self.conditions.delivered()
-            online = torch.as_tensor(self.conditions.online, device=everyone.device)
-            if self._delivered is not None:  # an offline node sends nothing: what others hold of it stays
-                everyone = torch.where(online[:, None, None, None], everyone, self.statistics)
-                everyone_counts = torch.where(online[:, None], everyone_counts, self.counts)
+            # An offline node sends nothing: what the others hold of it stays (nothing, before its first message).
+            online = torch.as_tensor(np.array(self.conditions.online), device=everyone.device)
+            held = torch.zeros_like(everyone) if self.statistics is None else self.statistics
+            held_counts = torch.zeros_like(everyone_counts) if self.counts is None else self.counts
+            everyone = torch.where(online[:, None, None, None], everyone, held)
+            everyone_counts = torch.where(online[:, None], everyone_counts, held_counts)
         self._count_bytes(wire, sent.T[self.local], local_statistics.shape[-1])
         self.count_messages(sent, delivered)
-        previous = self.statistics, self.counts
         self.statistics, self.counts = everyone, everyone_counts
         self._delivered = self.statistics
         if self.conditions is not None:
-            self._keep_what_arrived(delivered, *previous)
+            self._keep_what_arrived(delivered)
         return self.inboxes()
 
-    def _keep_what_arrived(self, delivered: np.ndarray, previous: Tensor, previous_counts: Tensor) -> None:
-        """After an exchange under conditions: which neighbour's message each local node got, the age of what it
-        holds of each, and (network.stale=reuse) the statistics it keeps of each."""
+    def _keep_what_arrived(self, delivered: np.ndarray) -> None:
+        """After an exchange under conditions: which neighbours' messages each local node got, the age of what it
+        holds of each, and whose statistics its consensus uses: those that just arrived (network.stale=skip), or the
+        last that arrived from each neighbour, kept per neighbour (reuse)."""
         slots = self._slot_index()
-        fresh = np.zeros(tuple(slots.shape), dtype=bool)
-        for row, node in enumerate(self.local):
-            fresh[row, : len(self.neighbors[node])] = delivered[node, self.neighbors[node]]
-        self.ages = np.where(fresh, 0, (self.ages if self.ages is not None else np.zeros_like(fresh, np.int64)) + 1)
-        self.fresh = torch.as_tensor(fresh, device=slots.device)
         width = np.array([len(self.neighbors[node]) for node in self.local])
         real = np.arange(slots.shape[1])[None, :] < width[:, None]
-        if self.delivery.stale == "reuse":
-            if self.received is None:  # until now every message arrived: what they held is the last snapshot
-                self.received, self.received_counts = previous[slots], previous_counts[slots]
-            keep = self.fresh[..., None, None, None]
-            self.received = torch.where(keep, self.statistics[slots], self.received)
-            self.received_counts = torch.where(self.fresh[..., None], self.counts[slots], self.received_counts)
-            self.tally.oldest = np.where(real, self.ages, 0).max(1)
-        else:
+        fresh = np.zeros(tuple(slots.shape), dtype=bool)
+        for row, node in enumerate(self.local):
+            fresh[row, : width[row]] = delivered[node, self.neighbors[node]]
+        self.ages = np.where(fresh, 0, (self.ages if self.ages is not None else np.zeros(fresh.shape, np.int64)) + 1)
+        if self.delivery.stale == "skip":
+            usable = fresh
             self.tally.oldest = np.zeros(len(self.local), dtype=np.int64)
+        else:
+            self.held = fresh if self.held is None else self.held | fresh
+            usable = self.held
+            if self.received is None:
+                self.received = self.statistics.new_zeros(*slots.shape, *self.statistics.shape[1:])
+                self.received_counts = self.counts.new_zeros(*slots.shape, self.counts.shape[1])
+            arrived = torch.as_tensor(fresh, device=slots.device)
+            self.received = torch.where(arrived[..., None, None, None], self.statistics[slots], self.received)
+            self.received_counts = torch.where(arrived[..., None], self.counts[slots], self.received_counts)
+            self.tally.oldest = np.where(real & self.held, self.ages, 0).max(1)
+        self.usable = torch.as_tensor(usable, device=slots.device)
 
     def inboxes(self) -> dict[int, Inbox]:
         """Each local node's inbox as the last exchange (or a restored checkpoint) left it."""
-        if self.received is not None:
-            return {
-                node: Inbox(
-                    self.received[row],
-                    self.received_counts[row],
-                    torch.arange(len(self.neighbors[node]), device=self.received.device),
-                    self.shared[node],
-                )
-                for row, node in enumerate(self.local)
-            }
-        if self.fresh is not None:
-            return {
-                node: Inbox(
-                    self._delivered,
-                    self.counts,
-                    self.neighbor_index[node],
-                    self.shared[node] & self.fresh[row, : len(self.neighbors[node]), None],
-                )
-                for row, node in enumerate(self.local)
-            }
-        return self._plain_inboxes()
+        if self.usable is None:
+            return self._plain_inboxes()
+        inboxes = {}
+        for row, node in enumerate(self.local):
+            width = len(self.neighbors[node])
+            shared = self.shared[node] & self.usable[row, :width, None]
+            if self.received is not None:
+                slots = torch.arange(width, device=self.received.device)
+                inboxes[node] = Inbox(self.received[row], self.received_counts[row], slots, shared)
+            else:
+                inboxes[node] = Inbox(self._delivered, self.counts, self.neighbor_index[node], shared)
+        return inboxes
 
     def _plain_inboxes(self) -> dict[int, Inbox]:
         return {
@@ -390,9 +389,11 @@ class Communicator(ABC):
         state = {"statistics": self.statistics[node].clone(), "counts": self.counts[node].clone()}
         if self.feedback is not None:
             state["residual"] = self.feedback.residual[row].clone()
-        if self.fresh is not None:
-            state["fresh"] = self.fresh[row].clone()
+        if self.usable is not None:
+            state["usable"] = self.usable[row].clone()
             state["ages"] = torch.as_tensor(self.ages[row])
+        if self.held is not None:
+            state["held"] = torch.as_tensor(self.held[row])
         if self.received is not None:
             state["received"] = self.received[row].clone()
             state["received_counts"] = self.received_counts[row].clone()
@@ -409,9 +410,11 @@ class Communicator(ABC):
         if "residual" in local[0]:
             residual = torch.stack([state["residual"] for state in local]).to(device)
             self.feedback = ErrorFeedback(self.delivery.compression, residual)
-        if "fresh" in local[0]:
-            self.fresh = torch.stack([state["fresh"] for state in local]).to(device)
+        if "usable" in local[0]:
+            self.usable = torch.stack([state["usable"] for state in local]).to(device)
             self.ages = torch.stack([state["ages"] for state in local]).numpy()
+        if "held" in local[0]:
+            self.held = torch.stack([state["held"] for state in local]).numpy()
         if "received" in local[0]:
             self.received = torch.stack([state["received"] for state in local]).to(device)
             self.received_counts = torch.stack([state["received_counts"] for state in local]).to(device)

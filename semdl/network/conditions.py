@@ -77,15 +77,17 @@ class NetworkConditions:
         return self.link_drop > 0 or self.node_dropout > 0 or self.schedule is not None
 
     def schedule_matrix(self, round_index: int) -> np.ndarray:
-        """The links that exist in round `round_index` (from 1): the base graph without a schedule, else the
-        schedule's matrix for it. Rounds 1..every use matrix 0, the next `every` matrix 1, and so on, cycling."""
+        """The links that exist in round `round_index` (from 1; 0 is the exchange before the first round, on round
+        1's links): the base graph without a schedule, else the schedule's matrix for it. Rounds 1..every use matrix
+        0, the next `every` matrix 1, and so on, cycling."""
         _check_round(round_index)
         if self.schedule is None:
             return self.allowed
-        return self.schedule[(round_index - 1) // self.schedule_every % len(self.schedule)]
+        return self.schedule[(max(round_index, 1) - 1) // self.schedule_every % len(self.schedule)]
 
     def at(self, round_index: int) -> RoundConditions:
-        """Round `round_index`'s (from 1) conditions, drawn from the seed and the round index alone."""
+        """Round `round_index`'s conditions (from 1; 0 is the exchange of the untrained encoders' statistics before
+        the first round), drawn from the seed and the round index alone."""
         scheduled = self.schedule_matrix(round_index)
         # Child streams: the link draws and the node draw never consume each other's numbers, so changing one
         # probability leaves the other's failures as they were.
@@ -172,8 +174,8 @@ def _check_matrix(matrix: np.ndarray, lines: list[int], allowed: np.ndarray, top
 
 
 def _check_round(round_index: int) -> None:
-    if round_index < 1:
-        raise ValueError(f"rounds count from 1, not {round_index}")
+    if round_index < 0:
+        raise ValueError(f"rounds count from 1 (0: the exchange before the first), not {round_index}")
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

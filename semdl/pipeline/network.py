@@ -281,6 +281,9 @@ def build_network(
     if restore is None:
         for group in network.groups:
             group.refresh_statistics()
+        # The untrained encoders' statistics travel as every later message does: round 0's conditions apply.
+        sharing = conditions is not None and solver.traits.shares_statistics
+        communicator.begin_round(conditions.at(0) if sharing else None)
         network.inboxes = communicator.exchange(
             [node.statistics for node in nodes], [node.counts for node in nodes], record=solver.traits.shares_statistics
         )
