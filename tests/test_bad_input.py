@@ -325,7 +325,7 @@ CASES = [
     (["train", "network.stale=wait"], "network.stale='wait' is not allowed"),
     (["train", "network.schedule_every=0"], "network.schedule_every=0 is out of range"),
     (["train", "network.node_dropout=0.1", "sim.lockstep=on"], "network.node_dropout runs nodes one by one"),
-    (["train", "network.schedule={world}/bad_topology.txt"], "must hold whitespace-separated 0/1 integers"),
+    (["train", "nodes=3", "network.schedule={world}/bad_topology.txt"], "must hold whitespace-separated 0/1 integers"),
     (["train", "network.schedule={world}/no_such_file.txt"], "cannot read network.schedule"),
     (["train", "solver=centralized", "network.schedule={world}/ring3.txt"], "solver=centralized trains 1 node(s)"),
     (["train", "resume={world}/done", "comm.compress=fp16"], "resume cannot change comm.compress"),

@@ -23,11 +23,19 @@ pytestmark = pytest.mark.integration  # torchrun and `semdl` subprocesses
 
 HERE = Path(__file__).resolve().parent
 LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
+# Each on an unreliable network with compressed messages: the all-gathers carry the wire form (eigenpairs, half
+# floats), the pushes and weights cross ranks compressed, and every rank draws the same failures.
+UNRELIABLE = ["network.link_drop=0.3", "network.node_dropout=0.2"]
 EXPERIMENTS = {
-    "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual", "train.rounds=4"],
-    "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd", "train.rounds=4"],
+    "primal_dual": SMALL_SYNTHETIC
+    + ["nodes=3", "solver=primal_dual", "train.rounds=4", *UNRELIABLE]
+    + ["comm.compress=lowrank", "comm.rank=4", "comm.error_feedback=true"],
+    "cluster_bcd": SMALL_SYNTHETIC
+    + LABEL_SPLIT
+    + ["nodes=4", "solver=cluster_bcd", "train.rounds=4", *UNRELIABLE, "comm.compress=fp16", "network.stale=skip"],
     # A baseline whose weights (and cross-entropy heads) cross ranks every round, evaluated during training too.
-    "fedavg_ce": SMALL_SYNTHETIC + ["nodes=3", "solver=fedavg_ce", "train.rounds=3", "eval.every=2"],
+    "fedavg_ce": SMALL_SYNTHETIC
+    + ["nodes=3", "solver=fedavg_ce", "train.rounds=3", "eval.every=2", *UNRELIABLE, "comm.compress=bf16"],
 }
 
 

@@ -15,7 +15,7 @@ import yaml
 from semdl.cli import main
 from semdl.errors import UserError
 from semdl.io import read_metrics
-from semdl.io.table import find_runs, load_run_records, table_command
+from semdl.io.table import find_runs, load_run_record, load_run_records, table_command
 
 SWEEP = [
     "data=synthetic",
@@ -46,6 +46,10 @@ METRICS = [
     "consensus_residual",
     "MB/node/round",
     "s/round",
+    "delivered",
+    "active_nodes",
+    "max_age",
+    "compression_error",
 ]
 
 
@@ -79,6 +83,11 @@ def direct_metrics(run_dir: Path) -> dict[str, float]:
         "consensus_residual": summary["consensus_residual"],
         "MB/node/round": 4 * 4 * (8 * 8 + 1) / 1e6,  # per round each node sends K=4 classes of d=8 to 1 neighbour
         "s/round": float(np.mean(seconds)),
+        # A reliable network without compression: every message arrives, fresh and exact.
+        "delivered": 1.0,
+        "active_nodes": 2.0,
+        "max_age": 0.0,
+        "compression_error": 0.0,
     }
 
 
@@ -211,6 +220,25 @@ def fake_run(directory: Path, seed: int, rho: float = 1.0, accuracy: object = No
         json.dumps({"round": 1, "node": "network", "bytes_sent": 4000, "seconds": 0.5}) + "\n"
     )
     return directory
+
+
+def test_the_network_metrics_sum_messages_over_rounds(tmp_path):
+    """delivered is the share of all rounds' messages that arrived (not a mean of per-round shares); active_nodes and
+    compression_error are means per round, max_age the largest; a round row without them counts nothing."""
+    run = fake_run(tmp_path / "run", seed=0)
+    rounds = [
+        {"messages_delivered": 6, "messages_lost": 2, "active_nodes": 4, "max_age": 1, "compression_error": 0.02},
+        {"messages_delivered": 1, "messages_lost": 7, "active_nodes": 2, "max_age": 3, "compression_error": 0.04},
+        {},
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"round": index + 1, "node": "network", **row}) + "\n" for index, row in enumerate(rounds))
+    )
+    metrics = load_run_record(run)["metrics"]
+    assert metrics["delivered"] == pytest.approx(7 / 16)
+    assert metrics["active_nodes"] == pytest.approx(3.0)
+    assert metrics["max_age"] == 3
+    assert metrics["compression_error"] == pytest.approx(0.03)
 
 
 DAMAGES = {

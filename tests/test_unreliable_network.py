@@ -4,17 +4,21 @@ follow a schedule and statistics travel compressed, and what its metrics and che
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import SMALL_SYNTHETIC, composed
+from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
 from semdl.network.conditions import NetworkConditions
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
+from semdl.solvers import RoundResult, train_groups
+from semdl.solvers.local import Local, local_group_loss
 
 # Four nodes on a ring (two neighbours each), 4 classes of 15 training samples per node, d = 16.
 RING4 = SMALL_SYNTHETIC + ["nodes=4", "topology=ring"]
@@ -194,3 +198,21 @@ def test_a_resumed_run_draws_the_same_failures_and_keeps_what_nodes_held(solver,
     expected = read_metrics(straight / "metrics.jsonl")
     assert without_timing(rows) == without_timing(expected)
     assert sum(row["messages_lost"] for row in expected if row["node"] == "network") > 0
+
+
+def test_a_solver_that_trains_an_offline_node_is_stopped_with_one_line(tmp_path):
+    """An outside solver that forgets network.online: the round loop refuses its round instead of logging it."""
+
+    class Careless(Local):
+        def round(self, network):
+            groups = network.groups
+            losses = [partial(local_group_loss, group, self.training, self.rate_weights) for group in groups]
+            nodes, work = train_groups(groups, self.training.local_epochs, self.training.batch_size, losses)
+            return RoundResult(work, network.inboxes)
+
+    network = network_of(RING4 + ["solver=local", "network.node_dropout=0.5"], tmp_path)
+    network.solver = Careless(network.solver.config, network.solver.run)
+    network.solver.start(network)
+    with pytest.raises(UserError, match=r"solver=local trained node \d in round \d, when it was offline"):
+        for _ in range(4):  # seed 0 takes a node offline within four rounds
+            run_round(network)

@@ -28,22 +28,21 @@ class PenaltyConsensus(Solver):
 
     def start(self, network):
         self.training = self.local_training(network)
-        self.neighborhoods = [
-            network.communicator.neighborhood([node.index for node in group.nodes]) for group in network.groups
-        ]
 
     def round(self, network):
         communicator = network.communicator
 
-        def penalised_loss(group, neighborhood):
-            neighbors = neighbor_sums_of_rows(communicator.statistics, *neighborhood)
+        def penalised_loss(group):
+            # What each node of the group holds of its neighbours (on an unreliable network, what reached it).
+            neighbors = neighbor_sums_of_rows(*communicator.neighborhood([node.index for node in group.nodes]))
             return group_loss(group, neighbors, self.config, self.training)
 
         nodes, work = train_groups(
             network.groups,
             self.training.local_epochs,
             self.training.batch_size,
-            [partial(penalised_loss, *pair) for pair in zip(network.groups, self.neighborhoods)],
+            [partial(penalised_loss, group) for group in network.groups],
+            network.online,  # an offline node (network.node_dropout) does not train
         )
         inboxes = communicator.exchange([node.statistics for node in nodes], [node.counts for node in nodes])
         return RoundResult(work, inboxes)

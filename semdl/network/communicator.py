@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,10 +52,10 @@ class Inbox:
         return self.delivered_counts.index_select(0, self.neighbors)
 
 
-@dataclass(frozen=True)
-class Neighborhood:
+class Neighborhood(NamedTuple):
     """The inboxes of B nodes as one gather: rows `index` (B, J) of `source` (R, K, d, d), and which classes of each
-    take part (B, J, K); a node with fewer than J neighbours is padded with row 0 sharing nothing."""
+    take part (B, J, K); a node with fewer than J neighbours is padded with row 0 sharing nothing. In the order of
+    semdl.objectives.neighbor_sums_of_rows's arguments: `neighbor_sums_of_rows(*neighborhood)`."""
 
     source: Tensor
     index: Tensor

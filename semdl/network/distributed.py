@@ -129,11 +129,11 @@ class DistributedCommunicator(Communicator):
         padded[: local.shape[0]] = local
         if self._gather_on_host:
             padded = padded.cpu()
-        # Half-precision messages travel as their bits: every backend gathers 16-bit integers.
+        # Half-precision messages travel as their bytes: every backend gathers uint8 (gloo has no 16-bit integers).
         half = padded.dtype in (torch.float16, torch.bfloat16)
-        wire = padded.view(torch.int16) if half else padded
-        gathered = wire.new_empty((self.world_size * self._width, *local.shape[1:]))
-        ALL_GATHER(gathered, wire.contiguous())
+        wire = padded.contiguous().view(torch.uint8) if half else padded.contiguous()
+        gathered = wire.new_empty((self.world_size * self._width, *wire.shape[1:]))
+        ALL_GATHER(gathered, wire)
         gathered = gathered.view(padded.dtype) if half else gathered
         return gathered.to(local.device)[self._rows]
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from semdl.checkpoint import checkpoint_state, restore_nodes
-from semdl.errors import Interrupted, Stopped
+from semdl.errors import Interrupted, Stopped, UserError
 from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.io import MetricsWriter, save_checkpoint
 from semdl.network import Node
@@ -55,6 +55,14 @@ def run_round(network: Network) -> tuple[RoundResult, Tensor | None]:
     network.communicator.begin_round(network.now)
     with counting_fallbacks() as fallbacks:
         result = network.solver.round(network)
+    offline = {node.index for node in network.nodes if not network.online(node.index)}
+    trained = [node.index for node, work in zip(network.nodes, result.work) if node.index in offline and work.clocks]
+    if trained:
+        raise UserError(
+            f"solver={network.solver.config.name} trained node {trained[0]} in round {network.round}, when it was "
+            "offline (network.node_dropout): a solver trains only the nodes network.online() names "
+            "(docs/architecture.md, 'Add a solver')"
+        )
     network.inboxes = result.inboxes
     return result, fallbacks.count
 

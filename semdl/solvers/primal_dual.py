@@ -107,8 +107,7 @@ class PrimalDual(Solver):
         communicator = network.communicator
 
         def dual_step_then_loss(group: NodeGroup) -> GroupLoss:
-            inboxes = communicator.neighborhood([node.index for node in group.nodes])
-            neighbors = neighbor_sums_of_rows(inboxes.source, inboxes.index, inboxes.shared)
+            neighbors = neighbor_sums_of_rows(*communicator.neighborhood([node.index for node in group.nodes]))
             dual_step(group.duals, group.statistics, neighbors, self.config.dual_step)
             return group_loss(group, neighbors, self.config, self.training)
 

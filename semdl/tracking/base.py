@@ -88,14 +88,14 @@ def _is_number(value: Any) -> bool:
 
 def row_scalars(row: dict) -> dict[str, float]:
     """A metrics.jsonl row of a node, a cluster or the network as tagged numbers: node 2's dR is `node2/dR`, the
-    network's `network/dR`, cluster 0's `cluster0/dR`. A value metrics.jsonl writes as null (not finite) is left
-    out, as are lists (a cluster's members)."""
+    network's `network/dR`, cluster 0's `cluster0/dR`; a flag (a node's `online`) is 1 or 0. A value metrics.jsonl
+    writes as null (not finite, or an offline node's loss) is left out, as are lists (a cluster's members)."""
     node = row["node"]
     prefix = f"node{node}" if isinstance(node, int) else str(node).replace(":", "")
     return {
         f"{prefix}/{key}": float(value)
         for key, value in row.items()
-        if key not in ("round", "node") and _is_number(value)
+        if key not in ("round", "node") and (_is_number(value) or isinstance(value, bool))
     }
 
 

@@ -17,12 +17,13 @@ from semdl.tracking.base import LOGGERS, PlainConfig, Resumption, Tracker, as_te
 TABLES = {
     "network": (
         "metrics_network.csv",
-        ("round", "R", "Rc", "dR", "consensus_residual", "bytes_sent", "cholesky_fallbacks", "seconds"),
+        ("round", "R", "Rc", "dR", "consensus_residual", "active_nodes", "messages_delivered", "messages_lost")
+        + ("max_age", "compression_error", "bytes_sent", "cholesky_fallbacks", "seconds"),
     ),
     "nodes": (
         "metrics_nodes.csv",
-        ("round", "node", "loss", "R", "Rc", "dR", "consensus_residual", "dual_norm", "bytes_sent", "seconds")
-        + ("test_loss",),
+        ("round", "node", "loss", "R", "Rc", "dR", "consensus_residual", "dual_norm", "compression_error", "online")
+        + ("received", "lost", "max_age", "bytes_sent", "seconds", "test_loss"),
     ),
     "clusters": ("metrics_clusters.csv", ("round", "cluster", "members", "R", "Rc", "dR")),
     "evaluations": ("metrics_evaluations.csv", ("round", "classifier", "node", "accuracy", "own_classes_accuracy")),
@@ -32,9 +33,12 @@ HYPERPARAMETERS = "hyperparameters.csv"
 
 def _cell(value: Any) -> Any:
     """A value as the CSV holds it: a number not finite (null in metrics.jsonl) is an empty cell, a list of node
-    indices (a cluster's members) is space-separated; floats are written in Python's shortest exact form."""
+    indices (a cluster's members) is space-separated, a flag (online) is 1 or 0; floats are written in Python's
+    shortest exact form."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, list):
         return " ".join(str(item) for item in value)
     return value
