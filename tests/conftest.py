@@ -67,26 +67,9 @@ def session_seed() -> int:
         raise pytest.UsageError(f"{SEED_VARIABLE}={value!r} is not an integer") from None
 
 
-# The files that take longest on 2 cores, longest first. pytest-xdist (--dist loadfile) hands files to the workers
-# in collection order, each to the first that is free: starting with the longest, the workers finish together
-# instead of one running a long file alone at the end.
-LONGEST_FILES = (
-    "test_reproduce.py",
-    "test_distributed.py",
-    "test_resume.py",
-    "test_trackers.py",
-    "test_gpu_check.py",
-    "test_cli.py",
-    "test_unreliable_network.py",
-)
-
-
 def pytest_collection_modifyitems(config, items):
-    """The longest files first (LONGEST_FILES). Tests marked gpu skip where CUDA is missing, so the default `pytest`
-    runs everywhere; SEMDL_GPU_DRY_RUN=1 runs them anyway, on the CPU with tiny shapes (tests/test_gpu.py,
-    scripts/gpu_check.py --dry-run)."""
-    rank = {name: position for position, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: the rest keep their order
+    """Tests marked gpu skip where CUDA is missing, so the default `pytest` runs everywhere; SEMDL_GPU_DRY_RUN=1 runs
+    them anyway, on the CPU with tiny shapes (tests/test_gpu.py, scripts/gpu_check.py --dry-run)."""
     if torch.cuda.is_available() or os.environ.get("SEMDL_GPU_DRY_RUN", "") == "1":
         return
     no_cuda = pytest.mark.skip(reason="needs a CUDA device")
