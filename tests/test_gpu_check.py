@@ -15,8 +15,9 @@ pytestmark = pytest.mark.integration  # the whole check in subprocesses
 
 CHECK = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
 # The two slowest dry-run tests are covered elsewhere on the CPU: two gloo ranks by tests/test_distributed.py, the
-# compiled encoders by tests/test_fast_paths.py; the GPU run keeps them.
-SELECTION = "not two_ranks and not compiled"
+# compiled encoders by tests/test_fast_paths.py. On the CPU, "CUDA against the CPU" compares the CPU with itself:
+# one solver shows the section runs. The GPU run keeps them all.
+SELECTION = "not two_ranks and not compiled and not (cuda_gives_the_cpu_numbers and not primal_dual)"
 
 
 def finite(value) -> bool:
@@ -41,7 +42,7 @@ def test_the_dry_run_reports_every_section(tmp_path):
     assert report["environment"]["dry_run"] and report["environment"]["torch"]
 
     tests = sections["pytest"]["results"]["tests"]
-    assert len(tests) >= 10 and all(test["outcome"] == "passed" for test in tests.values()), tests
+    assert len(tests) >= 8 and all(test["outcome"] == "passed" for test in tests.values()), tests
     records = sections["pytest"]["results"]["records"]
     assert {"amp_vs_float32", "cuda_vs_cpu-primal_dual", "no_sync-primal_dual", "lockstep_auto_memory"} <= set(records)
     assert records["no_sync-primal_dual"]["step_waits"] == 0
