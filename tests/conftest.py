@@ -44,6 +44,18 @@ def composed(overrides: list[str]):
     return cfg
 
 
+TIMING = ("seconds", "wall_seconds", "run_id")  # what differs between two runs of one experiment
+
+
+def without_timing(value):
+    """Metrics and summaries as numbers that must repeat exactly: wall-clock times and the run's id left out."""
+    if isinstance(value, dict):
+        return {key: without_timing(item) for key, item in value.items() if key not in TIMING}
+    if isinstance(value, list):
+        return [without_timing(item) for item in value]
+    return value
+
+
 @pytest.fixture
 def small_synthetic_config():
     return lambda *extra: composed(SMALL_SYNTHETIC + list(extra))

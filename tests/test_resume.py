@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed
+from conftest import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import NumericalError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
@@ -26,7 +26,6 @@ SOLVERS = {
     "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual"],
     "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd"],
 }
-TIMING = ("seconds", "wall_seconds", "run_id")  # what differs between two runs of one experiment
 
 
 def semdl_command(*arguments: str) -> list[str]:
@@ -37,15 +36,6 @@ def environment() -> dict:
     """One intra-op thread, as the in-process runs of these tests have (`one_thread`): the same reduction order."""
     keep = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     return {**keep, "OMP_NUM_THREADS": "1"}
-
-
-def without_timing(value):
-    """Metrics and summaries as numbers that must repeat exactly: wall-clock times left out."""
-    if isinstance(value, dict):
-        return {key: without_timing(item) for key, item in value.items() if key not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(item) for item in value]
-    return value
 
 
 def outcome(run_dir: Path) -> tuple[list[dict], dict]:

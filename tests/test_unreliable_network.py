@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed
+from conftest import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
@@ -23,7 +23,6 @@ from semdl.solvers.local import Local, local_group_loss
 
 # Four nodes on a ring (two neighbours each), 4 classes of 15 training samples per node, d = 16.
 RING4 = SMALL_SYNTHETIC + ["nodes=4", "topology=ring"]
-TIMING = ("seconds", "wall_seconds", "run_id")
 
 
 def network_of(overrides: list[str], tmp_path):
@@ -180,14 +179,6 @@ UNRELIABLE = {
     + ["partition=label_split", "partition.classes_per_node=2", "solver=cluster_bcd", "network.stale=skip"]
     + ["network.link_drop=0.4", "network.node_dropout=0.2", "comm.compress=fp16"],
 }
-
-
-def without_timing(value):
-    if isinstance(value, dict):
-        return {key: without_timing(item) for key, item in value.items() if key not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(item) for item in value]
-    return value
 
 
 @pytest.mark.parametrize("solver", sorted(UNRELIABLE))
