@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -112,6 +113,9 @@ class Communicator(ABC):
         shared_counts = responsible.to(torch.int64) @ responsible.to(torch.int64).T
         self._link_classes = shared_counts.cpu().numpy()  # (N, N): classes a message from one node to another carries
         self._responsible_host = responsible.cpu().numpy().astype(np.float64)
+        self._links = np.zeros((len(self.neighbors),) * 2, dtype=bool)  # [i, j]: i reads j's statistics
+        for node, adjacent in enumerate(self.neighbors):
+            self._links[node, adjacent] = True
         self.bytes_sent = [0] * len(self.neighbors)
         self.statistics: Tensor | None = None
         self.counts: Tensor | None = None
@@ -135,13 +139,11 @@ class Communicator(ABC):
             self.delivery.compression, NoCompression
         )
 
-    @property
-    def _slots(self) -> int:
-        return max([len(self.neighbors[node]) for node in self.local] + [1])
-
+    @cached_property
     def _slot_index(self) -> Tensor:
-        """(n_local, J): each local node's neighbours, padded with node 0."""
-        index = torch.zeros(len(self.local), self._slots, dtype=torch.long, device=self.responsible.device)
+        """(n_local, J): each local node's neighbours, padded with node 0 (built once: the graph does not change)."""
+        slots = max([len(self.neighbors[node]) for node in self.local] + [1])
+        index = torch.zeros(len(self.local), slots, dtype=torch.long, device=self.responsible.device)
         for row, node in enumerate(self.local):
             index[row, : len(self.neighbors[node])] = self.neighbor_index[node]
         return index
@@ -161,13 +163,6 @@ class Communicator(ABC):
         rows = np.asarray(self.local)
         self.tally.received += delivered[rows].sum(1)
         self.tally.lost += (sent[rows] & ~delivered[rows]).sum(1)
-
-    def _links(self) -> np.ndarray:
-        """(N, N) bool: the communication graph (who sends statistics to whom)."""
-        links = np.zeros((len(self.neighbors),) * 2, dtype=bool)
-        for node, adjacent in enumerate(self.neighbors):
-            links[node, adjacent] = True
-        return links
 
     def neighborhood(self, nodes: list[int]) -> Neighborhood:
         """The inboxes of several local nodes, as this round's exchange left them, as one gather."""
@@ -252,7 +247,7 @@ class Communicator(ABC):
             online = self._online(slice(0, len(self.local)))
             self.compression_error = error if online is None else torch.where(online, error, 0.0)
         everyone_counts = self._all(local_counts)
-        links = self._links()
+        links = self._links
         sent = delivered = links
         if self.conditions is not None:
             sent, delivered = links & self.conditions.sent(), links & self.conditions.delivered()
@@ -274,7 +269,7 @@ class Communicator(ABC):
         """After an exchange under conditions: which neighbours' messages each local node got, the age of what it
         holds of each, and whose statistics its consensus uses: those that just arrived (network.stale=skip), or the
         last that arrived from each neighbour, kept per neighbour (reuse)."""
-        slots = self._slot_index()
+        slots = self._slot_index
         width = np.array([len(self.neighbors[node]) for node in self.local])
         real = np.arange(slots.shape[1])[None, :] < width[:, None]
         fresh = np.zeros(tuple(slots.shape), dtype=bool)
