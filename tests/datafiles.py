@@ -1,4 +1,5 @@
-"""Tiny dataset files in the real on-disk formats, so tests load them through torchvision's own classes.
+"""Tiny dataset files in the real on-disk formats, so tests load them as users' files are loaded: MNIST's idx files
+through semdl's reader, CIFAR's batches through torchvision's own classes.
 
 torchvision verifies CIFAR files against the MD5 sums of the published archives; `write_cifar` records the
 sums of the files it writes in the dataset class (through pytest's monkeypatch, undone after the test).
@@ -10,6 +11,7 @@ import gzip
 import hashlib
 import pickle
 import struct
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -29,26 +31,39 @@ def labelled_images(
     return rng.integers(0, 256, size=(len(labels), *shape), dtype=np.uint8), labels
 
 
-def write_idx_gz(path: Path, array: np.ndarray) -> None:
-    """An IDX file (big-endian header: magic 0x08 << 8 | ndim, then each dimension) of uint8 data, gzipped."""
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file (big-endian header: magic 0x08 << 8 | ndim, then each dimension) of uint8 data."""
     header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
     with gzip.open(path, "wb") as handle:
-        handle.write(header + array.tobytes())
+        handle.write(idx_bytes(array))
 
 
-def write_mnist(root: Path, folder: str, train_per_class: int, test_per_class: int) -> dict[str, np.ndarray]:
-    """MNIST-format .gz files as downloaded, in root/<folder>/raw (folder: MNIST or FashionMNIST)."""
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    train_x, train_y = labelled_images(train_per_class, 10, (28, 28), seed=1)
-    test_x, test_y = labelled_images(test_per_class, 10, (28, 28), seed=2)
-    for name, array in [
-        ("train-images-idx3-ubyte", train_x),
-        ("train-labels-idx1-ubyte", train_y),
-        ("t10k-images-idx3-ubyte", test_x),
-        ("t10k-labels-idx1-ubyte", test_y),
-    ]:
-        write_idx_gz(raw / f"{name}.gz", array)
+def write_mnist(
+    root: Path,
+    folder: str | None,
+    train_per_class: int,
+    test_per_class: int,
+    plain: Collection[str] = (),
+    seed: int = 1,
+) -> dict[str, np.ndarray]:
+    """MNIST's four idx files in root/<folder>/raw (torchvision's layout; folder: MNIST or FashionMNIST), or flat in
+    root when `folder` is None; gzipped as downloaded, except those named in `plain`. `seed` draws the contents."""
+    target = root / folder / "raw" if folder is not None else root
+    target.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = labelled_images(train_per_class, 10, (28, 28), seed=seed)
+    test_x, test_y = labelled_images(test_per_class, 10, (28, 28), seed=seed + 1)
+    for name, array in zip(MNIST_FILES, [train_x, train_y, test_x, test_y]):
+        if name in plain:
+            (target / name).write_bytes(idx_bytes(array))
+        else:
+            write_idx_gz(target / f"{name}.gz", array)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
 
 

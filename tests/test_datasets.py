@@ -2,12 +2,12 @@
 
 import gzip
 import hashlib
-import os
 import pickle
 import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +15,8 @@ import torch
 from torchvision import datasets
 
 from conftest import composed, gamma32
-from datafiles import write_cifar, write_idx_gz, write_mnist
+from datafiles import MNIST_FILES, write_cifar, write_idx_gz, write_mnist
+from semdl.data import datasets as semdl_datasets
 from semdl.data import input_shape, load_dataset
 from semdl.data.datasets import InputPipeline, random_crop_flip
 from semdl.errors import UserError
@@ -40,6 +41,134 @@ def test_mnist_family_from_gz_files(tmp_path, name, folder):
     assert resized.train_x.shape == (60, 1, 32, 32) and resized.test_x.shape == (30, 1, 32, 32)
     assert resized.input_shape == input_shape(data_config(name, tmp_path))
     assert resized.num_classes == 10
+
+
+def assert_loaded(dataset, written) -> None:
+    """The dataset holds exactly the arrays `written` wrote, as (n, 1, 28, 28) uint8 images and int64 labels."""
+    assert torch.equal(dataset.train_x[:, 0], torch.as_tensor(written["train_x"]))
+    assert torch.equal(dataset.test_x[:, 0], torch.as_tensor(written["test_x"]))
+    assert torch.equal(dataset.train_y, torch.as_tensor(written["train_y"], dtype=torch.long))
+    assert torch.equal(dataset.test_y, torch.as_tensor(written["test_y"], dtype=torch.long))
+
+
+@pytest.mark.parametrize("plain", [(), MNIST_FILES, MNIST_FILES[1::2]], ids=["gz", "plain", "mixed"])
+@pytest.mark.parametrize("folder", ["FashionMNIST", None], ids=["torchvision-layout", "flat"])
+def test_idx_files_are_read_plain_or_gz_from_either_layout(tmp_path, folder, plain):
+    written = write_mnist(tmp_path, folder, train_per_class=4, test_per_class=2, plain=plain)
+    assert_loaded(load_dataset(data_config("fashion_mnist", tmp_path, "data.resize=null")), written)
+
+
+def test_torchvision_layout_is_preferred_and_layouts_are_never_mixed(tmp_path):
+    flat = write_mnist(tmp_path, None, train_per_class=3, test_per_class=2, seed=5)
+    nested = write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1, seed=1)
+    config = data_config("mnist", tmp_path, "data.resize=null")
+    assert_loaded(load_dataset(config), nested)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert_loaded(load_dataset(config), flat)  # all four from the flat layout, none of the three nested ones
+
+
+def tree(root) -> dict:
+    """Every path under root (root included) -> its mode, size and modification time."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_mode, path.stat().st_size, path.stat().st_mtime_ns)
+        for path in [root, *root.rglob("*")]
+    }
+
+
+@pytest.mark.parametrize("folder", ["MNIST", None], ids=["torchvision-layout", "flat"])
+def test_a_read_only_data_folder_is_read_and_left_as_it_was(tmp_path, monkeypatch, folder):
+    root = tmp_path / "data"
+    written = write_mnist(root, folder, train_per_class=3, test_per_class=2, plain=MNIST_FILES[:2])
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = tree(root)
+    monkeypatch.setattr(semdl_datasets, "download_host_unreachable", lambda url: pytest.fail("probed the network"))
+    try:
+        for download in ("false", "true"):
+            dataset = load_dataset(data_config("mnist", root, "data.resize=null", f"data.download={download}"))
+            assert_loaded(dataset, written)
+        # root ignores permissions, so the listing is what proves nothing was created, changed or extracted
+        assert tree(root) == before
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_missing_idx_files_are_listed_for_both_layouts(tmp_path):
+    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
+    raw = tmp_path / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte.gz").unlink()
+    (raw / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")  # a flat layout with one file is no complete one
+    assert loading_error("mnist", tmp_path) == (
+        f"mnist is not available under {tmp_path} (data.download=false): neither {raw} (missing "
+        f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte) nor {tmp_path} (missing train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte) holds all four idx files train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (plain or .gz). Copy them into "
+        "either folder, or set data.download=true on a machine with internet"
+    )
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+def test_offline_download_is_refused_at_once_and_creates_no_folder(tmp_path, monkeypatch, name):
+    dataset_class = getattr(datasets, semdl_datasets.TORCHVISION_CLASSES[name])
+    probed = []
+
+    def unreachable(url):
+        probed.append(url)
+        return "example.org is unreachable: Network is unreachable"
+
+    monkeypatch.setattr(semdl_datasets, "download_host_unreachable", unreachable)
+    monkeypatch.setattr(dataset_class, "download", lambda self: pytest.fail("torchvision was asked to download"))
+    root = tmp_path / "absent" / "data"
+    with pytest.raises(UserError) as error:
+        load_dataset(composed([f"data={name}", f"data.root={root}", "data.download=true"]).data)
+    message = str(error.value)
+    assert probed == [dataset_class.mirrors[0] if name != "cifar10" else dataset_class.url]
+    assert list(tmp_path.iterdir()) == []
+    assert "\n" not in message and "download=true" not in message and "torchvision" not in message
+    assert message.startswith(
+        f"{name} is not available under {root} and cannot be downloaded "
+        "(example.org is unreachable: Network is unreachable): "
+    )
+    if name == "fashion_mnist":
+        assert message.endswith(
+            "Copy them into either folder from a machine with internet; on Debian, sudo apt-get install "
+            "dataset-fashion-mnist and set data.root=/usr/share/datasets/fashion-mnist"
+        )
+
+
+def test_failed_download_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def fail_half_way(self):
+        Path(self.raw_folder).mkdir(parents=True)
+        write_idx_gz(Path(self.raw_folder) / "train-images-idx3-ubyte.gz", np.zeros((1, 28, 28), dtype=np.uint8))
+        raise RuntimeError("Error downloading train-labels-idx1-ubyte.gz:\nTried mirror, got:\nno network\n")
+
+    monkeypatch.setattr(semdl_datasets, "download_host_unreachable", lambda url: None)
+    monkeypatch.setattr(datasets.MNIST, "download", fail_half_way)
+    root = tmp_path / "data"
+    with pytest.raises(UserError) as error:
+        load_dataset(composed(["data=mnist", f"data.root={root}", "data.download=true"]).data)
+    assert str(error.value).startswith(
+        f"mnist is not available under {root} and its download failed (Error downloading "
+        "train-labels-idx1-ubyte.gz: Tried mirror, got: no network; nothing was written): neither "
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_downloaded_files_land_in_torchvision_layout(tmp_path, monkeypatch):
+    downloaded = {}
+
+    def download(self):  # as torchvision's: archives and the files extracted from them, in its layout
+        downloaded.update(write_mnist(Path(self.root), "MNIST", train_per_class=2, test_per_class=1))
+        write_mnist(Path(self.root), "MNIST", train_per_class=2, test_per_class=1, plain=MNIST_FILES)
+
+    monkeypatch.setattr(semdl_datasets, "download_host_unreachable", lambda url: None)
+    monkeypatch.setattr(datasets.MNIST, "download", download)
+    root = tmp_path / "data"
+    dataset = load_dataset(composed(["data=mnist", f"data.root={root}", "data.resize=null"]).data)
+    assert_loaded(dataset, downloaded)
+    assert sorted(tree(root)) == [".", "MNIST", "MNIST/raw", *(f"MNIST/raw/{name}" for name in sorted(MNIST_FILES))]
 
 
 @pytest.mark.parametrize("variant, num_classes", [("cifar10", 10), ("cifar100", 100)])
@@ -112,16 +241,6 @@ def test_missing_files_are_named(tmp_path):
     assert str(tmp_path) in message and "data.root" in message and "data.download=false" in message
 
 
-def test_failed_download_is_one_line(tmp_path, monkeypatch):
-    def refuse(self):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirror, got: no network")
-
-    monkeypatch.setattr(datasets.MNIST, "download", refuse)
-    with pytest.raises(UserError, match="the download failed: Error downloading train-images-idx3-ubyte.gz") as error:
-        load_dataset(composed(["data=mnist", f"data.root={tmp_path}", "data.download=true"]).data)
-    assert "MNIST/raw/train-images-idx3-ubyte" in str(error.value)
-
-
 def loading_error(name, root) -> str:
     with pytest.raises(UserError) as error:
         load_dataset(data_config(name, root))
@@ -150,7 +269,9 @@ def test_labels_from_the_other_split_are_refused(tmp_path):
     shutil.copy(raw / "t10k-labels-idx1-ubyte.gz", raw / "train-labels-idx1-ubyte.gz")
     message = loading_error("mnist", tmp_path)
     assert message.startswith("the mnist train split does not match: ")
-    counts = "MNIST/raw/train-images-idx3-ubyte holds 20 images but MNIST/raw/train-labels-idx1-ubyte holds 10 labels"
+    counts = (
+        "MNIST/raw/train-images-idx3-ubyte.gz holds 20 images but MNIST/raw/train-labels-idx1-ubyte.gz holds 10 labels"
+    )
     assert counts in message
 
 
@@ -168,7 +289,7 @@ def test_label_outside_the_classes_is_refused(tmp_path, monkeypatch):
     labels[3] = 12
     write_idx_gz(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz", labels)
     assert loading_error("mnist", tmp_path) == (
-        "the mnist test split holds label 12 (MNIST/raw/t10k-labels-idx1-ubyte); mnist labels must lie in [0, 10)"
+        "the mnist test split holds label 12 (MNIST/raw/t10k-labels-idx1-ubyte.gz); mnist labels must lie in [0, 10)"
     )
     write_cifar(tmp_path, "cifar10", train_per_class=1, test_per_class=1, monkeypatch=monkeypatch)
     replace_cifar10_file(tmp_path, "test_batch", cifar10_batch(10, [-1] + [0] * 9), monkeypatch)
@@ -180,37 +301,97 @@ def idx_header(type_code: int, *dimensions: int) -> bytes:
     return struct.pack(f">I{len(dimensions)}I", type_code << 8 | len(dimensions), *dimensions)
 
 
+TEN_LABELS = idx_header(0x08, 10) + bytes(10)
+
+
 @pytest.mark.parametrize(
-    "content, why",
+    "file_name, content, why",
     [
-        (b"\0\0\0\0" + bytes(10), "(AssertionError)"),
-        (idx_header(0x0A, 10) + bytes(10), "(KeyError: 10)"),  # element type 0x0A is not defined by idx
-        (idx_header(0x08, 10, 28, 28) + bytes(10 * 28 * 28), "(ValueError: x should have 1 dimension instead of 3)"),
-        (idx_header(0x08, 10) + bytes(4), "(shape '[10]' is invalid for input of size 4)"),
-        (b"label,image\n", "(AssertionError)"),
+        ("t10k-labels-idx1-ubyte", b"\0\0\0\0" + bytes(10), "magic number 0x00000000 is not an idx file of uint8"),
+        (
+            "t10k-labels-idx1-ubyte",
+            idx_header(0x0D, 10) + bytes(40),
+            "magic number 0x00000d01 is not an idx file of uint8",
+        ),
+        ("t10k-labels-idx1-ubyte", b"label,image\n", "magic number 0x6c616265 is not an idx file of uint8"),
+        ("t10k-labels-idx1-ubyte", b"", "holds 0 bytes, too few for an idx header"),
+        (
+            "t10k-labels-idx1-ubyte",
+            idx_header(0x08, 10)[:6],
+            "holds 6 bytes, too few for the header of a 1-dimensional idx file",
+        ),
+        ("t10k-labels-idx1-ubyte", idx_header(0x08, 10) + bytes(4), "holds 4 bytes of data but its header promises 10"),
+        ("t10k-labels-idx1-ubyte", TEN_LABELS + bytes(1), "holds 11 bytes of data but its header promises 10"),
+        ("t10k-labels-idx1-ubyte", gzip.compress(TEN_LABELS), "holds gzip data; its name must end in .gz"),
+        (
+            "t10k-labels-idx1-ubyte",
+            idx_header(0x08, 10, 28, 28) + bytes(7840),
+            "holds an array of shape 10x28x28, not a list of labels",
+        ),
+        ("t10k-images-idx3-ubyte", TEN_LABELS, "holds an array of shape 10, not images of 28x28"),
+        (
+            "t10k-images-idx3-ubyte",
+            idx_header(0x08, 10, 32, 32) + bytes(10240),
+            "holds an array of shape 10x32x32, not images of 28x28",
+        ),
+        ("t10k-labels-idx1-ubyte.gz", TEN_LABELS, "is not a whole gzip file: Not a gzipped file (b'\\x00\\x00')"),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            gzip.compress(TEN_LABELS)[:-9],
+            "is not a whole gzip file: Compressed file ended before the end-of-stream marker was reached",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            gzip.compress(b"\x12\x34\x56\x78" + bytes(100)),
+            "magic number 0x12345678 is not an idx file of uint8",
+        ),
     ],
-    ids=["no-magic", "unknown-type", "images-as-labels", "truncated", "csv"],
+    ids=[
+        "no-magic",
+        "int32-elements",
+        "csv",
+        "empty",
+        "cut-header",
+        "truncated",
+        "overlong",
+        "gzip-without-gz-name",
+        "images-as-labels",
+        "labels-as-images",
+        "32x32-images",
+        "gz-name-without-gzip",
+        "truncated-gzip",
+        "foreign-archive",
+    ],
 )
-def test_foreign_idx_file_is_named(tmp_path, content, why):
+def test_foreign_idx_file_is_named_with_its_fault(tmp_path, file_name, content, why):
     write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
     raw = tmp_path / "MNIST" / "raw"
-    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(content)
-    message = loading_error("mnist", tmp_path)
-    assert message.startswith(
-        f"mnist under {tmp_path} cannot be read: torchvision rejected MNIST/raw/t10k-labels-idx1-ubyte {why}; "
+    (raw / f"{file_name.removesuffix('.gz')}.gz").unlink()
+    (raw / file_name).write_bytes(content)
+    assert loading_error("mnist", tmp_path) == (
+        f"mnist under {tmp_path} cannot be read: MNIST/raw/{file_name} ({why}). Replace it, or delete it and set "
+        "data.download=true"
     )
-    assert message.endswith("Replace it, or delete it and set data.download=true")
 
 
-def test_foreign_idx_archive_is_named_with_its_archive(tmp_path):
-    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
-    with gzip.open(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", "wb") as archive:
-        archive.write(b"\x12\x34\x56\x78" + bytes(100))
-    message = loading_error("mnist", tmp_path)
-    rejected = "rejected MNIST/raw/train-images-idx3-ubyte (AssertionError), extracted from train-images-idx3-ubyte.gz;"
-    assert rejected in message
-    assert message.endswith("Replace it, or delete both and set data.download=true")
+def test_foreign_flat_file_is_named_without_asking_for_download_when_it_is_on(tmp_path, monkeypatch):
+    write_mnist(tmp_path, None, train_per_class=2, test_per_class=1)
+    write_idx_gz(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(7, dtype=np.uint8))
+    monkeypatch.setattr(semdl_datasets, "download_host_unreachable", lambda url: pytest.fail("probed the network"))
+    with pytest.raises(UserError) as error:
+        load_dataset(composed(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=true"]).data)
+    assert str(error.value) == (
+        "the fashion_mnist train split does not match: train-images-idx3-ubyte.gz holds 20 images but "
+        "train-labels-idx1-ubyte.gz holds 7 labels; take its files from the same split of one dataset"
+    )
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(UserError) as error:
+        load_dataset(composed(["data=fashion_mnist", f"data.root={tmp_path}", "data.download=true"]).data)
+    assert str(error.value) == (
+        f"fashion_mnist under {tmp_path} cannot be read: train-labels-idx1-ubyte.gz (is not a whole gzip file: "
+        "Compressed file ended before the end-of-stream marker was reached). Replace it, or delete it to download "
+        "it again"
+    )
 
 
 @pytest.mark.parametrize(
@@ -235,42 +416,6 @@ def test_cifar_file_unlike_the_published_one_is_named(tmp_path, monkeypatch):
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not the published batch")
     message = loading_error("cifar10", tmp_path)
     assert "rejected cifar-10-batches-py/data_batch_3 (its MD5 sum is not the published file's);" in message
-
-
-def test_replaced_archive_is_extracted_again(tmp_path):
-    config = data_config("mnist", tmp_path, "data.resize=null")
-    write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
-    assert len(load_dataset(config).train_y) == 20
-    replaced = write_mnist(tmp_path, "MNIST", train_per_class=3, test_per_class=1)
-    raw = tmp_path / "MNIST" / "raw"
-    for archive in raw.glob("*.gz"):  # older than the files, as `cp -p` keeps a download's date
-        os.utime(archive, ns=(10**18, 10**18))
-    dataset = load_dataset(config)
-    assert torch.equal(dataset.train_x[:, 0], torch.as_tensor(replaced["train_x"]))
-    assert torch.equal(dataset.train_y, torch.as_tensor(replaced["train_y"], dtype=torch.long))
-    digest = hashlib.sha256((raw / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
-    assert (raw / ".train-images-idx3-ubyte.source").read_text() == digest
-    assert not list(raw.glob(".*.partial"))
-    extracted_at = (raw / "train-images-idx3-ubyte").stat().st_mtime_ns
-    load_dataset(config)
-    assert (raw / "train-images-idx3-ubyte").stat().st_mtime_ns == extracted_at  # unchanged: not extracted again
-
-
-@pytest.mark.parametrize("archive_is_newer", [False, True])
-def test_unstamped_file_is_extracted_again_only_when_its_archive_is_newer(tmp_path, archive_is_newer):
-    raw = tmp_path / "MNIST" / "raw"
-    extracted = write_mnist(tmp_path, "MNIST", train_per_class=2, test_per_class=1)
-    for archive in raw.glob("*.gz"):  # as torchvision's download leaves them: archive and file, no stamp
-        archive.with_suffix("").write_bytes(gzip.decompress(archive.read_bytes()))
-    copied = write_mnist(tmp_path, "MNIST", train_per_class=3, test_per_class=1)
-    for archive in raw.glob("*.gz"):
-        file_time = 1_700_000_000 * 10**9
-        archive_time = file_time + (10**9 if archive_is_newer else -(10**9))
-        os.utime(archive.with_suffix(""), ns=(file_time, file_time))
-        os.utime(archive, ns=(archive_time, archive_time))
-    expected = copied if archive_is_newer else extracted
-    dataset = load_dataset(data_config("mnist", tmp_path, "data.resize=null"))
-    assert torch.equal(dataset.train_x[:, 0], torch.as_tensor(expected["train_x"]))
 
 
 @pytest.mark.integration

@@ -7,14 +7,18 @@ optionally augments them on the device, batch by batch.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pickle
+import shutil
+import socket
+import struct
+import tempfile
 import zlib
 from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path
 from typing import Callable, List, Optional
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -158,11 +162,18 @@ def make_synthetic(
 
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 MNIST_FAMILY = ("mnist", "fashion_mnist")
+IDX_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_FILE_NAMES = [file_name for pair in IDX_SPLITS.values() for file_name in pair]
+MNIST_IMAGE_SIZE = (28, 28)
+# Debian packages that install a dataset's idx files flat in one folder: dataset -> (package, that folder)
+DEBIAN_PACKAGES = {"fashion_mnist": ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist")}
+DOWNLOAD_PROBE_TIMEOUT_S = 5.0
 
-# What torchvision raises on a file that is missing, foreign, cut short or corrupt. Tried: an idx file with a foreign
-# magic number (or text, or still gzipped) raises AssertionError or KeyError, a label file read as images ValueError,
-# an idx file of floats TypeError, a truncated one RuntimeError or ValueError; a CIFAR batch that is no pickle
-# UnpicklingError (EOFError when empty), a pickle of another structure KeyError or TypeError.
+# What torchvision raises on a CIFAR file that is missing, foreign, cut short or corrupt. Tried: a batch that is no
+# pickle raises UnpicklingError (EOFError when empty), a pickle of another structure KeyError or TypeError.
 UNREADABLE_FILE_ERRORS = (
     RuntimeError,
     OSError,
@@ -175,107 +186,198 @@ UNREADABLE_FILE_ERRORS = (
 )
 
 
-def _split_files(name: str, root: Path, train: bool) -> list[Path]:
-    """The files torchvision reads for one split: MNIST's images then labels, or CIFAR's batches."""
+def read_idx(path: Path) -> np.ndarray:
+    """The uint8 array of an idx file (MNIST's format), decompressed in memory when `path` ends in .gz.
+
+    The header is big-endian: the magic number 0x000008NN (uint8 elements, NN dimensions), then NN uint32 sizes;
+    the data must hold exactly their product in bytes. Raises ValueError saying what is wrong with the file.
+    """
+    content = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            content = gzip.decompress(content)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise ValueError(f"is not a whole gzip file: {error}") from None
+    elif content[:2] == b"\x1f\x8b":
+        raise ValueError("holds gzip data; its name must end in .gz")
+    if len(content) < 4:
+        raise ValueError(f"holds {len(content)} bytes, too few for an idx header")
+    magic = int.from_bytes(content[:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim == 0:
+        raise ValueError(f"magic number 0x{magic:08x} is not an idx file of uint8")
+    header_size = 4 + 4 * ndim
+    if len(content) < header_size:
+        raise ValueError(f"holds {len(content)} bytes, too few for the header of a {ndim}-dimensional idx file")
+    shape = struct.unpack(f">{ndim}I", content[4:header_size])
+    if len(content) - header_size != prod(shape):
+        raise ValueError(f"holds {len(content) - header_size} bytes of data but its header promises {prod(shape)}")
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def idx_layouts(name: str, root: Path) -> list[Path]:
+    """The folders the four idx files may lie in, preferred first: torchvision's layout, then flat in `root` (as
+    Debian's packages and most mirrors have them)."""
+    return [root / TORCHVISION_CLASSES[name] / "raw", root]
+
+
+def _idx_files_in(folder: Path) -> dict[str, Path | None]:
+    """Each idx file name -> the plain file in `folder`, else its .gz, else None."""
+    found = {}
+    for file_name in IDX_FILE_NAMES:
+        candidates = [folder / file_name, folder / f"{file_name}.gz"]
+        found[file_name] = next((candidate for candidate in candidates if candidate.is_file()), None)
+    return found
+
+
+def _complete_idx_files(name: str, root: Path) -> dict[str, Path] | None:
+    """The four idx files from the first layout that holds them all, or None. Layouts are never mixed, so a split's
+    files cannot come from two copies of a dataset."""
+    for folder in idx_layouts(name, root):
+        found = _idx_files_in(folder)
+        if None not in found.values():
+            return found
+    return None
+
+
+def _idx_shortfall(name: str, root: Path) -> str:
+    """Which idx files each layout lacks, for a message."""
+    lacking = []
+    for folder in idx_layouts(name, root):
+        missing = [file_name for file_name, file in _idx_files_in(folder).items() if file is None]
+        listing = "all four" if len(missing) == len(IDX_FILE_NAMES) else ", ".join(missing)
+        lacking.append(f"{folder} (missing {listing})")
+    return f"neither {lacking[0]} nor {lacking[1]} holds all four idx files {', '.join(IDX_FILE_NAMES)} (plain or .gz)"
+
+
+def _idx_advice(name: str, download: bool) -> str:
+    if download:
+        advice = "Copy them into either folder from a machine with internet"
+    else:
+        advice = "Copy them into either folder, or set data.download=true on a machine with internet"
+    if name in DEBIAN_PACKAGES:
+        package, folder = DEBIAN_PACKAGES[name]
+        advice += f"; on Debian, sudo apt-get install {package} and set data.root={folder}"
+    return advice
+
+
+def _read_split_file(name: str, root: Path, file: Path, sample_shape: tuple[int, ...], download: bool) -> Tensor:
+    """One idx file of a split as a tensor (n, *sample_shape), or one line naming the file and what is wrong."""
+    try:
+        array = read_idx(file)
+        if array.shape[1:] != sample_shape:
+            expected = f"images of {'x'.join(map(str, sample_shape))}" if sample_shape else "a list of labels"
+            raise ValueError(f"holds an array of shape {'x'.join(map(str, array.shape))}, not {expected}")
+    except OSError as error:
+        raise UserError(f"cannot read {file}: {error.strerror or error}") from None
+    except ValueError as error:
+        again = "delete it to download it again" if download else "delete it and set data.download=true"
+        raise UserError(
+            f"{name} under {root} cannot be read: {file.relative_to(root)} ({error}). Replace it, or {again}"
+        ) from None
+    return torch.tensor(array)  # a copy: the array is a read-only view of the file's bytes
+
+
+def load_idx_dataset(name: str, root: Path, download: bool, num_classes: int) -> Dataset:
+    """MNIST or Fashion-MNIST read from their idx files where they lie, as uint8 (n, 1, 28, 28). Nothing is written
+    under `root` (it may be read-only) unless missing files are downloaded."""
+    files = _complete_idx_files(name, root)
+    if files is None and not download:
+        raise UserError(
+            f"{name} is not available under {root} (data.download=false): {_idx_shortfall(name, root)}. "
+            f"{_idx_advice(name, download)}"
+        )
+    if files is None:
+        files = _download_idx_files(name, root)
+    splits = []
+    for split, (images_name, labels_name) in IDX_SPLITS.items():
+        images = _read_split_file(name, root, files[images_name], MNIST_IMAGE_SIZE, download).unsqueeze(1)
+        labels = _read_split_file(name, root, files[labels_name], (), download).long()
+        shown = [str(files[file_name].relative_to(root)) for file_name in (images_name, labels_name)]
+        splits += _checked_split(name, split, images, labels, shown, num_classes)
+    return Dataset(name, *splits, num_classes=num_classes)
+
+
+def download_host_unreachable(url: str) -> str | None:
+    """Why the host serving `url` cannot be reached within seconds, or None when it can. Without this probe, an
+    offline machine would wait for torchvision to try each file at each mirror."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        return f"{parts.hostname} is unreachable: {error.strerror or error}"
+    return None
+
+
+def _download_idx_files(name: str, root: Path) -> dict[str, Path]:
+    """Download `name` with torchvision into a temporary folder, then copy each file that torchvision's layout under
+    `root` lacks into place, renamed once whole: a refused or failed download leaves nothing under `root`, not even
+    `root`. Returns the files of torchvision's layout, now complete."""
     from torchvision import datasets
 
     dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
-    if name in MNIST_FAMILY:
-        raw = root / dataset_class.__name__ / "raw"
-        prefix = "train" if train else "t10k"
-        return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
-    batches = dataset_class.train_list if train else dataset_class.test_list
+    unreachable = download_host_unreachable(dataset_class.mirrors[0])
+    if unreachable is not None:
+        raise UserError(
+            f"{name} is not available under {root} and cannot be downloaded ({unreachable}): "
+            f"{_idx_shortfall(name, root)}. {_idx_advice(name, download=True)}"
+        )
+    raw = idx_layouts(name, root)[0]
+    with tempfile.TemporaryDirectory(prefix="semdl-download-") as scratch:
+        try:
+            downloaded = dataset_class(scratch, train=False, download=True)  # downloads both splits' files
+        except (OSError, RuntimeError) as error:
+            raise UserError(
+                f"{name} is not available under {root} and its download failed ({' '.join(str(error).split())}; "
+                f"nothing was written): {_idx_shortfall(name, root)}. {_idx_advice(name, download=True)}"
+            ) from None
+        for file_name, file in _idx_files_in(raw).items():
+            if file is None:
+                _copy_whole(Path(downloaded.raw_folder) / file_name, raw / file_name)
+    return _idx_files_in(raw)
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    """Copy under a name of this process's own, then rename: a reader never sees half a file, and ranks of one job
+    that download at once do not mix their bytes."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as error:
+        raise UserError(
+            f"cannot write the downloaded {target.name} into {target.parent}: {error.strerror or error}"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _cifar_batches(name: str, root: Path, split: str) -> list[Path]:
+    """The batch files torchvision reads for one split of CIFAR dataset `name` under `root`."""
+    from torchvision import datasets
+
+    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
+    batches = dataset_class.train_list if split == "train" else dataset_class.test_list
     return [root / dataset_class.base_folder / file_name for file_name, _ in batches]
 
 
-def expected_files(name: str, root: Path) -> list[Path]:
-    """The files torchvision reads for dataset `name` under `root`."""
+def cifar_files(name: str, root: Path) -> list[Path]:
+    """The files torchvision reads for CIFAR dataset `name` under `root`: the batches, then the meta file."""
     from torchvision import datasets
 
-    files = _split_files(name, root, train=True) + _split_files(name, root, train=False)
-    if name in MNIST_FAMILY:
-        return files
     dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
-    return files + [root / dataset_class.base_folder / dataset_class.meta["filename"]]
+    meta = root / dataset_class.base_folder / dataset_class.meta["filename"]
+    return _cifar_batches(name, root, "train") + _cifar_batches(name, root, "test") + [meta]
 
 
-def _extract_copied_archives(files: list[Path]) -> None:
-    """Users often copy MNIST's .gz files as downloaded; torchvision reads them only once extracted.
-
-    An archive is extracted again when it changed since its file was extracted, so a replaced archive is never
-    shadowed by the stale file of its predecessor.
-    """
-    for file in files:
-        archive = file.with_name(file.name + ".gz")
-        if not archive.exists():
-            continue
-        try:
-            compressed = archive.read_bytes()
-        except OSError as error:
-            raise UserError(f"cannot read {archive}: {error.strerror or error}") from None
-        digest = hashlib.sha256(compressed).hexdigest()
-        if _extraction_is_stale(file, archive, digest):
-            _extract(archive, compressed, file, digest)
-
-
-def _stamp(file: Path) -> Path:
-    """Where the SHA-256 of the archive `file` was extracted from is kept."""
-    return file.with_name(f".{file.name}.source")
-
-
-def _extraction_is_stale(file: Path, archive: Path, digest: str) -> bool:
-    if not file.exists():
-        return True
-    stamp = _stamp(file)
-    if stamp.exists():
-        return stamp.read_bytes() != digest.encode()
-    # No stamp: torchvision's download extracted the file, after writing the archive; an archive newer than the file
-    # was copied in since.
-    return archive.stat().st_mtime_ns > file.stat().st_mtime_ns
-
-
-def _extract(archive: Path, compressed: bytes, file: Path, digest: str) -> None:
-    """Decompress in memory first, so a corrupt archive is refused before anything is written; then write beside
-    `file` and rename when whole, and stamp the file with the archive's digest (renamed after the file: a crash in
-    between leaves the old stamp, which differs). Partial files are named after the process, so ranks of one job
-    that extract at once do not mix their bytes."""
-    try:
-        content = gzip.decompress(compressed)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise UserError(
-            f"{archive} is corrupt or truncated ({error}); replace it, or delete it and set data.download=true"
-        ) from None
-    partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
-    stamp = _stamp(file)
-    partial_stamp = stamp.with_name(f"{stamp.name}.{os.getpid()}.partial")
-    try:
-        partial.write_bytes(content)
-        os.replace(partial, file)
-        partial_stamp.write_text(digest)
-        os.replace(partial_stamp, stamp)
-    except OSError as error:
-        raise UserError(f"cannot extract {archive} into {file.parent}: {error.strerror or error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-        partial_stamp.unlink(missing_ok=True)
-
-
-def _rejected_file(name: str, root: Path) -> tuple[Path, str] | None:
+def _rejected_cifar_file(name: str, root: Path) -> tuple[Path, str] | None:
     """The first file torchvision refuses and why, found by reading the files one at a time as it does (the error
     it raised names none), or None when each passes alone."""
     from torchvision import datasets
-    from torchvision.datasets.mnist import read_image_file, read_label_file
     from torchvision.datasets.utils import check_integrity
 
-    if name in MNIST_FAMILY:
-        for train in (True, False):
-            images, labels = _split_files(name, root, train)
-            for file, read in ((images, read_image_file), (labels, read_label_file)):
-                try:
-                    read(str(file))
-                except UNREADABLE_FILE_ERRORS as error:
-                    return file, _first_line(error)
-        return None
     dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
     meta = [dataset_class.meta["filename"], dataset_class.meta["md5"]]
     for file_name, md5 in dataset_class.train_list + dataset_class.test_list + [meta]:
@@ -293,8 +395,6 @@ def _rejected_file(name: str, root: Path) -> tuple[Path, str] | None:
 def _missing_files_error(name: str, root: Path, files: list[Path], reason: str) -> UserError:
     missing = [str(file.relative_to(root)) for file in files if not file.exists()]
     listing = ", ".join(missing) if missing else "none missing, but torchvision rejected them (corrupt or truncated?)"
-    if missing and name in MNIST_FAMILY:
-        listing += " (or the same names with .gz, as downloaded)"
     return UserError(
         f"{name} is not available under {root} ({reason}); missing: {listing}. Run once with data.download=true "
         f"on a machine with internet, or copy the files there and set data.root=<that folder> (or $SEMDL_DATA)"
@@ -302,13 +402,10 @@ def _missing_files_error(name: str, root: Path, files: list[Path], reason: str) 
 
 
 def _rejected_file_error(name: str, root: Path, file: Path, why: str) -> UserError:
-    # torchvision downloads only missing files, so a rejected one must go first (with the archive it came from)
-    archive = file.with_name(file.name + ".gz")
-    extracted = f", extracted from {archive.name}" if archive.exists() else ""
-    delete = "delete both" if archive.exists() else "delete it"
+    # torchvision downloads only missing files, so a rejected one must go first
     return UserError(
-        f"{name} under {root} cannot be read: torchvision rejected {file.relative_to(root)} ({why}){extracted}; it "
-        f"is corrupt, truncated or not a {name} file. Replace it, or {delete} and set data.download=true"
+        f"{name} under {root} cannot be read: torchvision rejected {file.relative_to(root)} ({why}); it is corrupt, "
+        f"truncated or not a {name} file. Replace it, or delete it and set data.download=true"
     )
 
 
@@ -321,13 +418,12 @@ def _first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _checked_split(name: str, root: Path, split: str, loaded, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Images (n, C, H, W) and labels (n,) of a split torchvision loaded. Files whose counts disagree (MNIST labels
-    from the other split) or labels outside [0, num_classes) are refused: torchvision pairs them silently."""
-    images = torch.as_tensor(np.asarray(loaded.data))
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
-    labels = torch.as_tensor(np.asarray(loaded.targets), dtype=torch.long)
-    files = [str(file.relative_to(root)) for file in _split_files(name, root, train=split == "train")]
+def _checked_split(
+    name: str, split: str, images: Tensor, labels: Tensor, files: list[str], num_classes: int
+) -> tuple[Tensor, Tensor]:
+    """A split's images (n, C, H, W) and labels (n,), read from `files` (MNIST's images then labels, or CIFAR's
+    batches). Files whose counts disagree (MNIST labels from the other split) or labels outside [0, num_classes) are
+    refused: they would pair silently."""
     if len(images) != len(labels):
         if name in MNIST_FAMILY:
             held = f"{files[0]} holds {len(images)} images but {files[1]} holds {len(labels)} labels"
@@ -346,30 +442,53 @@ def _checked_split(name: str, root: Path, split: str, loaded, num_classes: int) 
     return images.contiguous(), labels
 
 
-def load_torchvision(name: str, root: str, download: bool, num_classes: int) -> Dataset:
-    """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through torchvision's own classes, as uint8 (n, C, H, W)."""
+def _cifar_split(name: str, root: Path, split: str, loaded, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Images (n, 3, 32, 32) and labels (n,) of a split torchvision loaded, checked."""
+    images = torch.as_tensor(np.asarray(loaded.data)).permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(loaded.targets), dtype=torch.long)
+    files = [str(file.relative_to(root)) for file in _cifar_batches(name, root, split)]
+    return _checked_split(name, split, images, labels, files, num_classes)
+
+
+def load_cifar(name: str, root: Path, download: bool, num_classes: int) -> Dataset:
+    """CIFAR-10 or CIFAR-100 through torchvision's own classes, as uint8 (n, 3, 32, 32)."""
     from torchvision import datasets
 
-    root_path = Path(root).expanduser()
     dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
-    files = expected_files(name, root_path)
-    if name in MNIST_FAMILY:
-        _extract_copied_archives(files)
+    files = cifar_files(name, root)
+    missing = [str(file.relative_to(root)) for file in files if not file.exists()]
+    if missing and download:
+        # refused at once and before torchvision creates `root`, where the download cannot even start
+        unreachable = download_host_unreachable(dataset_class.url)
+        if unreachable is not None:
+            raise UserError(
+                f"{name} is not available under {root} and cannot be downloaded ({unreachable}): missing "
+                f"{', '.join(missing)}. Copy the files there from a machine with internet, or set "
+                f"data.root=<a folder that holds them> (or $SEMDL_DATA)"
+            )
     try:
-        train = dataset_class(str(root_path), train=True, download=download)
-        test = dataset_class(str(root_path), train=False, download=download)
+        train = dataset_class(str(root), train=True, download=download)
+        test = dataset_class(str(root), train=False, download=download)
     except UNREADABLE_FILE_ERRORS as error:
-        rejected = _rejected_file(name, root_path) if all(file.exists() for file in files) else None
+        rejected = _rejected_cifar_file(name, root) if all(file.exists() for file in files) else None
         if rejected is not None:
-            raise _rejected_file_error(name, root_path, *rejected) from None
+            raise _rejected_file_error(name, root, *rejected) from None
         reason = "the download failed" if download else "data.download=false"
-        raise _missing_files_error(name, root_path, files, f"{reason}: {_first_line(error)}") from None
+        raise _missing_files_error(name, root, files, f"{reason}: {_first_line(error)}") from None
     return Dataset(
         name,
-        *_checked_split(name, root_path, "train", train, num_classes),
-        *_checked_split(name, root_path, "test", test, num_classes),
+        *_cifar_split(name, root, "train", train, num_classes),
+        *_cifar_split(name, root, "test", test, num_classes),
         num_classes=num_classes,
     )
+
+
+def load_torchvision(name: str, root: str, download: bool, num_classes: int) -> Dataset:
+    """MNIST or Fashion-MNIST from their idx files, CIFAR-10 or CIFAR-100 through torchvision; uint8 (n, C, H, W)."""
+    root_path = Path(root).expanduser()
+    if name in MNIST_FAMILY:
+        return load_idx_dataset(name, root_path, download, num_classes)
+    return load_cifar(name, root_path, download, num_classes)
 
 
 def resize_images(images: Tensor, size: int) -> Tensor:
