@@ -22,6 +22,7 @@ class TrainConfig:
     local_epochs: int = 1  # passes over a node's own data in each round (>= 1)
     batch_size: int = 1000  # samples per mini-batch of local training (>= 2)
     batching: str = "equal"  # equal: ceil(n / batch_size) batches of near-equal size; published: batch_size, then the rest
+    batch_norm: str = "recompute"  # BatchNorm statistics of statistics passes and evaluation: recompute | running
     optimizer: str = "adam"  # each node's optimizer: adam | adamw | sgd (momentum 0.9)
     lr: float = 0.001  # the optimizer's learning rate (> 0)
     weight_decay: float = 1e-5  # the optimizer's weight decay (>= 0)
@@ -122,6 +123,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)  # what a hyperparameter search optimises
     nodes: int = 5  # number of nodes N (>= 1)
     seed: int = 0  # the run seed: partition, random topologies, initial weights, mini-batch order
+    validation: Optional[int] = None  # hold out this many training samples per class and evaluate on them, not the test set
     resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
     device: str = "auto"  # auto | cpu | cuda
     dim_z: int = 128  # feature dimension d (paper: 128)
@@ -136,6 +138,11 @@ SEED_MAX = {"seed": INT64_MAX, "data.seed": 2**32 - 1}
 MAX_COMM_TIMEOUT = 1e9  # seconds (about 30 years); gloo refuses 1e13 s as an invalid timeout
 OPTIMIZERS = ("adam", "adamw", "sgd")
 BATCHINGS = ("equal", "published")
+# recompute: each node's BatchNorm statistics are those of its whole local set, recomputed before every statistics
+# pass (and so before every evaluation); running: the running averages that training leaves (momentum 0.1), as the
+# published code. With few optimisation steps per round the running averages lag the weights and eval-mode features
+# collapse (docs/algorithms.md section 3).
+BATCH_NORMS = ("recompute", "running")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -287,6 +294,8 @@ def validate(cfg: DictConfig) -> None:
     _reject_unusable_numbers(OmegaConf.to_container(cfg, resolve=False))
     _at_least("nodes", cfg.nodes, 1)
     _at_least("dim_z", cfg.dim_z, 1)
+    if cfg.validation is not None:
+        _at_least("validation", cfg.validation, 1)
     _positive("eps_sq", cfg.eps_sq)
     if cfg.dim_z / cfg.eps_sq > FLOAT32_MAX:
         raise UserError(
@@ -333,6 +342,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least("train.batch_size", cfg.train.batch_size, 2)
     _choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     _choice("train.batching", cfg.train.batching, BATCHINGS)
+    _choice("train.batch_norm", cfg.train.batch_norm, BATCH_NORMS)
     _positive("train.lr", cfg.train.lr)
     _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0)
     _at_least("train.keep_checkpoints", cfg.train.keep_checkpoints, 1)

@@ -7,6 +7,7 @@ import torch
 
 from semdl.eval.classifiers import (
     accuracy,
+    knn_neighbours,
     knn_predict,
     linear_probe_predict,
     nearest_subspace_predict,
@@ -157,6 +158,37 @@ def test_accuracy_over_a_mask_and_nan_for_an_empty_mask():
     assert accuracy(predictions, labels, labels == 1) == 0.5
     assert accuracy(predictions, labels, labels != 1) == 1.0
     assert math.isnan(accuracy(predictions, labels, labels == 4))
+
+
+def test_linear_probe_cannot_separate_classes_that_hold_x_and_minus_x(data):
+    """Why the probe scores near chance on the synthetic MNIST-shaped data while k-NN and the subspace classifiers do
+    not: its classes are whole subspaces (coefficients of both signs), so every class's mean is near zero and no
+    linear classifier separates them. The same classes as cones (the `data` fixture) are separated (>= 0.97 above);
+    here the probe stays within 0.15 of chance while nearest subspace, blind to the sign, still separates them."""
+    train_x, train_y, test_x, test_y = data
+    signs = torch.where(torch.rand(len(train_x) + len(test_x), generator=torch.Generator().manual_seed(1)) < 0.5, -1, 1)
+    train_x, test_x = train_x * signs[: len(train_x), None], test_x * signs[len(train_x) :, None]
+    assert accuracy(linear_probe_predict(train_x, train_y, test_x, K), test_y) < 1 / K + 0.15
+    bases = subspaces_from_features(train_x, train_y, K, R)
+    assert accuracy(nearest_subspace_predict(test_x, bases), test_y) >= 0.97
+
+
+def test_knn_votes_among_at_most_the_smallest_held_class():
+    labels = torch.tensor([0] * 12 + [1] * 3 + [3] * 5)  # class 2 absent: it does not count
+    assert knn_neighbours(labels, 4, 10) == 3
+    assert knn_neighbours(labels, 4, 2) == 2
+    assert knn_neighbours(torch.tensor([1, 1]), 4, 10) == 2
+
+
+def test_a_rare_class_is_found_only_with_k_capped_at_its_size(data):
+    """12 reference samples of class 0 and 3 of class 1, each test sample a copy of a reference sample: with k = 10,
+    class 1 can win at most 3 of 10 votes and is never predicted; capped at 3, its own copies win."""
+    train_x, train_y, _, _ = data
+    reference = torch.cat([train_x[train_y == 0][:12], train_x[train_y == 1][:3]])
+    labels = torch.tensor([0] * 12 + [1] * 3)
+    rare = reference[12:]
+    assert (knn_predict(reference, labels, rare, K, k=10) == 0).all()
+    assert (knn_predict(reference, labels, rare, K, k=knn_neighbours(labels, K, 10)) == 1).all()
 
 
 def test_linear_probe_is_deterministic_under_no_grad_and_leaves_the_global_rng_alone(data):

@@ -18,7 +18,7 @@ from conftest import composed, gamma32
 from datafiles import MNIST_FILES, write_cifar, write_idx_gz, write_mnist
 from semdl.data import datasets as semdl_datasets
 from semdl.data import input_shape, load_dataset
-from semdl.data.datasets import InputPipeline, random_crop_flip
+from semdl.data.datasets import InputPipeline, hold_out_validation, make_synthetic, random_crop_flip
 from semdl.errors import UserError
 from semdl.experiment import run_experiment
 from semdl.io import read_metrics
@@ -494,3 +494,19 @@ def test_a_dataset_whose_labels_leave_its_classes_is_refused_when_loaded(monkeyp
     assert str(refused.value).startswith(message)
     serving(good, good)
     assert load_dataset(composed([]).data).num_classes == 3
+
+
+def test_validation_moves_a_fixed_share_of_each_class_out_of_training():
+    """validation=N: N training samples of each class become the evaluation set (the test set is not used), the same
+    ones for every run seed, and none of them is trained on."""
+    dataset = make_synthetic(num_classes=3, ambient_dim=4, train_per_class=10, test_per_class=5, seed=0)
+    held = hold_out_validation(dataset, 4)
+    assert torch.bincount(held.test_y).tolist() == [4, 4, 4]
+    assert torch.bincount(held.train_y).tolist() == [6, 6, 6]
+    rows = {tuple(row.tolist()) for row in dataset.train_x}
+    held_rows = {tuple(row.tolist()) for row in held.test_x}
+    kept_rows = {tuple(row.tolist()) for row in held.train_x}
+    assert held_rows | kept_rows == rows and not held_rows & kept_rows
+    assert torch.equal(hold_out_validation(dataset, 4).test_x, held.test_x)
+    with pytest.raises(UserError, match=r"validation=10 holds out every training sample of class 0 \(10 of them\)"):
+        hold_out_validation(dataset, 10)

@@ -40,6 +40,7 @@ CONFIG = [
     "solver.dual_step=0.1",
     "solver.batch_scaling=published",
     "train.batching=published",
+    "train.batch_norm=running",  # the published code evaluates with the running averages training leaves
     "train.batch_size=15",  # 50 samples a node: batches of 15, 15, 15 and 5 (classes go missing from some)
     "train.local_epochs=2",
     "train.lr=0.01",

@@ -696,6 +696,36 @@ DATASETS.add("cifar10", _image_kind(3, 32, 10), ImageConfig)
 DATASETS.add("cifar100", _image_kind(3, 32, 100), ImageConfig)
 
 
+VALIDATION_SEED = 0  # one validation split for every run seed, so that a search compares its trials on the same samples
+
+
+def hold_out_validation(dataset: Dataset, per_class: int) -> Dataset:
+    """The dataset with `per_class` training samples of each class (chosen at random, the same for every run) moved
+    into its evaluation set, which replaces the test set: for choosing hyperparameters without touching the test
+    set. A class needs more than `per_class` training samples, so that some remain to train on."""
+    labels = dataset.train_y.numpy()
+    counts = np.bincount(labels, minlength=dataset.num_classes)
+    if counts.min() <= per_class:
+        smallest = int(counts.argmin())
+        raise UserError(
+            f"validation={per_class} holds out every training sample of class {smallest} ({counts[smallest]} of them); "
+            f"choose validation < {counts.min()}"
+        )
+    rng = np.random.default_rng(VALIDATION_SEED)
+    held = np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in range(dataset.num_classes)])
+    )
+    kept = np.setdiff1d(np.arange(len(labels)), held)
+    held_index, kept_index = torch.as_tensor(held), torch.as_tensor(kept)
+    return replace(
+        dataset,
+        train_x=dataset.train_x[kept_index],
+        train_y=dataset.train_y[kept_index],
+        test_x=dataset.train_x[held_index],
+        test_y=dataset.train_y[held_index],
+    )
+
+
 def input_shape(cfg) -> tuple[int, ...]:
     """The shape of one encoder input for the `data` config group, known without loading any data."""
     return DATASETS.resolve(cfg).value.input_shape(cfg)

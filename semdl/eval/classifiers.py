@@ -28,6 +28,14 @@ def knn_predict(reference: Tensor, reference_labels: Tensor, queries: Tensor, nu
     return torch.cat(predictions)
 
 
+def knn_neighbours(reference_labels: Tensor, num_classes: int, k: int) -> int:
+    """The k that k-NN uses with this reference: at most the samples of its smallest class (among the classes it
+    holds). A class of n < k samples can win at most n of k votes, so a larger k scores its test samples below
+    chance however good the features are (a tiny non-i.i.d. node's rare class)."""
+    held = torch.bincount(reference_labels, minlength=num_classes)
+    return max(1, min(k, int(held[held > 0].min())))
+
+
 def subspaces_from_statistics(statistics: Tensor, n_components: int) -> Tensor:
     """Orthonormal bases (K, d, r) of each class's top-r eigenvectors of V^k (K, d, d); zero where V^k = 0."""
     present = statistics.diagonal(dim1=-2, dim2=-1).sum(-1) != 0
@@ -137,7 +145,8 @@ CLASSIFIERS: Registry[Callable[[ClassificationTask], Tensor]] = Registry("classi
 
 @CLASSIFIERS.register("knn")
 def _knn(task: ClassificationTask) -> Tensor:
-    return knn_predict(task.reference, task.reference_labels, task.queries, task.num_classes, task.settings.knn_k)
+    k = knn_neighbours(task.reference_labels, task.num_classes, task.settings.knn_k)
+    return knn_predict(task.reference, task.reference_labels, task.queries, task.num_classes, k)
 
 
 @CLASSIFIERS.register("nearest_subspace")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,13 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from semdl.data import Dataset
-from semdl.eval.classifiers import CLASSIFIERS, ClassificationTask, accuracy, subspaces_from_features
+from semdl.eval.classifiers import (
+    CLASSIFIERS,
+    ClassificationTask,
+    accuracy,
+    knn_neighbours,
+    subspaces_from_features,
+)
 from semdl.eval.diagnostics import (
     class_spectra,
     class_subspace_angles,
@@ -23,6 +30,8 @@ from semdl.eval.features import encode
 from semdl.eval.plots import plot_class_spectra, plot_cross_node_accuracy, plot_similarity_heatmap
 from semdl.network import Node
 from semdl.objectives import rate_reduction
+
+logger = logging.getLogger("semdl")
 
 
 def _rates(features: Tensor, labels: Tensor, num_classes: int, eps_sq: float) -> dict:
@@ -74,10 +83,23 @@ def classify(
             predicted = CLASSIFIERS.get(name, "eval.classifiers").value(task)
             results[name]["per_node"].append(accuracy(predicted, test_labels))
             results[name]["own_classes"].append(accuracy(predicted, test_labels, own_classes))
+    if "knn" in results:
+        results["knn"]["k"] = [knn_neighbours(labels, num_classes, cfg.knn_k) for labels in train_labels]
+        warn_about_capped_knn(cfg.knn_k, results["knn"]["k"], nodes)
     for result in results.values():
         result["mean"] = sum(result["per_node"]) / len(nodes)
         result["own_classes_mean"] = sum(result["own_classes"]) / len(nodes)
     return results
+
+
+def warn_about_capped_knn(asked: int, used: list[int], nodes: list[Node]) -> None:
+    capped = [(node.index, k) for node, k in zip(nodes, used) if k < asked]
+    if capped:
+        listing = ", ".join(f"node {index}: {k}" for index, k in capped)
+        logger.warning(
+            f"eval.knn_k={asked} exceeds the smallest class some nodes hold; k-NN votes there among that many "
+            f"neighbours instead ({listing}; eval.json: knn.k)"
+        )
 
 
 def evaluation_set(dataset: Dataset, cfg: DictConfig) -> Dataset:

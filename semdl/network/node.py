@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ class Node:
     the classes whose statistics the node shares and trains on (all of them, unless a non-i.i.d. solver
     narrows them to its label set L_i). `amp` runs the encoder under bf16 autocast (features come back in float32
     for the objectives); `compiled_encoder`, when set, is torch.compile(encoder), used for the training and
-    statistics passes."""
+    statistics passes. `batch_norm` is "recompute" (the BatchNorm statistics of statistics passes and evaluation
+    are the local set's, recomputed before every statistics pass) or "running" (training's running averages)."""
 
     index: int
     architecture: str
@@ -42,6 +43,7 @@ class Node:
     amp: bool = False
     compiled_encoder: Callable[[Tensor], Tensor] | None = None
     batching: str = "equal"  # how a pass over the local data is cut into mini-batches (see minibatches)
+    batch_norm: str = "recompute"
 
     @property
     def num_samples(self) -> int:
@@ -114,11 +116,53 @@ class Node:
         self.encoder.eval()
         return [(chunk, self.features(self.pipeline(self.inputs[chunk]))) for chunk in self.local_chunks()]
 
+    def recompute_batch_norm(self) -> None:
+        """Under batch_norm="recompute", set the encoder's BatchNorm statistics to those of the local set."""
+        layers = batch_norm_layers([self.encoder])
+        if self.batch_norm != "recompute" or not layers:
+            return
+        self.encoder.train()
+        recompute_batch_norm(
+            layers,
+            (lambda chunk=chunk: self.features(self.pipeline(self.inputs[chunk])) for chunk in self.local_chunks()),
+        )
+
     @torch.no_grad()
     def refresh_statistics(self) -> None:
         """Recompute V_i^k and m_i^k over the whole local set, encoder in eval mode, in bounded memory."""
+        self.recompute_batch_norm()
         passes = [(features, self.labels[chunk]) for chunk, features in self.local_features()]
         self.statistics, self.counts = class_statistics_of(passes, self.num_classes, self.largest_local_class)
+
+
+def batch_norm_layers(modules: Iterable[nn.Module]) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of the modules that keep running statistics (the others always use the batch's)."""
+    return [
+        layer
+        for module in modules
+        for layer in module.modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats
+    ]
+
+
+@torch.no_grad()
+def recompute_batch_norm(layers: list[nn.modules.batchnorm._BatchNorm], chunk_passes: Iterable[Callable]) -> None:
+    """Set the layers' running statistics to the mean of their batch statistics over `chunk_passes` (train-mode
+    forwards of the local data's chunks). Chunk c is averaged in with momentum 1 / (c + 1), so a single chunk gives
+    exactly its own statistics and the result never depends on what training left; the layers' momentum is restored.
+
+    Why: with few optimisation steps per round (a node whose data fits one batch takes one), the running averages
+    lag the weights by about 1 / momentum steps and eval-mode features collapse while the training loss is healthy.
+    """
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for position, forward in enumerate(chunk_passes):
+            for layer in layers:
+                layer.momentum = 1 / (position + 1)
+            forward()
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
 
 
 def node_seeds(seed: int, node_index: int) -> tuple[int, int]:

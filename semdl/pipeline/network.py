@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from semdl.config import switch
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
+from semdl.data.datasets import hold_out_validation
 from semdl.errors import UserError
 from semdl.eval import plot_partition
 from semdl.io import write_json
@@ -163,6 +164,7 @@ def build_nodes(
                 amp=amp,
                 compiled_encoder=torch.compile(encoder) if compile_encoders else None,
                 batching=cfg.train.batching,
+                batch_norm=cfg.train.batch_norm,
             )
         )
     return nodes
@@ -207,12 +209,19 @@ def write_partition(
     return counts
 
 
+def run_dataset(cfg: DictConfig) -> Dataset:
+    """The run's dataset: the `data` group's, with `validation` samples per class held out of training as the
+    evaluation set when asked."""
+    dataset = load_dataset(cfg.data)
+    return dataset if cfg.validation is None else hold_out_validation(dataset, cfg.validation)
+
+
 def partition_dataset(
     cfg: DictConfig, run_dir: Path | None, run_id: str
 ) -> tuple[Dataset, list[np.ndarray], np.ndarray]:
     """Load the dataset (on the CPU), partition its training set over the nodes and save the partition in run_dir
     (unless None: the processes of a distributed run other than rank 0 compute it without writing)."""
-    dataset = load_dataset(cfg.data)
+    dataset = run_dataset(cfg)
     train_labels = dataset.train_y.numpy()
     parts = build_partition(cfg.partition, train_labels, dataset.num_classes, cfg.nodes, cfg.seed)
     if run_dir is None:
@@ -242,7 +251,7 @@ def build_network(
     if saved_parts is None:
         dataset, parts, counts = partition_dataset(cfg, writer, run_id)
     else:
-        dataset, parts = load_dataset(cfg.data), saved_parts
+        dataset, parts = run_dataset(cfg), saved_parts
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     solver = build_solver(cfg)
     plan = solver.prepare(parts, counts, topology)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from semdl.network import Node
+from semdl.network.node import batch_norm_layers, recompute_batch_norm
 from semdl.objectives.rates import class_statistics_of
 from semdl.solvers.common import NodeWork, idle_work, optimisation_steps, timed
 
@@ -90,10 +91,31 @@ class NodeGroup:
             for chunks in zip(*(node.local_chunks() for node in self.nodes))
         ]
 
+    def _batch_norm_layers(self) -> list[nn.Module]:
+        return batch_norm_layers(node.encoder for node in self.nodes)
+
+    def recompute_batch_norm(self) -> None:
+        """Under batch_norm="recompute", set every node's BatchNorm statistics to those of its local set (see
+        semdl.network.node.recompute_batch_norm), chunk by chunk in lockstep."""
+        layers = self._batch_norm_layers()
+        if self.nodes[0].batch_norm != "recompute" or not layers:
+            return
+        self._set_mode(training=True)
+        recompute_batch_norm(
+            layers,
+            (
+                lambda chunks=chunks: self.features(
+                    [node.pipeline(node.inputs[chunk]) for node, chunk in zip(self.nodes, chunks)]
+                )
+                for chunks in zip(*(node.local_chunks() for node in self.nodes))
+            ),
+        )
+
     @torch.no_grad()
     def refresh_statistics(self) -> None:
         """Recompute every node's V_i^k and m_i^k over its whole local set, encoders in eval mode, in one batched
         class grouping per chunk."""
+        self.recompute_batch_norm()
         passes = [
             (features, torch.stack([node.labels[chunk] for node, chunk in zip(self.nodes, chunks)]))
             for chunks, features in self.local_features()
@@ -141,6 +163,9 @@ class VectorizedGroup(NodeGroup):
 
     def _set_mode(self, training: bool) -> None:
         self.template.train(training)
+
+    def _batch_norm_layers(self) -> list[nn.Module]:
+        return batch_norm_layers([self.template])
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
