@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from semdl.eval.diagnostics import class_spectra, similarity_matrix
-from semdl.eval.figures import MAX_TICK_LABELS, partition_figure
+from semdl.eval.figures import MAX_TICK_LABELS, partition_figure, training_curves_figure
 from semdl.eval.plots import (
     accuracy_figure,
     class_block_means,
@@ -84,7 +84,7 @@ def test_similarity_draws_every_sample_up_to_20_classes():
     assert np.allclose(axis.images[0].get_array(), similarity.numpy())
     assert axis.get_title() == (
         "|cosine| similarity of the training features of all 3 nodes, pooled\n"
-        "every sample: 18 samples, 3 to 5 per class, sorted by class"
+        "18 samples, 3 to 5 per class, evenly spaced over each class, sorted by class"
     )
     assert tick_texts(axis.get_xticklabels()) == ["0", "1", "2", "3"]
     assert list(axis.get_xticks()) == [2.0, 6.0, 10.0, 15.0]  # class centres: blocks of 5, 3, 5, 5 samples
@@ -236,3 +236,30 @@ def test_accuracy_figure_draws_one_curve_per_classifier_over_the_evaluated_round
     drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axis.get_lines()}
     assert drawn == {name: ([2, 4, 6], values) for name, values in accuracies.items()}
     assert axis.get_title() == "Test accuracy at the 3 evaluated rounds"
+
+
+def test_accuracy_curves_that_coincide_stay_visible_and_are_named():
+    """Two classifiers with the same accuracies: the later one is drawn in another line style and smaller markers,
+    and its legend entry names the curve it lies on."""
+    accuracies = {"knn": [0.4, 0.6], "nearest_subspace": [0.5, 0.7], "linear_probe": [0.4, 0.6]}
+    axis = accuracy_figure([5, 10], accuracies).axes[0]
+    lines = axis.get_lines()
+    assert [line.get_label() for line in lines] == ["knn", "nearest_subspace", "linear_probe (same as knn)"]
+    styles = {(line.get_linestyle(), line.get_marker(), line.get_markersize()) for line in lines}
+    assert len(styles) == 3
+    assert lines[2].get_markersize() < lines[0].get_markersize()
+
+
+def test_a_consensus_residual_within_one_decade_gets_several_labels():
+    """A log axis over 0.31-0.55 would label at most one power of ten; it must label at least three values there."""
+    rows = [{"round": r, "dR": 1.0, "R": 2.0, "Rc": 1.0, "consensus_residual": 0.55 - 0.004 * r} for r in range(1, 61)]
+    figure = training_curves_figure(rows)
+    figure.canvas.draw()
+    axis = figure.axes[1]
+    low, high = 0.55 - 0.004 * 60, 0.55 - 0.004
+    labelled = [
+        float(label.get_text()) for label in axis.get_yticklabels() if low <= label.get_position()[1] <= high
+    ]
+    assert len(labelled) >= 3
+    assert all(low <= value <= high for value in labelled)
+    plt.close(figure)

@@ -126,6 +126,9 @@ def evaluate_accuracy(nodes: list[Node], dataset: Dataset, cfg: DictConfig, dim_
     )
 
 
+NODE_ORDER = "\n(within a class, node 0's samples first, then node 1's, ...)"  # pooled features are stacked by node
+
+
 def draw_similarity(features: Tensor, labels: Tensor, cfg: DictConfig, path: Path, subject: str) -> None:
     """The class-sorted similarity heatmap of eval.similarity's kind; `subject` says whose features they are."""
     similarity, sorted_labels = similarity_matrix(features, labels, cfg.heatmap_per_class, cfg.similarity)
@@ -138,7 +141,7 @@ def similarity_snapshot(nodes: list[Node], dataset: Dataset, cfg: DictConfig, pa
     """The heatmap of every node's training features, pooled, at one round (eval.heatmap_every)."""
     train_features = [encode(node.encoder, node.inputs[node.indices], node.pipeline) for node in nodes]
     labels = torch.cat([node.labels[node.indices] for node in nodes])
-    subject = f"the training features of all {len(nodes)} nodes, pooled, at round {round_index}"
+    subject = f"the training features of all {len(nodes)} nodes, pooled, at round {round_index}{NODE_ORDER}"
     draw_similarity(torch.cat(train_features), labels, cfg, path, subject)
 
 
@@ -216,7 +219,7 @@ def evaluate_network(
     }
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        subject = f"the training features of all {len(nodes)} nodes, pooled"
+        subject = f"the training features of all {len(nodes)} nodes, pooled{NODE_ORDER}"
         draw_similarity(pooled_train, pooled_train_labels, cfg, figures / "similarity.png", subject)
         plot_class_spectra(spectra, figures / "spectra.png")
         plot_cross_node_accuracy(cross_accuracy, held, figures / "cross_node_accuracy.png")

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from semdl.io.files import write_figure  # noqa: E402
 
@@ -43,7 +44,13 @@ def training_curves_figure(network_rows: list[dict]) -> Figure:
     rate_axis.plot(rounds, [row["Rc"] for row in network_rows], label="Rc", linestyle=":")
     rate_axis.set(xlabel="round", ylabel="nats", title="Network rate reduction (shared statistics)")
     rate_axis.legend()
-    residual_axis.semilogy(rounds, [max(row["consensus_residual"], 1e-12) for row in network_rows])
+    residuals = [max(row["consensus_residual"], 1e-12) for row in network_rows]
+    residual_axis.semilogy(rounds, residuals)
+    if max(residuals) / min(residuals) < 100:
+        # within two decades a log axis labels only its one or two powers of ten: label more values
+        residual_axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        residual_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+        residual_axis.yaxis.set_minor_formatter(NullFormatter())
     residual_axis.set(
         xlabel="round", ylabel=r"max $\|V_i^k - V_j^k\|_F$", title="Consensus residual (max over edges, classes)"
     )

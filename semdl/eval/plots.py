@@ -71,7 +71,7 @@ def similarity_figure(
             axis.axvline(boundary, color="white", linewidth=0.8)
         positions = ends - counts.numpy() / 2 - 0.5
         axis_label = "sample (grouped by class; ticks: class)"
-        detail = f"every sample: {samples}, sorted by class"
+        detail = f"{samples}, evenly spaced over each class, sorted by class"
         colour_label = f"{kind} of two samples' features (dimensionless)"
     else:
         means, classes = class_block_means(similarity, sorted_labels)
@@ -197,6 +197,11 @@ def plot_cross_node_accuracy(matrix: Tensor, held: Tensor, path: Path | str) -> 
     save_figure(cross_node_figure(matrix, held), path)
 
 
+# (line style, marker, marker size) of successive classifiers: curves that coincide stay visible, the later ones
+# dashed and with smaller markers over the earlier ones.
+CURVE_STYLES = (("-", "o", 7), ("--", "s", 5.5), ("-.", "^", 4.5), (":", "D", 3.5), ("-", "v", 3), ("--", "x", 3))
+
+
 def accuracy_figure(rounds: Sequence[int], mean_accuracy_by_classifier: dict[str, list[float]]) -> Figure:
     """Mean test accuracy over the rounds evaluated, one line per classifier. A run evaluated only at its end has no
     curve to draw: then one bar per classifier, and the title says that this is the only evaluation."""
@@ -213,8 +218,19 @@ def accuracy_figure(rounds: Sequence[int], mean_accuracy_by_classifier: dict[str
             fontsize=10,
         )
         return figure
-    for name, accuracies in mean_accuracy_by_classifier.items():
-        axis.plot(rounds, accuracies, marker="o" if len(rounds) <= 30 else None, markersize=4, label=name)
+    drawn: dict[tuple[float, ...], str] = {}
+    for position, (name, accuracies) in enumerate(mean_accuracy_by_classifier.items()):
+        style = CURVE_STYLES[position % len(CURVE_STYLES)]
+        same = drawn.setdefault(tuple(accuracies), name)
+        label = name if same == name else f"{name} (same as {same})"
+        axis.plot(
+            rounds,
+            accuracies,
+            linestyle=style[0],
+            marker=style[1] if len(rounds) <= 30 else None,
+            markersize=style[2],
+            label=label,
+        )
     axis.set(xlabel="round", ylabel=ylabel, ylim=(0, 1.02))
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_title(f"Test accuracy at the {len(rounds)} evaluated rounds", fontsize=10)
