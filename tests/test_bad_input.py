@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def world(tmp_path_factory):
     )
     assert holder.stdout.readline().strip() == "holding"
     (root / "bad_topology.txt").write_text("0 1 0\n1 0 x\n0 1 0\n")
+    os.mkfifo(root / "pipe")  # opening it to read would wait for a writer forever
+    with open(root / "huge_topology.txt", "wb") as huge:  # sparse: 65 MiB that take no disk
+        huge.truncate(65 * 2**20)
     (root / "ring3.txt").write_text("0 1 1\n1 0 1\n1 1 0\n")
     (root / "bad_table.txt").write_text("5 5 5 5\n5 5\n")
     write_mnist(root / "corrupt", "MNIST", train_per_class=2, test_per_class=1)
@@ -200,7 +204,18 @@ CASES = [
     ),
     (
         ["train", "topology=file", "topology.path={world}/empty"],
-        "cannot read topology.path={world}/empty: Is a directory",
+        "topology.path={world}/empty is a directory, not a text file",
+    ),
+    # endless, blocking or huge text inputs are refused before a byte is read
+    (["train", "topology=file", "topology.path=/dev/zero"], "topology.path=/dev/zero is a character device, not a"),
+    (["train", "network.schedule=/dev/urandom"], "network.schedule=/dev/urandom is a character device, not a text file"),
+    (
+        ["train", "partition=table", "partition.path={world}/pipe"],
+        "partition.path={world}/pipe is a named pipe, not a text file",
+    ),
+    (
+        ["train", "topology=file", "topology.path={world}/huge_topology.txt"],
+        "topology.path={world}/huge_topology.txt is larger than 64 MiB, the most semdl reads from it",
     ),
     (
         ["train", "topology=file", "topology.path={world}/bom_topology.txt", "nodes=3"],

@@ -3,6 +3,7 @@ mark accepted, binary content refused in one line."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from semdl.errors import UserError
@@ -32,13 +33,35 @@ def decoded_text(content: bytes) -> str:
     return text.removeprefix(BYTE_ORDER_MARK)
 
 
+MAX_TEXT_INPUT_BYTES = 64 * 2**20  # a 2000-node adjacency matrix in text takes 8 MB; a schedule of it a few of those
+
+# What a path that is not a regular file names, for the refusal: reading a FIFO blocks until a writer comes, and a
+# device such as /dev/zero never ends.
+NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def read_text_file(path: str, key: str) -> str:
-    """The text of the file `key`=`path` names (decoded_text). A file that cannot be read, or that holds binary
-    content, is refused in one line; parsing it as text would give a misleading complaint."""
+    """The text of the file `key`=`path` names (decoded_text). Only a regular file of at most MAX_TEXT_INPUT_BYTES is
+    read (checked before a byte is read, so a pipe or an endless device neither blocks nor fills memory); a file that
+    cannot be read, is too large, or holds binary content is refused in one line."""
+    file = Path(path).expanduser()
     try:
-        content = Path(path).expanduser().read_bytes()
+        mode = file.stat().st_mode
+        kind = next((name for test, name in NOT_REGULAR if test(mode)), None)
+        if kind is not None:
+            raise UserError(f"{key}={path} is {kind}, not a text file")
+        with open(file, "rb") as handle:
+            content = handle.read(MAX_TEXT_INPUT_BYTES + 1)
     except OSError as error:
         raise UserError(f"cannot read {key}={path}: {error.strerror or error}") from None
+    if len(content) > MAX_TEXT_INPUT_BYTES:
+        raise UserError(f"{key}={path} is larger than {MAX_TEXT_INPUT_BYTES // 2**20} MiB, the most semdl reads from it")
     try:
         return decoded_text(content)
     except BinaryContent as error:
