@@ -45,8 +45,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from torch import Tensor
 
-from semdl.cli import CONFIG_MODULE, load_registries
-from semdl.config import validate
+from semdl.composition import CONFIG_MODULE, load_registries
+from semdl.validation import validate
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import Network, build_network, resolve_device
 from semdl.network import Node

@@ -18,7 +18,7 @@ from semdl.io import load_checkpoint
 from semdl.network import Node
 
 if TYPE_CHECKING:
-    from semdl.pipeline.network import Network
+    from semdl.solvers.base import Network
 
 log = logging.getLogger("semdl")
 

@@ -17,12 +17,19 @@ from torch import Tensor
 from tqdm import tqdm
 
 from semdl.checkpoint import checkpoint_state, restore_nodes
-from semdl.errors import Interrupted, Stopped, UserError
+from semdl.errors import (
+    SETUP_STAGE,
+    Interrupted,
+    Stopped,
+    UserError,
+    error_stage,
+    is_out_of_memory,
+    round_out_of_memory,
+)
 from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.io import MetricsWriter, save_checkpoint
 from semdl.network import Node
 from semdl.objectives.rates import counting_fallbacks
-from semdl.pipeline.lockstep import SETUP_STAGE, error_stage, is_out_of_memory, round_out_of_memory
 from semdl.pipeline.network import Network, build_nodes
 from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
@@ -231,7 +238,7 @@ def train_rounds(
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        # One line instead of a traceback (semdl.cli.outcome, exit status 2): the round, what it was doing, what
+        # One line instead of a traceback (semdl.errors.outcome, exit status 2): the round, what it was doing, what
         # helps, and the checkpoint to continue from (written whole or not at all, so the last one is intact).
         stage = error_stage(error.__traceback__)
         raise round_out_of_memory(

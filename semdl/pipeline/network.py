@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,25 +13,21 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from semdl.config import switch
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.errors import UserError
 from semdl.eval import plot_partition
 from semdl.io import write_json
 from semdl.models import architectures, build_encoder
 from semdl.network import (
-    Communicator,
     Delivery,
     InProcessCommunicator,
-    Inbox,
     Node,
-    Topology,
     build_optimizer,
     node_seeds,
     topology_of,
 )
 from semdl.network.compression import build_compression
-from semdl.network.conditions import NetworkConditions, RoundConditions, read_schedule
+from semdl.network.conditions import network_conditions
 from semdl.network.distributed import (
     DistributedCommunicator,
     RankLayout,
@@ -41,55 +36,11 @@ from semdl.network.distributed import (
     start_process_group,
 )
 from semdl.pipeline.lockstep import plan_groups
-from semdl.solvers import NodeGroup, Plan, Solver, build_groups, build_solver
+from semdl.schema import switch
+from semdl.solvers import build_groups, build_solver
+from semdl.solvers.base import Network
 
 log = logging.getLogger("semdl")
-
-
-@dataclass
-class Network:
-    """Everything a run's rounds act on, ready for round 1 (statistics of the untrained encoders exchanged)."""
-
-    dataset: Dataset
-    parts: list[np.ndarray]  # every node's training indices
-    plan: Plan  # the solver's label sets, neighbours and clusters
-    nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
-    groups: list[NodeGroup]  # how the nodes execute (lockstep groups for the solvers that allow them; else one each)
-    communicator: Communicator
-    solver: Solver
-    inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
-    run_id: str  # names the run in its partition, checkpoints and summary, so a file of another run is recognised
-    conditions: NetworkConditions | None = None  # an unreliable network's per-round draws (None: reliable)
-    round: int = 0  # the last round run (the checkpoint's, when resumed)
-    now: RoundConditions | None = None  # the conditions of that round
-
-    def online(self, node: int) -> bool:
-        """Whether `node` takes part in the round in progress (an offline node neither trains nor sends)."""
-        return self.now is None or bool(self.now.online[node])
-
-    @property
-    def responsible(self) -> np.ndarray:
-        return self.plan.responsible
-
-
-def network_conditions(cfg: DictConfig, topology: Topology, num_nodes: int) -> NetworkConditions | None:
-    """The unreliable network of `num_nodes` trained nodes that cfg.network describes, or None when it is reliable.
-    A schedule is read and checked against the topology (it switches the topology's links on and off); without
-    one, any two nodes may be linked (the communicator sends along its own graph's links only)."""
-    settings = cfg.network
-    schedule = None
-    allowed = ~np.eye(num_nodes, dtype=bool)
-    if settings.schedule is not None:
-        if num_nodes != topology.num_nodes:
-            raise UserError(
-                f"network.schedule switches links between nodes; solver={cfg.solver.name} trains {num_nodes} node(s)"
-            )
-        allowed = topology.adjacency().astype(bool)
-        schedule = read_schedule(settings.schedule, allowed, cfg.topology.name)
-    conditions = NetworkConditions(
-        allowed, cfg.seed, settings.link_drop, settings.node_dropout, schedule, settings.schedule_every
-    )
-    return conditions if conditions.active else None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.checkpoint import changed_keys, read_checkpoint, saved_partition
-from semdl.config import EVALUATIONS, Config, upgrade_saved_config, validate
 from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, read_metrics
+from semdl.schema import EVALUATIONS, Config, upgrade_saved_config
+from semdl.validation import validate
 
 # What a resumed run may change: its length, its evaluation, how often it checkpoints, and where and in what groups
 # its nodes run (sim.*: how work is batched, not what a node computes; comm=<name> and its transport settings, not

@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from omegaconf import DictConfig
-
-from semdl.errors import UserError
 from torch import Tensor
 
+from semdl.errors import UserError
 from semdl.network import Inbox, Node, Topology
 from semdl.objectives.rates import rate_terms
 from semdl.registry import Registry
 from semdl.solvers.common import NodeWork
 
 if TYPE_CHECKING:
-    from semdl.pipeline.network import Network
+    from semdl.data import Dataset
+    from semdl.network import Communicator
+    from semdl.network.conditions import NetworkConditions, RoundConditions
+    from semdl.solvers.groups import NodeGroup
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,33 @@ class LocalTraining:
     eps_sq: float
     local_epochs: int
     batch_size: int
+
+
+
+@dataclass
+class Network:
+    """Everything a run's rounds act on, ready for round 1 (statistics of the untrained encoders exchanged)."""
+
+    dataset: Dataset
+    parts: list[np.ndarray]  # every node's training indices
+    plan: Plan  # the solver's label sets, neighbours and clusters
+    nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
+    groups: list[NodeGroup]  # how the nodes execute (lockstep groups for the solvers that allow them; else one each)
+    communicator: Communicator
+    solver: Solver
+    inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
+    run_id: str  # names the run in its partition, checkpoints and summary, so a file of another run is recognised
+    conditions: NetworkConditions | None = None  # an unreliable network's per-round draws (None: reliable)
+    round: int = 0  # the last round run (the checkpoint's, when resumed)
+    now: RoundConditions | None = None  # the conditions of that round
+
+    def online(self, node: int) -> bool:
+        """Whether `node` takes part in the round in progress (an offline node neither trains nor sends)."""
+        return self.now is None or bool(self.now.online[node])
+
+    @property
+    def responsible(self) -> np.ndarray:
+        return self.plan.responsible
 
 
 class Solver(ABC):
