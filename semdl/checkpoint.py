@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from semdl.errors import UserError
-from semdl.io import load_checkpoint
+from semdl.io.run_directory import RunDirectory
 from semdl.network import Node
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def read_checkpoint(run_dir: Path) -> tuple[dict, Path]:
     """The newest readable checkpoint of a run (last.pt, else previous.pt, saying why) and its path, or a
     UserError."""
     try:
-        payload, path, skipped = load_checkpoint(Path(run_dir) / "checkpoints", checkpoint_problem)
+        payload, path, skipped = RunDirectory(run_dir).load_checkpoint(checkpoint_problem)
     except FileNotFoundError as error:
         raise UserError(f"no usable checkpoint in {run_dir}: {error}") from None
     for problem in skipped:
@@ -169,7 +169,7 @@ def restore_network(checkpoint: dict, network: Network) -> None:
 
 def saved_partition(run_dir: Path) -> tuple[dict, list[np.ndarray]]:
     """The partition a run saved (partition.json): its header and one index array per node."""
-    path = Path(run_dir) / "partition.json"
+    path = RunDirectory(run_dir).partition
     try:
         partition = json.loads(path.read_text(encoding="utf-8-sig"))
         parts = [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from semdl.composition import check_overrides, load_registries
 from semdl.errors import Stopped, UserError
 from semdl.exits import exit_with, guarded
-from semdl.io.lock import WRITER, claim, writing
+from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory
 from semdl.logs import log_to, run_log
 from semdl.reports import accuracy_lines, count_table, report
 from semdl.sweeps import objective_value, share_cores, sweep_job, sweep_report
@@ -92,7 +92,7 @@ def resume_run(arguments: list[str]) -> None:
         logging.basicConfig(level=logging.WARNING, force=True)  # rank 0 speaks and writes for the job
     else:
         log_to(None)  # the run's log joins once the run is accepted: a refused resume writes nothing
-    resume = partial(resume_experiment, run_dir, overrides, lambda: log_to(run_dir / "semdl.log"))
+    resume = partial(resume_experiment, run_dir, overrides, lambda: log_to(RunDirectory(run_dir).log))
     report(run_dir, guarded(resume, 0, run_dir))
 
 
@@ -123,15 +123,16 @@ def partition_job(cfg: DictConfig) -> None:
     from semdl.validation import validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run = RunDirectory(run_dir)
 
     def partition():
         validate(cfg)
-        with writing(run_dir, "semdl partition"):  # held already: the command line names one fresh directory
+        with run.writing("semdl partition"):  # held already: the command line names one fresh directory
             return partition_dataset(cfg, run_dir, uuid.uuid4().hex)[2]
 
     counts = guarded(partition, cfg.nodes, run_dir)
     print(count_table(counts))
-    print(f"partition written to: {run_dir / 'partition.json'} and {run_dir / 'figures' / 'partition.png'}")
+    print(f"partition written to: {run.partition} and {run.figure(PARTITION_FIGURE)}")
 
 
 def hydra_arguments(arguments: list[str]) -> argparse.Namespace:
@@ -184,10 +185,11 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"{key}={directory} cannot be created: {error.strerror}") from None
-    with writing(directory, f"semdl {command}"):
-        if any(path.name != WRITER for path in directory.iterdir()):  # another process got there first
+    run = RunDirectory(directory)
+    with run.writing(f"semdl {command}"):
+        if run.holds_files():  # another process got there first
             raise UserError(f"{key}={directory} already holds files; choose a fresh directory")
-        claim(directory, f"semdl {command}")
+        run.claim(f"semdl {command}")
         job()
     if parsed.multirun and command == "train":
         sweep_report(directory, jobs)

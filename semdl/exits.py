@@ -4,33 +4,19 @@ goes) to semdl.errors.outcome, which holds every exit status and line; `exit_wit
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 from typing import NoReturn
 
 from semdl.errors import outcome as error_outcome
 from semdl.errors import shows_traceback
+from semdl.io.run_directory import RunDirectory, crash_log
 
 
 def outcome(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> tuple[int, str]:
     """The exit status and the one line that say what stopped a command working in `run_dir` (semdl.errors)."""
-    resumable = run_dir is not None and (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+    resumable = run_dir is not None and RunDirectory(run_dir).holds_checkpoint()
     return error_outcome(error, prefix, run_dir if resumable else None, run_dir, lambda: crash_log(run_dir))
-
-
-def crash_log(run_dir: Path | None) -> Path:
-    """Append the traceback being handled to the run's log (or to a file in the temporary folder); its path."""
-    path = run_dir / "semdl.log" if run_dir is not None and run_dir.is_dir() else None
-    path = path or Path(tempfile.gettempdir()) / f"semdl-{os.getpid()}.log"
-    try:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(traceback.format_exc())
-    except OSError:
-        return Path("(unwritable: " + str(path) + ")")
-    return path
 
 
 def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> NoReturn:

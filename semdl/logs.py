@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from semdl.io.run_directory import RunDirectory
+
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging format
 
 
@@ -22,7 +24,7 @@ def run_log(run_dir: Path | None, cfg: DictConfig):
     if run_dir is None:
         yield
         return
-    path = (run_dir / "semdl.log").resolve()
+    path = RunDirectory(run_dir).log.resolve()
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     semdl, only_the_log = logging.getLogger("semdl"), logging.getLogger("semdl.run")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from semdl.io.run_directory import RunDirectory
+
 
 def report(run_dir: Path, summary: dict | None) -> None:
     """The run's headline numbers (rank 0 of a distributed run; the other ranks print nothing)."""
@@ -19,8 +21,7 @@ def report(run_dir: Path, summary: dict | None) -> None:
         ]
     )
     print(text)
-    with open(run_dir / "semdl.log", "a", encoding="utf-8") as log:  # the log keeps what the terminal showed
-        log.write(text + "\n")
+    RunDirectory(run_dir).append_log(text + "\n")  # the log keeps what the terminal showed
 
 
 def accuracy_lines(numbers: dict) -> str:

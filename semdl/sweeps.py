@@ -3,7 +3,6 @@ the sweep goes on, the sweep's last line, and the value a search optimises read 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -13,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from semdl.exits import exit_with, outcome
+from semdl.io.run_directory import RunDirectory, sweep_failures
 
 
 def objective_value(run_dir: Path, objective: str) -> float | None:
@@ -41,9 +41,6 @@ def share_cores(launcher: DictConfig) -> None:
     logging.getLogger("semdl").info(f"{threads} torch threads ({reason})")
 
 
-FAILURES = "failures.jsonl"  # in a sweep's folder: one line per failed job
-
-
 def sweep_job(run, run_dir: Path) -> dict | None:
     """One job of a -m sweep: a failure is said in its line, recorded in the sweep folder's failures.jsonl, and the
     sweep goes on with the next job; a stop signal still ends the whole sweep."""
@@ -59,14 +56,13 @@ def sweep_job(run, run_dir: Path) -> dict | None:
         status, line = outcome(error, "", run_dir)
         print(line, file=sys.stderr)
         record = {"job": HydraConfig.get().job.num, "run_dir": str(run_dir), "status": status, "reason": line}
-        with open(run_dir.parent / FAILURES, "a", encoding="utf-8") as failures:
-            failures.write(json.dumps(record) + "\n")
+        RunDirectory(run_dir).record_failure(record)
         return None
 
 
 def sweep_report(sweep_dir: Path, jobs: int) -> None:
     """The sweep's last line: how many jobs were done and how many failed; exit status 1 if any failed."""
-    failures = sweep_dir / FAILURES
+    failures = sweep_failures(sweep_dir)
     failed = len(failures.read_text(encoding="utf-8").splitlines()) if failures.is_file() else 0
     if failed:
         print(f"semdl: sweep: {jobs - failed} done, {failed} failed (see {failures})", file=sys.stderr)

@@ -150,7 +150,7 @@ sys.meta_path.insert(0, NoTorch())
 def test_the_schema_and_the_front_door_import_without_torch():
     """The schema, the composition helpers and the CLI module load in a process where importing torch fails."""
     code = BLOCK_TORCH + (
-        "import semdl.schema, semdl.composition, semdl.errors, semdl.cli\n"
+        "import semdl.schema, semdl.composition, semdl.errors, semdl.cli, semdl.io.run_directory, semdl.io.table\n"
         "from semdl.schema import Config\n"
         "from omegaconf import OmegaConf\n"
         "assert OmegaConf.structured(Config).nodes == 5\n"
@@ -158,3 +158,24 @@ def test_the_schema_and_the_front_door_import_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_run_file_names_are_spelled_in_the_run_directory_module_only():
+    """Every string constant of the package that is a run file's name (or a path ending in one) appears in
+    semdl/io/run_directory.py and nowhere else."""
+    from semdl.io import run_directory
+
+    names = {
+        value
+        for key, value in vars(run_directory).items()
+        if key.isupper() and isinstance(value, str) and ("." in value or key in ("CHECKPOINTS", "FIGURES"))
+    } | set(run_directory.CSV_TABLES.values())
+    assert {"metrics.jsonl", "summary.json", "eval.json", "last.pt", "failures.jsonl", ".semdl-writer.json"} <= names
+    spelled = []
+    for module, path in module_files().items():
+        if module == "semdl.io.run_directory":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.split("/")[-1] in names:
+                spelled.append(f"{module} line {node.lineno}: {node.value!r}")
+    assert not spelled, "\n".join(spelled)

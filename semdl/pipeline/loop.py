@@ -27,7 +27,8 @@ from semdl.errors import (
     round_out_of_memory,
 )
 from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
-from semdl.io import MetricsWriter, save_checkpoint
+from semdl.io import save_checkpoint
+from semdl.io.run_directory import RunDirectory, similarity_figure
 from semdl.network import Node
 from semdl.objectives.rates import counting_fallbacks
 from semdl.pipeline.network import Network, build_nodes
@@ -147,7 +148,7 @@ class PeriodicEvaluation:
             return None
         if draw:
             self.figures.mkdir(parents=True, exist_ok=True)
-            path = self.figures / f"similarity_round_{round_index:05d}.png"
+            path = self.figures / similarity_figure(round_index)
             similarity_snapshot(everyone, self.network.dataset, self.cfg.eval, path, round_index)
         if not evaluate:
             return None
@@ -191,11 +192,12 @@ def train_rounds(
     Interrupted)."""
     communicator = network.communicator
     leader = communicator.rank == 0
-    evaluate = PeriodicEvaluation(cfg, network, run_dir / "figures")
-    checkpoint = CheckpointCadence(cfg, network, run_dir / "checkpoints", leader, done)
+    run = RunDirectory(run_dir)
+    evaluate = PeriodicEvaluation(cfg, network, run.figures)
+    checkpoint = CheckpointCadence(cfg, network, run.checkpoints, leader, done)
     test_losses = HeldOutLosses(network) if cfg.eval.test_loss else None
     progress = progress_bar(cfg, done, leader)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
+    metrics = run.metrics_writer() if leader else None
     round_index = done + 1  # the round in progress, for the line of a run out of memory
     try:
         with checkpoint_on_signals() as received:

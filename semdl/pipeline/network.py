@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.errors import UserError
 from semdl.eval import plot_partition
-from semdl.io import write_json
+from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory
 from semdl.models import architectures, build_encoder
 from semdl.network import (
     Delivery,
@@ -139,8 +139,9 @@ def write_partition(
 ) -> np.ndarray:
     """partition.json and figures/partition.png; returns the (nodes, classes) count matrix."""
     counts = class_counts(labels, parts, num_classes)
-    write_json(
-        run_dir / "partition.json",
+    run = RunDirectory(run_dir)
+    run.write_json(
+        run.partition,
         {
             "run_id": run_id,
             "scheme": cfg.partition.name,
@@ -153,8 +154,8 @@ def write_partition(
             ],
         },
     )
-    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-    plot_partition(counts, run_dir / "figures" / "partition.png")
+    run.figures.mkdir(parents=True, exist_ok=True)
+    plot_partition(counts, run.figure(PARTITION_FIGURE))
     return counts
 
 
@@ -198,8 +199,9 @@ def build_network(
     solver = build_solver(cfg)
     plan = solver.prepare(parts, counts, topology)
     if writer is not None:
+        run = RunDirectory(writer)
         for name, payload in plan.files.items():
-            write_json(Path(writer) / name, payload)
+            run.write_json(run.file(name), payload)
     conditions = network_conditions(cfg, topology, len(plan.parts))
     dataset = dataset.to(device)
     responsible = torch.as_tensor(plan.responsible, device=device)

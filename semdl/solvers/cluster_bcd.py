@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from semdl.errors import UserError
+from semdl.io.run_directory import CLUSTERS
 from semdl.network import Node, Topology
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives import (
@@ -144,7 +145,7 @@ class ClusterBCD(Solver):
             "weights": [1.0 / count for count in replication],
             "consensus_neighbors": neighbors,
         }
-        return Plan(parts, responsible, neighbors, clusters, replication, {"clusters.json": clusters_file})
+        return Plan(parts, responsible, neighbors, clusters, replication, {CLUSTERS: clusters_file})
 
     def start(self, network) -> None:
         self.training = self.local_training(network)
