@@ -6,21 +6,27 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 
-from semdl.checkpoint import restore_global_generators, restore_network
+from semdl.checkpoint import restore_global_generators
 from semdl.errors import NumericalError, UserError
 from semdl.eval.evaluate import evaluate_network
 from semdl.io.run_directory import RunDirectory
 from semdl.network.distributed import process_rank
 from semdl.pipeline.finish import evaluated_at, finish, headline
 from semdl.pipeline.loop import History, train_rounds
-from semdl.pipeline.network import Network, build_network, node_descriptions, process_device, resolve_device
+from semdl.pipeline.network import (
+    Network,
+    RestoredStart,
+    build_network,
+    node_descriptions,
+    process_device,
+    resolve_device,
+)
 from semdl.pipeline.runs import EVALUATION_KEYS, load_resumable, load_run
 from semdl.tracking import Resumption, tracking
 
@@ -73,15 +79,7 @@ def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=l
         when_accepted()
     restore_global_generators(checkpoint["generators"])
     device = process_device(cfg)
-    network = build_network(
-        cfg,
-        run_dir,
-        device,
-        run.parts,
-        partial(restore_network, checkpoint),
-        checkpoint["solver"],
-        checkpoint["run_id"],
-    )
+    network = build_network(cfg, run_dir, device, RestoredStart(run.parts, checkpoint))
     rows = []
     if network.communicator.rank == 0:
         # Rows after the checkpoint are redone; so is the final evaluation of a run stopped in it. A periodic
@@ -153,10 +151,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
         if not run.finished:
             log.warning("%s has not finished: round %d is evaluated, not its final round %d", run_dir, run.round, asked)
         device = resolve_device(cfg.device)
-        network = build_network(
-            cfg, run_dir, device, run.parts, partial(restore_network, run.checkpoint), run.checkpoint["solver"],
-            run.checkpoint["run_id"],
-        )
+        network = build_network(cfg, run_dir, device, RestoredStart(run.parts, run.checkpoint))
         out = directory.new_evaluation(datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f"))
         evaluation = evaluate_network(network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out.figures)
         evaluation = {**evaluated_at(run.round, run.checkpoint_file, run.finished), **evaluation}

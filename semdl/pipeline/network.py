@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
+from semdl.checkpoint import restore_network
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.errors import UserError
 from semdl.eval import plot_partition
@@ -172,29 +173,46 @@ def partition_dataset(
     return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes, run_id)
 
 
+@dataclass(frozen=True)
+class FreshStart:
+    """A new run: it draws its run_id, partitions the data, saves the partition and the solver's files (rank 0), and
+    starts from the untrained encoders' statistics."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class RestoredStart:
+    """A run read back from its directory (`resume=`, `semdl eval`): its saved partition and its checkpoint (node
+    states, the solver's own states, run_id); it writes nothing while the network is built."""
+
+    parts: list[np.ndarray]
+    checkpoint: dict
+
+    @property
+    def run_id(self) -> str:
+        return self.checkpoint["run_id"]
+
+
 def build_network(
-    cfg: DictConfig,
-    run_dir: Path,
-    device: torch.device,
-    saved_parts: list[np.ndarray] | None = None,
-    restore: Callable[[Network], None] | None = None,
-    solver_states: dict[int, dict] | None = None,
-    run_id: str | None = None,
+    cfg: DictConfig, run_dir: Path, device: torch.device, start: FreshStart | RestoredStart | None = None
 ) -> Network:
     """Topology, dataset on the device, partition, the solver's plan, nodes, communicator and groups.
 
-    A fresh network (saved_parts None) saves its partition (and the solver's files) in run_dir and starts from
-    the untrained encoders' statistics. A resumed one takes the run's saved partition and writes nothing;
-    `restore` puts the checkpoint's node state into it before its nodes are grouped, and `solver_states` are
-    the solver's own, loaded once it has started. `run_id` is the resumed run's (a fresh run draws one).
+    A fresh start (the default) saves its partition (and the solver's files) in run_dir and starts from the
+    untrained encoders' statistics. A restored start takes the run's saved partition and writes nothing; the
+    checkpoint's node state goes into the nodes before they are grouped, and the solver's own states are loaded
+    once it has started.
     """
-    run_id = run_id or uuid.uuid4().hex
+    start = start if start is not None else FreshStart()
+    restored = isinstance(start, RestoredStart)
+    run_id = start.run_id
     topology = topology_of(cfg)
-    writer = run_dir if saved_parts is None and process_rank() == 0 else None  # only rank 0 writes, and only anew
-    if saved_parts is None:
+    writer = run_dir if not restored and process_rank() == 0 else None  # only rank 0 writes, and only anew
+    if not restored:
         dataset, parts, counts = partition_dataset(cfg, writer, run_id)
     else:
-        dataset, parts = load_dataset(cfg.data), saved_parts
+        dataset, parts = load_dataset(cfg.data), start.parts
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     solver = build_solver(cfg)
     plan = solver.prepare(parts, counts, topology)
@@ -222,16 +240,16 @@ def build_network(
     lockstep = solver.traits.lockstep and cfg.sim.lockstep != "off" and cfg.network.node_dropout == 0
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
     network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id, conditions)
-    if restore is not None:
-        restore(network)
+    if restored:
+        restore_network(start.checkpoint, network)
     # sim.lockstep=auto measures the nodes as they are now (restored, when resuming); the plan is redone on resume
     members = plan_groups(nodes, cfg.sim.lockstep if lockstep else "off", vectorize, cfg.train.batch_size, device)
     compile_encoders = switch(cfg.train.compile, device.type == "cuda")
     network.groups = build_groups(members, vectorize, compile_encoders)
     solver.start(network)
-    if solver_states is not None:
-        solver.load_state_dict(network, solver_states)
-    if restore is None:
+    if restored:
+        solver.load_state_dict(network, start.checkpoint["solver"])
+    if not restored:
         for group in network.groups:
             group.refresh_statistics()
         # The untrained encoders' statistics travel as every later message does: round 0's conditions apply.
