@@ -179,3 +179,16 @@ def test_run_file_names_are_spelled_in_the_run_directory_module_only():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.split("/")[-1] in names:
                 spelled.append(f"{module} line {node.lineno}: {node.value!r}")
     assert not spelled, "\n".join(spelled)
+
+
+SOLVER_SHARED = {"semdl.solvers", "semdl.solvers.base", "semdl.solvers.common", "semdl.solvers.groups", "semdl.solvers.own_data"}
+
+
+def test_no_solver_module_imports_another_solver():
+    """Solvers share code through semdl/solvers/common.py, own_data.py, groups.py and base.py, never by importing
+    another solver's module."""
+    graph = import_graph()
+    solvers = [module for module in graph if module.startswith("semdl.solvers.") and module not in SOLVER_SHARED]
+    assert {"semdl.solvers.primal_dual", "semdl.solvers.cluster_bcd", "semdl.solvers.local"} <= set(solvers)
+    reaching = [f"{module} imports {target}" for module in solvers for target in graph[module] if target in solvers]
+    assert not reaching, "\n".join(reaching)

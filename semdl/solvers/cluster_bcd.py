@@ -22,8 +22,15 @@ from semdl.objectives import (
     neighbor_sums,
 )
 from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits
-from semdl.solvers.common import Clock, NodeWork, idle_work, optimise_locally, timed
-from semdl.solvers.primal_dual import check_consensus_settings, dual_step
+from semdl.solvers.common import (
+    Clock,
+    NodeWork,
+    check_consensus_settings,
+    dual_step,
+    idle_work,
+    optimise_locally,
+    timed,
+)
 
 log = logging.getLogger("semdl")
 
