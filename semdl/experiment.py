@@ -99,7 +99,6 @@ def train_and_finish(
 
     In a distributed run every rank trains its nodes; rank 0 alone writes and evaluates, and returns the summary
     (the others return None)."""
-    torch.backends.cudnn.enabled = True
     dataset, nodes = network.dataset, network.nodes
     log.info(
         "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from semdl.composition import CONF_DIR, load_registries
+from semdl.network import topology_of
 from semdl.validation import validate
 
 load_registries()  # the schema and every option, for the configs the tests compose
+
+
+def build_topology(name: str, num_nodes: int, seed: int = 0, **options):
+    """The named graph on `num_nodes` nodes (`options`: the option's own keys, such as p or path), as a run config
+    describes it (topology_of); raise UserError for a wrong size or a disconnected graph."""
+    return topology_of(OmegaConf.create({"topology": {"name": name, **options}, "nodes": num_nodes, "seed": seed}))
 
 
 def config_groups() -> dict[str, list[str]]:
