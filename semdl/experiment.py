@@ -18,7 +18,8 @@ from semdl.eval.evaluate import evaluate_network
 from semdl.io.run_directory import RunDirectory
 from semdl.network.distributed import process_rank
 from semdl.pipeline.finish import evaluated_at, finish, headline
-from semdl.pipeline.loop import History, train_rounds
+from semdl.pipeline.hooks import History
+from semdl.pipeline.loop import train_rounds
 from semdl.pipeline.network import (
     Network,
     RestoredStart,

@@ -20,7 +20,7 @@ PACKAGE = Path(semdl.__file__).resolve().parent
 
 # docs/architecture.md's layers, from the bottom up: a module imports only its own layer and the layers below it.
 LAYERS = [
-    ["semdl", "semdl.conf", "semdl.errors", "semdl.registry", "semdl.schema", "semdl.objectives", "semdl.io"],
+    ["semdl", "semdl.conf", "semdl.errors", "semdl.hooks", "semdl.registry", "semdl.schema", "semdl.objectives", "semdl.io"],
     ["semdl.data", "semdl.models"],
     ["semdl.network"],
     ["semdl.solvers", "semdl.eval", "semdl.tracking"],

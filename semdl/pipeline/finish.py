@@ -14,7 +14,7 @@ from semdl.eval.evaluate import evaluate_network
 from semdl.eval.plots import plot_accuracy_curves
 from semdl.io import save_checkpoint
 from semdl.io.run_directory import ACCURACY_CURVES, CHECKPOINT, TRAINING_CURVES, RunDirectory
-from semdl.pipeline.loop import History, evaluation_nodes, evaluation_row
+from semdl.pipeline.hooks import History, evaluation_nodes, evaluation_row
 from semdl.pipeline.network import Network
 from semdl.tracking.base import GuardedTracker
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from semdl.errors import NumericalError
 from semdl.eval.evaluate import evaluation_set
 from semdl.eval.features import encode
+from semdl.hooks import RoundHook
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
 from semdl.pipeline.network import Network
 from semdl.solvers import RoundResult
@@ -48,12 +49,13 @@ class NodeRecord:
                 raise NumericalError(f"round {round_index}, node {node}: {quantity}")
 
 
-class HeldOutLosses:
+class HeldOutLosses(RoundHook):
     """eval.test_loss: each node's training objective on the evaluation test set (eval.test_per_class), restricted
     to the classes the node trains on, computed without gradients. The rows of each node's classes and an upper
     bound on a class's size are read from the device once, here, so a round adds no host wait."""
 
     def __init__(self, network: Network):
+        self.held_out_loss = self  # the round hook that supplies the test_loss column
         self.dataset = evaluation_set(network.dataset, network.solver.run.eval)
         labels = self.dataset.test_y
         self.width = int(torch.bincount(labels).max())

@@ -24,6 +24,7 @@ from semdl.solvers.common import NodeWork
 
 if TYPE_CHECKING:
     from semdl.data import Dataset
+    from semdl.hooks import RoundHook
     from semdl.network import Communicator
     from semdl.network.conditions import NetworkConditions, RoundConditions
     from semdl.solvers.groups import NodeGroup
@@ -130,6 +131,11 @@ class Solver(ABC):
 
     def start(self, network: Network) -> None:
         """Called once the network is built (and restored, when resuming), before the first round."""
+
+    def round_hooks(self, network: Network) -> list[RoundHook]:
+        """Hooks the round loop runs after the built-in ones (semdl.hooks.RoundHook): what this solver adds to each
+        round's rows, or does after each round. None by default."""
+        return []
 
     @abstractmethod
     def round(self, network: Network) -> RoundResult:
