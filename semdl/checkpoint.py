@@ -18,7 +18,7 @@ from semdl.io.run_directory import RunDirectory
 from semdl.network import Node
 
 if TYPE_CHECKING:
-    from semdl.solvers.base import Network
+    from semdl.solvers.base import Simulation
 
 log = logging.getLogger("semdl")
 
@@ -69,7 +69,7 @@ def _to_cpu(value):
     return value
 
 
-def checkpoint_state(round_index: int, network: Network, cfg: DictConfig, optimizers: bool = True) -> dict | None:
+def checkpoint_state(round_index: int, network: Simulation, cfg: DictConfig, optimizers: bool = True) -> dict | None:
     """Everything of every node, in the per-node layout whatever groups or ranks ran it, the byte counters, the
     solver's own state and every random generator; on the CPU. Without `optimizers` (a finished run's last
     checkpoint under train.final_optimizer_state=false), the encoders' optimizer state is None: with Adam, the
@@ -148,7 +148,7 @@ def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> 
         node.generator.set_state(saved["generator"])
 
 
-def restore_network(checkpoint: dict, network: Network) -> None:
+def restore_network(checkpoint: dict, network: Simulation) -> None:
     """Put a checkpoint's per-node state and byte counters into a freshly built network (before grouping)."""
     if len(checkpoint["nodes"]) != len(network.parts):
         raise UserError(

@@ -158,12 +158,12 @@ def check_job(cfg: DictConfig) -> None:
     from semdl.data import input_shape
     from semdl.models import architectures, check_input_shape
     from semdl.network import topology_of
-    from semdl.network.conditions import network_conditions
+    from semdl.network.conditions import unreliability_of
     from semdl.solvers.base import solver_class
     from semdl.validation import validate
 
     validate(cfg)
-    network_conditions(cfg, topology_of(cfg), solver_class(cfg.solver).trained_nodes(cfg.nodes))
+    unreliability_of(cfg, topology_of(cfg), solver_class(cfg.solver).trained_nodes(cfg.nodes))
     for architecture in set(architectures(cfg.model, cfg.nodes)):
         check_input_shape(architecture, input_shape(cfg.data))
 

@@ -21,8 +21,8 @@ from semdl.pipeline.finish import evaluated_at, finish, headline
 from semdl.pipeline.hooks import History
 from semdl.pipeline.loop import train_rounds
 from semdl.pipeline.network import (
-    Network,
     RestoredStart,
+    Simulation,
     build_network,
     node_descriptions,
     process_device,
@@ -31,7 +31,7 @@ from semdl.pipeline.network import (
 from semdl.pipeline.runs import EVALUATION_KEYS, load_resumable, load_run
 from semdl.tracking import Resumption, tracking
 
-__all__ = ["Network", "build_network", "headline", "reevaluate", "resolve_device", "resume_experiment", "run_experiment"]
+__all__ = ["Simulation", "build_network", "headline", "reevaluate", "resolve_device", "resume_experiment", "run_experiment"]
 
 log = logging.getLogger("semdl")
 
@@ -94,7 +94,7 @@ def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=l
 
 
 def train_and_finish(
-    cfg: DictConfig, run_dir: Path, network: Network, device: torch.device, done: int, history: History, started
+    cfg: DictConfig, run_dir: Path, network: Simulation, device: torch.device, done: int, history: History, started
 ) -> dict | None:
     """Rounds done+1 .. train.rounds, then the final checkpoint, evaluation, figures and summary.
 

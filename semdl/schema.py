@@ -45,7 +45,7 @@ class CommConfig:
 
 
 @dataclass
-class NetworkConfig:
+class UnreliabilityConfig:
     link_drop: float = 0.0  # each round, each link fails with this probability (both directions at once)
     node_dropout: float = 0.0  # each round, each node is offline (neither trains nor sends) with this probability
     stale: str = "reuse"  # a message that did not arrive: reuse the last statistics received, or skip the neighbour
@@ -113,7 +113,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation of the learnt features (eval=default|paper)
     sim: SimConfig = field(default_factory=SimConfig)  # how this process batches the simulated nodes' work
     comm: CommConfig = field(default_factory=CommConfig)  # where nodes run and how their messages travel (comm=<name>)
-    network: NetworkConfig = field(default_factory=NetworkConfig)  # links that fail, nodes that drop out
+    network: UnreliabilityConfig = field(default_factory=UnreliabilityConfig)  # links that fail, nodes that drop out
     sweep: SweepConfig = field(default_factory=SweepConfig)  # what a hyperparameter search optimises
     nodes: int = 5  # number of nodes N (>= 1)
     seed: int = 0  # the run seed: partition, random topologies, initial weights, mini-batch order

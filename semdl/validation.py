@@ -86,7 +86,7 @@ def _check_comm(comm: DictConfig) -> None:
         raise UserError("comm.error_feedback=true keeps what compression drops; choose a comm.compress other than none")
 
 
-def _check_network(network: DictConfig) -> None:
+def _check_unreliability(network: DictConfig) -> None:
     _probability("network.link_drop", network.link_drop)
     _probability("network.node_dropout", network.node_dropout)
     _choice("network.stale", network.stale, STALE_POLICIES)
@@ -132,7 +132,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("resume= continues one run directory; give it to `semdl train` with no -m sweep")
     _choice("device", cfg.device, DEVICES)
     _check_comm(cfg.comm)
-    _check_network(cfg.network)
+    _check_unreliability(cfg.network)
 
     # A run directory written before the logger group existed has no `logger`: it logs nothing.
     trackers = () if OmegaConf.is_missing(cfg, "logger") else ("logger",)

@@ -35,6 +35,7 @@ def config_groups() -> dict[str, list[str]]:
             groups[folder.name] = [*groups.get(folder.name, []), *presets]
     return groups
 
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The workers share the machine's cores: one intra-op thread each, in this process and in the semdl and torchrun
     # processes its tests start (several torch processes with a thread per core each slow down up to 40x).

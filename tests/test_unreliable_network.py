@@ -14,7 +14,7 @@ from conftest import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
-from semdl.network.conditions import NetworkConditions
+from semdl.network.conditions import Unreliability as NetworkConditions
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
 from semdl.pipeline.records import round_rows

@@ -45,7 +45,7 @@ class RoundConditions:
         return self.scheduled & self.online[None, :]
 
 
-class NetworkConditions:
+class Unreliability:
     """A run's unreliable network: the base graph, the schedule, and the per-round draws."""
 
     def __init__(
@@ -189,7 +189,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def network_conditions(cfg, topology: Topology, num_nodes: int) -> NetworkConditions | None:
+def unreliability_of(cfg, topology: Topology, num_nodes: int) -> Unreliability | None:
     """The unreliable network of `num_nodes` trained nodes that cfg.network describes, or None when it is reliable.
     A schedule is read and checked against the topology (it switches the topology's links on and off); without
     one, any two nodes may be linked (the communicator sends along its own graph's links only)."""
@@ -203,7 +203,7 @@ def network_conditions(cfg, topology: Topology, num_nodes: int) -> NetworkCondit
             )
         allowed = topology.adjacency().astype(bool)
         schedule = read_schedule(settings.schedule, allowed, cfg.topology.name)
-    conditions = NetworkConditions(
+    conditions = Unreliability(
         allowed, cfg.seed, settings.link_drop, settings.node_dropout, schedule, settings.schedule_every
     )
     return conditions if conditions.active else None

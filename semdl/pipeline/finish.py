@@ -15,7 +15,7 @@ from semdl.eval.plots import plot_accuracy_curves
 from semdl.io import save_checkpoint
 from semdl.io.run_directory import ACCURACY_CURVES, CHECKPOINT, TRAINING_CURVES, RunDirectory
 from semdl.pipeline.hooks import History, evaluation_nodes, evaluation_row
-from semdl.pipeline.network import Network
+from semdl.pipeline.network import Simulation
 from semdl.tracking.base import GuardedTracker
 
 
@@ -43,7 +43,7 @@ def evaluated_at(round_index: int, checkpoint_file: Path, finished: bool) -> dic
 def finish(
     cfg: DictConfig,
     run_dir: Path,
-    network: Network,
+    network: Simulation,
     device: torch.device,
     history: History,
     descriptions: list[dict] | None,

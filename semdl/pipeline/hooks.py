@@ -18,7 +18,7 @@ from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.hooks import RoundHook
 from semdl.io.run_directory import RunDirectory, similarity_figure
 from semdl.network import Node
-from semdl.pipeline.network import Network, build_nodes
+from semdl.pipeline.network import Simulation, build_nodes
 from semdl.tracking.base import GuardedTracker
 
 progress_log = logging.getLogger("semdl.run")  # the run's semdl.log only: the terminal shows the progress bar
@@ -48,7 +48,7 @@ def evaluation_row(round_index: int, accuracies: dict) -> dict:
     }
 
 
-def evaluation_nodes(cfg: DictConfig, network: Network, state: dict | None) -> list[Node] | None:
+def evaluation_nodes(cfg: DictConfig, network: Simulation, state: dict | None) -> list[Node] | None:
     """Every node, for evaluation on rank 0 (None elsewhere): the network's own nodes in-process; in a distributed
     run, nodes rebuilt on rank 0 from the gathered state (the weights of the others leave their ranks only here)."""
     if network.communicator.world_size == 1:
@@ -65,7 +65,7 @@ class PeriodicEvaluation(RoundHook):
     """eval.every: the classifiers' accuracy every this many rounds; eval.heatmap_every: the similarity heatmap
     (figures/similarity_round_<t>.png) every this many rounds. The final round has the full evaluation."""
 
-    def __init__(self, cfg: DictConfig, network: Network, figures: Path):
+    def __init__(self, cfg: DictConfig, network: Simulation, figures: Path):
         self.cfg, self.network, self.figures = cfg, network, figures
 
     def _due(self, every: int, round_index: int) -> bool:

@@ -37,7 +37,7 @@ from semdl.pipeline.hooks import (
     TrackRows,
     WriteMetrics,
 )
-from semdl.pipeline.network import Network
+from semdl.pipeline.network import Simulation
 from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
 from semdl.tracking.base import GuardedTracker
@@ -45,13 +45,13 @@ from semdl.tracking.base import GuardedTracker
 log = logging.getLogger("semdl")
 
 
-def run_round(network: Network) -> tuple[RoundResult, Tensor | None]:
+def run_round(network: Simulation) -> tuple[RoundResult, Tensor | None]:
     """The network's next round of the solver, under that round's network conditions, with the number of shifted
     Cholesky refactorisations it took (a device tensor, or None if it factorised nothing); the network then holds
     its inboxes."""
     network.round += 1
-    network.now = network.conditions.at(network.round) if network.conditions is not None else None
-    network.communicator.begin_round(network.now)
+    network.round_conditions = network.conditions.at(network.round) if network.conditions is not None else None
+    network.communicator.begin_round(network.round_conditions)
     with counting_fallbacks() as fallbacks:
         result = network.solver.round(network)
     offline = {node.index for node in network.nodes if not network.online(node.index)}
@@ -98,7 +98,7 @@ def checkpoint_on_signals() -> Iterator[list[int]]:
 class CheckpointCadence(RoundHook):
     """train.checkpoint_every, and the checkpoint of a round that a first Ctrl-C asked to be the last."""
 
-    def __init__(self, cfg: DictConfig, network: Network, checkpoints: Path, leader: bool, done: int = 0):
+    def __init__(self, cfg: DictConfig, network: Simulation, checkpoints: Path, leader: bool, done: int = 0):
         self.cfg, self.network, self.checkpoints, self.leader = cfg, network, checkpoints, leader
         self.last = done or None  # the round of the newest checkpoint (a resumed run starts from one)
 
@@ -112,7 +112,7 @@ class CheckpointCadence(RoundHook):
 
 
 def builtin_hooks(
-    cfg: DictConfig, run: RunDirectory, network: Network, done: int, history: History, tracker: GuardedTracker
+    cfg: DictConfig, run: RunDirectory, network: Simulation, done: int, history: History, tracker: GuardedTracker
 ) -> list[RoundHook]:
     """The hooks every run has, in the order the loop calls them: the history, periodic evaluation, held-out losses
     (eval.test_loss), the metrics writer (rank 0), the tracker, the progress bar, and the checkpoint cadence."""
@@ -130,7 +130,7 @@ def builtin_hooks(
 def train_rounds(
     cfg: DictConfig,
     run_dir: Path,
-    network: Network,
+    network: Simulation,
     done: int,
     history: History,
     tracker: GuardedTracker,

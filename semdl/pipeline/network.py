@@ -28,7 +28,7 @@ from semdl.network import (
     topology_of,
 )
 from semdl.network.compression import build_compression
-from semdl.network.conditions import network_conditions
+from semdl.network.conditions import unreliability_of
 from semdl.network.distributed import (
     DistributedCommunicator,
     RankLayout,
@@ -39,7 +39,7 @@ from semdl.network.distributed import (
 from semdl.pipeline.lockstep import plan_groups
 from semdl.schema import switch
 from semdl.solvers import build_groups, build_solver
-from semdl.solvers.base import Network
+from semdl.solvers.base import Simulation
 
 log = logging.getLogger("semdl")
 
@@ -196,7 +196,7 @@ class RestoredStart:
 
 def build_network(
     cfg: DictConfig, run_dir: Path, device: torch.device, start: FreshStart | RestoredStart | None = None
-) -> Network:
+) -> Simulation:
     """Topology, dataset on the device, partition, the solver's plan, nodes, communicator and groups.
 
     A fresh start (the default) saves its partition (and the solver's files) in run_dir and starts from the
@@ -220,7 +220,7 @@ def build_network(
         run = RunDirectory(writer)
         for name, payload in plan.files.items():
             run.write_json(run.file(name), payload)
-    conditions = network_conditions(cfg, topology, len(plan.parts))
+    conditions = unreliability_of(cfg, topology, len(plan.parts))
     dataset = dataset.to(device)
     responsible = torch.as_tensor(plan.responsible, device=device)
     delivery = Delivery(
@@ -239,7 +239,7 @@ def build_network(
     # A node offline for a round must not train with its lockstep group: node dropout runs nodes one by one.
     lockstep = solver.traits.lockstep and cfg.sim.lockstep != "off" and cfg.network.node_dropout == 0
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
-    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id, conditions)
+    network = Simulation(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id, conditions)
     if restored:
         restore_network(start.checkpoint, network)
     # sim.lockstep=auto measures the nodes as they are now (restored, when resuming); the plan is redone on resume

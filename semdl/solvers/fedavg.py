@@ -149,7 +149,7 @@ class FederatedAveraging(Solver):
             with timed(node.statistics.device) as clock:
                 loss = self.train_node(position, node)
             work.append(NodeWork(loss, (clock,)))
-        sent, delivered = weight_messages(network.plan.neighbors, self.config.aggregation, network.now)
+        sent, delivered = weight_messages(network.plan.neighbors, self.config.aggregation, network.round_conditions)
         mixing = mixing_matrix(self.sizes, self.config.aggregation, delivered, nodes[0].statistics.device)
         extra = self.averaged_modules()
         for modules in [[node.encoder for node in nodes], *extra]:
