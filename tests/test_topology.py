@@ -2,8 +2,8 @@ import re
 
 import numpy as np
 import pytest
-from conftest import build_topology
 
+from conftest import build_topology
 from semdl.errors import UserError
 from semdl.network.topology import PAPER5, PAPER10, is_connected
 
