@@ -13,7 +13,6 @@ import threading
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -34,12 +33,6 @@ COMMANDS = {
     "eval": "evaluate a finished run again: semdl eval <run_dir> [eval.key=value ...]",
     "table": "tabulate runs and sweeps, mean ± std over seeds: semdl table <dir>... [--rows K,..] [--columns K,..]",
 }
-
-
-def fail(message: str) -> NoReturn:
-    """A user mistake: one line on stderr, exit status 2."""
-    print(f"semdl: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def usage() -> str:
@@ -79,11 +72,11 @@ def train_job(cfg: DictConfig) -> float | None:
 def resume_run(arguments: list[str]) -> None:
     """`semdl train resume=<run_dir> [train.rounds=... eval....]`: continue a run from its last checkpoint."""
     if any(argument in ("-m", "--multirun") for argument in arguments):
-        fail("resume= continues one run directory; it cannot be part of a -m sweep")
+        raise UserError("resume= continues one run directory; it cannot be part of a -m sweep")
     directories = [argument.split("=", 1)[1] for argument in arguments if argument.startswith("resume=")]
     overrides = [argument for argument in arguments if not argument.startswith("resume=")]
     if len(directories) != 1 or not directories[0]:
-        fail("give one run directory: semdl train resume=<run_dir>")
+        raise UserError("give one run directory: semdl train resume=<run_dir>")
     from semdl.experiment import resume_experiment
     from semdl.network.distributed import process_rank
 
@@ -108,7 +101,7 @@ def evaluate_run(arguments: list[str]) -> None:
         print(EVAL_USAGE)
         return
     if not arguments or arguments[0].startswith("-"):
-        fail("semdl eval needs a run directory: semdl eval <run_dir> [eval.key=value ...]")
+        raise UserError("semdl eval needs a run directory: semdl eval <run_dir> [eval.key=value ...]")
     from semdl.experiment import headline, reevaluate
 
     log_to(None)
@@ -149,7 +142,7 @@ def hydra_arguments(arguments: list[str]) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*")
     parsed, unknown = parser.parse_known_args(arguments)
     if unknown:
-        fail(f"unknown option {unknown[0]}; see semdl train --help")
+        raise UserError(f"unknown option {unknown[0]}; see semdl train --help")
     return parsed
 
 
@@ -211,7 +204,7 @@ def table(arguments: list[str]) -> None:
     parsed = parser.parse_args(arguments)
     split = lambda text: [key for key in text.split(",") if key]  # noqa: E731
     if parsed.metric is not None and not parsed.columns:
-        fail("--metric chooses what the cells of a --columns table show; add --columns <keys>")
+        raise UserError("--metric chooses what the cells of a --columns table show; add --columns <keys>")
     metric = parsed.metric or "acc.knn"
     print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), metric, parsed.csv))
 
@@ -257,4 +250,4 @@ def dispatch(command: str, rest: list[str]) -> None:
     elif command == "table":
         table(rest)
     else:
-        fail(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (see semdl --help)")
+        raise UserError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (see semdl --help)")

@@ -8,8 +8,8 @@ however it ends. One hook may also supply the per-node `test_loss` column (`held
 round's one read from the device.
 
 The built-in hooks (semdl.pipeline.hooks): the history of rows the end of a run needs, periodic evaluation,
-held-out losses, the metrics writer, the progress bar and log, the checkpoint cadence; the tracker
-(semdl.tracking.base.GuardedTracker) is one too. A solver adds its own with `Solver.round_hooks`, and a caller of
+held-out losses, the metrics writer, the tracker's rows (TrackRows), the progress bar and log, the checkpoint
+cadence. A solver adds its own with `Solver.round_hooks`, and a caller of
 `train_rounds` (a plugin, a script, a test) passes more in `hooks`. This module imports nothing of semdl, so any
 layer may define a hook.
 """
