@@ -45,12 +45,12 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from torch import Tensor
 
-from semdl.cli import CONFIG_MODULE, load_registries
-from semdl.config import validate
-from semdl.pipeline.loop import run_round
-from semdl.pipeline.network import Network, build_network, resolve_device
+from semdl.composition import CONFIG_MODULE, load_registries
 from semdl.network import Node
 from semdl.objectives import ClusterContext, cluster_block_loss, consensus_penalty, primal_dual_loss
+from semdl.pipeline.loop import run_round
+from semdl.pipeline.network import Simulation, build_network, resolve_device
+from semdl.validation import validate
 
 RHO = 5.0
 EPS_SQ = 0.5
@@ -227,13 +227,13 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def scratch_network(cfg: DictConfig) -> Network:
+def scratch_network(cfg: DictConfig) -> Simulation:
     """The network of `cfg` as a run builds it, its partition files written to a directory deleted at once."""
     with tempfile.TemporaryDirectory() as run_dir:
         return build_network(cfg, Path(run_dir), resolve_device(cfg.device))
 
 
-def round_step(cfg: DictConfig) -> tuple[Network, Callable[[], None]]:
+def round_step(cfg: DictConfig) -> tuple[Simulation, Callable[[], None]]:
     """The network of `cfg`, built by semdl.experiment.build_network as a run builds it, and a one-round step."""
     network = scratch_network(cfg)
     return network, lambda: run_round(network)

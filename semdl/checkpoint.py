@@ -14,11 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from semdl.errors import UserError
-from semdl.io import load_checkpoint
+from semdl.io.run_directory import RunDirectory
 from semdl.network import Node
 
 if TYPE_CHECKING:
-    from semdl.pipeline.network import Network
+    from semdl.solvers.base import Simulation
 
 log = logging.getLogger("semdl")
 
@@ -69,7 +69,7 @@ def _to_cpu(value):
     return value
 
 
-def checkpoint_state(round_index: int, network: Network, cfg: DictConfig, optimizers: bool = True) -> dict | None:
+def checkpoint_state(round_index: int, network: Simulation, cfg: DictConfig, optimizers: bool = True) -> dict | None:
     """Everything of every node, in the per-node layout whatever groups or ranks ran it, the byte counters, the
     solver's own state and every random generator; on the CPU. Without `optimizers` (a finished run's last
     checkpoint under train.final_optimizer_state=false), the encoders' optimizer state is None: with Adam, the
@@ -127,7 +127,7 @@ def read_checkpoint(run_dir: Path) -> tuple[dict, Path]:
     """The newest readable checkpoint of a run (last.pt, else previous.pt, saying why) and its path, or a
     UserError."""
     try:
-        payload, path, skipped = load_checkpoint(Path(run_dir) / "checkpoints", checkpoint_problem)
+        payload, path, skipped = RunDirectory(run_dir).load_checkpoint(checkpoint_problem)
     except FileNotFoundError as error:
         raise UserError(f"no usable checkpoint in {run_dir}: {error}") from None
     for problem in skipped:
@@ -148,7 +148,7 @@ def restore_nodes(checkpoint: dict, nodes: list[Node], device: torch.device) -> 
         node.generator.set_state(saved["generator"])
 
 
-def restore_network(checkpoint: dict, network: Network) -> None:
+def restore_network(checkpoint: dict, network: Simulation) -> None:
     """Put a checkpoint's per-node state and byte counters into a freshly built network (before grouping)."""
     if len(checkpoint["nodes"]) != len(network.parts):
         raise UserError(
@@ -169,7 +169,7 @@ def restore_network(checkpoint: dict, network: Network) -> None:
 
 def saved_partition(run_dir: Path) -> tuple[dict, list[np.ndarray]]:
     """The partition a run saved (partition.json): its header and one index array per node."""
-    path = Path(run_dir) / "partition.json"
+    path = RunDirectory(run_dir).partition
     try:
         partition = json.loads(path.read_text(encoding="utf-8-sig"))
         parts = [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]

@@ -1,8 +1,25 @@
-"""Exceptions the CLI turns into one line on stderr: a user mistake or a device out of memory (exit 2), a numerical
-failure (exit 3), an interruption that saved a checkpoint or a stop at once (exit 130 for SIGINT, 143 for
-SIGTERM)."""
+"""What stops a command, and how it ends: the exceptions, their exit statuses and the one line each prints.
 
+- `UserError` (2): a user mistake; `OutOfMemory` (2): a device out of memory, its line built here
+  (`round_out_of_memory`, `out_of_memory_line`); `NumericalError` (3); `Interrupted` (after a checkpoint) and
+  `Stopped` (at once): 128 + the signal's number (130 SIGINT, 143 SIGTERM); an OSError with an errno (1): a fault
+  of the environment; anything else (1): a bug, its traceback kept in a crash log.
+- `outcome(error, ...)` is the one place that maps an exception to its (exit status, line). It knows nothing of
+  the run directory: the caller (semdl.exits) says whether there is a checkpoint to resume from and where the
+  crash log goes.
+
+A new exit status goes here: its exception (or its case in `outcome`) and its line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
 import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
 
 
 class UserError(Exception):
@@ -34,3 +51,161 @@ class Stopped(BaseException):
     def __init__(self, signal_number: int):
         super().__init__(f"stopped by {signal.Signals(signal_number).name}")
         self.signal_number = signal_number
+
+
+def outcome(
+    error: BaseException,
+    prefix: str = "",
+    resume_from: Path | None = None,
+    run_dir: Path | None = None,
+    crash_log: Callable[[], Path] = lambda: Path("(no log)"),
+) -> tuple[int, str]:
+    """The exit status and the one line that say what stopped a command: 2 a user mistake or a device out of memory
+    (the line names the stage, the device and the settings that help), 3 a numerical failure, 128 + the signal's
+    number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank) or a bug, whose traceback
+    `crash_log()` keeps (it returns where) instead of the terminal. `run_dir`: the command's run directory, if any;
+    `resume_from`: the same when it holds a checkpoint to resume from, else None."""
+    if isinstance(error, UserError):
+        return 2, f"semdl: error: {prefix}{error}"
+    if isinstance(error, NumericalError):
+        return 3, f"semdl: numerical failure: {prefix}{error}"
+    if isinstance(error, OutOfMemory):
+        return 2, f"semdl: {prefix}{error}"
+    if is_out_of_memory(error):  # outside the rounds, which explain their own
+        return 2, f"semdl: {prefix}{out_of_memory_line(error, resume_from)}"
+    if isinstance(error, Interrupted):
+        return 128 + error.signal_number, f"semdl: {prefix}{error}"
+    if isinstance(error, (Stopped, KeyboardInterrupt)):
+        number = error.signal_number if isinstance(error, Stopped) else signal.SIGINT
+        hint = f"; continue from its last checkpoint with: semdl train resume={resume_from}" if resume_from else ""
+        return 128 + number, f"semdl: {prefix}stopped at once by {signal.Signals(number).name}{hint}"
+    if isinstance(error, OSError) and error.errno is not None:
+        where = f"{error.filename}: " if error.filename else ""
+        hint = f"; once fixed, continue with: semdl train resume={run_dir}" if run_dir is not None else ""
+        return 1, f"semdl: {prefix}{where}{error.strerror or error}{hint}"
+    log = crash_log()
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    return 1, f"semdl: {prefix}failed: {type(error).__name__}: {first_line} (the traceback is in {log})"
+
+
+EXPLAINED = (UserError, NumericalError, OutOfMemory, Interrupted, Stopped, KeyboardInterrupt)
+
+
+def shows_traceback(error: BaseException) -> bool:
+    """SEMDL_DEBUG=1: a developer asked to see the traceback of a fault or a bug instead of its line."""
+    return bool(os.environ.get("SEMDL_DEBUG")) and not isinstance(error, EXPLAINED)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running out of memory anyway
+# ----------------------------------------------------------------------------------------------------------------
+
+# What torch's allocators say when they cannot allocate (the CPU's DefaultCPUAllocator, CUDA's and MPS's as a plain
+# RuntimeError).
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory")
+TRAINING_ADVICE = "sim.lockstep=off or a smaller train.batch_size"
+# What bounds the evaluation's memory: the test samples it encodes and queries, the probe's mini-batch (null: every
+# feature at once) and the heatmap's samples.
+EVALUATION_ADVICE = "a smaller eval.test_per_class, eval.probe_batch_size or eval.heatmap_per_class"
+# Where in a run an error happened, by the semdl modules in its traceback, the most telling first; SETUP_STAGE when
+# none of them is there.
+SETUP_STAGE = "setting up the run"
+STAGES = (
+    ("semdl.pipeline.lockstep", "measuring one node's training step"),
+    ("semdl.eval", "evaluation"),
+    ("semdl.checkpoint", "checkpointing"),
+    ("semdl.io", "checkpointing"),
+    ("semdl.solvers", "training"),
+    ("semdl.objectives", "training"),
+    ("semdl.network", "training"),
+    ("semdl.models", "training"),
+)
+
+
+def _torch_out_of_memory() -> tuple[type, ...]:
+    """torch's out-of-memory error when torch is loaded (without torch, nothing ran out of device memory)."""
+    torch = sys.modules.get("torch")
+    return (torch.OutOfMemoryError,) if torch is not None else ()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA's), an allocator's RuntimeError (the CPU's `DefaultCPUAllocator: can't allocate
+    memory`) or Python's MemoryError."""
+    if isinstance(error, (MemoryError, *_torch_out_of_memory())):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY_MESSAGES)
+
+
+def advice(stage: str, lockstep: bool | None = True) -> str:
+    """The settings that make a stage smaller; sim.lockstep=off only where the run used lockstep groups (None:
+    unknown, named)."""
+    if stage == "evaluation":
+        return EVALUATION_ADVICE
+    if stage == "measuring one node's training step":
+        return "a smaller train.batch_size"
+    return TRAINING_ADVICE if lockstep is not False else "a smaller train.batch_size"
+
+
+def checkpoint_hint(run_dir: Path | None, checkpoint_round: int | None) -> str:
+    """`; the last checkpoint (round 10) is intact: semdl train resume=<dir>`, or that there is none yet."""
+    if run_dir is None:
+        return ""
+    if checkpoint_round is None:
+        return "; no checkpoint was written before it"
+    return f"; the last checkpoint (round {checkpoint_round}) is intact: semdl train resume={run_dir}"
+
+
+def round_out_of_memory(
+    device: object,
+    stage: str,
+    round_index: int,
+    rounds: int,
+    lockstep: bool,
+    run_dir: Path | None,
+    checkpoint_round: int | None,
+) -> OutOfMemory:
+    """The error of a run out of memory in one of its rounds (the round loop knows all of this), e.g.
+    `out of memory on cuda:0 in round 12 of 1000 (training); try sim.lockstep=off or a smaller train.batch_size;
+    the last checkpoint (round 10) is intact: semdl train resume=<dir>`."""
+    return OutOfMemory(
+        f"out of memory on {device} in round {round_index} of {rounds} ({stage}); try {advice(stage, lockstep)}"
+        + checkpoint_hint(run_dir, checkpoint_round)
+    )
+
+
+def error_device(error: BaseException) -> str:
+    """The device an out-of-memory error names: cuda:<n> from CUDA's `GPU <n>`, else by its kind."""
+    text = str(error)
+    found = re.search(r"GPU (\d+)", text)
+    if found:
+        return f"cuda:{found[1]}"
+    if isinstance(error, _torch_out_of_memory()) or "CUDA" in text:
+        return "cuda"
+    if "MPS" in text:
+        return "mps"
+    return "cpu"
+
+
+def error_stage(traceback: TracebackType | None) -> str:
+    """The stage of a run an error came from, by the semdl modules its traceback passes through."""
+    modules = set()
+    while traceback is not None:
+        modules.add(traceback.tb_frame.f_globals.get("__name__", ""))
+        traceback = traceback.tb_next
+    for prefix, stage in STAGES:
+        if any(module == prefix or module.startswith(prefix + ".") for module in modules):
+            return stage
+    return SETUP_STAGE
+
+
+def out_of_memory_line(error: BaseException, resume_from: Path | None) -> str:
+    """The line of an out-of-memory error that no round loop explained (building the network, the final checkpoint
+    and evaluation, `semdl eval`): the device and stage read from the error, and the run directory to resume from
+    when it holds a checkpoint (`resume_from`, else None)."""
+    stage = error_stage(error.__traceback__)
+    if stage == SETUP_STAGE:
+        hint = "reduce nodes, the model or the data"
+    else:
+        hint = f"try {advice(stage, None)}"
+    checkpoint = f"; the last checkpoint is intact: semdl train resume={resume_from}" if resume_from else ""
+    return f"out of memory on {error_device(error)} ({stage}); {hint}{checkpoint}"

@@ -6,42 +6,49 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 
-from semdl.checkpoint import restore_global_generators, restore_network
+from semdl.checkpoint import restore_global_generators
 from semdl.errors import NumericalError, UserError
 from semdl.eval.evaluate import evaluate_network
-from semdl.io import truncate_metrics, write_json
-from semdl.io.lock import claim, writing
+from semdl.io.run_directory import RunDirectory
 from semdl.network.distributed import process_rank
 from semdl.pipeline.finish import evaluated_at, finish, headline
-from semdl.pipeline.loop import History, train_rounds
-from semdl.pipeline.network import Network, build_network, node_descriptions, process_device, resolve_device
+from semdl.pipeline.hooks import History
+from semdl.pipeline.loop import train_rounds
+from semdl.pipeline.network import (
+    RestoredStart,
+    Simulation,
+    build_network,
+    node_descriptions,
+    process_device,
+    resolve_device,
+)
 from semdl.pipeline.runs import EVALUATION_KEYS, load_resumable, load_run
 from semdl.tracking import Resumption, tracking
 
-__all__ = ["Network", "build_network", "headline", "reevaluate", "resolve_device", "resume_experiment", "run_experiment"]
+__all__ = ["Simulation", "build_network", "headline", "reevaluate", "resolve_device", "resume_experiment", "run_experiment"]
 
 log = logging.getLogger("semdl")
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Run the configured experiment, writing everything into `run_dir`, which this process holds meanwhile (see
-    semdl.io.lock); return the summary."""
+    semdl.io.run_directory); return the summary."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     if process_rank() != 0:
         return _fresh_run(cfg, run_dir, started)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with writing(run_dir, "semdl train"):
-        if (run_dir / "metrics.jsonl").exists():
+    run = RunDirectory(run_dir)
+    with run.writing("semdl train"):
+        if run.holds_run():
             raise UserError(f"{run_dir} already holds a run; choose a fresh hydra.run.dir or continue it with resume=")
-        claim(run_dir, "semdl train")
+        run.claim("semdl train")
         return _fresh_run(cfg, run_dir, started)
 
 
@@ -61,7 +68,7 @@ def resume_experiment(
         return _resume(Path(run_dir), overrides, time.perf_counter())
     if not Path(run_dir).is_dir():
         raise UserError(f"resume: {run_dir}: no such run directory")
-    with writing(Path(run_dir), "semdl train resume"):
+    with RunDirectory(run_dir).writing("semdl train resume"):
         return _resume(Path(run_dir), overrides, time.perf_counter(), when_accepted)
 
 
@@ -69,26 +76,17 @@ def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=l
     run = load_resumable(run_dir, overrides)
     cfg, checkpoint, done = run.cfg, run.checkpoint, run.round
     if process_rank() == 0:
-        claim(run_dir, "semdl train resume")
+        RunDirectory(run_dir).claim("semdl train resume")
         when_accepted()
     restore_global_generators(checkpoint["generators"])
     device = process_device(cfg)
-    network = build_network(
-        cfg,
-        run_dir,
-        device,
-        run.parts,
-        partial(restore_network, checkpoint),
-        checkpoint["solver"],
-        checkpoint["run_id"],
-    )
+    network = build_network(cfg, run_dir, device, RestoredStart(run.parts, checkpoint))
     rows = []
     if network.communicator.rank == 0:
         # Rows after the checkpoint are redone; so is the final evaluation of a run stopped in it. A periodic
         # evaluation of the checkpoint's round came before that checkpoint: it is kept, as nothing redoes it.
         final_redone = not run.finished and done == checkpoint["config"]["train"]["rounds"]
-        rows = truncate_metrics(
-            run_dir / "metrics.jsonl",
+        rows = RunDirectory(run_dir).truncate_metrics(
             lambda row: row["round"] < done or (row["round"] == done and not (final_redone and row["node"] == "eval")),
         )
     log.info("resuming %s at round %d of %d (from %s)", run_dir, done + 1, cfg.train.rounds, run.checkpoint_file.name)
@@ -96,13 +94,12 @@ def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=l
 
 
 def train_and_finish(
-    cfg: DictConfig, run_dir: Path, network: Network, device: torch.device, done: int, history: History, started
+    cfg: DictConfig, run_dir: Path, network: Simulation, device: torch.device, done: int, history: History, started
 ) -> dict | None:
     """Rounds done+1 .. train.rounds, then the final checkpoint, evaluation, figures and summary.
 
     In a distributed run every rank trains its nodes; rank 0 alone writes and evaluates, and returns the summary
     (the others return None)."""
-    torch.backends.cudnn.enabled = True
     dataset, nodes = network.dataset, network.nodes
     log.info(
         "%d nodes (%s) on %s topology, %s data (%d train / %d test, %d classes), device %s",
@@ -132,7 +129,7 @@ def train_and_finish(
             train_rounds(cfg, run_dir, network, done, history, tracker)
             return finish(cfg, run_dir, network, device, history, descriptions, started, tracker)
     except NumericalError as error:
-        raise NumericalError(f"{error}; stopped, the last good checkpoint is in {run_dir / 'checkpoints'}") from None
+        raise NumericalError(f"{error}; stopped, the last good checkpoint is in {RunDirectory(run_dir).checkpoints}") from None
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
@@ -142,9 +139,10 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"semdl eval: {run_dir}: no such run directory")
-    with writing(run_dir, "semdl eval"):
+    directory = RunDirectory(run_dir)
+    with directory.writing("semdl eval"):
         run = load_run(run_dir, overrides, EVALUATION_KEYS, "semdl eval")
-        claim(run_dir, "semdl eval")
+        directory.claim("semdl eval")
         cfg = run.cfg
         cfg.comm.name = "in_process"  # every node is evaluated in this one process, however the run was trained
         cfg.sim.lockstep = "on"  # nothing trains: no step to measure for sim.lockstep=auto
@@ -153,15 +151,10 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
         if not run.finished:
             log.warning("%s has not finished: round %d is evaluated, not its final round %d", run_dir, run.round, asked)
         device = resolve_device(cfg.device)
-        network = build_network(
-            cfg, run_dir, device, run.parts, partial(restore_network, run.checkpoint), run.checkpoint["solver"],
-            run.checkpoint["run_id"],
-        )
-        out_dir = run_dir / "evaluations" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-        evaluation = evaluate_network(
-            network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out_dir / "figures"
-        )
+        network = build_network(cfg, run_dir, device, RestoredStart(run.parts, run.checkpoint))
+        out = directory.new_evaluation(datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f"))
+        evaluation = evaluate_network(network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out.figures)
         evaluation = {**evaluated_at(run.round, run.checkpoint_file, run.finished), **evaluation}
-        write_json(out_dir / "eval.json", evaluation)
-        write_json(out_dir / "overrides.json", overrides)
-    return evaluation, out_dir
+        out.write_json(out.evaluation, evaluation)
+        out.write_json(out.overrides, overrides)
+    return evaluation, out.path

@@ -1,6 +1,6 @@
 """`semdl train --help`: Hydra's help page (header, config groups, footer) whose composed config gives each key
 its one-line description. A key's description is the trailing comment of the dataclass field that types it: the
-run-wide keys' in semdl/config.py, a config group's keys' in its option's config dataclass."""
+run-wide keys' in semdl/schema.py, a config group's keys' in its option's config dataclass."""
 
 from __future__ import annotations
 
@@ -12,36 +12,31 @@ import textwrap
 import tokenize
 from dataclasses import is_dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_module
+from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.object_type import ObjectType
-from hydra.errors import ConfigCompositionException, HydraException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from semdl.cli import CONFIG_MODULE, hydra_error_line, load_registries, not_a_key_line
-from semdl.config import registries
+from semdl.composition import CONFIG_MODULE, SEARCHPATH, compose_job, hydra_error_line, load_registries, search_path
 from semdl.errors import UserError
+from semdl.options import registries
 from semdl.registry import Registry
 
-SEARCHPATH = "hydra.searchpath"
 COMMENT_COLUMN = 40  # a longer line (a path, an interpolation) keeps its comment two spaces after it
 
 
 def train_help(overrides: list[str], config_dir: str | None = None) -> str:
     """The help page of `semdl train [overrides]`: the config composed with the overrides, each key described."""
     load_registries()  # the schema and every option's keys, before composing
-    search = [f"{SEARCHPATH}=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    search = search_path(config_dir)
     overrides = ([] if any(item.startswith(SEARCHPATH) for item in overrides) else search) + overrides
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
-            try:
-                cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-            except ConfigCompositionException as error:
-                raise UserError(not_a_key_line(error, overrides) or hydra_error_line(error)) from None
+            cfg = compose_job(overrides, return_hydra_config=True)
             groups = config_group_lines(overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(hydra_error_line(error)) from None

@@ -25,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from semdl.errors import UserError
 from semdl.io.files import write_json
+from semdl.io.run_directory import search_results
 
 log = logging.getLogger("semdl")
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random")
 STUDY_FILE = "optuna.db"
-RESULTS_FILE = "search.json"
 
 
 def import_optuna():
@@ -132,7 +132,7 @@ def write_results(trials: list[dict], objective: str, direction: str, study: str
     done = [trial for trial in trials if trial["value"] is not None]
     best = (max if direction == "maximize" else min)(done, key=lambda trial: trial["value"]) if done else None
     results = {"objective": objective, "direction": direction, "study": study, "best": best, "trials": trials}
-    write_json(sweep_dir / RESULTS_FILE, results)
+    write_json(search_results(sweep_dir), results)
     if best is not None:
         values = " ".join(f"{key}={value}" for key, value in best["params"].items())
         print(f"search: best {objective} {best['value']:.4f} (trial {best['trial']}: {values}) in {best['run_dir']}")

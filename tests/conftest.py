@@ -11,11 +11,30 @@ from dataclasses import dataclass
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from semdl.cli import CONF_DIR, load_registries
-from semdl.config import validate
+from semdl.composition import CONF_DIR, load_registries
+from semdl.network import topology_of
+from semdl.validation import validate
 
 load_registries()  # the schema and every option, for the configs the tests compose
+
+
+def build_topology(name: str, num_nodes: int, seed: int = 0, **options):
+    """The named graph on `num_nodes` nodes (`options`: the option's own keys, such as p or path), as a run config
+    describes it (topology_of); raise UserError for a wrong size or a disconnected graph."""
+    return topology_of(OmegaConf.create({"topology": {"name": name, **options}, "nodes": num_nodes, "seed": seed}))
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Every config group's options: the registered ones and the presets shipped as YAML files."""
+    groups = {name: registry.names() for name, registry in load_registries().items() if name != "classifier"}
+    for folder in sorted(CONF_DIR.iterdir()):
+        if folder.is_dir() and folder.name not in ("__pycache__", "solver_settings"):
+            presets = [option.stem for option in sorted(folder.glob("*.yaml"))]
+            groups[folder.name] = [*groups.get(folder.name, []), *presets]
+    return groups
+
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The workers share the machine's cores: one intra-op thread each, in this process and in the semdl and torchrun

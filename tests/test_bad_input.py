@@ -24,7 +24,7 @@ def train_in_process(run_dir: Path, *extra: str) -> None:
     main(["train", *QUICK, *extra, f"hydra.run.dir={run_dir}"])
 
 
-# Another process writing a run directory, as semdl.io.lock sees one: an flock on the directory, and its record.
+# Another process writing a run directory, as semdl.io.run_directory sees one: an flock on the directory, and its record.
 HOLDER = """
 import fcntl, json, os, sys, time
 directory = sys.argv[1]

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import SMALL_SYNTHETIC, composed
-from semdl.cli import main, report
+from semdl.cli import main
+from semdl.reports import report
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
 

@@ -129,7 +129,7 @@ def test_bad_cluster_requests_are_one_line_errors(tmp_path, small_synthetic_conf
 def test_published_non_iid_presets(tmp_path, preset, nodes, clusters):
     import numpy as np
     from conftest import composed
-    from semdl.network import build_topology
+    from conftest import build_topology
     from semdl.solvers import build_solver
 
     cfg = composed([f"experiment={preset}"])

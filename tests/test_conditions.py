@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from semdl.errors import UserError
-from semdl.network.conditions import NetworkConditions, RoundConditions, read_schedule
+from semdl.network.conditions import RoundConditions, read_schedule
+from semdl.network.conditions import Unreliability as NetworkConditions
 from semdl.network.topology import complete, ring
 
 COMPLETE10 = complete(10, seed=0)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hydra.core.config_store import ConfigStore
 
-from conftest import SMALL_SYNTHETIC, composed
-from semdl.cli import config_groups, main
-from semdl.config import registries
+from conftest import SMALL_SYNTHETIC, composed, config_groups
+from semdl.cli import main
+from semdl.options import registries
 from semdl.io import read_metrics
 from semdl.registry import Registry
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from conftest import composed
 from semdl.cli import main
-from semdl.config import registries
+from semdl.options import registries
 from semdl.help import config_descriptions, field_descriptions
 from semdl.solvers.cluster_bcd import ClusterBCDConfig
 

@@ -367,7 +367,7 @@ def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path,
 def test_out_of_memory_outside_the_rounds_names_its_stage(tmp_path, monkeypatch):
     """The CPU allocator really failing (a petabyte) in the evaluation, after the rounds: the line reads the stage
     from the traceback (semdl.eval), the device from the error, and points at the run's last checkpoint."""
-    from semdl.cli import outcome
+    from semdl.exits import outcome
     from semdl.eval import evaluate
 
     network = build_network(composed(QUICK + ["sim.lockstep=off"]), tmp_path, CPU)

@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_dir
 
 from conftest import SMALL_SYNTHETIC, composed
 from semdl import resources
-from semdl.cli import CONF_DIR, main
-from semdl.config import validate
+from semdl.cli import main
+from semdl.composition import CONF_DIR
+from semdl.validation import validate
 from semdl.data import build_partition, load_dataset
 from semdl.errors import UserError
 from semdl.network import InProcessCommunicator

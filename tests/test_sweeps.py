@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from conftest import SMALL_SYNTHETIC
-from semdl import cli
-from semdl.cli import CONFIG_MODULE, main, sweep_jobs
+from semdl import composition
+from semdl.cli import main
+from semdl.composition import CONFIG_MODULE, sweep_jobs
 from semdl.io.table import load_run_record, metric_names
 
 QUICK = [*SMALL_SYNTHETIC, "nodes=3", "train.rounds=2", "eval.classifiers=[knn]"]
@@ -142,7 +143,7 @@ def test_an_interval_needs_the_search(tmp_path, capsys):
 
 def test_a_missing_extra_is_named(tmp_path, capsys, monkeypatch):
     """A launcher whose Hydra plugin is not installed, and the search without Optuna: one line naming the extra."""
-    monkeypatch.setitem(cli.EXTRAS, "hydra/launcher/ray", "sweep")
+    monkeypatch.setitem(composition.EXTRAS, "hydra/launcher/ray", "sweep")
     line = refusal(["train", "-m", *QUICK, "hydra/launcher=ray", f"hydra.sweep.dir={tmp_path}/a"], capsys)
     assert line == 'semdl: error: hydra/launcher=ray needs its Hydra plugin: pip install -e ".[sweep]"'
     monkeypatch.setitem(__import__("sys").modules, "optuna", None)  # `import optuna` fails as if not installed

@@ -3,8 +3,9 @@ import re
 import numpy as np
 import pytest
 
+from conftest import build_topology
 from semdl.errors import UserError
-from semdl.network.topology import PAPER5, PAPER10, build_topology, is_connected
+from semdl.network.topology import PAPER5, PAPER10, is_connected
 
 
 def degrees(topology):

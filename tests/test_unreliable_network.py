@@ -14,12 +14,13 @@ from conftest import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
-from semdl.network.conditions import NetworkConditions
+from semdl.network.conditions import Unreliability as NetworkConditions
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
 from semdl.pipeline.records import round_rows
 from semdl.solvers import RoundResult, train_groups
-from semdl.solvers.local import Local, local_group_loss
+from semdl.solvers.local import Local
+from semdl.solvers.own_data import local_group_loss
 
 # Four nodes on a ring (two neighbours each), 4 classes of 15 training samples per node, d = 16.
 RING4 = SMALL_SYNTHETIC + ["nodes=4", "topology=ring"]

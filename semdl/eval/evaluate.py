@@ -28,6 +28,7 @@ from semdl.eval.diagnostics import (
 )
 from semdl.eval.features import encode
 from semdl.eval.plots import plot_class_spectra, plot_cross_node_accuracy, plot_similarity_heatmap
+from semdl.io.run_directory import CROSS_NODE_ACCURACY, SIMILARITY, SPECTRA
 from semdl.network import Node
 from semdl.objectives import rate_reduction
 
@@ -220,7 +221,7 @@ def evaluate_network(
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
         subject = f"the training features of all {len(nodes)} nodes, pooled{NODE_ORDER}"
-        draw_similarity(pooled_train, pooled_train_labels, cfg, figures / "similarity.png", subject)
-        plot_class_spectra(spectra, figures / "spectra.png")
-        plot_cross_node_accuracy(cross_accuracy, held, figures / "cross_node_accuracy.png")
+        draw_similarity(pooled_train, pooled_train_labels, cfg, figures / SIMILARITY, subject)
+        plot_class_spectra(spectra, figures / SPECTRA)
+        plot_cross_node_accuracy(cross_accuracy, held, figures / CROSS_NODE_ACCURACY)
     return evaluation

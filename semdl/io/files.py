@@ -1,14 +1,14 @@
-"""Writing results so that a crash never leaves a half-written file behind."""
+"""Writing files so that a crash never leaves a half-written one behind (atomic JSON, figures, whole-file rewrites),
+and the metrics.jsonl row format: appending rows, reading them back, recognising a damaged line. Generic: the names
+of a run's files, and which file is which, are semdl.io.run_directory's."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
-
 
 
 def _write_synced(path: Path, write) -> Path:
@@ -61,67 +61,6 @@ def write_json(path: Path, payload: Any) -> None:
 def write_figure(figure, path: Path) -> None:
     """A matplotlib figure as PNG, written like every other file: whole, or not at all (a full disk)."""
     _replace_atomically(Path(path), lambda handle: figure.savefig(handle, dpi=120, format="png"))
-
-
-CHECKPOINT = "last.pt"
-PREVIOUS_CHECKPOINT = "previous.pt"
-
-
-def checkpoint_files(keep: int) -> list[str]:
-    """The names of the `keep` newest checkpoints, newest first: last.pt, previous.pt, previous-2.pt, ..."""
-    return [CHECKPOINT, PREVIOUS_CHECKPOINT, *(f"previous-{age}.pt" for age in range(2, keep))][:keep]
-
-
-def save_checkpoint(directory: Path, payload: Any, keep: int = 2) -> None:
-    """Write `payload` as directory/last.pt, keeping the `keep` newest checkpoints (2: last.pt and previous.pt; 1:
-    last.pt alone; more: previous-2.pt, previous-3.pt, ... older and older).
-
-    The new file is complete and synced before any rename, so at every moment at least one whole checkpoint is
-    there; with keep >= 2, also while last.pt is replaced.
-    """
-    import torch  # here, not at the top: `semdl table` reads metrics through this module, and starts without torch
-
-    directory = Path(directory)
-    temporary = _write_synced(directory / CHECKPOINT, lambda handle: torch.save(payload, handle))
-    names = checkpoint_files(max(keep, 2))
-    for older, newer in reversed(list(zip(names[1:], names))):  # the oldest moves first, freeing its successor's name
-        if (directory / newer).exists():
-            os.replace(directory / newer, directory / older)
-    os.replace(temporary, directory / CHECKPOINT)
-    for stale in sorted(directory.glob("previous*.pt")):
-        if stale.name not in checkpoint_files(keep):
-            stale.unlink()
-    _sync_directory(directory)
-
-
-def load_checkpoint(directory: Path, is_valid) -> tuple[dict, Path, list[str]]:
-    """The newest readable checkpoint in `directory` (last.pt, else previous.pt, else previous-2.pt, ...), loaded
-    with weights_only=True.
-
-    is_valid(payload) -> str | None says what is wrong with a payload that loads but is not a checkpoint of
-    this kind. Returns (payload, its path, the problems of the files skipped); raises FileNotFoundError with
-    those problems when neither file is usable.
-    """
-    import torch
-
-    problems = []
-    ages = [re.fullmatch(r"previous-(\d+)\.pt", path.name) for path in Path(directory).glob("previous-*.pt")]
-    older = [f"previous-{age}.pt" for age in sorted(int(match[1]) for match in ages if match)]
-    for name in [CHECKPOINT, PREVIOUS_CHECKPOINT, *older]:
-        path = Path(directory) / name
-        if not path.is_file():
-            continue
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a truncated or foreign file fails in many ways inside torch.load
-            reason = (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0][:160]
-            problems.append(f"{path} is unreadable ({reason})")
-            continue
-        problem = is_valid(payload)
-        if problem is None:
-            return payload, path, problems
-        problems.append(f"{path} {problem}")
-    raise FileNotFoundError("; ".join(problems) or f"no checkpoint in {directory}")
 
 
 def truncate_metrics(path: Path, keep) -> list[dict]:

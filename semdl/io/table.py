@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, _replace_atomically, read_metrics
+from semdl.io.run_directory import RunDirectory, failed_jobs_files, find_run_directories
 from semdl.io.text import BinaryContent, decoded_text
 
 SEED_KEY = "seed"
@@ -65,11 +66,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise UserError(f"{path} does not exist")
-        found = {
-            summary.parent.resolve()
-            for summary in path.rglob("summary.json")
-            if (summary.parent / ".hydra" / "config.yaml").is_file()
-        }
+        found = find_run_directories(path)
         if not found:
             raise UserError(f"no run directory (summary.json with .hydra/config.yaml) under {path}")
         runs |= found
@@ -195,9 +192,10 @@ def load_run_record(run_dir: Path) -> dict:
     """{"path", "config": flattened .hydra/config.yaml, "metrics": headline numbers} of one run directory; a
     metric the run lacks, or holds as something else than a finite number, is left out. Raises UnreadableRun."""
     run_dir = Path(run_dir)
-    config = _flatten(_read_config(run_dir / ".hydra" / "config.yaml"))
-    summary = _read_summary(run_dir / "summary.json")
-    network = _read_network_rows(run_dir / "metrics.jsonl")
+    run = RunDirectory(run_dir)
+    config = _flatten(_read_config(run.config))
+    summary = _read_summary(run.summary)
+    network = _read_network_rows(run.metrics)
     accuracy = summary.get("accuracy")
     # Each classifier's all-class and own-class accuracy side by side; own-class first for a non-i.i.d. partition.
     own_first = summary.get("every_node_holds_every_class") is False
@@ -376,7 +374,7 @@ def table_command(paths: list[str], rows: list[str], columns: list[str], metric:
 def failed_jobs(paths: list[Path]) -> list[str]:
     """The jobs that sweeps under `paths` recorded as failed (their failures.jsonl), each as why it has no results."""
     reasons = []
-    for failures in sorted({file for path in paths for file in path.rglob("failures.jsonl")}):
+    for failures in failed_jobs_files(paths):
         for line in failures.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 failure = json.loads(line)

@@ -2,8 +2,8 @@
 
 from semdl.network.communicator import Communicator, Delivery, InProcessCommunicator, Inbox, Neighborhood
 from semdl.network.node import Node, build_optimizer, node_seeds
-from semdl.network.topology import TOPOLOGIES, Topology, build_topology, topology_of
+from semdl.network.topology import TOPOLOGIES, Topology, topology_of
 
 import semdl.network.graphs  # noqa: E402,F401  (registers the networkx graph families as topologies)
 
-__all__ = ["Communicator", "Delivery", "InProcessCommunicator", "Inbox", "Neighborhood", "Node", "Topology", "build_optimizer", "build_topology", "node_seeds", "topology_of", "TOPOLOGIES"]
+__all__ = ["Communicator", "Delivery", "InProcessCommunicator", "Inbox", "Neighborhood", "Node", "Topology", "build_optimizer", "node_seeds", "topology_of", "TOPOLOGIES"]

@@ -9,11 +9,15 @@ of a distributed run draws the same ones without talking to the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from semdl.errors import UserError
 from semdl.io import read_text_file
+
+if TYPE_CHECKING:
+    from semdl.network.topology import Topology
 
 # What a node does about a neighbour whose message did not arrive this round: reuse the last statistics it
 # received from it, or skip that neighbour in this round's update.
@@ -41,7 +45,7 @@ class RoundConditions:
         return self.scheduled & self.online[None, :]
 
 
-class NetworkConditions:
+class Unreliability:
     """A run's unreliable network: the base graph, the schedule, and the per-round draws."""
 
     def __init__(
@@ -183,3 +187,23 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     array = np.array(array, dtype=bool)
     array.flags.writeable = False
     return array
+
+
+def unreliability_of(cfg, topology: Topology, num_nodes: int) -> Unreliability | None:
+    """The unreliable network of `num_nodes` trained nodes that cfg.network describes, or None when it is reliable.
+    A schedule is read and checked against the topology (it switches the topology's links on and off); without
+    one, any two nodes may be linked (the communicator sends along its own graph's links only)."""
+    settings = cfg.network
+    schedule = None
+    allowed = ~np.eye(num_nodes, dtype=bool)
+    if settings.schedule is not None:
+        if num_nodes != topology.num_nodes:
+            raise UserError(
+                f"network.schedule switches links between nodes; solver={cfg.solver.name} trains {num_nodes} node(s)"
+            )
+        allowed = topology.adjacency().astype(bool)
+        schedule = read_schedule(settings.schedule, allowed, cfg.topology.name)
+    conditions = Unreliability(
+        allowed, cfg.seed, settings.link_drop, settings.node_dropout, schedule, settings.schedule_every
+    )
+    return conditions if conditions.active else None

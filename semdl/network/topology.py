@@ -153,12 +153,6 @@ def adjacency_file(num_nodes: int, seed: int, path: str | None = None) -> np.nda
     return _read_adjacency_file(path, num_nodes)
 
 
-def build_topology(name: str, num_nodes: int, seed: int = 0, **options) -> Topology:
-    """The named graph on `num_nodes` nodes (`options`: the option's own keys, such as p or path); raise UserError
-    for a wrong size or a disconnected graph."""
-    return _connected(name, num_nodes, TOPOLOGIES.get(name, "topology").value(num_nodes, seed, **options))
-
-
 def topology_of(cfg) -> Topology:
     """The graph a run config's `topology` group and node count describe (a `_target_` names the function)."""
     options = {key: value for key, value in cfg.topology.items() if key not in ("name", "_target_")}

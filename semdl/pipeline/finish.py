@@ -12,10 +12,10 @@ from semdl.checkpoint import checkpoint_state
 from semdl.eval import plot_training_curves
 from semdl.eval.evaluate import evaluate_network
 from semdl.eval.plots import plot_accuracy_curves
-from semdl.io import MetricsWriter, save_checkpoint, write_json
-from semdl.io.files import CHECKPOINT
-from semdl.pipeline.loop import History, evaluation_nodes, evaluation_row
-from semdl.pipeline.network import Network
+from semdl.io import save_checkpoint
+from semdl.io.run_directory import ACCURACY_CURVES, CHECKPOINT, TRAINING_CURVES, RunDirectory
+from semdl.pipeline.hooks import History, evaluation_nodes, evaluation_row
+from semdl.pipeline.network import Simulation
 from semdl.tracking.base import GuardedTracker
 
 
@@ -37,13 +37,13 @@ def headline(evaluation: dict) -> dict:
 def evaluated_at(round_index: int, checkpoint_file: Path, finished: bool) -> dict:
     """What eval.json records of the weights it evaluated: their round, the checkpoint file, whether the run had
     finished."""
-    return {"round": round_index, "checkpoint": f"checkpoints/{Path(checkpoint_file).name}", "run_finished": finished}
+    return {"round": round_index, "checkpoint": RunDirectory.checkpoint_name(checkpoint_file), "run_finished": finished}
 
 
 def finish(
     cfg: DictConfig,
     run_dir: Path,
-    network: Network,
+    network: Simulation,
     device: torch.device,
     history: History,
     descriptions: list[dict] | None,
@@ -56,20 +56,21 @@ def finish(
     state = checkpoint_state(cfg.train.rounds, network, cfg, optimizers=cfg.train.final_optimizer_state)
     if network.communicator.rank != 0:
         return None
-    save_checkpoint(run_dir / "checkpoints", state, cfg.train.keep_checkpoints)
+    run = RunDirectory(run_dir)
+    save_checkpoint(run.checkpoints, state, cfg.train.keep_checkpoints)
     everyone = evaluation_nodes(cfg, network, state)
-    evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run_dir / "figures")
+    evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run.figures)
     evaluation = {**evaluated_at(cfg.train.rounds, CHECKPOINT, True), **evaluation}
-    write_json(run_dir / "eval.json", evaluation)
+    run.write_json(run.evaluation, evaluation)
     history.evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
-    with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
+    with run.metrics_writer() as metrics:
         metrics.write_round([history.evaluation_rows[-1]])
 
-    plot_training_curves(history.network_rows, run_dir / "figures" / "training_curves.png")
+    plot_training_curves(history.network_rows, run.figure(TRAINING_CURVES))
     plot_accuracy_curves(
         [row["round"] for row in history.evaluation_rows],
         {name: [row["accuracy"][name] for row in history.evaluation_rows] for name in cfg.eval.classifiers},
-        run_dir / "figures" / "accuracy_curves.png",
+        run.figure(ACCURACY_CURVES),
     )
     final = history.network_rows[-1]
     summary = {
@@ -86,8 +87,8 @@ def finish(
         "device": str(device),
         "nodes": descriptions,
     }
-    write_json(run_dir / "summary.json", summary)
+    run.write_json(run.summary, summary)
     # After summary.json: a run stopped before it redoes this evaluation when resumed, so the tracker gets it once.
     tracker.log_evaluation(cfg.train.rounds, evaluation["classifiers"])
-    tracker.log_figures(cfg.train.rounds, sorted((run_dir / "figures").glob("*.png")))
+    tracker.log_figures(cfg.train.rounds, sorted(run.figures.glob("*.png")))
     return summary

@@ -1,4 +1,4 @@
-"""Lockstep groups that fit the device (sim.lockstep=auto), and the one line a run that runs out of memory ends with.
+"""Lockstep groups that fit the device (sim.lockstep=auto).
 
 A lockstep group (semdl.solvers.groups) runs its nodes' encoders one after another on their mini-batches and takes
 ONE backward pass for the whole group, so it holds every member's activations at once: ten CIFAR encoders at
@@ -18,9 +18,6 @@ The API:
   sub-groups as fit the budget, as even as possible.
 - plan_groups(nodes, mode, by_architecture, batch_size, device): what build_network calls; the member lists of
   the groups for sim.lockstep=on, off or auto (auto logs one line saying what it chose and why).
-- is_out_of_memory(error), round_out_of_memory(...) (a semdl.errors.OutOfMemory) and out_of_memory_line(...): a
-  run that runs out of memory anyway ends with one line naming the stage, the device and the settings that help
-  (semdl.cli.outcome, exit status 2).
 """
 
 from __future__ import annotations
@@ -29,16 +26,12 @@ import copy
 import logging
 import math
 import os
-import re
 from collections.abc import Iterable
 from itertools import pairwise
-from pathlib import Path
-from types import TracebackType
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from semdl.errors import OutOfMemory
 from semdl.network import Node
 from semdl.resources import OPTIMIZER_BUFFERS, available_bytes, format_bytes
 from semdl.solvers.groups import lockstep_groups
@@ -285,113 +278,3 @@ def describe_plan(
         most = max(sum(per_node[node.index] for node in group) for group in split)
         why = f"the largest group needs {format_bytes(most)} of {budget_text}"
     return f"sim.lockstep=auto: {chosen} (one step's activations: {activations}; {why})"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Running out of memory anyway
-# ----------------------------------------------------------------------------------------------------------------
-
-# What torch's allocators say when they cannot allocate (the CPU's DefaultCPUAllocator, CUDA's and MPS's as a plain
-# RuntimeError).
-OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory")
-TRAINING_ADVICE = "sim.lockstep=off or a smaller train.batch_size"
-# What bounds the evaluation's memory: the test samples it encodes and queries, the probe's mini-batch (null: every
-# feature at once) and the heatmap's samples.
-EVALUATION_ADVICE = "a smaller eval.test_per_class, eval.probe_batch_size or eval.heatmap_per_class"
-# Where in a run an error happened, by the semdl modules in its traceback, the most telling first; SETUP_STAGE when
-# none of them is there.
-SETUP_STAGE = "setting up the run"
-STAGES = (
-    ("semdl.pipeline.lockstep", "measuring one node's training step"),
-    ("semdl.eval", "evaluation"),
-    ("semdl.checkpoint", "checkpointing"),
-    ("semdl.io", "checkpointing"),
-    ("semdl.solvers", "training"),
-    ("semdl.objectives", "training"),
-    ("semdl.network", "training"),
-    ("semdl.models", "training"),
-)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """torch.OutOfMemoryError (CUDA's), an allocator's RuntimeError (the CPU's `DefaultCPUAllocator: can't allocate
-    memory`) or Python's MemoryError."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY_MESSAGES)
-
-
-def advice(stage: str, lockstep: bool | None = True) -> str:
-    """The settings that make a stage smaller; sim.lockstep=off only where the run used lockstep groups (None:
-    unknown, named)."""
-    if stage == "evaluation":
-        return EVALUATION_ADVICE
-    if stage == "measuring one node's training step":
-        return "a smaller train.batch_size"
-    return TRAINING_ADVICE if lockstep is not False else "a smaller train.batch_size"
-
-
-def checkpoint_hint(run_dir: Path | None, checkpoint_round: int | None) -> str:
-    """`; the last checkpoint (round 10) is intact: semdl train resume=<dir>`, or that there is none yet."""
-    if run_dir is None:
-        return ""
-    if checkpoint_round is None:
-        return "; no checkpoint was written before it"
-    return f"; the last checkpoint (round {checkpoint_round}) is intact: semdl train resume={run_dir}"
-
-
-def round_out_of_memory(
-    device: torch.device,
-    stage: str,
-    round_index: int,
-    rounds: int,
-    lockstep: bool,
-    run_dir: Path | None,
-    checkpoint_round: int | None,
-) -> OutOfMemory:
-    """The error of a run out of memory in one of its rounds (the round loop knows all of this), e.g.
-    `out of memory on cuda:0 in round 12 of 1000 (training); try sim.lockstep=off or a smaller train.batch_size;
-    the last checkpoint (round 10) is intact: semdl train resume=<dir>`."""
-    return OutOfMemory(
-        f"out of memory on {device} in round {round_index} of {rounds} ({stage}); try {advice(stage, lockstep)}"
-        + checkpoint_hint(run_dir, checkpoint_round)
-    )
-
-
-def error_device(error: BaseException) -> str:
-    """The device an out-of-memory error names: cuda:<n> from CUDA's `GPU <n>`, else by its kind."""
-    text = str(error)
-    found = re.search(r"GPU (\d+)", text)
-    if found:
-        return f"cuda:{found[1]}"
-    if isinstance(error, torch.OutOfMemoryError) or "CUDA" in text:
-        return "cuda"
-    if "MPS" in text:
-        return "mps"
-    return "cpu"
-
-
-def error_stage(traceback: TracebackType | None) -> str:
-    """The stage of a run an error came from, by the semdl modules its traceback passes through."""
-    modules = set()
-    while traceback is not None:
-        modules.add(traceback.tb_frame.f_globals.get("__name__", ""))
-        traceback = traceback.tb_next
-    for prefix, stage in STAGES:
-        if any(module == prefix or module.startswith(prefix + ".") for module in modules):
-            return stage
-    return SETUP_STAGE
-
-
-def out_of_memory_line(error: BaseException, run_dir: Path | None) -> str:
-    """The line of an out-of-memory error that no round loop explained (building the network, the final checkpoint
-    and evaluation, `semdl eval`): the device and stage read from the error, and the last checkpoint if the run
-    directory holds one."""
-    stage = error_stage(error.__traceback__)
-    if stage == SETUP_STAGE:
-        hint = "reduce nodes, the model or the data"
-    else:
-        hint = f"try {advice(stage, None)}"
-    resumable = run_dir is not None and (Path(run_dir) / "checkpoints" / "last.pt").is_file()
-    checkpoint = f"; the last checkpoint is intact: semdl train resume={run_dir}" if resumable else ""
-    return f"out of memory on {error_device(error)} ({stage}); {hint}{checkpoint}"

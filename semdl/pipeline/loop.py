@@ -1,5 +1,6 @@
-"""The round loop: each round runs the solver, records its metrics, and passes the hooks that may evaluate,
-checkpoint or stop the run."""
+"""The round loop: each round runs the solver, records its metrics rows, and passes them through a list of hooks
+(semdl.hooks.RoundHook; the built-in ones in semdl.pipeline.hooks, the checkpoint cadence here) that may evaluate,
+record, show, checkpoint or stop the run."""
 
 from __future__ import annotations
 
@@ -8,51 +9,49 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from omegaconf import DictConfig
 from torch import Tensor
-from tqdm import tqdm
 
-from semdl.checkpoint import checkpoint_state, restore_nodes
-from semdl.errors import Interrupted, Stopped, UserError
-from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
-from semdl.io import MetricsWriter, save_checkpoint
-from semdl.network import Node
+from semdl.checkpoint import checkpoint_state
+from semdl.errors import (
+    SETUP_STAGE,
+    Interrupted,
+    Stopped,
+    UserError,
+    error_stage,
+    is_out_of_memory,
+    round_out_of_memory,
+)
+from semdl.hooks import RoundHook
+from semdl.io import save_checkpoint
+from semdl.io.run_directory import RunDirectory
 from semdl.objectives.rates import counting_fallbacks
-from semdl.pipeline.lockstep import SETUP_STAGE, error_stage, is_out_of_memory, round_out_of_memory
-from semdl.pipeline.network import Network, build_nodes
+from semdl.pipeline.hooks import (
+    History,
+    PeriodicEvaluation,
+    Progress,
+    RecordHistory,
+    TrackRows,
+    WriteMetrics,
+)
+from semdl.pipeline.network import Simulation
 from semdl.pipeline.records import HeldOutLosses, round_rows
 from semdl.solvers import RoundResult
 from semdl.tracking.base import GuardedTracker
 
 log = logging.getLogger("semdl")
-progress_log = logging.getLogger("semdl.run")  # the run's semdl.log only: the terminal shows the progress bar
 
 
-@dataclass
-class History:
-    """The metrics rows a run has written so far that its end needs: the network's and the evaluations'."""
-
-    network_rows: list[dict] = field(default_factory=list)
-    evaluation_rows: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, rows: list[dict]) -> History:
-        return cls(
-            [row for row in rows if row["node"] == "network"], [row for row in rows if row["node"] == "eval"]
-        )
-
-
-def run_round(network: Network) -> tuple[RoundResult, Tensor | None]:
+def run_round(network: Simulation) -> tuple[RoundResult, Tensor | None]:
     """The network's next round of the solver, under that round's network conditions, with the number of shifted
     Cholesky refactorisations it took (a device tensor, or None if it factorised nothing); the network then holds
     its inboxes."""
     network.round += 1
-    network.now = network.conditions.at(network.round) if network.conditions is not None else None
-    network.communicator.begin_round(network.now)
+    network.round_conditions = network.conditions.at(network.round) if network.conditions is not None else None
+    network.communicator.begin_round(network.round_conditions)
     with counting_fallbacks() as fallbacks:
         result = network.solver.round(network)
     offline = {node.index for node in network.nodes if not network.online(node.index)}
@@ -65,29 +64,6 @@ def run_round(network: Network) -> tuple[RoundResult, Tensor | None]:
         )
     network.inboxes = result.inboxes
     return result, fallbacks.count
-
-
-def evaluation_row(round_index: int, accuracies: dict) -> dict:
-    """The metrics.jsonl row of an evaluation: mean and per-node accuracy of every classifier."""
-    return {
-        "round": round_index,
-        "node": "eval",
-        "accuracy": {name: result["mean"] for name, result in accuracies.items()},
-        "accuracy_per_node": {name: result["per_node"] for name, result in accuracies.items()},
-    }
-
-
-def evaluation_nodes(cfg: DictConfig, network: Network, state: dict | None) -> list[Node] | None:
-    """Every node, for evaluation on rank 0 (None elsewhere): the network's own nodes in-process; in a distributed
-    run, nodes rebuilt on rank 0 from the gathered state (the weights of the others leave their ranks only here)."""
-    if network.communicator.world_size == 1:
-        return network.nodes
-    if state is None:
-        return None
-    device = network.nodes[0].statistics.device
-    nodes = build_nodes(cfg, network.dataset, network.parts, network.responsible, device)
-    restore_nodes(state, nodes, device)
-    return nodes
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers and `kill` send
@@ -119,43 +95,14 @@ def checkpoint_on_signals() -> Iterator[list[int]]:
             signal.signal(number, handler_before)
 
 
-class PeriodicEvaluation:
-    """eval.every: the classifiers' accuracy every this many rounds; eval.heatmap_every: the similarity heatmap
-    (figures/similarity_round_<t>.png) every this many rounds. The final round has the full evaluation."""
-
-    def __init__(self, cfg: DictConfig, network: Network, figures: Path):
-        self.cfg, self.network, self.figures = cfg, network, figures
-
-    def _due(self, every: int, round_index: int) -> bool:
-        return bool(every) and round_index % every == 0 and round_index < self.cfg.train.rounds
-
-    def __call__(self, round_index: int) -> dict | None:
-        evaluate, draw = (self._due(every, round_index) for every in (self.cfg.eval.every, self.cfg.eval.heatmap_every))
-        if not (evaluate or draw):
-            return None
-        distributed = self.network.communicator.world_size > 1
-        gathered = checkpoint_state(round_index, self.network, self.cfg) if distributed else None
-        everyone = evaluation_nodes(self.cfg, self.network, gathered)
-        if everyone is None:
-            return None
-        if draw:
-            self.figures.mkdir(parents=True, exist_ok=True)
-            path = self.figures / f"similarity_round_{round_index:05d}.png"
-            similarity_snapshot(everyone, self.network.dataset, self.cfg.eval, path, round_index)
-        if not evaluate:
-            return None
-        accuracies = evaluate_accuracy(everyone, self.network.dataset, self.cfg.eval, self.cfg.dim_z)
-        return evaluation_row(round_index, accuracies)
-
-
-class CheckpointCadence:
+class CheckpointCadence(RoundHook):
     """train.checkpoint_every, and the checkpoint of a round that a first Ctrl-C asked to be the last."""
 
-    def __init__(self, cfg: DictConfig, network: Network, checkpoints: Path, leader: bool, done: int = 0):
+    def __init__(self, cfg: DictConfig, network: Simulation, checkpoints: Path, leader: bool, done: int = 0):
         self.cfg, self.network, self.checkpoints, self.leader = cfg, network, checkpoints, leader
         self.last = done or None  # the round of the newest checkpoint (a resumed run starts from one)
 
-    def __call__(self, round_index: int, interrupted: bool) -> None:
+    def after_agreement(self, round_index: int, interrupted: bool) -> None:
         every, rounds = self.cfg.train.checkpoint_every, self.cfg.train.rounds
         if interrupted or (every and round_index % every == 0 and round_index < rounds):
             state = checkpoint_state(round_index, self.network, self.cfg)
@@ -164,63 +111,60 @@ class CheckpointCadence:
             self.last = round_index
 
 
-def progress_bar(cfg: DictConfig, done: int, leader: bool) -> tqdm:
-    return tqdm(
-        range(done + 1, cfg.train.rounds + 1),
-        desc="rounds",
-        unit="round",
-        mininterval=1.0,
-        initial=done,
-        total=cfg.train.rounds,
-        disable=not leader,
-    )
+def builtin_hooks(
+    cfg: DictConfig, run: RunDirectory, network: Simulation, done: int, history: History, tracker: GuardedTracker
+) -> list[RoundHook]:
+    """The hooks every run has, in the order the loop calls them: the history, periodic evaluation, held-out losses
+    (eval.test_loss), the metrics writer (rank 0), the tracker, the progress bar, and the checkpoint cadence."""
+    leader = network.communicator.rank == 0
+    hooks: list[RoundHook] = [RecordHistory(history), PeriodicEvaluation(cfg, network, run.figures)]
+    if cfg.eval.test_loss:
+        hooks.append(HeldOutLosses(network))
+    if leader:
+        hooks.append(WriteMetrics(run))
+    hooks += [TrackRows(tracker), Progress(cfg, done, leader)]
+    hooks.append(CheckpointCadence(cfg, network, run.checkpoints, leader, done))
+    return hooks
 
 
 def train_rounds(
-    cfg: DictConfig, run_dir: Path, network: Network, done: int, history: History, tracker: GuardedTracker
+    cfg: DictConfig,
+    run_dir: Path,
+    network: Simulation,
+    done: int,
+    history: History,
+    tracker: GuardedTracker,
+    hooks: list[RoundHook] | tuple[RoundHook, ...] = (),
 ) -> None:
-    """Rounds done+1 .. train.rounds: metrics appended each round (by rank 0) and passed to the tracker, periodic
-    evaluations and checkpoints; a first SIGINT or SIGTERM ends the run after its round with a checkpoint (raising
-    Interrupted)."""
+    """Rounds done+1 .. train.rounds, each followed by the hooks (semdl.hooks): the built-in ones (metrics appended
+    each round by rank 0 and passed to the tracker, periodic evaluations and checkpoints), the solver's
+    (`Solver.round_hooks`), then `hooks`; a first SIGINT or SIGTERM ends the run after its round with a checkpoint
+    (raising Interrupted)."""
     communicator = network.communicator
     leader = communicator.rank == 0
-    evaluate = PeriodicEvaluation(cfg, network, run_dir / "figures")
-    checkpoint = CheckpointCadence(cfg, network, run_dir / "checkpoints", leader, done)
-    test_losses = HeldOutLosses(network) if cfg.eval.test_loss else None
-    progress = progress_bar(cfg, done, leader)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl") if leader else None
+    run = RunDirectory(run_dir)
+    hooks = [*builtin_hooks(cfg, run, network, done, history, tracker), *network.solver.round_hooks(network), *hooks]
+    checkpoint = next(hook for hook in hooks if isinstance(hook, CheckpointCadence))
+    providers = [hook.held_out_loss for hook in hooks if hook.held_out_loss is not None]
+    if len(providers) > 1:
+        raise ValueError("more than one round hook supplies the held-out test_loss column")
+    test_losses = providers[0] if providers else None
     round_index = done + 1  # the round in progress, for the line of a run out of memory
     try:
         with checkpoint_on_signals() as received:
-            for round_index in progress:
+            for round_index in range(done + 1, cfg.train.rounds + 1):
                 round_start = time.perf_counter()
                 bytes_before = list(communicator.bytes_sent)
                 result, fallbacks = run_round(network)
                 rows = round_rows(round_index, network, result, bytes_before, round_start, fallbacks, test_losses)
-                evaluation = evaluate(round_index)
-                if evaluation is not None:
-                    history.evaluation_rows.append(evaluation)
-                    rows.append(evaluation)
-                network_row = next(row for row in rows if row["node"] == "network")
-                history.network_rows.append(network_row)
-                if metrics is not None:
-                    metrics.write_round(rows)
-                tracker.log_round(rows)
-                progress.set_postfix(
-                    dR=f"{network_row['dR']:.3f}", residual=f"{network_row['consensus_residual']:.2e}", refresh=False
-                )
-                if round_index % max(1, cfg.train.rounds // 10) == 0 or round_index == cfg.train.rounds:
-                    progress_log.info(
-                        "round %d of %d: dR %.4f, consensus residual %.2e, %.2f s",
-                        round_index,
-                        cfg.train.rounds,
-                        network_row["dR"],
-                        network_row["consensus_residual"],
-                        network_row["seconds"],
-                    )
+                for hook in hooks:
+                    rows += hook.extra_rows(round_index)
+                for hook in hooks:
+                    hook.after_round(round_index, rows)
                 # Every rank stops after the same round, so the checkpoint holds one round of every node.
                 stop = communicator.anyone(bool(received))
-                checkpoint(round_index, stop)
+                for hook in hooks:
+                    hook.after_agreement(round_index, stop)
                 if stop and round_index < cfg.train.rounds:
                     resume = f"checkpoint saved; continue with: semdl train resume={run_dir}"
                     where = resume if leader else "with rank 0"
@@ -231,7 +175,7 @@ def train_rounds(
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        # One line instead of a traceback (semdl.cli.outcome, exit status 2): the round, what it was doing, what
+        # One line instead of a traceback (semdl.errors.outcome, exit status 2): the round, what it was doing, what
         # helps, and the checkpoint to continue from (written whole or not at all, so the last one is intact).
         stage = error_stage(error.__traceback__)
         raise round_out_of_memory(
@@ -244,6 +188,5 @@ def train_rounds(
             checkpoint.last,
         ) from error
     finally:
-        if metrics is not None:
-            metrics.close()
-        progress.close()
+        for hook in hooks:
+            hook.close()

@@ -5,35 +5,31 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from semdl.config import switch
+from semdl.checkpoint import restore_network
 from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.data.datasets import hold_out_validation
 from semdl.errors import UserError
 from semdl.eval import plot_partition
-from semdl.io import write_json
+from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory
 from semdl.models import architectures, build_encoder
 from semdl.network import (
-    Communicator,
     Delivery,
     InProcessCommunicator,
-    Inbox,
     Node,
-    Topology,
     build_optimizer,
     node_seeds,
     topology_of,
 )
 from semdl.network.compression import build_compression
-from semdl.network.conditions import NetworkConditions, RoundConditions, read_schedule
+from semdl.network.conditions import unreliability_of
 from semdl.network.distributed import (
     DistributedCommunicator,
     RankLayout,
@@ -42,55 +38,11 @@ from semdl.network.distributed import (
     start_process_group,
 )
 from semdl.pipeline.lockstep import plan_groups
-from semdl.solvers import NodeGroup, Plan, Solver, build_groups, build_solver
+from semdl.schema import switch
+from semdl.solvers import build_groups, build_solver
+from semdl.solvers.base import Simulation
 
 log = logging.getLogger("semdl")
-
-
-@dataclass
-class Network:
-    """Everything a run's rounds act on, ready for round 1 (statistics of the untrained encoders exchanged)."""
-
-    dataset: Dataset
-    parts: list[np.ndarray]  # every node's training indices
-    plan: Plan  # the solver's label sets, neighbours and clusters
-    nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
-    groups: list[NodeGroup]  # how the nodes execute (lockstep groups for the solvers that allow them; else one each)
-    communicator: Communicator
-    solver: Solver
-    inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
-    run_id: str  # names the run in its partition, checkpoints and summary, so a file of another run is recognised
-    conditions: NetworkConditions | None = None  # an unreliable network's per-round draws (None: reliable)
-    round: int = 0  # the last round run (the checkpoint's, when resumed)
-    now: RoundConditions | None = None  # the conditions of that round
-
-    def online(self, node: int) -> bool:
-        """Whether `node` takes part in the round in progress (an offline node neither trains nor sends)."""
-        return self.now is None or bool(self.now.online[node])
-
-    @property
-    def responsible(self) -> np.ndarray:
-        return self.plan.responsible
-
-
-def network_conditions(cfg: DictConfig, topology: Topology, num_nodes: int) -> NetworkConditions | None:
-    """The unreliable network of `num_nodes` trained nodes that cfg.network describes, or None when it is reliable.
-    A schedule is read and checked against the topology (it switches the topology's links on and off); without
-    one, any two nodes may be linked (the communicator sends along its own graph's links only)."""
-    settings = cfg.network
-    schedule = None
-    allowed = ~np.eye(num_nodes, dtype=bool)
-    if settings.schedule is not None:
-        if num_nodes != topology.num_nodes:
-            raise UserError(
-                f"network.schedule switches links between nodes; solver={cfg.solver.name} trains {num_nodes} node(s)"
-            )
-        allowed = topology.adjacency().astype(bool)
-        schedule = read_schedule(settings.schedule, allowed, cfg.topology.name)
-    conditions = NetworkConditions(
-        allowed, cfg.seed, settings.link_drop, settings.node_dropout, schedule, settings.schedule_every
-    )
-    return conditions if conditions.active else None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,8 +142,9 @@ def write_partition(
 ) -> np.ndarray:
     """partition.json and figures/partition.png; returns the (nodes, classes) count matrix."""
     counts = class_counts(labels, parts, num_classes)
-    write_json(
-        run_dir / "partition.json",
+    run = RunDirectory(run_dir)
+    run.write_json(
+        run.partition,
         {
             "run_id": run_id,
             "scheme": cfg.partition.name,
@@ -204,8 +157,8 @@ def write_partition(
             ],
         },
     )
-    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-    plot_partition(counts, run_dir / "figures" / "partition.png")
+    run.figures.mkdir(parents=True, exist_ok=True)
+    plot_partition(counts, run.figure(PARTITION_FIGURE))
     return counts
 
 
@@ -229,36 +182,54 @@ def partition_dataset(
     return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes, run_id)
 
 
+@dataclass(frozen=True)
+class FreshStart:
+    """A new run: it draws its run_id, partitions the data, saves the partition and the solver's files (rank 0), and
+    starts from the untrained encoders' statistics."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class RestoredStart:
+    """A run read back from its directory (`resume=`, `semdl eval`): its saved partition and its checkpoint (node
+    states, the solver's own states, run_id); it writes nothing while the network is built."""
+
+    parts: list[np.ndarray]
+    checkpoint: dict
+
+    @property
+    def run_id(self) -> str:
+        return self.checkpoint["run_id"]
+
+
 def build_network(
-    cfg: DictConfig,
-    run_dir: Path,
-    device: torch.device,
-    saved_parts: list[np.ndarray] | None = None,
-    restore: Callable[[Network], None] | None = None,
-    solver_states: dict[int, dict] | None = None,
-    run_id: str | None = None,
-) -> Network:
+    cfg: DictConfig, run_dir: Path, device: torch.device, start: FreshStart | RestoredStart | None = None
+) -> Simulation:
     """Topology, dataset on the device, partition, the solver's plan, nodes, communicator and groups.
 
-    A fresh network (saved_parts None) saves its partition (and the solver's files) in run_dir and starts from
-    the untrained encoders' statistics. A resumed one takes the run's saved partition and writes nothing;
-    `restore` puts the checkpoint's node state into it before its nodes are grouped, and `solver_states` are
-    the solver's own, loaded once it has started. `run_id` is the resumed run's (a fresh run draws one).
+    A fresh start (the default) saves its partition (and the solver's files) in run_dir and starts from the
+    untrained encoders' statistics. A restored start takes the run's saved partition and writes nothing; the
+    checkpoint's node state goes into the nodes before they are grouped, and the solver's own states are loaded
+    once it has started.
     """
-    run_id = run_id or uuid.uuid4().hex
+    start = start if start is not None else FreshStart()
+    restored = isinstance(start, RestoredStart)
+    run_id = start.run_id
     topology = topology_of(cfg)
-    writer = run_dir if saved_parts is None and process_rank() == 0 else None  # only rank 0 writes, and only anew
-    if saved_parts is None:
+    writer = run_dir if not restored and process_rank() == 0 else None  # only rank 0 writes, and only anew
+    if not restored:
         dataset, parts, counts = partition_dataset(cfg, writer, run_id)
     else:
-        dataset, parts = run_dataset(cfg), saved_parts
+        dataset, parts = run_dataset(cfg), start.parts
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     solver = build_solver(cfg)
     plan = solver.prepare(parts, counts, topology)
     if writer is not None:
+        run = RunDirectory(writer)
         for name, payload in plan.files.items():
-            write_json(Path(writer) / name, payload)
-    conditions = network_conditions(cfg, topology, len(plan.parts))
+            run.write_json(run.file(name), payload)
+    conditions = unreliability_of(cfg, topology, len(plan.parts))
     dataset = dataset.to(device)
     responsible = torch.as_tensor(plan.responsible, device=device)
     delivery = Delivery(
@@ -277,17 +248,17 @@ def build_network(
     # A node offline for a round must not train with its lockstep group: node dropout runs nodes one by one.
     lockstep = solver.traits.lockstep and cfg.sim.lockstep != "off" and cfg.network.node_dropout == 0
     vectorize = lockstep and switch(cfg.sim.vectorize, device.type == "cuda")
-    network = Network(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id, conditions)
-    if restore is not None:
-        restore(network)
+    network = Simulation(dataset, plan.parts, plan, nodes, [], communicator, solver, {}, run_id, conditions)
+    if restored:
+        restore_network(start.checkpoint, network)
     # sim.lockstep=auto measures the nodes as they are now (restored, when resuming); the plan is redone on resume
     members = plan_groups(nodes, cfg.sim.lockstep if lockstep else "off", vectorize, cfg.train.batch_size, device)
     compile_encoders = switch(cfg.train.compile, device.type == "cuda")
     network.groups = build_groups(members, vectorize, compile_encoders)
     solver.start(network)
-    if solver_states is not None:
-        solver.load_state_dict(network, solver_states)
-    if restore is None:
+    if restored:
+        solver.load_state_dict(network, start.checkpoint["solver"])
+    if not restored:
         for group in network.groups:
             group.refresh_statistics()
         # The untrained encoders' statistics travel as every later message does: round 0's conditions apply.

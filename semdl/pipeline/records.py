@@ -12,8 +12,9 @@ from torch import Tensor
 from semdl.errors import NumericalError
 from semdl.eval.evaluate import evaluation_set
 from semdl.eval.features import encode
+from semdl.hooks import RoundHook
 from semdl.objectives import cluster_rate_reduction, consensus_residual, pool_statistics, rate_reduction_from_statistics
-from semdl.pipeline.network import Network
+from semdl.pipeline.network import Simulation
 from semdl.solvers import RoundResult
 
 
@@ -48,25 +49,26 @@ class NodeRecord:
                 raise NumericalError(f"round {round_index}, node {node}: {quantity}")
 
 
-class HeldOutLosses:
+class HeldOutLosses(RoundHook):
     """eval.test_loss: each node's training objective on the evaluation test set (eval.test_per_class), restricted
     to the classes the node trains on, computed without gradients. The rows of each node's classes and an upper
     bound on a class's size are read from the device once, here, so a round adds no host wait."""
 
-    def __init__(self, network: Network):
+    def __init__(self, network: Simulation):
+        self.held_out_loss = self  # the round hook that supplies the test_loss column
         self.dataset = evaluation_set(network.dataset, network.solver.run.eval)
         labels = self.dataset.test_y
         self.width = int(torch.bincount(labels).max())
         self.rows = {node.index: torch.nonzero(node.responsible[labels]).flatten() for node in network.nodes}
 
     @torch.no_grad()
-    def __call__(self, network: Network, node) -> Tensor:
+    def __call__(self, network: Simulation, node) -> Tensor:
         rows = self.rows[node.index]
         features = encode(node.encoder, self.dataset.test_x[rows], node.pipeline)
         return network.solver.test_loss(network, node, features, self.dataset.test_y[rows], self.width)
 
 
-def node_values(network: Network, result: RoundResult, test_losses: HeldOutLosses | None = None) -> Tensor:
+def node_values(network: Simulation, result: RoundResult, test_losses: HeldOutLosses | None = None) -> Tensor:
     """The local nodes' NodeRecord values (n_local, NodeRecord.width()) as one device tensor, not yet read."""
     gammas = network.solver.rate_weights
     communicator = network.communicator
@@ -88,7 +90,7 @@ def node_values(network: Network, result: RoundResult, test_losses: HeldOutLosse
     return torch.stack(rows)
 
 
-def network_values(network: Network) -> Tensor:
+def network_values(network: Simulation) -> Tensor:
     """R, Rc and dR of each cluster of the solver's plan, then of the pooled network statistics (a device tensor):
     the nodes' own statistics, not what compressed messages made of them."""
     communicator, plan = network.communicator, network.plan
@@ -115,7 +117,7 @@ def network_values(network: Network) -> Tensor:
 
 def round_rows(
     round_index: int,
-    network: Network,
+    network: Simulation,
     result: RoundResult,
     bytes_before: list[int],
     round_start: float,

@@ -15,9 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.checkpoint import changed_keys, read_checkpoint, saved_partition
-from semdl.config import EVALUATIONS, Config, upgrade_saved_config, validate
 from semdl.errors import UserError
-from semdl.io.files import DamagedMetrics, read_metrics
+from semdl.io.files import DamagedMetrics
+from semdl.io.run_directory import RunDirectory
+from semdl.schema import EVALUATIONS, Config, upgrade_saved_config
+from semdl.validation import validate
 
 # What a resumed run may change: its length, its evaluation, how often it checkpoints, and where and in what groups
 # its nodes run (sim.*: how work is batched, not what a node computes; comm=<name> and its transport settings, not
@@ -92,7 +94,8 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{command}: {run_dir}: no such run directory")
-    missing = [name for name in ("partition.json", "metrics.jsonl", "checkpoints") if not (run_dir / name).exists()]
+    run = RunDirectory(run_dir)
+    missing = run.missing_run_files()
     if missing:
         raise UserError(f"{command}: {run_dir} is not a semdl run directory: {', '.join(missing)} missing")
     protocols = [item.split("=", 1)[1] for item in overrides if item.startswith("eval=")]
@@ -110,7 +113,7 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
         )
     checkpoint, checkpoint_file = read_checkpoint(run_dir)
     saved = upgrade_saved_config(checkpoint["config"])
-    own_config = run_dir / ".hydra" / "config.yaml"
+    own_config = run.config
     if own_config.is_file():
         try:
             own = upgrade_saved_config(OmegaConf.to_container(OmegaConf.load(own_config), resolve=True))
@@ -134,7 +137,7 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     validate(cfg)
     partition, parts = saved_partition(run_dir)
     if partition.get("run_id") != checkpoint["run_id"]:
-        raise UserError(f"{run_dir / 'partition.json'} belongs to another run than {checkpoint_file}")
+        raise UserError(f"{run.partition} belongs to another run than {checkpoint_file}")
     if (partition.get("num_nodes"), partition.get("seed"), partition.get("scheme")) != (
         cfg.nodes,
         cfg.seed,
@@ -144,9 +147,9 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
             f"{checkpoint_file} belongs to another experiment than this run "
             f"(nodes, seed or partition differ from partition.json)"
         )
-    summary = _read_json(run_dir / "summary.json", "a run summary") if (run_dir / "summary.json").exists() else None
+    summary = _read_json(run.summary, "a run summary") if run.summary.exists() else None
     if summary is not None and summary.get("run_id") != checkpoint["run_id"]:
-        raise UserError(f"{run_dir / 'summary.json'} belongs to another run than {checkpoint_file}")
+        raise UserError(f"{run.summary} belongs to another run than {checkpoint_file}")
     return SavedRun(run_dir, cfg, checkpoint, checkpoint_file, parts, summary)
 
 
@@ -161,9 +164,9 @@ def load_resumable(run_dir: Path, overrides: list[str]) -> SavedRun:
         raise UserError(
             f"{run_dir} already finished its {done} rounds; resume with train.rounds=N > {done} to continue it"
         )
-    path = run.directory / "metrics.jsonl"
+    path = RunDirectory(run.directory).metrics
     try:
-        logged = {row["round"] for row in read_metrics(path) if row["node"] == "network"}
+        logged = {row["round"] for row in RunDirectory(run.directory).read_metrics() if row["node"] == "network"}
     except DamagedMetrics as error:
         raise UserError(
             f"resume: {error}; the rows after it would be lost: repair or delete that line, then resume again"

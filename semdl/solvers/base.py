@@ -14,17 +14,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from omegaconf import DictConfig
-
-from semdl.errors import UserError
 from torch import Tensor
 
+from semdl.errors import UserError
 from semdl.network import Inbox, Node, Topology
 from semdl.objectives.rates import rate_terms
 from semdl.registry import Registry
 from semdl.solvers.common import NodeWork
 
 if TYPE_CHECKING:
-    from semdl.pipeline.network import Network
+    from semdl.data import Dataset
+    from semdl.hooks import RoundHook
+    from semdl.network import Communicator
+    from semdl.network.conditions import RoundConditions, Unreliability
+    from semdl.solvers.groups import NodeGroup
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,35 @@ class LocalTraining:
     batch_size: int
 
 
+
+@dataclass
+class Simulation:
+    """The simulated network a run's rounds act on, built (semdl.pipeline.network.build_network) and ready for round
+    1 (statistics of the untrained encoders exchanged): the data, the solver and its plan, the nodes, their groups and
+    the communicator. Solvers receive it as `network`."""
+
+    dataset: Dataset
+    parts: list[np.ndarray]  # every node's training indices
+    plan: Plan  # the solver's label sets, neighbours and clusters
+    nodes: list[Node]  # the nodes this process runs (all of them unless comm=torch_distributed)
+    groups: list[NodeGroup]  # how the nodes execute (lockstep groups for the solvers that allow them; else one each)
+    communicator: Communicator
+    solver: Solver
+    inboxes: dict[int, Inbox]  # by node index, for the nodes this process runs
+    run_id: str  # names the run in its partition, checkpoints and summary, so a file of another run is recognised
+    conditions: Unreliability | None = None  # the unreliable network's per-round draws (network.*; None: reliable)
+    round: int = 0  # the last round run (the checkpoint's, when resumed)
+    round_conditions: RoundConditions | None = None  # that round's draw: who is online, which links work
+
+    def online(self, node: int) -> bool:
+        """Whether `node` takes part in the round in progress (an offline node neither trains nor sends)."""
+        return self.round_conditions is None or bool(self.round_conditions.online[node])
+
+    @property
+    def responsible(self) -> np.ndarray:
+        return self.plan.responsible
+
+
 class Solver(ABC):
     """One distributed learning method. Subclasses set `Config` (a dataclass with a `name` field and the solver's
     keys) and `traits`, and implement `round`; the other methods have defaults that suit most solvers."""
@@ -99,21 +131,26 @@ class Solver(ABC):
         """Default: every node trains on its part and on every class, and exchanges along the topology's edges."""
         return Plan(parts, np.ones_like(counts, dtype=bool), [list(adjacent) for adjacent in topology.neighbors])
 
-    def start(self, network: Network) -> None:
+    def start(self, network: Simulation) -> None:
         """Called once the network is built (and restored, when resuming), before the first round."""
 
+    def round_hooks(self, network: Simulation) -> list[RoundHook]:
+        """Hooks the round loop runs after the built-in ones (semdl.hooks.RoundHook): what this solver adds to each
+        round's rows, or does after each round. None by default."""
+        return []
+
     @abstractmethod
-    def round(self, network: Network) -> RoundResult:
+    def round(self, network: Simulation) -> RoundResult:
         """One communication round of the nodes this process runs (network.nodes), from network.inboxes."""
 
-    def state_dict(self, network: Network) -> dict[int, dict]:
+    def state_dict(self, network: Simulation) -> dict[int, dict]:
         """The solver's own state of each node this process runs, by node index (tensors on any device)."""
         return {}
 
-    def load_state_dict(self, network: Network, states: dict[int, dict]) -> None:
+    def load_state_dict(self, network: Simulation, states: dict[int, dict]) -> None:
         """Restore what state_dict saved (states of every node, by node index; take this process's nodes)."""
 
-    def test_loss(self, network: Network, node: Node, features: Tensor, labels: Tensor, width: int) -> Tensor:
+    def test_loss(self, network: Simulation, node: Node, features: Tensor, labels: Tensor, width: int) -> Tensor:
         """The node's training objective on held-out features and labels of its classes (eval.test_loss), a device
         scalar computed without gradients. Default: -dR of the features, weighted by rate_weights. `width`: an
         upper bound on the samples of one class (no host read)."""
@@ -121,7 +158,7 @@ class Solver(ABC):
         gamma1, gamma2 = self.rate_weights
         return -(gamma1 * R - gamma2 * Rc)
 
-    def local_training(self, network: Network) -> LocalTraining:
+    def local_training(self, network: Simulation) -> LocalTraining:
         return LocalTraining(
             network.dataset.num_classes, self.run.eps_sq, self.run.train.local_epochs, self.run.train.batch_size
         )

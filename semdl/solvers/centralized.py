@@ -8,7 +8,7 @@ import numpy as np
 
 from semdl.network import Topology
 from semdl.solvers.base import SOLVERS, Plan
-from semdl.solvers.local import Local
+from semdl.solvers.own_data import OwnDataSolver
 
 
 @dataclass
@@ -19,7 +19,7 @@ class CentralizedConfig:
 
 
 @SOLVERS.register("centralized", CentralizedConfig)
-class Centralized(Local):
+class Centralized(OwnDataSolver):
     """The local baseline on a single node that holds the union of the partition's parts."""
 
     Config = CentralizedConfig

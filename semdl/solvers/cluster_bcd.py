@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from semdl.errors import UserError
+from semdl.io.run_directory import CLUSTERS
 from semdl.network import Node, Topology
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
 from semdl.objectives import (
@@ -21,8 +22,15 @@ from semdl.objectives import (
     neighbor_sums,
 )
 from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits
-from semdl.solvers.common import Clock, NodeWork, idle_work, optimise_locally, timed
-from semdl.solvers.primal_dual import check_consensus_settings, dual_step
+from semdl.solvers.common import (
+    Clock,
+    NodeWork,
+    check_consensus_settings,
+    dual_step,
+    idle_work,
+    optimise_locally,
+    timed,
+)
 
 log = logging.getLogger("semdl")
 
@@ -144,7 +152,7 @@ class ClusterBCD(Solver):
             "weights": [1.0 / count for count in replication],
             "consensus_neighbors": neighbors,
         }
-        return Plan(parts, responsible, neighbors, clusters, replication, {"clusters.json": clusters_file})
+        return Plan(parts, responsible, neighbors, clusters, replication, {CLUSTERS: clusters_file})
 
     def start(self, network) -> None:
         self.training = self.local_training(network)

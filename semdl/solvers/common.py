@@ -1,4 +1,6 @@
-"""What every solver's round does with a node: optimise it locally for a few epochs, and time that honestly."""
+"""What the solvers share (a solver module never imports another solver): what every solver's round does with a
+node (optimise it locally for a few epochs, and time that honestly), the checks of the settings several solvers
+have (rho, the dual step, the rate weights), and the dual ascent step of primal_dual and cluster_bcd."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import torch
 from torch import Tensor
 
+from semdl.errors import UserError
 from semdl.network import Node
+from semdl.objectives import NeighborSums
 
 Batch = TypeVar("Batch")
 
@@ -102,3 +106,29 @@ def optimise_locally(
         lambda batch: batch_loss(node.features(node.training_inputs(batch)), node.labels[batch]),
         [node.optimizer, *extra_optimizers],
     )
+
+
+# The settings and the step that several solvers share.
+
+
+def check_consensus_settings(config) -> None:
+    """rho, the dual step and the rate weights are non-negative (shared by the statistics-sharing solvers)."""
+    if config.rho < 0:
+        raise UserError(f"solver.rho={config.rho} is out of range; it must be >= 0")
+    if config.dual_step < 0:
+        raise UserError(f"solver.dual_step={config.dual_step} is out of range; it must be >= 0")
+    check_rate_weights(config)
+
+
+def check_rate_weights(config) -> None:
+    if config.gamma1 < 0 or config.gamma2 < 0:
+        raise UserError("solver.gamma1 and solver.gamma2 must be >= 0")
+
+
+def dual_step(dual: Tensor, statistics: Tensor, neighbors: NeighborSums, step: float) -> None:
+    """Y_i^k += alpha * sum_j (V_i^k - V_j^k) over the neighbours sharing class k, with round t-1 statistics.
+
+    dual, statistics (K, d, d) and the neighbours' sums, all with the same leading node dimensions, if any, to
+    step several nodes at once.
+    """
+    dual.addcmul_(neighbors.count[..., None, None], statistics, value=step).sub_(neighbors.statistics, alpha=step)

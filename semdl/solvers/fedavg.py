@@ -24,9 +24,8 @@ from semdl.errors import UserError
 from semdl.network import Communicator
 from semdl.network.conditions import RoundConditions
 from semdl.solvers.base import SOLVERS, RoundResult, Solver, Traits
-from semdl.solvers.common import NodeWork, idle_work, optimise_locally, timed
-from semdl.solvers.local import local_rate_reduction_training
-from semdl.solvers.primal_dual import check_rate_weights
+from semdl.solvers.common import NodeWork, check_rate_weights, idle_work, optimise_locally, timed
+from semdl.solvers.own_data import local_rate_reduction_training
 
 AGGREGATIONS = ("server", "gossip")
 HALF_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -150,7 +149,7 @@ class FederatedAveraging(Solver):
             with timed(node.statistics.device) as clock:
                 loss = self.train_node(position, node)
             work.append(NodeWork(loss, (clock,)))
-        sent, delivered = weight_messages(network.plan.neighbors, self.config.aggregation, network.now)
+        sent, delivered = weight_messages(network.plan.neighbors, self.config.aggregation, network.round_conditions)
         mixing = mixing_matrix(self.sizes, self.config.aggregation, delivered, nodes[0].statistics.device)
         extra = self.averaged_modules()
         for modules in [[node.encoder for node in nodes], *extra]:

@@ -9,7 +9,6 @@ from functools import partial
 import numpy as np
 from torch import Tensor
 
-from semdl.errors import UserError
 from semdl.network import Topology
 from semdl.objectives import (
     NeighborSums,
@@ -19,6 +18,7 @@ from semdl.objectives import (
     primal_dual_loss_with_penalty,
 )
 from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits
+from semdl.solvers.common import check_consensus_settings, dual_step
 from semdl.solvers.groups import GroupLoss, NodeGroup, train_groups
 
 log = logging.getLogger("semdl")
@@ -33,29 +33,6 @@ class PrimalDualConfig:
     dual_step: float = 0.1  # alpha, the dual ascent step
     gamma1: float = 1.0  # weight of R in dR
     gamma2: float = 1.0  # weight of Rc in dR
-
-
-def check_consensus_settings(config) -> None:
-    """rho, the dual step and the rate weights are non-negative (shared by the statistics-sharing solvers)."""
-    if config.rho < 0:
-        raise UserError(f"solver.rho={config.rho} is out of range; it must be >= 0")
-    if config.dual_step < 0:
-        raise UserError(f"solver.dual_step={config.dual_step} is out of range; it must be >= 0")
-    check_rate_weights(config)
-
-
-def check_rate_weights(config) -> None:
-    if config.gamma1 < 0 or config.gamma2 < 0:
-        raise UserError("solver.gamma1 and solver.gamma2 must be >= 0")
-
-
-def dual_step(dual: Tensor, statistics: Tensor, neighbors: NeighborSums, step: float) -> None:
-    """Y_i^k += alpha * sum_j (V_i^k - V_j^k) over the neighbours sharing class k, with round t-1 statistics.
-
-    dual, statistics (K, d, d) and the neighbours' sums, all with the same leading node dimensions, if any, to
-    step several nodes at once.
-    """
-    dual.addcmul_(neighbors.count[..., None, None], statistics, value=step).sub_(neighbors.statistics, alpha=step)
 
 
 def group_loss(group: NodeGroup, neighbors: NeighborSums, config: PrimalDualConfig, training: LocalTraining) -> GroupLoss:

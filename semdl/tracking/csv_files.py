@@ -10,25 +10,25 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from semdl.io.run_directory import CSV_TABLES, HYPERPARAMETERS
 from semdl.tracking.base import LOGGERS, PlainConfig, Resumption, Tracker, as_text, row_classifiers
 
 # The columns of each table: every key of its metrics.jsonl rows (test_loss only with eval.test_loss, so it may be
 # switched on at a resume), and for evaluations one row per classifier and node ("mean": the mean over nodes).
 TABLES = {
     "network": (
-        "metrics_network.csv",
+        CSV_TABLES["network"],
         ("round", "R", "Rc", "dR", "consensus_residual", "active_nodes", "messages_delivered", "messages_lost")
         + ("max_age", "compression_error", "bytes_sent", "cholesky_fallbacks", "seconds"),
     ),
     "nodes": (
-        "metrics_nodes.csv",
+        CSV_TABLES["nodes"],
         ("round", "node", "loss", "R", "Rc", "dR", "consensus_residual", "dual_norm", "compression_error", "online")
         + ("received", "lost", "max_age", "bytes_sent", "seconds", "test_loss"),
     ),
-    "clusters": ("metrics_clusters.csv", ("round", "cluster", "members", "R", "Rc", "dR")),
-    "evaluations": ("metrics_evaluations.csv", ("round", "classifier", "node", "accuracy", "own_classes_accuracy")),
+    "clusters": (CSV_TABLES["clusters"], ("round", "cluster", "members", "R", "Rc", "dR")),
+    "evaluations": (CSV_TABLES["evaluations"], ("round", "classifier", "node", "accuracy", "own_classes_accuracy")),
 }
-HYPERPARAMETERS = "hyperparameters.csv"
 
 
 def _cell(value: Any) -> Any:

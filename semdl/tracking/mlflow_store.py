@@ -19,11 +19,12 @@ from typing import Any, Iterator, Optional
 
 from semdl.errors import UserError
 from semdl.io import write_json
+from semdl.io.run_directory import FIGURES, MLFLOW_ARTIFACTS, MLFLOW_RUN, MLFLOW_STORE
 from semdl.tracking.base import EXTRA, LOGGERS, Resumption, ScalarTracker, as_text, require
 
-RUN_FILE = "mlflow_run.json"
+RUN_FILE = MLFLOW_RUN
 SQLITE = "sqlite:///"  # then the database file's path: sqlite:////absolute/path, sqlite:///relative/path
-STORE, ARTIFACTS = "mlflow.db", "mlflow-artifacts"
+STORE, ARTIFACTS = MLFLOW_STORE, MLFLOW_ARTIFACTS
 RUN_ID_TAG = "semdl.run_id"
 STATUSES = {"finished": "FINISHED", "killed": "KILLED", "failed": "FAILED"}
 
@@ -163,7 +164,7 @@ class MlflowRun(ScalarTracker):
 
     def log_figures(self, round_index: int, paths: list[Path]) -> None:
         for path in paths:
-            self.client.log_artifact(self.mlflow_run_id, str(path), "figures")
+            self.client.log_artifact(self.mlflow_run_id, str(path), FIGURES)
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.mlflow_run_id, STATUSES[status])

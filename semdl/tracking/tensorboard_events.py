@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from semdl.io.run_directory import TENSORBOARD
 from semdl.tracking.base import LOGGERS, PlainConfig, Resumption, ScalarTracker, as_text, require
 
-FOLDER = "tensorboard"
+FOLDER = TENSORBOARD
 HEADLINE = ("network/dR", "network/consensus_residual")  # the metrics the HParams dashboard shows beside the config
 
 

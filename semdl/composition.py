@@ -1,0 +1,201 @@
+"""Composing configs before anything runs: the registries loaded, a command line's config composed with Hydra's
+compose API (each job of a -m sweep, or the jobs a search must check), every job validated, the output directory
+checked, and whatever Hydra or OmegaConf says wrong turned into one line (a UserError).
+
+`semdl train`, `semdl partition` and `semdl train --help` compose through this module; `semdl.cli` only parses
+arguments and dispatches."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from semdl.errors import UserError
+
+CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+SEARCHPATH = "hydra.searchpath"
+SEARCH = "hydra_plugins.semdl_search.OptunaSearch"  # hydra/sweeper=optuna's _target_
+EXTRAS = {  # the config a Hydra plugin brings, and what to install for it
+    "hydra/launcher/joblib": "sweep",
+    "hydra/launcher/submitit_local": "sweep",
+    "hydra/launcher/submitit_slurm": "sweep",
+}
+
+
+def load_registries():
+    """semdl's config schema and every registered option (semdl's own modules, with torch, and installed plugins).
+    Loaded by the commands that compose a config, not at import: `semdl --help`, `--version` and `table` start
+    without torch."""
+    from semdl.options import register_schema, registries
+
+    register_schema()
+    return registries()
+
+
+def search_path(config_dir: str | None) -> list[str]:
+    """The override that adds `--config-dir` to Hydra's search path (none without one)."""
+    return [f"{SEARCHPATH}=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+
+
+def hydra_error_line(error: Exception) -> str:
+    """Hydra and OmegaConf explain on several lines; keep the lines that say what is wrong."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"unknown {group} {option!r}; choose one of: {', '.join(sorted(error.options))}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        lines += [line.strip() for line in str(cause).splitlines() if line.strip().startswith(("full_key", "Value"))]
+    return "; ".join(line for line in lines if "HYDRA_FULL_ERROR" not in line and not line.startswith("object_type"))
+
+
+def not_a_key_line(error: ConfigCompositionException, overrides: list[str]) -> str | None:
+    """`solver=local solver.rho=3`: say which keys the chosen option has, instead of Hydra's "Could not override"."""
+    text = str(error)
+    if not text.startswith("Could not override '"):
+        return None
+    key = text.split("'")[1]
+    group = key.split(".")[0]
+    registries = load_registries()
+    if group not in registries or key.count(".") != 1:
+        return None
+    others = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") != key]
+    options = compose(config_name="config", overrides=others)[group]
+    keys = registries[group].keys(options)
+    return f"{key} is not a key of {group}={options.name}; its keys are: {', '.join(keys)}"
+
+
+def compose_job(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """One job's config (inside an initialised Hydra), a composition mistake as one line."""
+    try:
+        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
+    except ConfigCompositionException as error:
+        raise UserError(not_a_key_line(error, overrides) or hydra_error_line(error)) from None
+
+
+def sweep_jobs(overrides: list[str], multirun: bool, searching: bool = False) -> list[list[str]]:
+    """The override lists of the jobs to validate before any runs: the one job; the cartesian product of a -m
+    sweep's values (choice, range, a,b,c), in Hydra's basic sweeper's order; or, for a search, a set of jobs that
+    takes every choice and range value and both ends of every interval at least once."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    values = [[override.input_line] for override in parsed]
+    for index, override in enumerate(parsed):
+        if not override.is_sweep_override():
+            continue
+        key, sweep = override.get_key_element(), override.value()
+        if isinstance(sweep, IntervalSweep) and not searching:
+            raise UserError(f"{override.input_line}: an interval is searched, not enumerated; add hydra/sweeper=optuna")
+        points = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else override.sweep_string_iterator()
+        values[index] = [f"{key}={value}" for value in points]
+    if searching:
+        return [[choices[i % len(choices)] for choices in values] for i in range(max(map(len, values), default=1))]
+    return [list(job) for job in itertools.product(*values)]
+
+
+def output_directory(hydra: DictConfig, multirun: bool) -> tuple[str, Path]:
+    """The run (or sweep) directory the command line asks for, resolved once, with its key."""
+    if multirun:
+        return "hydra.sweep.dir", Path(hydra.sweep.dir)
+    return "hydra.run.dir", Path(hydra.run.dir)
+
+
+def hydra_settings(overrides: list[str], search: list[str]) -> DictConfig:
+    """The `hydra` node the command line composes: its directories, launcher and sweeper, which a preset of the
+    user's may choose too. A mistake elsewhere in the overrides is left to the per-job checks, which say it in
+    their own words; a plugin that is not installed is one line naming the extra to install."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [override.input_line for override in parsed if not override.is_sweep_override()]
+    try:
+        return compose(config_name="config", overrides=search + fixed, return_hydra_config=True).hydra
+    except (HydraException, OmegaConfBaseException) as error:
+        check_plugin_installed(error)
+    hydra_only = [item for item in fixed if item.lstrip("+~").startswith("hydra")]
+    try:
+        return compose(config_name="config", overrides=hydra_only, return_hydra_config=True).hydra
+    except MissingConfigException as error:
+        check_plugin_installed(error)
+        raise
+
+
+def check_plugin_installed(error: Exception) -> None:
+    """`hydra/launcher=joblib` without Hydra's joblib plugin: one line naming the extra that brings it."""
+    missing = (getattr(error, "missing_cfg_file", None) or "").removesuffix(".yaml")
+    if missing in EXTRAS:
+        group, _, option = missing.rpartition("/")
+        raise UserError(f'{group}={option} needs its Hydra plugin: pip install -e ".[{EXTRAS[missing]}]"') from None
+
+
+def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
+    """Refuse, before Hydra writes anything there, a run (or sweep) directory that already holds files (Hydra would
+    rewrite its .hydra/ config, and the directory would claim another experiment than the one it holds), or one
+    that cannot be created."""
+    if directory.is_dir() and any(directory.iterdir()):
+        raise UserError(
+            f"{key}={directory} already holds files; choose a fresh directory"
+            + ("" if multirun else " or continue a run with resume=<run_dir>")
+        )
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{key}={directory} is a file; choose a directory")
+    existing = next(parent for parent in [directory, *directory.absolute().parents] if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={directory} cannot be created: {existing} is not a writable directory")
+
+
+def check_job(cfg: DictConfig) -> None:
+    """Everything about one composed job that can be known before it runs: the validation, the graph, the
+    unreliable network's schedule, and each architecture against the data's input shape."""
+    from semdl.data import input_shape
+    from semdl.models import architectures, check_input_shape
+    from semdl.network import topology_of
+    from semdl.network.conditions import unreliability_of
+    from semdl.solvers.base import solver_class
+    from semdl.validation import validate
+
+    validate(cfg)
+    unreliability_of(cfg, topology_of(cfg), solver_class(cfg.solver).trained_nodes(cfg.nodes))
+    for architecture in set(architectures(cfg.model, cfg.nodes)):
+        check_input_shape(architecture, input_shape(cfg.data))
+
+
+def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None = None) -> tuple[str, Path, int]:
+    """Compose and validate the config of every job before any runs, so a bad sweep fails at once, and refuse an
+    output directory that already holds files; nothing is written before both pass. Returns the output directory's
+    key and path, and the number of jobs."""
+    search = search_path(config_dir)
+    from semdl.io.table import metric_names
+    from semdl.network.distributed import process_rank
+    from semdl.search import check_search, search_space
+
+    load_registries()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
+            hydra = hydra_settings(overrides, search)
+            key, directory = output_directory(hydra, multirun)
+            if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
+                check_output_directory(key, directory, multirun)
+            searching = multirun and hydra.sweeper.get("_target_") == SEARCH
+            params = dict(hydra.sweeper.get("params") or {}) if searching else {}
+            jobs = sweep_jobs([f"{name}={value}" for name, value in params.items()] + overrides, multirun, searching)
+            for job in jobs:
+                own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
+                paths = [item for item in job if item.startswith(SEARCHPATH)] or search
+                cfg = compose_job(paths + own)
+                check_job(cfg)
+                if searching:
+                    check_search(cfg, hydra.sweeper, metric_names(cfg.eval.classifiers))
+            if searching:
+                search_space([item for item in overrides if not item.lstrip("+~").startswith("hydra")], params)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(hydra_error_line(error)) from None
+    return key, directory, hydra.sweeper.n_trials if searching else len(jobs)
