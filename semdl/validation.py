@@ -173,6 +173,11 @@ def validate(cfg: DictConfig) -> None:
     _positive("train.lr", cfg.train.lr)
     _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0)
     _at_least("train.keep_checkpoints", cfg.train.keep_checkpoints, 1)
+    if cfg.train.keep_checkpoints > cfg.train.rounds + 1:
+        raise UserError(
+            f"train.keep_checkpoints={cfg.train.keep_checkpoints} is out of range; a run of {cfg.train.rounds} rounds "
+            f"writes at most {cfg.train.rounds + 1} checkpoints, so keep at most that many"
+        )
     _choice("train.amp", cfg.train.amp, SWITCHES)
     _choice("train.compile", cfg.train.compile, SWITCHES)
     _choice("sim.lockstep", cfg.sim.lockstep, SWITCHES)

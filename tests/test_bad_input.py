@@ -164,6 +164,10 @@ CASES = [
     (["train", "dim_z=0"], "dim_z=0 is out of range"),
     (["train", "train.checkpoint_every=-1"], "train.checkpoint_every=-1 is out of range"),
     (["train", "train.keep_checkpoints=0"], "train.keep_checkpoints=0 is out of range; it must be >= 1"),
+    (
+        ["train", "train.keep_checkpoints=1000000000", "train.rounds=4"],
+        "train.keep_checkpoints=1000000000 is out of range; a run of 4 rounds writes at most 5 checkpoints",
+    ),
     (["train", "train.amp=fast"], "train.amp='fast' is not allowed"),
     (["train", "solver=cluster_bcd", "sim.vectorize=on"], "sim.vectorize=on needs nodes that train independently"),
     (["train", "sim.lockstep=maybe"], "sim.lockstep='maybe' is not allowed"),

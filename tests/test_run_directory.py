@@ -248,6 +248,8 @@ def checkpoint_rounds(directory) -> dict[str, int]:
         (1, {"last.pt": 5}),
         (2, {"last.pt": 5, "previous.pt": 4}),
         (4, {"last.pt": 5, "previous.pt": 4, "previous-2.pt": 3, "previous-3.pt": 2}),
+        # more than will ever exist: every checkpoint stays, and the rotation does not enumerate a billion names
+        (10**9, {"last.pt": 5, "previous.pt": 4, "previous-2.pt": 3, "previous-3.pt": 2, "previous-4.pt": 1}),
     ],
 )
 def test_checkpoints_kept_newest_first(tmp_path, keep, kept):

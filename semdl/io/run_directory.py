@@ -274,13 +274,16 @@ def save_checkpoint(directory: Path, payload: Any, keep: int = 2) -> None:
 
     directory = Path(directory)
     temporary = _write_synced(directory / CHECKPOINT, lambda handle: torch.save(payload, handle))
-    names = checkpoint_files(max(keep, 2))
+    # only the names that can be taken matter: one more than the checkpoints there, however large `keep` is
+    present = sum(1 for _ in directory.glob("previous*.pt")) + 1
+    names = checkpoint_files(min(max(keep, 2), present + 1))
     for older, newer in reversed(list(zip(names[1:], names))):  # the oldest moves first, freeing its successor's name
         if (directory / newer).exists():
             os.replace(directory / newer, directory / older)
     os.replace(temporary, directory / CHECKPOINT)
+    kept = set(names[:keep])
     for stale in sorted(directory.glob("previous*.pt")):
-        if stale.name not in checkpoint_files(keep):
+        if stale.name not in kept:
             stale.unlink()
     _sync_directory(directory)
 
