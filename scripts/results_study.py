@@ -54,6 +54,10 @@ class Cell:
     preset: str
     solver: str
     overrides: tuple[str, ...] = ()
+    runs_of: str = ""  # another experiment whose cell of the same name holds these very runs (same config and seeds)
+
+    def folder(self, out: Path, experiment: str) -> Path:
+        return out / (self.runs_of or experiment) / self.name
 
 
 @dataclass(frozen=True)
@@ -91,15 +95,15 @@ EXPERIMENTS = {
             "robust",
             "unreliable and compressed networks",
             (
-                Cell("primal_dual", "study_iid", "primal_dual"),
+                Cell("primal_dual", "study_iid", "primal_dual", runs_of="iid"),
                 Cell("link_drop_0.3", "study_iid", "primal_dual", ("network.link_drop=0.3",)),
                 Cell("lowrank_16", "study_iid", "primal_dual", ("comm.compress=lowrank", "comm.rank=16")),
             ),
         ),
         Experiment(
             "rho",
-            "explanation: the consensus penalty (seed 0 only)",
-            tuple(Cell(f"rho_{rho}", "study_iid", "primal_dual", (f"solver.rho={rho}",)) for rho in ("1", "20", "100")),
+            "explanation: the consensus penalty (seed 0 only; chosen rho: the iid primal_dual cell)",
+            tuple(Cell(f"rho_{rho}", "study_iid", "primal_dual", (f"solver.rho={rho}",)) for rho in ("5", "20", "100")),
         ),
     )
 }
@@ -245,7 +249,7 @@ def final(plan: Plan, names: list[str]) -> None:
                     "record the chosen values there first"
                 )
             overrides = [] if source == cell.preset else settings_overrides(source, cell.solver)
-            run_cell(plan, plan.out / name / cell.name, cell, seeds[: 2 if plan.smoke else None], overrides)
+            run_cell(plan, cell.folder(plan.out, name), cell, seeds[: 2 if plan.smoke else None], overrides)
 
 
 def settings_overrides(preset: str, solver: str) -> list[str]:
@@ -294,7 +298,7 @@ def spread(values: list[float | None]) -> str:
 
 
 def cell_runs(plan: Plan, experiment: str, cell: Cell) -> list[Path]:
-    folder = plan.out / experiment / cell.name
+    folder = cell.folder(plan.out, experiment)
     return sorted(run for run in folder.glob("seed*") if finished(run))
 
 
