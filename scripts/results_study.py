@@ -237,10 +237,10 @@ def settings_file(preset: str, solver: str) -> Path:
     return SETTINGS / f"{preset}_{solver}.yaml"
 
 
-def final(plan: Plan, names: list[str]) -> None:
+def final(plan: Plan, names: list[str], seeds_asked: tuple[int, ...]) -> None:
     for name in names:
         experiment = EXPERIMENTS[name]
-        seeds = (0,) if name == "rho" else SEEDS
+        seeds = tuple(seed for seed in seeds_asked if seed == 0 or name != "rho")
         for cell in experiment.cells[:2] if plan.smoke else experiment.cells:
             source = experiment.settings_from or cell.preset
             if not settings_file(source, cell.solver).is_file():
@@ -493,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         "--only", nargs="+", choices=sorted(EXPERIMENTS), help="these experiments only (search: the presets they use)"
     )
     parser.add_argument("--tables", type=Path, default=None, help="report: where (default: <out>/tables)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="final: these seeds (0 1 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
     parser.add_argument("--smoke", action="store_true", help="every stage at toy sizes on generated files")
     args = parser.parse_args(argv)
@@ -502,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("search", "all"):
         search(plan, names)
     if args.stage in ("final", "all"):
-        final(plan, names)
+        final(plan, names, tuple(args.seeds))
     if args.stage in ("report", "all"):
         report(plan, args.tables or out / "tables")
 
