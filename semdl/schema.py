@@ -151,7 +151,11 @@ def switch(value: str, automatic: bool) -> bool:
 
 def upgrade_saved_config(saved: dict) -> dict:
     """A run's saved config in today's layout: runs written before `comm` became a config group kept its name in
-    `comm` and its settings in `comm_backend` and `comm_timeout`."""
+    `comm` and its settings in `comm_backend` and `comm_timeout`; runs written before `train.batch_norm` existed
+    evaluated with training's running BatchNorm averages, so they resume with `running`."""
+    train = saved.get("train")
+    if isinstance(train, dict) and "batch_norm" not in train:
+        saved = {**saved, "train": {**train, "batch_norm": "running"}}
     if not isinstance(saved.get("comm", {}), str):
         return saved
     upgraded = {key: value for key, value in saved.items() if key not in ("comm_backend", "comm_timeout")}

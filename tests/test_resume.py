@@ -151,6 +151,16 @@ def test_a_run_saved_before_comm_was_a_config_group_resumes(tmp_path, one_thread
     assert max(row["round"] for row in read_metrics(run_dir / "metrics.jsonl")) == 3
 
 
+def test_a_run_saved_before_batch_norm_was_a_key_resumes_with_the_running_averages_it_used():
+    from semdl.schema import upgrade_saved_config
+
+    saved = {"train": {"rounds": 3, "batching": "equal"}, "comm": {"name": "in_process"}}
+    assert upgrade_saved_config(saved)["train"] == {"rounds": 3, "batching": "equal", "batch_norm": "running"}
+    assert saved["train"] == {"rounds": 3, "batching": "equal"}  # the caller's dict is left alone
+    current = {"train": {"rounds": 3, "batch_norm": "recompute"}, "comm": {"name": "in_process"}}
+    assert upgrade_saved_config(current) == current
+
+
 @pytest.mark.integration  # three short runs per registered solver
 @pytest.mark.parametrize("solver", SOLVER_REGISTRY.names())
 def test_every_solver_resumes_to_the_uninterrupted_run(solver, tmp_path, one_thread):
