@@ -241,7 +241,7 @@ def final(plan: Plan, names: list[str], seeds_asked: tuple[int, ...]) -> None:
     for name in names:
         experiment = EXPERIMENTS[name]
         seeds = tuple(seed for seed in seeds_asked if seed == 0 or name != "rho")
-        for cell in experiment.cells[:2] if plan.smoke else experiment.cells:
+        for cell in experiment.cells[:1] if plan.smoke else experiment.cells:
             source = experiment.settings_from or cell.preset
             if not settings_file(source, cell.solver).is_file():
                 sys.exit(
