@@ -309,6 +309,8 @@ def cell_runs(plan: Plan, experiment: str, cell: Cell) -> list[Path]:
 
 def table(plan: Plan, name: str) -> str | None:
     experiment = EXPERIMENTS[name]
+    if not any(cell_runs(plan, name, cell) for cell in experiment.cells if not cell.runs_of):
+        return None  # nothing of its own has run: a table of rows borrowed from another experiment says nothing
     rows = []
     for cell in experiment.cells:
         runs = cell_runs(plan, name, cell)
