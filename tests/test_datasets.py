@@ -14,8 +14,9 @@ import pytest
 import torch
 from torchvision import datasets
 
-from conftest import composed, gamma32
-from datafiles import MNIST_FILES, write_cifar, write_idx_gz, write_mnist
+from helpers.configs import composed
+from helpers.datafiles import MNIST_FILES, write_cifar, write_idx_gz, write_mnist
+from helpers.rounding import gamma32
 from semdl.data import datasets as semdl_datasets
 from semdl.data import input_shape, load_dataset
 from semdl.data.datasets import InputPipeline, hold_out_validation, make_synthetic, random_crop_flip

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC
+from helpers.configs import SMALL_SYNTHETIC
 from semdl.io import read_metrics
 
 pytestmark = pytest.mark.integration  # torchrun and `semdl` subprocesses
@@ -123,8 +123,8 @@ def rank_process(launcher: subprocess.Popen, rank: int) -> int:
 def test_a_signal_on_one_rank_stops_every_rank_after_the_same_round(tmp_path, one_thread):
     """SIGTERM to rank 1 alone, mid-run: the ranks agree after the round, so the checkpoint holds that round of every
     node; it resumes in-process to the numbers of the same rounds run in one process."""
+    from helpers.configs import composed
     from semdl.experiment import resume_experiment, run_experiment
-    from conftest import composed
 
     overrides = EXPERIMENTS["primal_dual"] + ["train.rounds=500", "train.checkpoint_every=0"]
     split = tmp_path / "split"
@@ -171,7 +171,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_round(tmp_path, on
 def test_a_failing_rank_stops_the_job_and_is_named(tmp_path):
     started = time.monotonic()
     overrides = EXPERIMENTS["primal_dual"] + ["train.checkpoint_every=1"]
-    result = torchrun([str(HERE / "rank_failure.py")], overrides, tmp_path / "run", timeout=200)
+    result = torchrun([str(HERE / "helpers" / "rank_failure.py")], overrides, tmp_path / "run", timeout=200)
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     assert "semdl: rank 1 (nodes 2-2): failed: RuntimeError: injected failure in round 2" in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.checkpoint import checkpoint_state
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
@@ -149,7 +149,8 @@ def test_amp_matches_float32_within_bf16_tolerance(vectorize, tmp_path, one_thre
     node by node and vectorised (whose BatchNorm layers take float32 inputs on the CPU: torch's vmapped CPU batch
     norm refuses bf16 ones)."""
     plain, losses_plain = run_rounds(EQUAL_NODES + ["train.amp=off"], tmp_path / "plain", rounds=2)
-    amp, losses_amp = run_rounds(EQUAL_NODES + ["train.amp=on", f"sim.vectorize={vectorize}"], tmp_path / "amp", rounds=2)
+    amp_overrides = EQUAL_NODES + ["train.amp=on", f"sim.vectorize={vectorize}"]
+    amp, losses_amp = run_rounds(amp_overrides, tmp_path / "amp", rounds=2)
     assert all(node.amp for node in amp.nodes) and not any(node.amp for node in plain.nodes)
     node = amp.nodes[0]
     features = node.features(node.pipeline(node.inputs[node.indices[:8]]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import composed
+from helpers.configs import composed
 from semdl.models import build_encoder
 from semdl.network import node_seeds
 from semdl.pipeline.loop import run_round

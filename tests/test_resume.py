@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed, without_timing
+from helpers.configs import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import NumericalError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics

@@ -14,13 +14,13 @@ import time
 
 import pytest
 import torch
+from test_resume import environment, outcome, semdl_command
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.cli import main
 from semdl.errors import Stopped
 from semdl.experiment import reevaluate, resume_experiment, run_experiment
 from semdl.io.run_directory import WRITER
-from test_resume import environment, outcome, semdl_command
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "eval.classifiers=[knn]"]
 

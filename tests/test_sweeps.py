@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import SMALL_SYNTHETIC
+from helpers.configs import SMALL_SYNTHETIC
 from semdl import composition
 from semdl.cli import main
 from semdl.composition import CONFIG_MODULE, sweep_jobs
@@ -98,7 +98,7 @@ def test_the_slurm_preset_asks_for_one_gpu_per_job():
 
 def test_the_objective_names_are_the_metrics_a_run_has(tmp_path, one_thread):
     """sweep.objective is checked against metric_names before any trial: they are exactly the run's metrics."""
-    from conftest import composed
+    from helpers.configs import composed
     from semdl.experiment import run_experiment
 
     cfg = composed(QUICK)

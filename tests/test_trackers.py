@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.cli import main
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed, without_timing
+from helpers.configs import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
