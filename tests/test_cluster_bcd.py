@@ -97,6 +97,7 @@ def test_shared_class_subspaces_align_only_with_cluster_bcd(runs):
     assert max(aligned) < 15 and min(unaligned) > 45, (aligned, unaligned)
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_primal_dual_warns_on_non_iid_data(tmp_path, small_synthetic_config, caplog):
     cfg = small_synthetic_config(*LABEL_SPLIT, "train.rounds=1", "solver=primal_dual")
     with caplog.at_level("WARNING", logger="semdl"):

@@ -68,6 +68,7 @@ def assert_same_networks(plain, fast, losses_plain, losses_fast, rtol: float, at
                 assert torch.equal(value_fast, value_plain), name
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize(
     "overrides,lockstep_sizes,vectorised_sizes",
     [
@@ -143,6 +144,7 @@ def test_groups_split_by_architecture_and_data_size(tmp_path):
     ]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("vectorize", ["off", "on"])
 def test_amp_matches_float32_within_bf16_tolerance(vectorize, tmp_path, one_thread):
     """bf16 autocast of the encoders (CPU here) keeps the objectives in float32; results agree to bf16 precision,

@@ -163,6 +163,7 @@ NO_SYNC_SOLVERS = [
 ]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("solver", NO_SYNC_SOLVERS)
 def test_no_training_step_waits_for_the_device(solver, tmp_path, one_thread):
     """Two rounds of each solver on tiny digits, with tests/helpers/sync_probe.py on inside every training step (loss

@@ -217,6 +217,7 @@ def training_state_bytes(nodes) -> int:
     return 3 * sum(parameter.nbytes for node in nodes for parameter in node.encoder.parameters())
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize(
     "nodes_that_fit, expected, chosen",
     [
@@ -325,6 +326,7 @@ def stopped_line(arguments: list[str], capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
     """A run of 3 rounds, checkpoint at round 2, runs out of CUDA memory (injected) in round 3's training: one line,
     status 2, no traceback; its last checkpoint (round 2) is whole, and resumed from it the run ends as the

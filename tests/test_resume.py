@@ -110,6 +110,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path, r
     assert summary == expected_summary, context
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
     """Eight rounds, then resume to twelve: the same as twelve rounds at once (up to the extra final evaluation
     row the first run wrote at round eight)."""
@@ -127,6 +128,7 @@ def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
     assert summary == expected_summary
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_run_saved_before_comm_was_a_config_group_resumes(tmp_path, one_thread):
     """Run directories written when `comm` was a string beside `comm_backend` and `comm_timeout` resume as they
     were: their saved configs are read in today's layout (the checkpoint's here; .hydra/config.yaml, which the
@@ -239,6 +241,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_finished_run_can_leave_the_optimizer_state_out(tmp_path, one_thread, caplog):
     """train.final_optimizer_state=false: the same encoders, no optimizer state, a file smaller by about the size
     of Adam's moments (two tensors per parameter, plus a little serialisation); extending the run still works,
