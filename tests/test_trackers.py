@@ -267,6 +267,7 @@ def test_the_resolved_config_is_the_hyperparameters(finished):
             assert hparams[key].string_value == text(value), key
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @track
 def test_the_figures_reach_tensorboard_and_mlflow(finished):
     for logger in ("tensorboard", "mlflow"):
@@ -294,6 +295,7 @@ def test_the_figures_reach_tensorboard_and_mlflow(finished):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @track
 def test_each_tracker_writes_where_it_is_documented(finished):
     assert {path.name for path in finished("csv").glob("*.csv")} == {
