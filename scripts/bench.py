@@ -293,8 +293,9 @@ def grid_variants(axes: list[str]) -> list[list[str]]:
 
 def cached_datasets() -> None:
     """Load each dataset config once in this process (a grid builds two networks of the same data per row)."""
-    import semdl.pipeline.network as network_module
     from omegaconf import OmegaConf
+
+    import semdl.pipeline.network as network_module
 
     load, cache = network_module.load_dataset, {}
 

@@ -136,7 +136,8 @@ def hydra_arguments(arguments: list[str]) -> argparse.Namespace:
         parser.add_argument(*flags, action="store_true")
     for flags in (("--cfg", "-c"), ("--package", "-p"), ("--info", "-i")):
         parser.add_argument(*flags, nargs="?", const=True)
-    for flags in (("--config-dir", "-cd"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--shell-completion", "-sc")):
+    named = (("--config-dir", "-cd"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--shell-completion", "-sc"))
+    for flags in named:
         parser.add_argument(*flags)
     parser.add_argument("--experimental-rerun")
     parser.add_argument("overrides", nargs="*")

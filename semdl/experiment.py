@@ -31,7 +31,15 @@ from semdl.pipeline.network import (
 from semdl.pipeline.runs import EVALUATION_KEYS, load_resumable, load_run
 from semdl.tracking import Resumption, tracking
 
-__all__ = ["Simulation", "build_network", "headline", "reevaluate", "resolve_device", "resume_experiment", "run_experiment"]
+__all__ = [
+    "Simulation",
+    "build_network",
+    "headline",
+    "reevaluate",
+    "resolve_device",
+    "resume_experiment",
+    "run_experiment",
+]
 
 log = logging.getLogger("semdl")
 
@@ -129,7 +137,9 @@ def train_and_finish(
             train_rounds(cfg, run_dir, network, done, history, tracker)
             return finish(cfg, run_dir, network, device, history, descriptions, started, tracker)
     except NumericalError as error:
-        raise NumericalError(f"{error}; stopped, the last good checkpoint is in {RunDirectory(run_dir).checkpoints}") from None
+        raise NumericalError(
+            f"{error}; stopped, the last good checkpoint is in {RunDirectory(run_dir).checkpoints}"
+        ) from None
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
@@ -153,7 +163,8 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
         device = resolve_device(cfg.device)
         network = build_network(cfg, run_dir, device, RestoredStart(run.parts, run.checkpoint))
         out = directory.new_evaluation(datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f"))
-        evaluation = evaluate_network(network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, out.figures)
+        figures = out.figures if cfg.eval.figures else None
+        evaluation = evaluate_network(network.nodes, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, figures)
         evaluation = {**evaluated_at(run.round, run.checkpoint_file, run.finished), **evaluation}
         out.write_json(out.evaluation, evaluation)
         out.write_json(out.overrides, overrides)

@@ -120,7 +120,11 @@ class Registry(Generic[T]):
     def keys(self, options: DictConfig) -> list[str]:
         """The keys the selected option takes (its config's fields, or what its YAML file sets)."""
         config = self.resolve(options).config
-        return [field.name for field in fields(config)] if config is not None else [key for key in options if key != TARGET]
+        return (
+            [field.name for field in fields(config)]
+            if config is not None
+            else [key for key in options if key != TARGET]
+        )
 
     def settings(self, options: DictConfig) -> Any:
         """The selected option's keys as its typed config (defaults filled in); unknown keys and wrong types are one

@@ -31,7 +31,10 @@ def accuracy_lines(numbers: dict) -> str:
     every node holds every class, the two are one number). The protocol first unless it is the default."""
     protocol = numbers["evaluation_protocol"]
     lines = [] if protocol == "default" else [f"evaluation protocol: {protocol}"]
-    nodes = lambda values: " ".join(f"{value:.3f}" for value in values)
+
+    def nodes(values):
+        return " ".join(f"{value:.3f}" for value in values)
+
     for name, result in numbers["accuracy"].items():
         every_class = f"mean {result['mean']:.4f} (nodes: {nodes(result['per_node'])})"
         if numbers["every_node_holds_every_class"]:

@@ -197,7 +197,7 @@ def format_bytes(size: int) -> str:
     if size < 1024:
         return f"{size} B"
     value, unit = float(size), UNITS[0]
-    for unit in UNITS[1:]:
+    for unit in UNITS[1:]:  # noqa: B007 (the unit the loop stops at is the one printed)
         value /= 1024
         if value < 1024:
             break

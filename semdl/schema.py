@@ -16,7 +16,7 @@ class TrainConfig:
     rounds: int = 100  # communication rounds (>= 1)
     local_epochs: int = 1  # passes over a node's own data in each round (>= 1)
     batch_size: int = 1000  # samples per mini-batch of local training (>= 2)
-    batching: str = "equal"  # equal: ceil(n / batch_size) batches of near-equal size; published: batch_size, then the rest
+    batching: str = "equal"  # equal: ceil(n / batch_size) batches of near-equal size; published: batch_size, then rest
     batch_norm: str = "recompute"  # BatchNorm statistics of statistics passes and evaluation: recompute | running
     optimizer: str = "adam"  # each node's optimizer: adam | adamw | sgd (momentum 0.9)
     lr: float = 0.001  # the optimizer's learning rate (> 0)
@@ -73,6 +73,7 @@ class EvalConfig:
     heatmap_every: int = 0  # also draw figures/similarity_round_<t>.png every this many rounds (0: only at the end)
     similarity: str = "absolute"  # heatmap values: absolute (|cosine|) or clipped (cosine clipped to [0, 1])
     test_loss: bool = False  # also log each node's training objective on the test set, every round
+    figures: bool = True  # draw the evaluation's figures (false: eval.json and metrics only, e.g. for smoke runs)
 
 
 # The published code's evaluation (docs/algorithms.md section 7): 800 test samples per class at every node, 1-NN,
@@ -118,7 +119,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)  # what a hyperparameter search optimises
     nodes: int = 5  # number of nodes N (>= 1)
     seed: int = 0  # the run seed: partition, random topologies, initial weights, mini-batch order
-    validation: Optional[int] = None  # hold out this many training samples per class and evaluate on them, not the test set
+    validation: Optional[int] = None  # hold out this many training samples per class, evaluated instead of the test set
     resume: Optional[str] = None  # semdl train resume=<run_dir>: continue that run from its last checkpoint
     device: str = "auto"  # auto | cpu | cuda
     dim_z: int = 128  # feature dimension d (paper: 128)
@@ -146,7 +147,6 @@ BACKENDS = ("auto", "gloo", "nccl")
 def switch(value: str, automatic: bool) -> bool:
     """An on/off/auto setting resolved: auto takes `automatic`."""
     return automatic if value == "auto" else value == "on"
-
 
 
 def upgrade_saved_config(saved: dict) -> dict:

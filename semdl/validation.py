@@ -188,7 +188,8 @@ def validate(cfg: DictConfig) -> None:
             "it cannot be combined with sim.lockstep=off"
         )
     if cfg.sim.vectorize == "on" and not solver.traits.lockstep:
-        lockstep = ", ".join(name for name in groups["solver"].names() if groups["solver"].get(name).value.traits.lockstep)
+        solvers = groups["solver"]
+        lockstep = ", ".join(name for name in solvers.names() if solvers.get(name).value.traits.lockstep)
         raise UserError(
             f"sim.vectorize=on needs nodes that train independently within a round ({lockstep});"
             f" solver={cfg.solver.name} does not"

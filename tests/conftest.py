@@ -1,40 +1,28 @@
-"""Shared helpers: compose the real Hydra config (with overrides) as the CLI would; replayable random choices
-(SEMDL_TEST_SEED); float32 error bounds that follow from the conditioning of the rate computations."""
+"""Pytest's hooks and the fixtures shared by the test files: CUDA-less skips of the gpu tests, one thread per xdist
+worker, the replayable seed, runs shared by a session, and the session-end time report. What the tests build
+(configs, runs, the in-process command, float32 error bounds) lives in tests/helpers/, imported by name."""
 
 from __future__ import annotations
 
-import math
 import os
-import random
-from dataclasses import dataclass
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from semdl.composition import CONF_DIR, load_registries
-from semdl.network import topology_of
-from semdl.validation import validate
+from helpers.budget import time_report
 
-load_registries()  # the schema and every option, for the configs the tests compose
-
-
-def build_topology(name: str, num_nodes: int, seed: int = 0, **options):
-    """The named graph on `num_nodes` nodes (`options`: the option's own keys, such as p or path), as a run config
-    describes it (topology_of); raise UserError for a wrong size or a disconnected graph."""
-    return topology_of(OmegaConf.create({"topology": {"name": name, **options}, "nodes": num_nodes, "seed": seed}))
-
-
-def config_groups() -> dict[str, list[str]]:
-    """Every config group's options: the registered ones and the presets shipped as YAML files."""
-    groups = {name: registry.names() for name, registry in load_registries().items() if name != "classifier"}
-    for folder in sorted(CONF_DIR.iterdir()):
-        if folder.is_dir() and folder.name not in ("__pycache__", "solver_settings"):
-            presets = [option.stem for option in sorted(folder.glob("*.yaml"))]
-            groups[folder.name] = [*groups.get(folder.name, []), *presets]
-    return groups
-
+# Kept importable from conftest for tests written before tests/helpers/ (branches merged later); new tests import
+# the helpers themselves.
+from helpers.configs import SMALL_SYNTHETIC, build_topology, composed, config_groups, without_timing  # noqa: F401, E402
+from helpers.replay import SEED_VARIABLE, Replay, session_seed
+from helpers.rounding import (  # noqa: F401, E402
+    float32_gram_error_bound,
+    float32_logdet_error_bound,
+    float32_logdet_gradient_error_bound,
+    float32_rate_reduction_error_bound_unit_rows,
+    gamma32,
+)
+from helpers.runs import SharedRuns
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The workers share the machine's cores: one intra-op thread each, in this process and in the semdl and torchrun
@@ -42,60 +30,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-SMALL_SYNTHETIC = [
-    "data=synthetic",
-    "data.num_classes=4",
-    "data.ambient_dim=24",
-    "data.subspace_dim=3",
-    "data.train_per_class=60",
-    "data.test_per_class=40",
-    "data.noise=0.02",
-    "model.hidden=[64]",
-    "dim_z=16",
-    "device=cpu",
-]
-
-
-def composed(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
-        cfg = compose(config_name="config", overrides=overrides)
-    validate(cfg)
-    return cfg
-
-
-TIMING = ("seconds", "wall_seconds", "run_id")  # what differs between two runs of one experiment
-
-
-def without_timing(value):
-    """Metrics and summaries as numbers that must repeat exactly: wall-clock times and the run's id left out."""
-    if isinstance(value, dict):
-        return {key: without_timing(item) for key, item in value.items() if key not in TIMING}
-    if isinstance(value, list):
-        return [without_timing(item) for item in value]
-    return value
-
 
 @pytest.fixture
 def small_synthetic_config():
     return lambda *extra: composed(SMALL_SYNTHETIC + list(extra))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Replayable randomness (e.g. the moment a test kills a run): SEMDL_TEST_SEED, or a fixed default
-# ----------------------------------------------------------------------------------------------------------------
-
-SEED_VARIABLE = "SEMDL_TEST_SEED"
-DEFAULT_SEED = 1234
-
-
-def session_seed() -> int:
-    value = os.environ.get(SEED_VARIABLE, "").strip()
-    if not value:
-        return DEFAULT_SEED
-    try:
-        return int(value)
-    except ValueError:
-        raise pytest.UsageError(f"{SEED_VARIABLE}={value!r} is not an integer") from None
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> SharedRuns:
+    """Runs that several tests read, built once per session: shared_run(overrides) -> (cfg, run_dir, summary)."""
+    return SharedRuns(tmp_path_factory.mktemp("shared_runs"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -111,21 +55,6 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"semdl random test seed: {session_seed()} (set {SEED_VARIABLE} to change or replay it)"
-
-
-@dataclass(frozen=True)
-class Replay:
-    """The seed of one test's random choices and the command that replays them."""
-
-    seed: int
-    nodeid: str
-
-    def random(self) -> random.Random:
-        """A generator of its own for this test: the same seed gives each test different, repeatable choices."""
-        return random.Random(f"{self.seed}:{self.nodeid}")
-
-    def __str__(self) -> str:
-        return f"random seed {self.seed}; replay with: {SEED_VARIABLE}={self.seed} pytest '{self.nodeid}'"
 
 
 @pytest.fixture
@@ -146,138 +75,23 @@ def one_thread():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# float32 error bounds that follow from the conditioning of the computation (not from what one CPU produced)
+# The suite's time budget, reported at the end of every session: the ten slowest tests, each tier's total, and every
+# test over its tier's budget (tests/helpers/budget.py), named the day it appears. Under xdist the controller
+# receives every worker's reports, so the one report covers the whole run.
 # ----------------------------------------------------------------------------------------------------------------
-#
-# Rounding model (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed. 2002): fl(a op b) =
-# (a op b)(1 + delta), |delta| <= u = 2^-24 in float32, and gamma_n = n u / (1 - n u).
-#
-# logdet(A), A = I + s X^T X (X is p x n: X = Z for the d x d "feature" side, X = Z^T for the m x m "kernel" side;
-# both have the same logdet by Sylvester's identity), computed in float32 by forming the Gram, one Cholesky
-# factorisation L L^T and 2 sum(log diag L):
-#
-#  1. Gram entries: an inner product of p terms, summed in ANY order (SIMD lanes, blocked GEMM, per-class Grams
-#     summed afterwards; added zero padding is exact) satisfies |fl(x^T y) - x^T y| <= gamma_p |x|^T |y|
-#     (Higham eq. (3.5) and section 3.1). One rounding for the product s * G, one for s itself, one for adding I
-#     (and `extra` more, e.g. for statistics rescaled by counts and summed over K classes):
-#         |Delta_1| <= gamma_{p+3+extra} s |X|^T |X|       (componentwise)
-#  2. Cholesky: the computed factor is exact for A + Delta_2, |Delta_2| <= gamma_{n+1} |L| |L|^T (Higham Thm 10.3).
-#  3. logdet(A + Delta) - logdet(A) = tr(A^-1 Delta) + r, with |tr(A^-1 Delta)| <= sum_ij |A^-1|_ij M_ij for
-#     M = the two componentwise bounds above, and, since every eigenvalue of A is >= 1 (||A^-1||_2 <= 1), the
-#     remainder |r| <= ||M||_F^2 / (2 (1 - ||M||_F)).  Here |A^-1| carries the conditioning: the bound grows with
-#     the size of A^-1 against the entries of s X^T X and of |L||L|^T, i.e. with cond(A) and with the lengths p, n.
-#  4. Every diag L_ii >= 1 (a Schur complement of A >= I), so the n logs and their sum add at most
-#     gamma_{n+2} |logdet A| (one ulp per log, n - 1 additions, the factor 2).
-#
-# The gradient of logdet(I + s X^T X) with respect to X is g = 2 s X Y, Y = A^-1, computed from the Cholesky factor
-# (cholesky_inverse) and a product with X. To first order its float32 error is
-#  5. from A + Delta (steps 1-2):   -2 s X Y Delta Y
-#  6. from inverting L (forward substitution per column, Higham Thm 8.5 and section 14.2; LAPACK's blocked trtri
-#     has a bound of the same form): L^-1 + E, |E| <= gamma_n |L^-1| |L| |L^-1|, so 2 s X (L^-T E + E^T L^-1)
-#  7. from the products L^-T L^-1 and X Y (inner products of length n, a few scalings):
-#     gamma_n 2 s |X| |L^-T| |L^-1| + gamma_{n+5} 2 s |X| |Y|.
-# Taken worst case (every rounding error aligned with the signs of Y), 5 and 6 are as large as g itself for the
-# matrices of the tests, a bound that tells nothing. The gradient bound therefore models the rounding errors of 5
-# and 6 as independent, zero-mean and within their worst-case magnitudes (Higham & Mary, SIAM J. Sci. Comput. 41,
-# 2019): each entry of the error is a sum sum_i c_i delta_i with |delta_i| <= b_i, and by Hoeffding's inequality
-# exceeds lambda * sqrt(sum_i c_i^2 b_i^2) with probability at most 2 exp(-lambda^2 / 2) (Delta is symmetric: its
-# pairs Delta_ij = Delta_ji are one variable, which at most doubles the variance). lambda = 10: < 4e-22 per entry.
-# Step 7 is kept worst case.
-#
-# The value bounds (1-4) are worst case: they hold for every summation order, thread count and SIMD width, and the
-# rounding errors of an actual machine are typically 10-1000 times smaller. The side factorised is an implementation
-# choice: semdl factorises the d x d side, or the m x m side when m < d, so both are bounded and the larger is kept.
 
-F32_UNIT_ROUNDOFF = torch.finfo(torch.float32).eps / 2  # u = 2^-24
+_durations: dict[str, dict[str, float]] = {}  # test id -> phase -> seconds
+_integration: set[str] = set()
 
 
-def gamma32(n: int) -> float:
-    """Higham's gamma_n = n u / (1 - n u) for float32."""
-    return n * F32_UNIT_ROUNDOFF / (1 - n * F32_UNIT_ROUNDOFF)
+def pytest_runtest_logreport(report):
+    _durations.setdefault(report.nodeid, {})[report.when] = report.duration
+    if "integration" in report.keywords:
+        _integration.add(report.nodeid)
 
 
-def _sides(Z: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
-    """(X, transposed) for every side semdl may factorise: X^T X is d x d (X = Z), or m x m (X = Z^T) when m < d."""
-    m, d = Z.shape
-    return [(Z, False)] + ([(Z.T, True)] if m < d else [])
-
-
-def _side_terms(X: torch.Tensor, scale: float, extra: int):
-    """A = I + scale X^T X in float64, A^-1, its Cholesky factor L, and the componentwise bound M on the float32
-    backward error of A (steps 1 and 2)."""
-    p, n = X.shape
-    A = torch.eye(n, dtype=torch.float64) + scale * X.T @ X
-    L = torch.linalg.cholesky(A)
-    M = gamma32(p + 3 + extra) * scale * X.abs().T @ X.abs() + gamma32(n + 1) * L.abs() @ L.abs().T
-    return A, torch.cholesky_inverse(L), L, M
-
-
-def float32_logdet_error_bound(Z: torch.Tensor, scale: float, extra: int = 0) -> float:
-    """Bound on |float32 logdet(I + scale Z^T Z) - exact| for the points Z (m, d) (steps 1-4 above); `extra` counts
-    roundings of each Gram entry beyond the inner product (e.g. statistics rescaled and summed over classes)."""
-    Z = Z.detach().to(torch.float64)
-    bounds = []
-    for X, _ in _sides(Z):
-        A, Y, _, M = _side_terms(X, scale, extra)
-        norm = float(torch.linalg.matrix_norm(M))
-        assert norm < 0.5, "rounding errors too large for a first-order bound"
-        first_order = float((Y.abs() * M).sum())
-        bounds.append(first_order + norm**2 / (2 * (1 - norm)) + gamma32(X.shape[1] + 2) * abs(float(torch.logdet(A))))
-    return max(bounds)
-
-
-def float32_logdet_gradient_error_bound(Z: torch.Tensor, scale: float, confidence: float = 10.0) -> torch.Tensor:
-    """Componentwise bound (m, d) on |float32 d/dZ logdet(I + scale Z^T Z) - exact| (steps 5-7 above, first order),
-    exceeded with probability at most 2 exp(-confidence^2 / 2) per entry under the independent-rounding model."""
-    Z = Z.detach().to(torch.float64)
-    bounds = []
-    for X, transposed in _sides(Z):
-        n = X.shape[1]
-        _, Y, L, M = _side_terms(X, scale, 0)
-        Linv = torch.linalg.inv(L)
-        E = gamma32(n) * Linv.abs() @ L.abs() @ Linv.abs()
-        variance = 2 * (X @ Y).square() @ M.square() @ Y.square()  # step 5
-        variance += (X @ Linv.T).square() @ E.square() + X.square() @ E.square().T @ Linv.square()  # step 6
-        worst_case = gamma32(n) * X.abs() @ Linv.abs().T @ Linv.abs() + gamma32(n + 5) * X.abs() @ Y.abs()  # 7
-        bound = 2 * scale * (confidence * variance.sqrt() + worst_case)
-        bounds.append(bound.T if transposed else bound)
-    return torch.stack(bounds).amax(0)
-
-
-def float32_logdet_error_bound_unit_rows(m: int, d: int, eps_sq: float, extra: int = 0) -> float:
-    """float32_logdet_error_bound for R = 1/2 logdet(I + d/(m eps_sq) Z^T Z) of ANY m unit-norm rows in d dimensions,
-    when only the sizes are known (the result is for logdet, not R). With |z|^2 <= 1 + gamma_{d+6} (rows normalised
-    in float32), t = s ||Z||_F^2 <= d/eps_sq (1 + gamma_{d+6}) and tr A = n + t on an n x n side (inner length p);
-    sum_ij |A^-1|_ij M_ij <= || |A^-1| ||_2 (gamma_{p+3+extra} t + gamma_{n+1} tr A) (row by row, and ||L||_F^2 = tr A),
-    || |A^-1| ||_2 <= ||A^-1||_F <= sqrt(n); ||M||_F is at most the bracket; logdet A <= n log(tr A / n)."""
-    t = d / eps_sq * (1 + gamma32(d + 6))
-    bounds = []
-    for n, p in [(d, m)] + ([(m, d)] if m < d else []):
-        bracket = gamma32(p + 3 + extra) * t + gamma32(n + 1) * (n + t)
-        assert bracket < 0.5, "rounding errors too large for a first-order bound"
-        bounds.append(
-            n**0.5 * bracket + bracket**2 / (2 * (1 - bracket)) + gamma32(n + 2) * n * math.log1p(t / n)
-        )
-    return max(bounds)
-
-
-def float32_rate_reduction_error_bound_unit_rows(
-    class_sizes: list[int], d: int, eps_sq: float, extra: int = 0
-) -> float:
-    """Bound on |float32 dR - exact| (gamma1 = gamma2 = 1) for any unit-norm features with these class sizes:
-    1/2 the bound of the whole batch's logdet, m_k / (2m) that of each class, and gamma_{K+3} (weights, sum over
-    classes) and gamma_2 (R - Rc) times upper bounds on the terms (logdet <= n log(1 + t/n), as above)."""
-    m, K = sum(class_sizes), len(class_sizes)
-    largest_logdet = d * math.log1p(1 / eps_sq * (1 + gamma32(d + 6)))
-    R = 0.5 * largest_logdet
-    bound = 0.5 * float32_logdet_error_bound_unit_rows(m, d, eps_sq, extra)
-    for size in class_sizes:
-        if size:
-            bound += size / (2 * m) * float32_logdet_error_bound_unit_rows(size, d, eps_sq, extra)
-    return bound + gamma32(K + 3) * R + gamma32(2) * 2 * R
-
-
-def float32_gram_error_bound(Z: torch.Tensor, extra: int = 0) -> torch.Tensor:
-    """Componentwise bound on |float32 Z^T Z - exact| (step 1): gamma_{m+extra} |Z|^T |Z|."""
-    Z = Z.detach().to(torch.float64)
-    return gamma32(Z.shape[0] + extra) * Z.abs().T @ Z.abs()
+def pytest_terminal_summary(terminalreporter):
+    if _durations and not os.environ.get("PYTEST_XDIST_WORKER"):
+        terminalreporter.section("semdl test time budget")
+        for line in time_report(_durations, _integration):
+            terminalreporter.write_line(line)

@@ -69,6 +69,7 @@ def test_every_classifier_separates_subspace_data(data):
         assert accuracy(predictions, test_y) >= 0.97, name
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_shuffled_training_labels_leave_every_classifier_at_chance(data):
     train_x, train_y, test_x, test_y = data
     totals = dict.fromkeys(all_predictions(train_x, train_y, test_x), 0.0)

@@ -1,35 +1,25 @@
-"""The `semdl` command as a user runs it: a subprocess, its exit status, what it prints and writes."""
+"""The `semdl` command as a user runs it: its exit status, what it prints and writes. One real subprocess per command
+(train, train -m, partition) proves the installed entry point; every other case calls main(argv) in this process, as
+the entry point does, without the seconds of imports a fresh interpreter pays."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.cli import in_process, semdl_process
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.cli import main
 from semdl.reports import report
 
-QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2"]
+QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=2", "eval.figures=false"]  # no test here checks a figure
 
-pytestmark = pytest.mark.integration  # every test starts `semdl` in a subprocess
-
-
-def semdl(*arguments, cwd):
-    environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "-m", "semdl", *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environment,
-    )
+integration = pytest.mark.integration  # a subprocess, or a whole training run
 
 
+@integration
 def test_default_experiment_runs_and_reports(tmp_path):
-    result = semdl("train", cwd=tmp_path)
+    """The installed `semdl train`, with no override: the default experiment learns the digits and reports."""
+    result = semdl_process("train", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dirs = [path.parent for path in (tmp_path / "outputs").rglob("summary.json")]
     assert len(run_dirs) == 1
@@ -57,8 +47,10 @@ def test_default_experiment_runs_and_reports(tmp_path):
         assert (run_dir / name).is_file(), name
 
 
+@integration
 def test_multirun_gives_one_run_directory_per_job(tmp_path):
-    result = semdl(
+    """The installed `semdl train -m`: one run directory per job."""
+    result = semdl_process(
         "train", "-m", *QUICK, "seed=0,1", "solver.rho=1,5", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -68,21 +60,23 @@ def test_multirun_gives_one_run_directory_per_job(tmp_path):
     assert len(overrides) == 4
 
 
-def test_overrides_reach_the_run(tmp_path):
-    result = semdl("train", *QUICK, "topology=complete", "seed=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+@integration
+def test_overrides_reach_the_run(tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    result = in_process(capsys, "train", *QUICK, "topology=complete", "seed=3", f"hydra.run.dir={tmp_path}/run")
+    assert result.status == 0, result.err
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 4 + 1 and rows[-1]["node"] == "eval"  # 3 nodes + network per round, final evaluation
     message_bytes = 4 * (4 * 16 * 16 + 4)
     assert rows[0]["bytes_sent"] == 2 * message_bytes  # complete graph on 3 nodes: 2 neighbours each
 
 
-def test_help_lists_commands_and_config_groups(tmp_path):
-    top = semdl("--help", cwd=tmp_path)
-    assert top.returncode == 0
-    assert all(command in top.stdout for command in ("train", "partition", "eval", "table", "semdl train --help"))
-    train = semdl("train", "--help", cwd=tmp_path)
-    assert train.returncode == 0
+def test_help_lists_commands_and_config_groups(capsys):
+    top = in_process(capsys, "--help")
+    assert top.status == 0
+    assert all(command in top.out for command in ("train", "partition", "eval", "table", "semdl train --help"))
+    train = in_process(capsys, "train", "--help")
+    assert train.status == 0
     for text in [
         "data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic",
         "solver: centralized, cluster_bcd, fedavg_ce, fedavg_mcr2, local, primal_dual",
@@ -91,7 +85,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
         "semdl train -m",
         "semdl partition",
     ]:
-        assert text in train.stdout, text
+        assert text in train.out, text
 
 
 @pytest.mark.parametrize(
@@ -112,7 +106,10 @@ def test_help_lists_commands_and_config_groups(tmp_path):
         (["+foo=1"], "unknown key foo"),
         (["model=resnet18", "data=synthetic"], "encoder resnet18 needs square images of 1 or 3 channels"),
         (["model.per_node=[mlp,mlp,lenet,mlp,vgg13]"], "unknown encoder 'vgg13' in model.per_node; choose one of: mlp"),
-        (["solver=local", "solver.rho=3"], "solver.rho is not a key of solver=local; its keys are: name, gamma1, gamma2"),
+        (
+            ["solver=local", "solver.rho=3"],
+            "solver.rho is not a key of solver=local; its keys are: name, gamma1, gamma2",
+        ),
         (["solver=local", "+solver.rho=3"], "solver.rho is not a key of solver=local; its keys are: name, gamma1"),
         (["solver=fedavg_ce", "solver.gamma1=2"], "solver.gamma1 is not a key of solver=fedavg_ce"),
         (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
@@ -122,8 +119,7 @@ def test_help_lists_commands_and_config_groups(tmp_path):
     ],
 )
 def test_bad_overrides_give_one_line_and_exit_2(tmp_path, overrides, message, monkeypatch, capsys):
-    """In this process, as the entry point runs them (a subprocess each would cost seconds of imports); the
-    next test drives the installed command itself."""
+    """In this process, as the entry point runs them (a subprocess each would cost seconds of imports)."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stopped:
         main(["train", *overrides])
@@ -136,24 +132,28 @@ def test_bad_overrides_give_one_line_and_exit_2(tmp_path, overrides, message, mo
     assert not (tmp_path / "outputs").exists()
 
 
-def test_the_installed_command_refuses_a_bad_override_in_one_line(tmp_path):
-    result = semdl("train", "solver=local", "solver.rho=3", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+def test_a_bad_override_is_refused_in_exactly_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = in_process(capsys, "train", "solver=local", "solver.rho=3")
+    assert result.status == 2, result.err
+    assert result.err.strip().splitlines() == [
         "semdl: error: solver.rho is not a key of solver=local; its keys are: name, gamma1, gamma2"
     ]
     assert not (tmp_path / "outputs").exists()
 
 
-def test_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path):
-    result = semdl("train", "-m", *QUICK, "seed=0,1", "nodes=2,0", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "nodes=0 is out of range" in result.stderr
+def test_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = in_process(capsys, "train", "-m", *QUICK, "seed=0,1", "nodes=2,0", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert result.status == 2
+    assert "nodes=0 is out of range" in result.err
     assert not (tmp_path / "sweep").exists()
 
 
+@integration
 def test_partition_command_prints_and_saves_without_training(tmp_path):
-    result = semdl("partition", "nodes=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    """The installed `semdl partition`: the table on stdout, partition.json and its figure, no training."""
+    result = semdl_process("partition", "nodes=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     partition = json.loads((tmp_path / "run/partition.json").read_text())
     counts = [node["class_counts"] for node in partition["nodes"]]
@@ -166,20 +166,22 @@ def test_partition_command_prints_and_saves_without_training(tmp_path):
     assert not (tmp_path / "run/metrics.jsonl").exists()
 
 
-def test_partition_command_rejects_an_impossible_request(tmp_path):
-    result = semdl("partition", "nodes=300", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+def test_partition_command_rejects_an_impossible_request(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = in_process(capsys, "partition", "nodes=300", f"hydra.run.dir={tmp_path}/run")
+    assert result.status == 2
+    assert result.err.strip() == (
         "semdl: error: partition=iid with nodes=300 needs at least 300 training samples per class; "
         "the smallest class has 122"
     )
 
 
-def test_unknown_command(tmp_path):
-    result = semdl("fly", cwd=tmp_path)
-    assert result.returncode == 2 and "unknown command 'fly'" in result.stderr
+def test_unknown_command(capsys):
+    result = in_process(capsys, "fly")
+    assert result.status == 2 and "unknown command 'fly'" in result.err
 
 
+@integration
 def test_a_non_iid_headline_leads_with_own_class_accuracy(tmp_path, capsys, one_thread):
     """Two of four classes per node: a node's all-class accuracy cannot pass the share of its classes in the test
     set (a half), so the headline leads with the accuracy on the node's own classes."""
@@ -197,6 +199,7 @@ def test_a_non_iid_headline_leads_with_own_class_accuracy(tmp_path, capsys, one_
     assert f"| all classes mean {knn['mean']:.4f} (nodes: " in line
 
 
+@integration
 def test_a_failing_job_does_not_end_the_sweep(tmp_path, capsys, one_thread):
     """Two jobs; the second's partition table asks for more samples than the data holds, which only loading the
     data can tell: the first finishes, the second is recorded, and the sweep ends with its count and status 1."""
@@ -231,15 +234,17 @@ def test_version_and_eval_help(capsys):
     assert out.startswith("usage: semdl eval <run_dir>") and "evaluations/<time>/" in out
 
 
+@integration
 def test_the_log_keeps_the_headline(tmp_path, capsys, one_thread):
     main(["train", *QUICK, "eval.classifiers=[knn]", f"hydra.run.dir={tmp_path / 'run'}"])
     out = capsys.readouterr().out.strip().splitlines()  # the log's console lines, then the headline
     headline = out[out.index(f"run directory: {tmp_path / 'run'}") :]
     assert len(headline) == 3 and "knn accuracy mean" in headline[-1]
     log = (tmp_path / "run" / "semdl.log").read_text().splitlines()
-    assert log[-len(headline):] == headline
+    assert log[-len(headline) :] == headline
 
 
+@integration
 @pytest.mark.parametrize("job_logging", ["default", "disabled", "none", "stdout"])
 def test_the_log_holds_the_run_whatever_hydra_logging_is_chosen(tmp_path, capsys, one_thread, job_logging):
     """Each line once: the configuration, what semdl said while building the network, progress, the headline."""
@@ -253,6 +258,7 @@ def test_the_log_holds_the_run_whatever_hydra_logging_is_chosen(tmp_path, capsys
     assert log.endswith(capsys.readouterr().out[-200:]) and "knn accuracy mean" in log.splitlines()[-1]
 
 
+@integration
 def test_a_resumed_run_logs_its_progress_to_the_log_alone(tmp_path, capsys, one_thread):
     """As in a fresh run, the progress lines go to semdl.log, not to the terminal beside the progress bar."""
     run_dir = tmp_path / "run"

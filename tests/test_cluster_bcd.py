@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import gamma32
 
+from helpers.rounding import gamma32
 from semdl.errors import UserError
 from semdl.eval import principal_angles, top_subspace
 from semdl.experiment import run_experiment
@@ -26,7 +26,7 @@ LABEL_SPLIT = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from conftest import SMALL_SYNTHETIC, composed
+    from helpers.configs import SMALL_SYNTHETIC, composed
 
     results = {}
     for solver in ("cluster_bcd", "local"):
@@ -97,6 +97,7 @@ def test_shared_class_subspaces_align_only_with_cluster_bcd(runs):
     assert max(aligned) < 15 and min(unaligned) > 45, (aligned, unaligned)
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_primal_dual_warns_on_non_iid_data(tmp_path, small_synthetic_config, caplog):
     cfg = small_synthetic_config(*LABEL_SPLIT, "train.rounds=1", "solver=primal_dual")
     with caplog.at_level("WARNING", logger="semdl"):
@@ -128,8 +129,8 @@ def test_bad_cluster_requests_are_one_line_errors(tmp_path, small_synthetic_conf
 )
 def test_published_non_iid_presets(tmp_path, preset, nodes, clusters):
     import numpy as np
-    from conftest import composed
-    from conftest import build_topology
+
+    from helpers.configs import build_topology, composed
     from semdl.solvers import build_solver
 
     cfg = composed([f"experiment={preset}"])

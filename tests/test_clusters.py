@@ -1,4 +1,5 @@
-"""Responsible label sets, automatic and explicit clusters, and replication (docs/algorithms.md section 5, steps 1-3)."""
+"""Responsible label sets, automatic and explicit clusters, and replication (docs/algorithms.md section 5,
+steps 1-3)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 from semdl.data.partition import class_counts, partition_dirichlet, partition_label_split
 from semdl.errors import UserError
 from semdl.network.clusters import automatic_clusters, check_clusters, replication_counts, responsible_labels
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from sync_probe import SyncProbe
 
+from helpers.sync_probe import SyncProbe
 from semdl.network.compression import (
     COMPRESSIONS,
     COUNT_BYTES,
@@ -392,16 +392,16 @@ def test_nodes_at_once_match_one_node_at_a_time(name, rank, energy, float64_defa
 
 
 def test_nothing_waits_for_the_device_but_eigh(float64_default):
-    """tests/sync_probe.py: no op of encode, decode, values_per_class, the error and the bytes reads a device value
-    on the host (in simulate mode, as CUDA would), except torch.linalg.eigh, whose kernel checks the solver's error
-    codes on the host (torch has no eigh without that check)."""
+    """tests/helpers/sync_probe.py: no op of encode, decode, values_per_class, the error and the bytes reads a device
+    value on the host (in simulate mode, as CUDA would), except torch.linalg.eigh, whose kernel checks the solver's
+    error codes on the host (torch has no eigh without that check)."""
     statistics, counts = node_statistics([[3, 0, 20], [7, 1, 2]], 8, seed=10)
     shared = torch.ones(2, 3, dtype=torch.bool)
     for compression in (NoCompression(), HalfPrecision(torch.bfloat16), LowRank(4, 0.8), LowRank(None, 1.0)):
         feedback = ErrorFeedback(compression, torch.zeros_like(statistics))
         probe = SyncProbe(simulate=True)
         with probe:
-            for sender in (lambda s, c: send(compression, s, c), feedback.send):
+            for sender in (lambda s, c, compression=compression: send(compression, s, c), feedback.send):
                 wire, decoded = sender(statistics, counts)
                 relative_error(statistics, decoded)
                 message_bytes(compression.values_per_class(wire), shared, compression.bytes_per_value)

@@ -14,8 +14,9 @@ import pytest
 import torch
 from torchvision import datasets
 
-from conftest import composed, gamma32
-from datafiles import MNIST_FILES, write_cifar, write_idx_gz, write_mnist
+from helpers.configs import composed
+from helpers.datafiles import MNIST_FILES, write_cifar, write_idx_gz, write_mnist
+from helpers.rounding import gamma32
 from semdl.data import datasets as semdl_datasets
 from semdl.data import input_shape, load_dataset
 from semdl.data.datasets import InputPipeline, hold_out_validation, make_synthetic, random_crop_flip
@@ -28,6 +29,7 @@ def data_config(name, root, *extra):
     return composed([f"data={name}", f"data.root={root}", "data.download=false", *extra]).data
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_family_from_gz_files(tmp_path, name, folder):
     written = write_mnist(tmp_path, folder, train_per_class=6, test_per_class=3)
@@ -75,6 +77,7 @@ def tree(root) -> dict:
     }
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("folder", ["MNIST", None], ids=["torchvision-layout", "flat"])
 def test_a_read_only_data_folder_is_read_and_left_as_it_was(tmp_path, monkeypatch, folder):
     root = tmp_path / "data"
@@ -223,6 +226,7 @@ def test_crop_flip_moves_whole_images_within_the_padding():
     assert len(outcomes) > 1
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_subset_caps_each_class(tmp_path, monkeypatch):
     write_cifar(tmp_path, "cifar10", train_per_class=5, test_per_class=4, monkeypatch=monkeypatch)
     dataset = load_dataset(data_config("cifar10", tmp_path, "data.subset=3"))
@@ -440,6 +444,7 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("semdl: error: cifar100 is not available"), result.stderr
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_training_on_mnist_files_with_augmentation(tmp_path, monkeypatch):
     write_mnist(tmp_path / "data", "MNIST", train_per_class=12, test_per_class=5)
     cfg = composed(

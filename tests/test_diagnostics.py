@@ -4,8 +4,8 @@ import matplotlib.image
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import gamma32
 
+from helpers.rounding import gamma32
 from semdl.eval.diagnostics import (
     class_spectra,
     class_subspace_angles,
@@ -20,7 +20,6 @@ from semdl.eval.plots import (
     plot_cross_node_accuracy,
     plot_similarity_heatmap,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import gamma32
 
+from helpers.configs import SMALL_SYNTHETIC
+from helpers.rounding import gamma32
 from semdl.experiment import run_experiment
 from semdl.io import read_metrics
 
@@ -14,25 +15,21 @@ ROUNDS = 25
 pytestmark = pytest.mark.integration  # whole training runs (25 rounds, and three short runs)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from conftest import composed, SMALL_SYNTHETIC
+# The run the tests read, shared by them (tests/helpers/runs.py).
+RUN = SMALL_SYNTHETIC + [
+    "nodes=4",
+    "topology=ring",
+    f"train.rounds={ROUNDS}",
+    "seed=1",
+    "train.local_epochs=4",
+    "train.batch_size=30",
+    "train.lr=0.01",
+]
 
-    cfg = composed(
-        SMALL_SYNTHETIC
-        + [
-            "nodes=4",
-            "topology=ring",
-            f"train.rounds={ROUNDS}",
-            "seed=1",
-            "train.local_epochs=4",
-            "train.batch_size=30",
-            "train.lr=0.01",
-        ]
-    )
-    run_dir = tmp_path_factory.mktemp("run")
-    summary = run_experiment(cfg, run_dir)
-    return cfg, run_dir, summary
+
+@pytest.fixture
+def finished_run(shared_run):
+    return shared_run(RUN)
 
 
 def test_run_directory_holds_every_artifact(finished_run):
@@ -111,7 +108,10 @@ def test_same_seed_same_metrics(tmp_path, small_synthetic_config):
     cfg = small_synthetic_config("nodes=3", "topology=complete", "train.rounds=3", "seed=7")
     run_experiment(cfg, tmp_path / "first")
     run_experiment(cfg, tmp_path / "second")
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
     first = strip(read_metrics(tmp_path / "first" / "metrics.jsonl"))
     assert first == strip(read_metrics(tmp_path / "second" / "metrics.jsonl"))
     run_experiment(

@@ -6,35 +6,35 @@ import subprocess
 import sys
 
 import pytest
-from conftest import float32_rate_reduction_error_bound_unit_rows
 
+from helpers.cli import in_process
+from helpers.configs import SMALL_SYNTHETIC, without_timing
+from helpers.rounding import float32_rate_reduction_error_bound_unit_rows
 from semdl.errors import UserError
 from semdl.experiment import reevaluate, run_experiment
 from semdl.io import read_metrics
 
 ROUNDS = 6
 
-pytestmark = pytest.mark.integration  # a whole training run, short runs and `semdl eval` in subprocesses
+pytestmark = pytest.mark.integration  # a whole training run, short runs and the installed `semdl eval`
 CLASSIFIERS = {"knn", "nearest_subspace", "semantic_subspace", "linear_probe"}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from conftest import SMALL_SYNTHETIC, composed
+# A short run with periodic evaluations, shared by the tests that read it (tests/helpers/runs.py). `semdl eval` adds
+# evaluations/ to it: test_semdl_eval_reproduces_the_run runs first and finds only its own.
+RUN = SMALL_SYNTHETIC + [
+    "nodes=3",
+    f"train.rounds={ROUNDS}",
+    "eval.every=2",
+    "train.local_epochs=2",
+    "train.batch_size=40",
+    "train.lr=0.01",
+]
 
-    cfg = composed(
-        SMALL_SYNTHETIC
-        + [
-            "nodes=3",
-            f"train.rounds={ROUNDS}",
-            "eval.every=2",
-            "train.local_epochs=2",
-            "train.batch_size=40",
-            "train.lr=0.01",
-        ]
-    )
-    run_dir = tmp_path_factory.mktemp("run")
-    return cfg, run_dir, run_experiment(cfg, run_dir)
+
+@pytest.fixture
+def finished_run(shared_run):
+    return shared_run(RUN)
 
 
 def test_eval_json_holds_every_measurement(finished_run):
@@ -84,6 +84,7 @@ def test_figures_are_valid_pngs(finished_run):
 
 
 def test_semdl_eval_reproduces_the_run(finished_run):
+    """The installed `semdl eval` evaluates the run again into evaluations/<time>/, with the same numbers."""
     _, run_dir, _ = finished_run
     result = subprocess.run(
         [sys.executable, "-m", "semdl", "eval", str(run_dir)], capture_output=True, text=True, timeout=300
@@ -114,7 +115,10 @@ def test_semdl_eval_with_other_settings(finished_run):
     "arguments, message",
     [
         (["eval.knn_k=0"], "eval.knn_k=0 is out of range"),
-        (["nodes=7"], "semdl eval cannot change nodes: it continues the same experiment; only eval.*, device may change"),
+        (
+            ["nodes=7"],
+            "semdl eval cannot change nodes: it continues the same experiment; only eval.*, device may change",
+        ),
         (["eval.classifiers=[svm]"], "unknown classifier 'svm' in eval.classifiers; choose one of: knn"),
     ],
 )
@@ -124,12 +128,10 @@ def test_semdl_eval_rejects_bad_settings(finished_run, arguments, message):
         reevaluate(run_dir, arguments)
 
 
-def test_semdl_eval_on_a_directory_that_is_not_a_run(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "semdl", "eval", str(tmp_path)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_semdl_eval_on_a_directory_that_is_not_a_run(tmp_path, capsys):
+    result = in_process(capsys, "eval", str(tmp_path))
+    assert result.status == 2
+    assert result.err.strip().splitlines() == [
         f"semdl: error: semdl eval: {tmp_path} is not a semdl run directory: partition.json, metrics.jsonl, "
         "checkpoints missing"
     ]
@@ -162,3 +164,20 @@ def test_semdl_eval_on_a_truncated_checkpoint(finished_run, tmp_path):
     with pytest.raises(UserError, match="no usable checkpoint in .*last.pt is unreadable") as error:
         reevaluate(copy, [])
     assert "\n" not in str(error.value)
+
+
+def test_figures_off_draws_nothing_and_changes_no_number(finished_run, shared_run):
+    """eval.figures=false (the smoke presets' setting): no figure but the partition's, not even the heatmaps that
+    eval.heatmap_every asks for, and the same eval.json and metrics as the run that draws them; `semdl eval` with it
+    writes no figure either."""
+    _, drawn, _ = finished_run
+    _, run_dir, _ = shared_run(RUN + ["eval.figures=false", "eval.heatmap_every=2"])
+    assert sorted(path.name for path in (run_dir / "figures").iterdir()) == ["partition.png"]
+    assert without_timing(json.loads((run_dir / "eval.json").read_text())) == without_timing(
+        json.loads((drawn / "eval.json").read_text())
+    )
+    assert without_timing(read_metrics(run_dir / "metrics.jsonl")) == without_timing(
+        read_metrics(drawn / "metrics.jsonl")
+    )
+    evaluation, out_dir = reevaluate(run_dir, ["eval.figures=false"])
+    assert not (out_dir / "figures").exists() and set(evaluation["classifiers"]) == CLASSIFIERS

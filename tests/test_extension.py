@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hydra.core.config_store import ConfigStore
 
-from conftest import SMALL_SYNTHETIC, composed, config_groups
+from helpers.configs import SMALL_SYNTHETIC, composed, config_groups
 from semdl.cli import main
-from semdl.options import registries
 from semdl.io import read_metrics
+from semdl.options import registries
 from semdl.registry import Registry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "penalty_solver"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.checkpoint import checkpoint_state
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
@@ -68,6 +68,7 @@ def assert_same_networks(plain, fast, losses_plain, losses_fast, rtol: float, at
                 assert torch.equal(value_fast, value_plain), name
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize(
     "overrides,lockstep_sizes,vectorised_sizes",
     [
@@ -143,13 +144,15 @@ def test_groups_split_by_architecture_and_data_size(tmp_path):
     ]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("vectorize", ["off", "on"])
 def test_amp_matches_float32_within_bf16_tolerance(vectorize, tmp_path, one_thread):
     """bf16 autocast of the encoders (CPU here) keeps the objectives in float32; results agree to bf16 precision,
     node by node and vectorised (whose BatchNorm layers take float32 inputs on the CPU: torch's vmapped CPU batch
     norm refuses bf16 ones)."""
     plain, losses_plain = run_rounds(EQUAL_NODES + ["train.amp=off"], tmp_path / "plain", rounds=2)
-    amp, losses_amp = run_rounds(EQUAL_NODES + ["train.amp=on", f"sim.vectorize={vectorize}"], tmp_path / "amp", rounds=2)
+    amp_overrides = EQUAL_NODES + ["train.amp=on", f"sim.vectorize={vectorize}"]
+    amp, losses_amp = run_rounds(amp_overrides, tmp_path / "amp", rounds=2)
     assert all(node.amp for node in amp.nodes) and not any(node.amp for node in plain.nodes)
     node = amp.nodes[0]
     features = node.features(node.pipeline(node.inputs[node.indices[:8]]))

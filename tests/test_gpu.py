@@ -7,8 +7,8 @@ CPU with tiny shapes (scripts/gpu_check.py --dry-run): the same code paths, so t
 a GPU is lent. With SEMDL_GPU_RECORDS=<dir>, each test writes what it measured into <dir>/<test>.json, which
 scripts/gpu_check.py gathers into its report.
 
-The one test not marked gpu (test_no_training_step_waits_for_the_device) runs in the CPU suite: tests/sync_probe.py
-records every op of a training step that would make the host wait for a CUDA device.
+The one test not marked gpu (test_no_training_step_waits_for_the_device) runs in the CPU suite:
+tests/helpers/sync_probe.py records every op of a training step that would make the host wait for a CUDA device.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import composed
-from sync_probe import SyncProbe
 
 import semdl.solvers.common
 import semdl.solvers.groups
+from helpers.configs import composed
+from helpers.sync_probe import SyncProbe
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
 
@@ -163,10 +163,11 @@ NO_SYNC_SOLVERS = [
 ]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("solver", NO_SYNC_SOLVERS)
 def test_no_training_step_waits_for_the_device(solver, tmp_path, one_thread):
-    """Two rounds of each solver on tiny digits, with tests/sync_probe.py on inside every training step (loss and
-    backward): no op that, on CUDA, makes the host wait for the device (item/bool of a tensor, data-dependent
+    """Two rounds of each solver on tiny digits, with tests/helpers/sync_probe.py on inside every training step (loss
+    and backward): no op that, on CUDA, makes the host wait for the device (item/bool of a tensor, data-dependent
     shapes such as bincount or a bool mask, host-checked factorisations such as cholesky_inverse, copies to the
     host). A failure lists each such op with the Python stack that called it."""
     probe, calls, network = probe_training_steps([*TINY_DIGITS, *SOLVER_OVERRIDES[solver]], tmp_path, rounds=2)
@@ -362,7 +363,7 @@ def test_no_synchronisation_inside_a_training_step(solver, tmp_path, one_thread)
     optimizer step, mini-batch draw): any host wait raises. Then one whole round (statistics passes, exchange,
     dual steps and penalties included) under "warn", whose synchronisations are counted: none, since the round's
     one read, for its metrics, comes after it. On the CPU dry
-    run, tests/sync_probe.py stands in for the debug mode (the optimizer's step paused: Adam's host-side step
+    run, tests/helpers/sync_probe.py stands in for the debug mode (the optimizer's step paused: Adam's host-side step
     counter is a CPU tensor, no wait on CUDA)."""
     overrides = [*NO_SYNC, *SOLVER_OVERRIDES[solver]]
     network = network_of(overrides, tmp_path, DEVICE)

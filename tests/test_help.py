@@ -9,10 +9,10 @@ import pytest
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import composed
+from helpers.configs import composed
 from semdl.cli import main
-from semdl.options import registries
 from semdl.help import config_descriptions, field_descriptions
+from semdl.options import registries
 from semdl.solvers.cluster_bcd import ClusterBCDConfig
 
 CONFIG_HEADING = "Override anything in the config (foo.bar=value)\n"

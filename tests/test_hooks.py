@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.hooks import RoundHook
 from semdl.io import read_metrics
+from semdl.io.run_directory import RunDirectory
 from semdl.pipeline.hooks import History
 from semdl.pipeline.loop import CheckpointCadence, builtin_hooks, train_rounds
 from semdl.pipeline.network import build_network
-from semdl.io.run_directory import RunDirectory
 from semdl.solvers.primal_dual import PrimalDual
 from semdl.tracking.base import GuardedTracker, PlainConfig, Tracker
 

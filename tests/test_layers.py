@@ -20,7 +20,16 @@ PACKAGE = Path(semdl.__file__).resolve().parent
 
 # docs/architecture.md's layers, from the bottom up: a module imports only its own layer and the layers below it.
 LAYERS = [
-    ["semdl", "semdl.conf", "semdl.errors", "semdl.hooks", "semdl.registry", "semdl.schema", "semdl.objectives", "semdl.io"],
+    [
+        "semdl",
+        "semdl.conf",
+        "semdl.errors",
+        "semdl.hooks",
+        "semdl.registry",
+        "semdl.schema",
+        "semdl.objectives",
+        "semdl.io",
+    ],
     ["semdl.data", "semdl.models"],
     ["semdl.network"],
     ["semdl.solvers", "semdl.eval", "semdl.tracking"],
@@ -181,7 +190,13 @@ def test_run_file_names_are_spelled_in_the_run_directory_module_only():
     assert not spelled, "\n".join(spelled)
 
 
-SOLVER_SHARED = {"semdl.solvers", "semdl.solvers.base", "semdl.solvers.common", "semdl.solvers.groups", "semdl.solvers.own_data"}
+SOLVER_SHARED = {
+    "semdl.solvers",
+    "semdl.solvers.base",
+    "semdl.solvers.common",
+    "semdl.solvers.groups",
+    "semdl.solvers.own_data",
+}
 
 
 def test_no_solver_module_imports_another_solver():

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_resume import outcome
 from torch import nn
 
-from conftest import SMALL_SYNTHETIC, composed
-from test_resume import outcome
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.cli import main
 from semdl.data.datasets import InputPipeline
 from semdl.eval import figures
@@ -20,7 +20,7 @@ from semdl.io import read_metrics
 from semdl.models import build_encoder
 from semdl.network import Node
 from semdl.pipeline import lockstep
-from semdl.pipeline.lockstep import activation_bytes, activation_budget, split_to_fit
+from semdl.pipeline.lockstep import activation_budget, activation_bytes, split_to_fit
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network
 from semdl.resources import format_bytes
@@ -217,6 +217,7 @@ def training_state_bytes(nodes) -> int:
     return 3 * sum(parameter.nbytes for node in nodes for parameter in node.encoder.parameters())
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize(
     "nodes_that_fit, expected, chosen",
     [
@@ -325,6 +326,7 @@ def stopped_line(arguments: list[str], capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
     """A run of 3 rounds, checkpoint at round 2, runs out of CUDA memory (injected) in round 3's training: one line,
     status 2, no traceback; its last checkpoint (round 2) is whole, and resumed from it the run ends as the
@@ -367,8 +369,8 @@ def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path,
 def test_out_of_memory_outside_the_rounds_names_its_stage(tmp_path, monkeypatch):
     """The CPU allocator really failing (a petabyte) in the evaluation, after the rounds: the line reads the stage
     from the traceback (semdl.eval), the device from the error, and points at the run's last checkpoint."""
-    from semdl.exits import outcome
     from semdl.eval import evaluate
+    from semdl.exits import outcome
 
     network = build_network(composed(QUICK + ["sim.lockstep=off"]), tmp_path, CPU)
     monkeypatch.setattr(evaluate, "node_features", lambda nodes, dataset: torch.empty(2**50, dtype=torch.uint8))

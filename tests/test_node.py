@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC, composed
 from torch import nn
 
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.network.node import batch_norm_layers, recompute_batch_norm
 from semdl.pipeline.loop import run_round
 from semdl.pipeline.network import build_network

@@ -9,17 +9,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl import resources
 from semdl.cli import main
 from semdl.composition import CONF_DIR
-from semdl.validation import validate
 from semdl.data import build_partition, load_dataset
 from semdl.errors import UserError
 from semdl.network import InProcessCommunicator
 from semdl.network.distributed import RankLayout
 from semdl.pipeline.network import build_nodes
 from semdl.resources import check_memory, format_bytes, local_nodes, requirements
+from semdl.validation import validate
 
 HUGE = "99999999999999999999999"  # beyond int64
 PAPER_PRESETS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -96,8 +96,14 @@ def compose_config(overrides: list[str]):
 
 
 @pytest.mark.parametrize("overrides", [[], *([f"experiment={name}"] for name in PAPER_PRESETS)])
-def test_the_default_and_the_paper_presets_pass(overrides):
-    validate(compose_config(overrides))
+def test_the_default_and_the_paper_presets_pass(overrides, fixed_memory):
+    """What semdl ships is not refused: the default and every preset pass the range checks and the memory check of a
+    22 GiB device, each stage's estimate a positive size below it (the refusals above are of sizes beyond it)."""
+    cfg = compose_config(overrides)
+    validate(cfg)
+    check_memory(cfg)
+    stages = requirements(cfg, torch.device("cpu"))
+    assert stages and all(0 < stage.total < 22 * 2**30 for stage in stages), stages
 
 
 def test_the_bound_equals_the_tensors_a_real_network_allocates():

@@ -12,15 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (
+import semdl.objectives.consensus as consensus_module
+import semdl.objectives.rates as rates_module
+from helpers.rounding import (
     float32_gram_error_bound,
     float32_logdet_error_bound,
     float32_logdet_gradient_error_bound,
     gamma32,
 )
-
-import semdl.objectives.consensus as consensus_module
-import semdl.objectives.rates as rates_module
 from semdl.objectives import (
     ConsensusPenalty,
     class_statistics,

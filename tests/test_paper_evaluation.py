@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed, float32_rate_reduction_error_bound_unit_rows
+from helpers.configs import SMALL_SYNTHETIC, composed
+from helpers.rounding import float32_rate_reduction_error_bound_unit_rows
 from semdl.data import make_synthetic
 from semdl.eval.classifiers import linear_probe_predict
 from semdl.eval.diagnostics import similarity_matrix
@@ -26,7 +27,12 @@ def test_paper_protocol_composes_to_the_published_settings():
     assert (paper.name, paper.knn_k, paper.n_components, paper.test_per_class) == ("paper", 1, 30, 800)
     assert (paper.probe_batch_size, paper.probe_lr, paper.heatmap_every, paper.similarity) == (64, 0.01, 100, "clipped")
     assert list(paper.classifiers) == ["knn", "nearest_subspace", "linear_probe"]
-    assert (default.name, default.knn_k, default.test_per_class, default.similarity) == ("default", 10, None, "absolute")
+    assert (default.name, default.knn_k, default.test_per_class, default.similarity) == (
+        "default",
+        10,
+        None,
+        "absolute",
+    )
     assert composed(["eval=paper", "eval.knn_k=3"]).eval.knn_k == 3
 
 
@@ -145,7 +151,11 @@ def test_a_finished_run_is_evaluated_again_under_the_paper_protocol(tmp_path):
 
     run_experiment(composed(SMALL_SYNTHETIC + ["nodes=2", "train.rounds=1"]), tmp_path)
     evaluation, out_dir = reevaluate(tmp_path, ["eval=paper", "eval.n_components=8"])
-    assert evaluation["protocol"] == "paper" and set(evaluation["classifiers"]) == {"knn", "nearest_subspace", "linear_probe"}
+    assert evaluation["protocol"] == "paper" and set(evaluation["classifiers"]) == {
+        "knn",
+        "nearest_subspace",
+        "linear_probe",
+    }
     assert json.loads((out_dir / "eval.json").read_text())["n_components"] == 8
     with pytest.raises(UserError, match="^unknown eval 'published'; choose one of: default, paper$"):
         reevaluate(tmp_path, ["eval=published"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import composed
+from helpers.configs import composed
 from semdl.data.partition import (
     build_partition,
     class_counts,

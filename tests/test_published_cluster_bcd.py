@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import composed
+from helpers.configs import composed
 from semdl.models import build_encoder
 from semdl.network import node_seeds
 from semdl.pipeline.loop import run_round
@@ -149,6 +149,7 @@ class Reference:
                 latest[i] = self.statistics[i]
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_cluster_bcd_published_equals_the_plain_section_5_loop(tmp_path, float64, one_thread):
     cfg = composed(CONFIG)
     network = build_network(cfg, tmp_path, torch.device("cpu"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import composed
+from helpers.configs import composed
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_paper.sh"
 EXPERIMENTS = {
@@ -61,7 +61,10 @@ def test_smoke_presets_keep_the_structure_of_the_paper_presets(experiment):
     if paper.solver.name == "cluster_bcd":
         # The smoke data are scaled down, and the batch with them: smaller than a node's local set, as at paper
         # scale, so that the published batch scaling and batching act (two batches a pass keep the smoke fast).
-        assert (smoke.solver.batch_scaling, smoke.solver.clusters) == (paper.solver.batch_scaling, paper.solver.clusters)
+        assert (smoke.solver.batch_scaling, smoke.solver.clusters) == (
+            paper.solver.batch_scaling,
+            paper.solver.clusters,
+        )
         assert paper.train.batch_size < min(sum(row) for row in paper.partition.counts)
         assert smoke.train.batch_size < min(sum(row) for row in smoke.partition.counts) < 2 * smoke.train.batch_size
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed, without_timing
+from helpers.configs import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import NumericalError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
@@ -22,9 +22,10 @@ from semdl.solvers import SOLVERS as SOLVER_REGISTRY
 
 ROUNDS = 8
 LABEL_SPLIT = ["partition=label_split", "partition.classes_per_node=2"]
+NO_FIGURES = ["eval.figures=false"]  # no test here checks a figure
 SOLVERS = {
-    "primal_dual": SMALL_SYNTHETIC + ["nodes=3", "solver=primal_dual"],
-    "cluster_bcd": SMALL_SYNTHETIC + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd"],
+    "primal_dual": SMALL_SYNTHETIC + NO_FIGURES + ["nodes=3", "solver=primal_dual"],
+    "cluster_bcd": SMALL_SYNTHETIC + NO_FIGURES + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd"],
 }
 
 
@@ -41,17 +42,6 @@ def environment() -> dict:
 def outcome(run_dir: Path) -> tuple[list[dict], dict]:
     summary = json.loads((run_dir / "summary.json").read_text())
     return without_timing(read_metrics(run_dir / "metrics.jsonl")), without_timing(summary)
-
-
-def train(overrides: list[str], run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        semdl_command("train", *overrides, f"hydra.run.dir={run_dir}"),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environment(),
-    )
 
 
 def rounds_written(run_dir: Path) -> int:
@@ -82,10 +72,12 @@ def wait_for_round(process: subprocess.Popen, run_dir: Path, round_index: int) -
 
 @pytest.mark.integration
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path, replay):
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path, replay, one_thread):
+    """A SIGKILL at a random moment of a real `semdl train` process, then `semdl train resume=`: the metrics and
+    summary of the uninterrupted run (run in this process, with the subprocesses' one thread)."""
     overrides = SOLVERS[solver] + [f"train.rounds={ROUNDS}", "train.checkpoint_every=2"]
     reference = tmp_path / "reference"
-    assert train(overrides, reference, tmp_path).returncode == 0
+    run_experiment(composed(overrides), reference)
 
     round_seconds = [row["seconds"] for row in read_metrics(reference / "metrics.jsonl") if row["node"] == "network"]
     # Somewhere in the round after round k (or in its checkpoint write), k in 3 .. ROUNDS-3, at a fraction of the
@@ -118,6 +110,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path, r
     assert summary == expected_summary, context
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
     """Eight rounds, then resume to twelve: the same as twelve rounds at once (up to the extra final evaluation
     row the first run wrote at round eight)."""
@@ -135,6 +128,7 @@ def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
     assert summary == expected_summary
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_run_saved_before_comm_was_a_config_group_resumes(tmp_path, one_thread):
     """Run directories written when `comm` was a string beside `comm_backend` and `comm_timeout` resume as they
     were: their saved configs are read in today's layout (the checkpoint's here; .hydra/config.yaml, which the
@@ -257,6 +251,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_finished_run_can_leave_the_optimizer_state_out(tmp_path, one_thread, caplog):
     """train.final_optimizer_state=false: the same encoders, no optimizer state, a file smaller by about the size
     of Adam's moments (two tensors per parameter, plus a little serialisation); extending the run still works,

@@ -14,13 +14,13 @@ import time
 
 import pytest
 import torch
+from test_resume import environment, outcome, semdl_command
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.cli import main
 from semdl.errors import Stopped
 from semdl.experiment import reevaluate, resume_experiment, run_experiment
 from semdl.io.run_directory import WRITER
-from test_resume import environment, outcome, semdl_command
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "eval.classifiers=[knn]"]
 
@@ -69,6 +69,7 @@ def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_threa
     assert summary == expected_summary
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_writer_that_died_is_reported_and_its_run_resumes(tmp_path, one_thread, caplog):
     run_experiment(composed(QUICK + ["train.rounds=2"]), tmp_path)
     dead = {"command": "semdl train", "pid": 1 << 30, "host": "node7", "since": "2026-01-01 00:00:00"}
@@ -84,6 +85,7 @@ def test_a_writer_that_died_is_reported_and_its_run_resumes(tmp_path, one_thread
     assert not (tmp_path / WRITER).exists()
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_an_extended_run_stopped_during_its_final_evaluation_resumes_to_its_end(tmp_path, one_thread, monkeypatch):
     """Two rounds finished, extended to four, stopped once round 4's checkpoint is written but before its summary:
     the old summary (2 rounds) no longer says finished, so resume= redoes the final evaluation."""
@@ -111,6 +113,7 @@ def test_an_extended_run_stopped_during_its_final_evaluation_resumes_to_its_end(
     assert summary == expected_summary
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_eval_says_which_round_and_checkpoint_it_evaluates(tmp_path, one_thread, caplog):
     """last.pt unreadable: previous.pt (round 3 of 4) is evaluated, with a warning for each, and eval.json says so."""
     run_experiment(composed(QUICK + ["train.rounds=4", "train.checkpoint_every=1"]), tmp_path)
@@ -143,6 +146,7 @@ def poison_round(monkeypatch, round_to_poison: int, action) -> None:
     monkeypatch.setattr(PrimalDual, "round", round_with_action)
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeypatch, capsys):
     def two_signals():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -161,6 +165,7 @@ def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeyp
     assert not (run / WRITER).exists()
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, one_thread, monkeypatch, capsys):
     def disk_full(directory, payload, keep):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / ".last.pt.tmp"))
@@ -178,6 +183,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, one_thread, monkeypat
     )
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_bug_is_one_line_with_the_traceback_in_the_log(tmp_path, one_thread, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("an evaluation bug\nwith a second line")

@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import SMALL_SYNTHETIC
+from helpers.configs import SMALL_SYNTHETIC
 from semdl import composition
 from semdl.cli import main
 from semdl.composition import CONFIG_MODULE, sweep_jobs
@@ -96,9 +96,10 @@ def test_the_slurm_preset_asks_for_one_gpu_per_job():
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_the_objective_names_are_the_metrics_a_run_has(tmp_path, one_thread):
     """sweep.objective is checked against metric_names before any trial: they are exactly the run's metrics."""
-    from conftest import composed
+    from helpers.configs import composed
     from semdl.experiment import run_experiment
 
     cfg = composed(QUICK)
@@ -152,6 +153,7 @@ def test_a_missing_extra_is_named(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_search_in_a_preset_of_the_users_is_checked_like_one_on_the_command_line(tmp_path, capsys):
     """A preset in --config-dir chooses the search and its space (hydra.sweeper.params): semdl's checks see it, so
     an unknown objective, and a bad interval in the params, are refused before any trial."""

@@ -3,7 +3,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import build_topology
+from helpers.configs import build_topology
 from semdl.errors import UserError
 from semdl.network.topology import PAPER5, PAPER10, is_connected
 
@@ -107,7 +107,7 @@ def test_binary_adjacency_file_is_refused(tmp_path, content, offset):
 
 
 def test_adjacency_path_that_is_a_directory(tmp_path):
-    with pytest.raises(UserError, match=re.escape(f"cannot read topology.path={tmp_path}: Is a directory")):
+    with pytest.raises(UserError, match=re.escape(f"topology.path={tmp_path} is a directory, not a text file")):
         build_topology("file", 3, path=str(tmp_path))
 
 

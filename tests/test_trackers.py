@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import SMALL_SYNTHETIC, composed
+from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.cli import main
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
@@ -223,6 +223,7 @@ def finished(tmp_path_factory, one_thread):
     return run_dir
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("logger", TRACKERS)
 def test_every_row_and_evaluation_reaches_the_tracker(finished, logger):
     run_dir = finished(logger)
@@ -234,6 +235,7 @@ def test_every_row_and_evaluation_reaches_the_tracker(finished, logger):
     assert_holds_the_record(logger, run_dir)
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @track
 def test_the_resolved_config_is_the_hyperparameters(finished):
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -265,6 +267,7 @@ def test_the_resolved_config_is_the_hyperparameters(finished):
             assert hparams[key].string_value == text(value), key
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @track
 def test_the_figures_reach_tensorboard_and_mlflow(finished):
     for logger in ("tensorboard", "mlflow"):
@@ -292,6 +295,7 @@ def test_the_figures_reach_tensorboard_and_mlflow(finished):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @track
 def test_each_tracker_writes_where_it_is_documented(finished):
     assert {path.name for path in finished("csv").glob("*.csv")} == {
@@ -328,6 +332,7 @@ def test_logger_none_and_the_other_ranks_log_nothing(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("logger", TRACKERS)
 def test_an_extended_run_continues_its_tracker_run(tmp_path, logger, one_thread):
     run_dir = tiny_run(tmp_path / "run", logger, 2)
@@ -343,6 +348,7 @@ def test_an_extended_run_continues_its_tracker_run(tmp_path, logger, one_thread)
         assert run.info.status == "FINISHED"
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("logger", TRACKERS)
 def test_rounds_redone_after_a_crash_are_not_duplicated(tmp_path, logger, one_thread):
     """The state a kill leaves after round 3 was logged, before its checkpoint: the checkpoint of round 2
@@ -400,6 +406,7 @@ def test_a_store_that_cannot_open_stops_a_fresh_run_before_round_one(tmp_path, o
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @track
 def test_a_resumed_run_goes_on_without_a_store_that_cannot_open(tmp_path, one_thread, caplog):
     run_dir = tiny_run(tmp_path / "run", "mlflow", 2)
@@ -415,6 +422,7 @@ def test_a_resumed_run_goes_on_without_a_store_that_cannot_open(tmp_path, one_th
     assert max(metric.step for metric in client.get_metric_history(run.info.run_id, "network/dR")) == 2
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_tracker_failing_mid_run_leaves_the_run_whole(tmp_path, monkeypatch, one_thread, caplog):
     from semdl.tracking.csv_files import CsvFiles
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_SYNTHETIC, composed, without_timing
+from helpers.configs import SMALL_SYNTHETIC, composed, without_timing
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
@@ -43,6 +43,7 @@ def ring_schedule(path, nodes: int = 4) -> str:
     return str(path)
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("stale", ["reuse", "skip"])
 def test_a_schedule_that_keeps_every_link_changes_nothing(stale, tmp_path):
     """The unreliable path (conditions drawn, statistics kept per neighbour) with every message delivered gives the
@@ -89,6 +90,7 @@ def test_links_switched_off_leave_the_last_statistics_in_use_and_age_them(tmp_pa
         assert not torch.equal(network.communicator.statistics[node.index], delivered[node.index])
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("solver", ["primal_dual", "cluster_bcd", "fedavg_mcr2"])
 def test_an_offline_node_neither_trains_nor_sends(solver, tmp_path):
     extra = ["partition=label_split", "partition.classes_per_node=2"] if solver == "cluster_bcd" else []
@@ -116,6 +118,7 @@ def test_an_offline_node_neither_trains_nor_sends(solver, tmp_path):
     assert offline_seen and online_seen  # seed 0 draws both within four rounds
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_metrics_count_what_the_seeded_draws_say(tmp_path):
     """Each round's delivered and lost messages and active nodes, from an independent draw of the same conditions."""
     overrides = RING4 + ["network.link_drop=0.4", "network.node_dropout=0.3", "train.rounds=4"]
@@ -182,6 +185,7 @@ UNRELIABLE = {
 }
 
 
+@pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 @pytest.mark.parametrize("solver", sorted(UNRELIABLE))
 def test_a_resumed_run_draws_the_same_failures_and_keeps_what_nodes_held(solver, tmp_path, one_thread):
     """Four rounds at once equal two rounds, a checkpoint, and two more: the draws depend on (seed, round) alone,

@@ -51,7 +51,7 @@ class InputPipeline:
             self.weight = scale / std_tensor
             self.bias = -torch.tensor(mean, device=device)[:, None, None] / std_tensor
 
-    def to(self, device: torch.device) -> "InputPipeline":
+    def to(self, device: torch.device) -> InputPipeline:
         return InputPipeline(self.scale, self.mean, self.std, self.augment, device)
 
     def __call__(self, stored: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -97,7 +97,7 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         return replace(
             self,
             train_x=self.train_x.to(device),
@@ -661,7 +661,9 @@ def load_images(cfg) -> Dataset:
     dataset = load_torchvision(cfg.name, cfg.root, cfg.download, DATASETS.get(cfg.name).value.num_classes(cfg))
     if cfg.resize is not None:
         dataset = replace(
-            dataset, train_x=resize_images(dataset.train_x, cfg.resize), test_x=resize_images(dataset.test_x, cfg.resize)
+            dataset,
+            train_x=resize_images(dataset.train_x, cfg.resize),
+            test_x=resize_images(dataset.test_x, cfg.resize),
         )
     channels = dataset.input_shape[0]
     pipeline = InputPipeline(

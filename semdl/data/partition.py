@@ -270,7 +270,11 @@ class IIDConfig:
     name: str = "iid"  # the partition: every node gets each class's samples in equal shares
 
 
-PARTITIONS.add("iid", PartitionKind(lambda cfg, labels, num_classes, num_nodes, seed: partition_iid(labels, num_nodes, seed)), IIDConfig)
+PARTITIONS.add(
+    "iid",
+    PartitionKind(lambda cfg, labels, num_classes, num_nodes, seed: partition_iid(labels, num_nodes, seed)),
+    IIDConfig,
+)
 
 
 @dataclass

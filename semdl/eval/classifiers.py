@@ -91,7 +91,10 @@ def linear_probe_predict(
     parameters = []
     for fan_in, fan_out in zip(widths, widths[1:]):
         uniform = torch.rand((fan_out, fan_in), generator=generator, device=features.device, dtype=features.dtype)
-        parameters += [((2 * uniform - 1) * fan_in**-0.5).requires_grad_(), features.new_zeros(fan_out, requires_grad=True)]
+        parameters += [
+            ((2 * uniform - 1) * fan_in**-0.5).requires_grad_(),
+            features.new_zeros(fan_out, requires_grad=True),
+        ]
 
     def logits(inputs: Tensor) -> Tensor:
         for layer in range(0, len(parameters), 2):

@@ -85,7 +85,7 @@ class MetricsWriter:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -251,7 +251,9 @@ def search_results(sweep_dir: Path) -> Path:
 def find_run_directories(path: Path) -> set[Path]:
     """The finished run directories under `path`: those holding summary.json and .hydra/config.yaml."""
     return {
-        summary.parent.resolve() for summary in Path(path).rglob(SUMMARY) if RunDirectory(summary.parent).config.is_file()
+        summary.parent.resolve()
+        for summary in Path(path).rglob(SUMMARY)
+        if RunDirectory(summary.parent).config.is_file()
     }
 
 

@@ -35,7 +35,13 @@ from semdl.io.text import BinaryContent, decoded_text
 SEED_KEY = "seed"
 # Keys that say how a run was kept and reported, not what it computed: runs differing only in them are one group
 # (and runs written before such a key existed group with the runs that have it).
-BOOKKEEPING_KEYS = ("logger.", "sweep.", "train.checkpoint_every", "train.keep_checkpoints", "train.final_optimizer_state")
+BOOKKEEPING_KEYS = (
+    "logger.",
+    "sweep.",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.final_optimizer_state",
+)
 
 
 class UnreadableRun(Exception):
@@ -215,7 +221,9 @@ def load_run_record(run_dir: Path) -> dict:
     values["s/round"] = _mean([row.get("seconds") for row in network])
     # Over the rounds: the share of messages that arrived, the nodes online, the oldest statistics any node used,
     # and the compression error (the largest node's) of a round's messages.
-    arrived, lost = (sum(_finite(row.get(key)) or 0 for row in network) for key in ("messages_delivered", "messages_lost"))
+    arrived, lost = (
+        sum(_finite(row.get(key)) or 0 for row in network) for key in ("messages_delivered", "messages_lost")
+    )
     values["delivered"] = arrived / (arrived + lost) if arrived + lost else None
     values["active_nodes"] = _mean([row.get("active_nodes") for row in network])
     ages = [_finite(row.get("max_age")) for row in network]

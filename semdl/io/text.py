@@ -61,7 +61,9 @@ def read_text_file(path: str, key: str) -> str:
     except OSError as error:
         raise UserError(f"cannot read {key}={path}: {error.strerror or error}") from None
     if len(content) > MAX_TEXT_INPUT_BYTES:
-        raise UserError(f"{key}={path} is larger than {MAX_TEXT_INPUT_BYTES // 2**20} MiB, the most semdl reads from it")
+        raise UserError(
+            f"{key}={path} is larger than {MAX_TEXT_INPUT_BYTES // 2**20} MiB, the most semdl reads from it"
+        )
     try:
         return decoded_text(content)
     except BinaryContent as error:

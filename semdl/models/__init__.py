@@ -2,8 +2,8 @@
 
 from semdl.models.encoders import (
     ENCODERS,
-    ModelConfig,
     L2Normalize,
+    ModelConfig,
     architectures,
     build_encoder,
     check_input_shape,

@@ -152,7 +152,8 @@ for _name, _build in {
     "vgg11": cifar_vgg(11),
     "vgg16": cifar_vgg(16),
 }.items():
-    ENCODERS.add(_name, EncoderKind(lambda shape, dim_z, cfg, build=_build: build(tuple(shape), dim_z), True), ModelConfig)
+    kind = EncoderKind(lambda shape, dim_z, cfg, build=_build: build(tuple(shape), dim_z), True)
+    ENCODERS.add(_name, kind, ModelConfig)
 
 
 def check_input_shape(name: str, input_shape: Sequence[int]) -> None:

@@ -54,7 +54,7 @@ class RankLayout:
     rank: int
 
     @classmethod
-    def balanced(cls, num_nodes: int, world_size: int, rank: int) -> "RankLayout":
+    def balanced(cls, num_nodes: int, world_size: int, rank: int) -> RankLayout:
         if num_nodes < world_size:
             raise UserError(
                 f"comm=torch_distributed runs {world_size} processes but the network has {num_nodes} node(s); "

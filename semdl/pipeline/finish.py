@@ -59,19 +59,21 @@ def finish(
     run = RunDirectory(run_dir)
     save_checkpoint(run.checkpoints, state, cfg.train.keep_checkpoints)
     everyone = evaluation_nodes(cfg, network, state)
-    evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, run.figures)
+    figures = run.figures if cfg.eval.figures else None
+    evaluation = evaluate_network(everyone, network.dataset, cfg.eval, cfg.dim_z, cfg.eps_sq, figures)
     evaluation = {**evaluated_at(cfg.train.rounds, CHECKPOINT, True), **evaluation}
     run.write_json(run.evaluation, evaluation)
     history.evaluation_rows.append(evaluation_row(cfg.train.rounds, evaluation["classifiers"]))
     with run.metrics_writer() as metrics:
         metrics.write_round([history.evaluation_rows[-1]])
 
-    plot_training_curves(history.network_rows, run.figure(TRAINING_CURVES))
-    plot_accuracy_curves(
-        [row["round"] for row in history.evaluation_rows],
-        {name: [row["accuracy"][name] for row in history.evaluation_rows] for name in cfg.eval.classifiers},
-        run.figure(ACCURACY_CURVES),
-    )
+    if cfg.eval.figures:
+        plot_training_curves(history.network_rows, run.figure(TRAINING_CURVES))
+        plot_accuracy_curves(
+            [row["round"] for row in history.evaluation_rows],
+            {name: [row["accuracy"][name] for row in history.evaluation_rows] for name in cfg.eval.classifiers},
+            run.figure(ACCURACY_CURVES),
+        )
     final = history.network_rows[-1]
     summary = {
         "run_id": network.run_id,

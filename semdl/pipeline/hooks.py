@@ -1,7 +1,8 @@
 """The built-in hooks of the round loop (the interface: semdl.hooks.RoundHook): the history of rows the end of a
 run needs, periodic evaluation, the metrics writer, the tracker, the progress bar and log, and the checkpoint
-cadence; held-out losses are semdl.pipeline.records.HeldOutLosses. semdl.pipeline.loop's `builtin_hooks` lists them, with
-the checkpoint cadence (`CheckpointCadence`, which lives with the loop's stopping), in the order the loop calls them. A new hook goes here when every run has it, in its solver (`Solver.round_hooks`) when one solver needs
+cadence; held-out losses are semdl.pipeline.records.HeldOutLosses. semdl.pipeline.loop's `builtin_hooks` lists
+them, with the checkpoint cadence (`CheckpointCadence`, which lives with the loop's stopping), in the order the loop
+calls them. A new hook goes here when every run has it, in its solver (`Solver.round_hooks`) when one solver needs
 it, or in the `hooks` a caller passes to `train_rounds`."""
 
 from __future__ import annotations
@@ -33,9 +34,7 @@ class History:
 
     @classmethod
     def of(cls, rows: list[dict]) -> History:
-        return cls(
-            [row for row in rows if row["node"] == "network"], [row for row in rows if row["node"] == "eval"]
-        )
+        return cls([row for row in rows if row["node"] == "network"], [row for row in rows if row["node"] == "eval"])
 
 
 def evaluation_row(round_index: int, accuracies: dict) -> dict:
@@ -63,7 +62,8 @@ def evaluation_nodes(cfg: DictConfig, network: Simulation, state: dict | None) -
 
 class PeriodicEvaluation(RoundHook):
     """eval.every: the classifiers' accuracy every this many rounds; eval.heatmap_every: the similarity heatmap
-    (figures/similarity_round_<t>.png) every this many rounds. The final round has the full evaluation."""
+    (figures/similarity_round_<t>.png) every this many rounds, unless eval.figures is false. The final round has the
+    full evaluation."""
 
     def __init__(self, cfg: DictConfig, network: Simulation, figures: Path):
         self.cfg, self.network, self.figures = cfg, network, figures
@@ -77,6 +77,7 @@ class PeriodicEvaluation(RoundHook):
 
     def evaluate(self, round_index: int) -> dict | None:
         evaluate, draw = (self._due(every, round_index) for every in (self.cfg.eval.every, self.cfg.eval.heatmap_every))
+        draw = draw and self.cfg.eval.figures
         if not (evaluate or draw):
             return None
         distributed = self.network.communicator.world_size > 1
@@ -100,7 +101,9 @@ class Progress(RoundHook):
 
     def __init__(self, cfg: DictConfig, done: int, leader: bool):
         self.rounds = cfg.train.rounds
-        self.bar = tqdm(desc="rounds", unit="round", mininterval=1.0, initial=done, total=self.rounds, disable=not leader)
+        self.bar = tqdm(
+            desc="rounds", unit="round", mininterval=1.0, initial=done, total=self.rounds, disable=not leader
+        )
 
     def after_round(self, round_index: int, rows: list[dict]) -> None:
         network_row = next(row for row in rows if row["node"] == "network")

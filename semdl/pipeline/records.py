@@ -179,7 +179,9 @@ def round_rows(
     offset = width * num_nodes
     for cluster, members in enumerate(network.plan.clusters):
         R, Rc, dR = numbers[offset + 3 * cluster : offset + 3 * cluster + 3]
-        rows.append({"round": round_index, "node": f"cluster:{cluster}", "members": members, "R": R, "Rc": Rc, "dR": dR})
+        rows.append(
+            {"round": round_index, "node": f"cluster:{cluster}", "members": members, "R": R, "Rc": Rc, "dR": dR}
+        )
     R, Rc, dR = numbers[-3:]
     rows.append(
         {

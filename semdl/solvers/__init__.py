@@ -6,7 +6,7 @@ group `semdl.solver`, and a user's module through a `_target_` in a solver YAML 
 
 from semdl.solvers import centralized, cluster_bcd, fedavg, local, primal_dual  # noqa: F401  (registers them)
 from semdl.solvers.base import SOLVERS, LocalTraining, Plan, RoundResult, Solver, Traits, build_solver, solver_class
-from semdl.solvers.common import NodeWork, idle_work, optimise_locally, optimisation_steps, timed
+from semdl.solvers.common import NodeWork, idle_work, optimisation_steps, optimise_locally, timed
 from semdl.solvers.groups import NodeGroup, VectorizedGroup, build_groups, train_groups
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Cluster block-coordinate descent with virtual node replication, for non-i.i.d. data (docs/algorithms.md section 5)."""
+"""Cluster block-coordinate descent with virtual node replication, for non-i.i.d. data (docs/algorithms.md
+section 5)."""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ class ClusterBCD(Solver):
             raise UserError(f"solver.min_class_samples={config.min_class_samples} is out of range; it must be >= 1")
         if config.batch_scaling not in BATCH_SCALINGS:
             raise UserError(
-                f"solver.batch_scaling={config.batch_scaling!r} is not allowed; choose one of: {', '.join(BATCH_SCALINGS)}"
+                f"solver.batch_scaling={config.batch_scaling!r} is not allowed; "
+                f"choose one of: {', '.join(BATCH_SCALINGS)}"
             )
         if config.consensus not in CONSENSUS_GRAPHS:
             raise UserError(

@@ -179,7 +179,7 @@ class VectorizedGroup(NodeGroup):
         if not node_states[0]:
             return
         state = {}
-        for position, stacked in enumerate(self._stacked_parameters()):
+        for position, _ in enumerate(self._stacked_parameters()):
             state[position] = {
                 key: torch.stack([states[position][key] for states in node_states])
                 if torch.is_tensor(value) and value.dim() > 0

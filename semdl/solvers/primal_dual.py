@@ -35,7 +35,9 @@ class PrimalDualConfig:
     gamma2: float = 1.0  # weight of Rc in dR
 
 
-def group_loss(group: NodeGroup, neighbors: NeighborSums, config: PrimalDualConfig, training: LocalTraining) -> GroupLoss:
+def group_loss(
+    group: NodeGroup, neighbors: NeighborSums, config: PrimalDualConfig, training: LocalTraining
+) -> GroupLoss:
     """Each node's L_i of this round, for a group at once, as a function of its stacked mini-batch features and
     labels; `neighbors` are the sums of the group's inboxes (B, ...)."""
     penalty = consensus_penalty_from_sums(group.statistics, neighbors, group.duals, config.rho)
