@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from semdl.errors import UserError
+from semdl.errors import UserError, install_hint
 
 CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -133,7 +133,7 @@ def check_plugin_installed(error: Exception) -> None:
     missing = (getattr(error, "missing_cfg_file", None) or "").removesuffix(".yaml")
     if missing in EXTRAS:
         group, _, option = missing.rpartition("/")
-        raise UserError(f'{group}={option} needs its Hydra plugin: pip install -e ".[{EXTRAS[missing]}]"') from None
+        raise UserError(f"{group}={option} needs its Hydra plugin: {install_hint(EXTRAS[missing])}") from None
 
 
 def check_output_directory(key: str, directory: Path, multirun: bool) -> None:

@@ -163,3 +163,27 @@ def test_a_folder_that_must_stay_has_a_log_ending_with_the_error_line(tmp_path, 
         .endswith("[semdl.run][ERROR] - semdl: error: the disk is full of something")
     )
     assert not run.holds_only_a_failed_start()
+
+
+def test_install_hints_fit_the_install(monkeypatch):
+    """An editable install (PEP 610 says so) gets `pip install -e ".[x]"`; a wheel or sdist install, where there is
+    no source tree to install from, gets `pip install "semdl[x]"`."""
+    from importlib import metadata
+
+    from semdl import errors
+
+    class Installed:
+        def __init__(self, record):
+            self.record = record
+
+        def read_text(self, name):
+            return self.record if name == "direct_url.json" else None
+
+    editable = '{"url": "file:///src/semdl", "dir_info": {"editable": true}}'
+    for record, hint in [
+        (editable, 'pip install -e ".[track]"'),
+        ('{"url": "file:///src/semdl", "dir_info": {}}', 'pip install "semdl[track]"'),
+        (None, 'pip install "semdl[track]"'),  # from an index: pip writes no direct_url.json
+    ]:
+        monkeypatch.setattr(metadata, "distribution", lambda name, record=record: Installed(record))
+        assert errors.install_hint("track") == hint

@@ -20,13 +20,13 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from semdl.errors import Interrupted, Stopped, UserError
+from semdl.errors import Interrupted, Stopped, UserError, install_hint
 from semdl.registry import Registry
 
 log = logging.getLogger("semdl")
 
 LOGGERS: Registry = Registry("logger", "logger")
-EXTRA = 'pip install -e ".[track]"'  # the optional dependencies of every tracker
+EXTRA = install_hint("track")  # the optional dependencies of every tracker, as this installation installs them
 FINISHED, KILLED, FAILED = "finished", "killed", "failed"  # how a run ended, as close() is told
 
 
