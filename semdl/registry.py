@@ -65,7 +65,7 @@ class Registry(Generic[T]):
             if not is_dataclass(config) or "name" not in {field.name for field in fields(config)}:
                 raise TypeError(f"the config of {self.describe} {name!r} must be a dataclass with a `name` field")
             instance = config(name=name, **defaults)
-            ConfigStore.instance().store(group=self.group, name=name, node=instance)
+            ConfigStore.instance().store(group=self.group, name=name, node=_config_node(instance))
         self._options[name] = Option(name, value, instance)
 
     def _load_entry_points(self) -> None:
@@ -100,21 +100,31 @@ class Registry(Generic[T]):
             )
         return self._options[name]
 
+    def adopt(self, name: str, target: str) -> None:
+        """A user's `<group>/<name>.yaml` names `target`: import it before Hydra composes, so that a decorator in its
+        module registers its keys, and register an object with a `Config` attribute under `name`. Then the YAML
+        file is merged with every key of the option, and an override of a key the file does not set composes."""
+        value = _import_target(self.group, target)
+        if name in self._options or any(option.value is value for option in self._options.values()):
+            return
+        config = getattr(value, "Config", None)
+        if config is not None and is_dataclass(config):
+            self.add(name, value, config)
+
     def resolve(self, options: DictConfig) -> Option[T]:
         """The option a composed config group node selects: its `_target_` when present, else its `name`."""
         target = options.get(TARGET) if isinstance(options, DictConfig) else None
         if target is None:
             return self.get(options.name, self.group)
-        module_name, _, attribute = str(target).rpartition(".")
-        try:
-            value = getattr(import_module(module_name), attribute)
-        except Exception as error:  # whatever the user's module raises while importing is reported, not raised
-            raise UserError(
-                f"{self.group}._target_={target} cannot be imported: {_first_line(error)} "
-                "(is its folder on PYTHONPATH, or its package installed?)"
-            ) from None
+        value = _import_target(self.group, str(target))
         config = getattr(value, "Config", None)
         name = options.get("name", target)
+        if config is None:
+            # An object registered by the decorator (or `add`) of a module the YAML's import just ran: its keys are
+            # the ones it was registered with.
+            registered = next((option for option in self._options.values() if option.value is value), None)
+            if registered is not None and registered.config is not None:
+                return Option(name, value, registered.config)
         return Option(name, value, config(name=name) if config is not None else None)
 
     def keys(self, options: DictConfig) -> list[str]:
@@ -139,6 +149,29 @@ class Registry(Generic[T]):
                     f"{self.group}.{key} is not a key of {self.group}={option.name}; its keys are: {', '.join(known)}"
                 ) from None
             raise UserError(f"{self.group}: {_first_line(error)}") from None
+
+
+def _import_target(group: str, target: str) -> Any:
+    """The object a `_target_` names ("package.module.Object"); failing to import it is one line."""
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        return getattr(import_module(module_name), attribute)
+    except Exception as error:  # whatever the user's module raises while importing is reported, not raised
+        raise UserError(
+            f"{group}._target_={target} cannot be imported: {_first_line(error)} "
+            "(is its folder on PYTHONPATH, or its package installed?)"
+        ) from None
+
+
+def _config_node(instance: Any) -> Any:
+    """What ConfigStore holds for an option: semdl's own options as their typed dataclass; an option registered
+    outside semdl as plain keys. Hydra validates a YAML file on the search path against a ConfigStore entry of the
+    same group and name, so a user's `<group>/<name>.yaml` with `_target_` beside their registered dataclass would be
+    refused ("Key '_target_' not in ..."); as plain keys it merges, and `Registry.settings` checks every key against
+    the dataclass all the same."""
+    if type(instance).__module__.split(".")[0] == "semdl":
+        return instance
+    return OmegaConf.to_container(OmegaConf.structured(instance))
 
 
 def _first_line(error: Exception) -> str:
