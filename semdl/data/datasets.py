@@ -645,7 +645,7 @@ AUGMENTATIONS = ("none", "crop_flip")
 
 @dataclass
 class ImageConfig:
-    name: str = "cifar10"  # the torchvision dataset: mnist, fashion_mnist, cifar10 or cifar100
+    name: str = "cifar10"  # the image dataset, read from data.root
     seed: int = 0  # seeds data.subset's choice of samples
     root: str = "${oc.env:SEMDL_DATA,'~/.cache/semdl/data'}"  # where the files are (or are downloaded to)
     download: bool = True  # download missing files

@@ -32,7 +32,7 @@ FINISHED, KILLED, FAILED = "finished", "killed", "failed"  # how a run ended, as
 
 @dataclass
 class PlainConfig:
-    name: str = "none"  # the tracker: none, csv (tables in the run directory), tensorboard (event files there)
+    name: str = "none"  # the tracker that mirrors the run
 
 
 @dataclass(frozen=True)
