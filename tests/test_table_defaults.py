@@ -108,6 +108,16 @@ def test_a_failed_start_beside_a_finished_run_is_one_warning(tmp_path, monkeypat
         "still going); that run is left out of the table"
     )
     assert [line for line in err if "warning" in line] == err[:1]
+    # `semdl partition`'s folder is named as what it is.
+    partition_only = tmp_path / "failed" / "13-00-00"
+    (partition_only / ".hydra").mkdir(parents=True)
+    (partition_only / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (partition_only / "partition.json").write_text("{}")
+    out, err = table_lines(["failed", str(good)], capsys)
+    assert [line for line in err if "warning" in line][1] == (
+        f"semdl: warning: {partition_only} holds a partition only (semdl partition), not a run; that run is left "
+        "out of the table"
+    )
     with pytest.raises(SystemExit) as stopped:
         main(["table", "failed"])
     assert stopped.value.code == 2
@@ -141,7 +151,6 @@ def test_a_folder_that_must_stay_has_a_log_ending_with_the_error_line(tmp_path, 
     """A failure with something to keep (here a checkpoint) leaves the folder, and its log says why it stopped."""
     from semdl.errors import UserError
     from semdl.exits import exit_with
-
     from semdl.logs import log_to
 
     run = RunDirectory(tmp_path / "run")

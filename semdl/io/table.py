@@ -459,11 +459,7 @@ def table_command(
     # Once the table stands, so that a mistake in the command is still one line.
     failures = failed_jobs(path_list)
     failed_dirs = {Path(run_dir).resolve() for run_dir, _ in failures if run_dir}
-    unfinished = [
-        f"{run_dir} is not a finished run (it has no summary.json: a failed start, a crash, or a run still going)"
-        for run_dir in find_unfinished(path_list)
-        if run_dir not in failed_dirs
-    ]
+    unfinished = [unfinished_reason(run_dir) for run_dir in find_unfinished(path_list) if run_dir not in failed_dirs]
     for reason in skipped + [reason for _, reason in failures] + unfinished:
         print(f"semdl: warning: {reason}; that run is left out of the table", file=sys.stderr)
     if added:
@@ -475,6 +471,14 @@ def table_command(
     if csv_path is not None:
         print(f"semdl: wrote {csv_path}", file=sys.stderr)
     return format_markdown(table)
+
+
+def unfinished_reason(run_dir: Path) -> str:
+    """Why a folder a run started is not in the table: `semdl partition`'s output, or a run that did not finish."""
+    run = RunDirectory(run_dir)
+    if run.partition.is_file() and not run.metrics.exists():
+        return f"{run_dir} holds a partition only (semdl partition), not a run"
+    return f"{run_dir} is not a finished run (it has no summary.json: a failed start, a crash, or a run still going)"
 
 
 def failed_jobs(paths: list[Path]) -> list[tuple[str, str]]:
