@@ -24,6 +24,7 @@ from semdl.errors import Stopped, UserError
 from semdl.exits import exit_with, guarded
 from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory, first_missing_folder
 from semdl.logs import log_to, run_log
+from semdl.registry import forget_adopted
 from semdl.reports import accuracy_lines, count_table, report
 from semdl.sweeps import objective_value, share_cores, sweep_job, sweep_report
 
@@ -161,6 +162,14 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     if informational:
         job()
         return
+    try:
+        run_checked_command(command, job, parsed)
+    finally:
+        forget_adopted()
+
+
+def run_checked_command(command: str, job, parsed: argparse.Namespace) -> None:
+    """Check every job's config, then hold the fresh run (or sweep) directory and run `job` in it."""
     key, directory, jobs = check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
     from semdl.network.distributed import launched_by_torchrun, process_rank
 

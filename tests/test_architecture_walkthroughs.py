@@ -31,6 +31,22 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text[start : end if end != -1 else None], re.DOTALL)
 
 
+@pytest.fixture(autouse=True)
+def registries_restored(monkeypatch):
+    """The options these tests register leave with them: later tests in this process see semdl's own alone."""
+    from hydra.core.config_store import ConfigStore
+
+    from semdl.options import registries
+
+    repo = ConfigStore.instance().repo
+    saved = {group: dict(repo.get(group, {})) for group in registries()}
+    for registry in registries().values():
+        monkeypatch.setattr(registry, "_options", dict(registry._options))
+    yield
+    for group, entries in saved.items():
+        repo[group] = entries
+
+
 @pytest.fixture
 def scratch_package(tmp_path, monkeypatch) -> Path:
     package = tmp_path / "scratch"

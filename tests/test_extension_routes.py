@@ -64,6 +64,22 @@ lattice.Config = LatticeConfig
 """
 
 
+@pytest.fixture(autouse=True)
+def registries_restored(monkeypatch):
+    """The options these tests register leave with them: later tests in this process see semdl's own alone."""
+    from hydra.core.config_store import ConfigStore
+
+    from semdl.options import registries
+
+    repo = ConfigStore.instance().repo
+    saved = {group: dict(repo.get(group, {})) for group in registries()}
+    for registry in registries().values():
+        monkeypatch.setattr(registry, "_options", dict(registry._options))
+    yield
+    for group, entries in saved.items():
+        repo[group] = entries
+
+
 def scratch_package(root: Path, module: str, name: str, route: str) -> Path:
     """A folder outside semdl with the module and, except for the entry-point route, its two YAML files."""
     root.mkdir(parents=True)
