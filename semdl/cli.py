@@ -22,8 +22,9 @@ from omegaconf import DictConfig
 from semdl.composition import check_overrides, load_registries
 from semdl.errors import Stopped, UserError
 from semdl.exits import exit_with, guarded
-from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory
+from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory, first_missing_folder
 from semdl.logs import log_to, run_log
+from semdl.registry import forget_adopted
 from semdl.reports import accuracy_lines, count_table, report
 from semdl.sweeps import objective_value, share_cores, sweep_job, sweep_report
 
@@ -162,6 +163,14 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     if informational:
         job()
         return
+    try:
+        run_checked_command(command, job, parsed)
+    finally:
+        forget_adopted()
+
+
+def run_checked_command(command: str, job, parsed: argparse.Namespace) -> None:
+    """Check every job's config, then hold the fresh run (or sweep) directory and run `job` in it."""
     key, directory, jobs = check_overrides(parsed.overrides, parsed.multirun, parsed.config_dir)
     from semdl.network.distributed import launched_by_torchrun, process_rank
 
@@ -175,16 +184,26 @@ def run_hydra_command(command: str, job, arguments: list[str]) -> None:
     if not any(item.startswith(f"{key}=") for item in parsed.overrides):
         # The default directory as resolved once: Hydra would resolve its ${now:...} again, a moment later.
         sys.argv.append(f"{key}={directory}")
+    created = first_missing_folder(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"{key}={directory} cannot be created: {error.strerror}") from None
     run = RunDirectory(directory)
-    with run.writing(f"semdl {command}"):
-        if run.holds_files():  # another process got there first
-            raise UserError(f"{key}={directory} already holds files; choose a fresh directory")
-        run.claim(f"semdl {command}")
-        job()
+    try:
+        with run.writing(f"semdl {command}"):
+            if run.holds_files():  # another process got there first
+                raise UserError(f"{key}={directory} already holds files; choose a fresh directory")
+            run.claim(f"semdl {command}")
+            job()
+    except (SystemExit, UserError) as stopped:
+        # A single run that stopped before its first round leaves nothing (its line was printed, and its log
+        # ends with it): an empty-looking folder would only break `semdl table` and `resume=` later. A sweep's
+        # failed jobs stay, recorded in its failures.jsonl.
+        failed = not isinstance(stopped, SystemExit) or stopped.code not in (0, None)
+        if failed and not parsed.multirun and run.holds_only_a_failed_start():
+            run.remove_failed_start(created)
+        raise
     if parsed.multirun and command == "train":
         sweep_report(directory, jobs)
 
@@ -195,19 +214,27 @@ def table(arguments: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="semdl table",
         description="Group runs that differ only in seed and print mean ± std (n seeds) of their headline metrics "
-        "as a Markdown table; the same table is written as CSV.",
+        "as a Markdown table. Config keys the runs differ in become rows by themselves; folders that are not "
+        "finished runs are left out with a warning.",
     )
     parser.add_argument("paths", nargs="+", help="run directories or folders holding them (sweeps)")
-    parser.add_argument("--rows", default="solver.name", help="comma-separated config keys for the rows")
+    parser.add_argument("--rows", default="", help="comma-separated config keys for the rows (solver.name)")
     parser.add_argument("--columns", default="", help="comma-separated config keys for the columns (then --metric)")
     parser.add_argument("--metric", default=None, help="the metric in each cell of a --columns table (acc.knn)")
-    parser.add_argument("--csv", default=None, help="where to write the CSV (default: table.csv here)")
+    parser.add_argument("--csv", default=None, help="also write the table as CSV to this file")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        dest="everything",
+        help="keep the columns left out by default (network conditions the same in every run, own-class "
+        "accuracies of i.i.d. runs)",
+    )
     parsed = parser.parse_args(arguments)
     split = lambda text: [key for key in text.split(",") if key]  # noqa: E731
     if parsed.metric is not None and not parsed.columns:
         raise UserError("--metric chooses what the cells of a --columns table show; add --columns <keys>")
     metric = parsed.metric or "acc.knn"
-    print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), metric, parsed.csv))
+    print(table_command(parsed.paths, split(parsed.rows), split(parsed.columns), metric, parsed.csv, parsed.everything))
 
 
 def main(argv: list[str] | None = None) -> None:

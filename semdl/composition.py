@@ -18,7 +18,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from semdl.errors import UserError
+from semdl.errors import UserError, install_hint
 
 CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -35,10 +35,37 @@ def load_registries():
     """semdl's config schema and every registered option (semdl's own modules, with torch, and installed plugins).
     Loaded by the commands that compose a config, not at import: `semdl --help`, `--version` and `table` start
     without torch."""
+    import warnings
+
     from semdl.options import register_schema, registries
 
+    # A user's <group>/<name>.yaml beside an option they registered in Python is merged with its keys on purpose
+    # (registry._config_node); Hydra's deprecation notice about that would reach the terminal on every run.
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     register_schema()
     return registries()
+
+
+def adopt_user_options(overrides: list[str], config_dir: str | None) -> None:
+    """Import what the users' own `<group>/<name>.yaml` files on Hydra's search path name with `_target_`, before
+    anything composes (Registry.adopt): their keys are then known to Hydra as those of semdl's own options."""
+    import yaml
+
+    folders = [Path(config_dir)] if config_dir else []
+    for item in overrides:
+        if item.startswith(f"{SEARCHPATH}="):
+            entries = item.split("=", 1)[1].strip().strip("[]").split(",")
+            folders += [Path(entry.strip().strip("'\"").removeprefix("file://")) for entry in entries if entry.strip()]
+    for group, registry in load_registries().items():
+        for folder in folders:
+            for file in sorted((folder / group).glob("*.yaml")) if (folder / group).is_dir() else []:
+                try:
+                    content = yaml.safe_load(file.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                    continue  # Hydra reports an unreadable file when it composes it, if it does
+                target = content.get("_target_") if isinstance(content, dict) else None
+                if isinstance(target, str) and "." in target:
+                    registry.adopt(file.stem, target)
 
 
 def search_path(config_dir: str | None) -> list[str]:
@@ -133,7 +160,7 @@ def check_plugin_installed(error: Exception) -> None:
     missing = (getattr(error, "missing_cfg_file", None) or "").removesuffix(".yaml")
     if missing in EXTRAS:
         group, _, option = missing.rpartition("/")
-        raise UserError(f'{group}={option} needs its Hydra plugin: pip install -e ".[{EXTRAS[missing]}]"') from None
+        raise UserError(f"{group}={option} needs its Hydra plugin: {install_hint(EXTRAS[missing])}") from None
 
 
 def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
@@ -178,6 +205,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     from semdl.search import check_search, search_space
 
     load_registries()
+    adopt_user_options(overrides, config_dir)
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
             hydra = hydra_settings(overrides, search)

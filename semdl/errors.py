@@ -22,6 +22,28 @@ from pathlib import Path
 from types import TracebackType
 
 
+def install_hint(extra: str) -> str:
+    """The command that installs an optional extra, as this installation needs it: from the source tree for an
+    editable install (or a source tree on the path), from the package index otherwise, where `-e .` cannot work."""
+    return f'pip install -e ".[{extra}]"' if editable_install() else f'pip install "semdl[{extra}]"'
+
+
+def editable_install() -> bool:
+    """Whether semdl runs from a source tree: pip recorded an editable install (PEP 610's direct_url.json), or no
+    installed distribution is found and the package sits beside its pyproject.toml."""
+    import json
+    from importlib import metadata
+
+    try:
+        record = metadata.distribution("semdl").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return (Path(__file__).resolve().parent.parent / "pyproject.toml").is_file()
+    try:
+        return bool(json.loads(record or "{}").get("dir_info", {}).get("editable", False))
+    except (ValueError, AttributeError):
+        return False
+
+
 class UserError(Exception):
     """A problem with the user's configuration, files or environment, explained in one line."""
 

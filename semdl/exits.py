@@ -4,6 +4,7 @@ goes) to semdl.errors.outcome, which holds every exit status and line; `exit_wit
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -25,7 +26,23 @@ def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = Non
         raise error  # a developer asked to see the traceback of a fault or a bug
     status, line = outcome(error, prefix, run_dir)
     print(line, file=sys.stderr)
+    log_the_line(line, run_dir)
     sys.exit(status)
+
+
+def log_the_line(line: str, run_dir: Path | None) -> None:
+    """End the run's log with the line the terminal got, so that a folder left behind says why it stopped; only
+    where this process writes that log (a refused resume has not joined it, and leaves the run's files as they were)."""
+    if run_dir is None:
+        return
+    target = RunDirectory(run_dir).log.resolve()
+    only_the_log = logging.getLogger("semdl.run")  # its handlers are the run log's alone (semdl.logs)
+    joined = any(
+        isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == target
+        for handler in only_the_log.handlers
+    )
+    if joined:
+        only_the_log.error(line)
 
 
 def guarded(run, num_nodes: int, run_dir: Path | None):

@@ -37,21 +37,34 @@ def train_help(overrides: list[str], config_dir: str | None = None) -> str:
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
             cfg = compose_job(overrides, return_hydra_config=True)
-            groups = config_group_lines(overrides)
+            groups = config_group_options(overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(hydra_error_line(error)) from None
     template = string.Template(cfg.hydra.help.template)
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]  # the job's config, as Hydra's help prints it
-    return template.safe_substitute(APP_CONFIG_GROUPS=groups, CONFIG=annotated_yaml(cfg, config_descriptions(cfg)))
+    descriptions = config_descriptions(cfg)
+    for group, options in groups.items():
+        # The options are listed from the config groups themselves (every registered option has one), so no
+        # hand-written comment can name only some of them.
+        path = f"{group}.name"
+        if path in descriptions:
+            descriptions[path] += f" (one of: {', '.join(options)})"
+    lines = "".join(f"{group}: {', '.join(options)}\n" for group, options in groups.items())
+    return template.safe_substitute(APP_CONFIG_GROUPS=lines, CONFIG=annotated_yaml(cfg, descriptions))
 
 
-def config_group_lines(overrides: list[str]) -> str:
-    """`group: option, option, ...`, one line per config group, as Hydra's own help lists them."""
+# Config groups users do not choose: solver_settings holds the presets' per-solver keys, which experiment=<preset>
+# selects by itself.
+INTERNAL_GROUPS = ("hydra", "solver_settings")
+
+
+def config_group_options(overrides: list[str]) -> dict[str, list[str]]:
+    """Every config group a user chooses from, with its options, sorted, as Hydra's own help lists them."""
     loader = GlobalHydra.instance().config_loader()
     options = partial(loader.get_group_options, config_name="config", overrides=overrides)
-    groups = sorted(group for group in options("", results_filter=ObjectType.GROUP) if group != "hydra")
-    return "".join(f"{group}: {', '.join(sorted(options(group)))}\n" for group in groups)
+    groups = sorted(group for group in options("", results_filter=ObjectType.GROUP) if group not in INTERNAL_GROUPS)
+    return {group: sorted(options(group)) for group in groups}
 
 
 def config_descriptions(cfg: DictConfig) -> dict[str, str]:

@@ -14,6 +14,7 @@ Options come from three places, all equal once registered:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields, is_dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -52,12 +53,16 @@ class Registry(Generic[T]):
         and `defaults` the values this option gives some of them instead of the dataclass's."""
 
         def add(value: T) -> T:
-            self.add(name, value, config, **defaults)
+            self._add(name, value, config, _registered_by_semdl(), defaults)
             return value
 
         return add
 
     def add(self, name: str, value: T, config: type | None = None, **defaults: Any) -> None:
+        self._add(name, value, config, _registered_by_semdl(), defaults)
+
+    def _add(self, name: str, value: T, config: type | None, own: bool, defaults: dict[str, Any]) -> None:
+        """Register `value`; `own`: semdl's own option (typed in ConfigStore), not a user's (see _config_node)."""
         if name in self._options and self._options[name].value is not value:
             raise ValueError(f"{self.describe} {name!r} is registered twice")
         instance = None
@@ -65,7 +70,7 @@ class Registry(Generic[T]):
             if not is_dataclass(config) or "name" not in {field.name for field in fields(config)}:
                 raise TypeError(f"the config of {self.describe} {name!r} must be a dataclass with a `name` field")
             instance = config(name=name, **defaults)
-            ConfigStore.instance().store(group=self.group, name=name, node=instance)
+            ConfigStore.instance().store(group=self.group, name=name, node=_config_node(instance, own))
         self._options[name] = Option(name, value, instance)
 
     def _load_entry_points(self) -> None:
@@ -82,7 +87,7 @@ class Registry(Generic[T]):
                 raise UserError(
                     f"the {self.describe} {point.name!r} of entry point {point.value} cannot be imported: {error}"
                 ) from None
-            self.add(point.name, value, getattr(value, "Config", None))
+            self._add(point.name, value, getattr(value, "Config", None), False, {})
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -100,21 +105,36 @@ class Registry(Generic[T]):
             )
         return self._options[name]
 
+    def adopt(self, name: str, target: str) -> None:
+        """A user's `<group>/<name>.yaml` names `target`: import it before Hydra composes, so that a decorator in its
+        module registers its keys; an object with a `Config` attribute gets its keys into ConfigStore for this
+        command (forget_adopted). Then the YAML file is merged with every key of the option, and an override of a
+        key the file does not set composes."""
+        value = _import_target(self.group, target)
+        if name in self._options or any(option.value is value for option in self._options.values()):
+            return
+        config = getattr(value, "Config", None)
+        store = ConfigStore.instance()
+        if config is not None and is_dataclass(config) and f"{name}.yaml" not in store.repo.get(self.group, {}):
+            # Only Hydra learns the keys (resolve finds the object through `_target_` again): the option is the
+            # YAML file's, for this command, not registered for every later one in this process.
+            store.store(group=self.group, name=name, node=_config_node(config(name=name), own=False))
+            ADOPTED.append((self.group, name))
+
     def resolve(self, options: DictConfig) -> Option[T]:
         """The option a composed config group node selects: its `_target_` when present, else its `name`."""
         target = options.get(TARGET) if isinstance(options, DictConfig) else None
         if target is None:
             return self.get(options.name, self.group)
-        module_name, _, attribute = str(target).rpartition(".")
-        try:
-            value = getattr(import_module(module_name), attribute)
-        except Exception as error:  # whatever the user's module raises while importing is reported, not raised
-            raise UserError(
-                f"{self.group}._target_={target} cannot be imported: {_first_line(error)} "
-                "(is its folder on PYTHONPATH, or its package installed?)"
-            ) from None
+        value = _import_target(self.group, str(target))
         config = getattr(value, "Config", None)
         name = options.get("name", target)
+        if config is None:
+            # An object registered by the decorator (or `add`) of a module the YAML's import just ran: its keys are
+            # the ones it was registered with.
+            registered = next((option for option in self._options.values() if option.value is value), None)
+            if registered is not None and registered.config is not None:
+                return Option(name, value, registered.config)
         return Option(name, value, config(name=name) if config is not None else None)
 
     def keys(self, options: DictConfig) -> list[str]:
@@ -143,6 +163,49 @@ class Registry(Generic[T]):
                     f"{self.group}.{key} is not a key of {self.group}={option.name}; its keys are: {', '.join(known)}"
                 ) from None
             raise UserError(f"{self.group}: {_first_line(error)}") from None
+
+
+# The ConfigStore entries `adopt` made for the command running now (group, name); `forget_adopted` removes them
+# when it ends, so that a later command in the same process (the tests drive many) sees only its own YAML files.
+ADOPTED: list[tuple[str, str]] = []
+
+
+def forget_adopted() -> None:
+    repo = ConfigStore.instance().repo
+    while ADOPTED:
+        group, name = ADOPTED.pop()
+        repo.get(group, {}).pop(f"{name}.yaml", None)
+
+
+def _import_target(group: str, target: str) -> Any:
+    """The object a `_target_` names ("package.module.Object"); failing to import it is one line."""
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        return getattr(import_module(module_name), attribute)
+    except Exception as error:  # whatever the user's module raises while importing is reported, not raised
+        raise UserError(
+            f"{group}._target_={target} cannot be imported: {_first_line(error)} "
+            "(is its folder on PYTHONPATH, or its package installed?)"
+        ) from None
+
+
+def _registered_by_semdl() -> bool:
+    """Whether the code registering an option (the first caller outside this module) is semdl's own module."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "semdl"
+
+
+def _config_node(instance: Any, own: bool) -> Any:
+    """What ConfigStore holds for an option: semdl's own options as their typed dataclass; an option registered
+    outside semdl (even with one of semdl's dataclasses, as a new encoder with ModelConfig) as plain keys. Hydra validates a YAML file on the search path against a ConfigStore entry of the
+    same group and name, so a user's `<group>/<name>.yaml` with `_target_` beside their registered dataclass would be
+    refused ("Key '_target_' not in ..."); as plain keys it merges, and `Registry.settings` checks every key against
+    the dataclass all the same."""
+    if own:
+        return instance
+    return OmegaConf.to_container(OmegaConf.structured(instance))
 
 
 def _first_line(error: Exception) -> str:

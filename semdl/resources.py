@@ -20,7 +20,7 @@ from math import prod
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from semdl.data.datasets import DATASETS
+from semdl.data.datasets import DATASETS, with_defaults
 from semdl.errors import UserError
 from semdl.models.encoders import build_encoder
 from semdl.network.distributed import process_rank
@@ -72,7 +72,7 @@ def requirements(cfg: DictConfig, device: torch.device) -> list[Requirement]:
     only: the other ranks of a torchrun job do not evaluate)."""
     # The composed groups as the pipeline reads them (their typed settings would cost a merge each).
     data, model = cfg.data, cfg.model
-    kind = DATASETS.resolve(data).value
+    kind, data = DATASETS.resolve(data).value, with_defaults(data)
     num_classes, shape = kind.num_classes(data), tuple(kind.input_shape(data))
     samples_per_class = data.get("train_per_class", 1) + data.get("test_per_class", 1)
     data_bytes = num_classes * samples_per_class * prod(shape)

@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
-from semdl.errors import UserError
+from semdl.errors import UserError, install_hint
 from semdl.io.files import write_json
 from semdl.io.run_directory import search_results
 
@@ -37,7 +37,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise UserError('hydra/sweeper=optuna needs Optuna: pip install -e ".[sweep]"') from None
+        raise UserError(f"hydra/sweeper=optuna needs Optuna: {install_hint('sweep')}") from None
     return optuna
 
 

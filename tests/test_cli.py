@@ -218,7 +218,7 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path, capsys, one_thread):
     failures = [json.loads(line) for line in (sweep / "failures.jsonl").read_text().splitlines()]
     assert failures == [{"job": 1, "run_dir": str(sweep / "1"), "status": 2, "reason": said[0]}]
     main(["table", str(sweep), "--csv", str(tmp_path / "table.csv")])
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("semdl")]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("semdl: warning")]
     assert warnings == [
         f"semdl: warning: {sweep / '1'} failed (exit status 2: {said[0]}); that run is left out of the table"
     ]

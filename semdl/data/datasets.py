@@ -645,7 +645,7 @@ AUGMENTATIONS = ("none", "crop_flip")
 
 @dataclass
 class ImageConfig:
-    name: str = "cifar10"  # the torchvision dataset: mnist, fashion_mnist, cifar10 or cifar100
+    name: str = "cifar10"  # the image dataset, read from data.root
     seed: int = 0  # seeds data.subset's choice of samples
     root: str = "${oc.env:SEMDL_DATA,'~/.cache/semdl/data'}"  # where the files are (or are downloaded to)
     download: bool = True  # download missing files
@@ -728,16 +728,22 @@ def hold_out_validation(dataset: Dataset, per_class: int) -> Dataset:
     )
 
 
+def with_defaults(cfg):
+    """The `data` group as a dataset reads it. A user's YAML with `_target_` may set only some keys, and Hydra
+    composes it before the user's module (and so its dataclass) is imported: its defaults are filled in here."""
+    return DATASETS.settings(cfg) if cfg.get("_target_") is not None else cfg
+
+
 def input_shape(cfg) -> tuple[int, ...]:
     """The shape of one encoder input for the `data` config group, known without loading any data."""
-    return DATASETS.resolve(cfg).value.input_shape(cfg)
+    return DATASETS.resolve(cfg).value.input_shape(with_defaults(cfg))
 
 
 def load_dataset(cfg) -> Dataset:
     """The dataset the `data` config group names, on the CPU (the caller moves it once to the device). Its labels
     are checked here, once: training groups batches by class without checking them (a check would wait for the
     device at every step)."""
-    dataset = DATASETS.resolve(cfg).value.load(cfg)
+    dataset = DATASETS.resolve(cfg).value.load(with_defaults(cfg))
     for split, labels in (("train", dataset.train_y), ("test", dataset.test_y)):
         if labels.dtype != torch.long:
             raise UserError(f"data={cfg.name}: the {split} labels are {labels.dtype}; they must be torch.long (int64)")

@@ -176,6 +176,45 @@ class RunDirectory:
         """Anything besides the writer record."""
         return any(path.name != WRITER for path in self.path.iterdir())
 
+    def holds_only_a_failed_start(self) -> bool:
+        """Nothing here but what Hydra and semdl write before a run's first round: .hydra/, the log, the writer
+        record, the partition (with its figure) and the clusters. No metrics, checkpoint or tracker file: nothing a
+        user could want back."""
+        if not self.path.is_dir():
+            return False
+        if self.figures.is_dir() and any(path.name != PARTITION_FIGURE for path in self.figures.iterdir()):
+            return False
+        before_round_one = {CONFIG_FOLDER, LOG, WRITER, PARTITION, CLUSTERS, FIGURES}
+        if not all(path.name in before_round_one for path in self.path.iterdir()):
+            return False
+        # A bug's traceback is kept in the log, and the line the user saw points there.
+        log = self.log.read_text(encoding="utf-8", errors="replace") if self.log.is_file() else ""
+        return "Traceback (most recent call last)" not in log
+
+    def remove_failed_start(self, created: Path | None) -> None:
+        """Delete a failed start's files (holds_only_a_failed_start), then the directory and its parents up to
+        `created`, the first of them this command created, where they are empty. A directory the user made before
+        the command stays (empty); anything that cannot be removed stays too."""
+        import shutil
+
+        for path in self.path.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if created is None:
+            return
+        folder = self.path.resolve()
+        stop = Path(created).resolve()
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another run's folder beside it), or not ours to remove
+                return
+            if folder == stop or stop not in folder.parents:
+                return
+            folder = folder.parent
+
     def missing_run_files(self) -> list[str]:
         """What a run directory must hold to be resumed or evaluated, and this one lacks."""
         return [name for name in (PARTITION, METRICS, CHECKPOINTS) if not (self.path / name).exists()]
@@ -235,6 +274,17 @@ def crash_log(run_dir: Path | None) -> Path:
     return path
 
 
+def first_missing_folder(directory: Path) -> Path | None:
+    """The outermost folder of `directory`'s path that does not exist yet (what mkdir(parents=True) will create);
+    None when `directory` exists."""
+    missing = None
+    for folder in [Path(directory), *Path(directory).parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def failed_jobs_files(paths: list[Path]) -> list[Path]:
     """Every sweep's failures.jsonl under `paths`."""
     return sorted({file for path in paths for file in Path(path).rglob(FAILURES)})
@@ -254,6 +304,16 @@ def find_run_directories(path: Path) -> set[Path]:
         summary.parent.resolve()
         for summary in Path(path).rglob(SUMMARY)
         if RunDirectory(summary.parent).config.is_file()
+    }
+
+
+def find_unfinished_run_directories(path: Path) -> set[Path]:
+    """The run directories under `path` that a run started (they hold .hydra/config.yaml) but never finished: no
+    summary.json. A failed start, a crash, or a run still going."""
+    return {
+        config.parent.parent.resolve()
+        for config in Path(path).rglob(f"{CONFIG_FOLDER}/{CONFIG}")
+        if not RunDirectory(config.parent.parent).summary.exists()  # a damaged one is reported as damaged
     }
 
 

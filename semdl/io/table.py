@@ -1,6 +1,10 @@
-"""`semdl table`: the headline metrics of finished runs, mean ± std over seeds, as Markdown and CSV.
+"""`semdl table`: the headline metrics of finished runs, mean ± std over seeds, as Markdown (and CSV where asked).
 
-Runs whose configs differ only in `seed` form one group. Every cell is the mean, the sample standard deviation
+Runs whose configs differ only in `seed` form one group. Config keys in which the runs differ become row keys by
+themselves (a note on stderr names them), so any sweep tabulates without flags. Columns that say nothing are left
+out unless `--all` asks for them: what the network let through when it was the same in every run, and the own-class
+accuracies of runs whose every node holds every class (they equal the all-class ones). Folders a run started but
+never finished (a failed start, a crash) are left out with one warning each. Every cell is the mean, the sample standard deviation
 (ddof=1) and the number n of runs of its group. With one run the standard deviation is undefined: the CSV holds
 `nan` and the Markdown shows the mean and `(n=1)` without `±`. A cell no run has a value for is `-` in the Markdown
 and empty in the CSV.
@@ -29,7 +33,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError
 from semdl.io.files import DamagedMetrics, _replace_atomically, read_metrics
-from semdl.io.run_directory import RunDirectory, failed_jobs_files, find_run_directories
+from semdl.io.run_directory import (
+    RunDirectory,
+    failed_jobs_files,
+    find_run_directories,
+    find_unfinished_run_directories,
+)
 from semdl.io.text import BinaryContent, decoded_text
 
 SEED_KEY = "seed"
@@ -67,16 +76,23 @@ class Table:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Every run directory (holding summary.json and .hydra/config.yaml) under `paths`, sorted, without repeats."""
+    """Every finished run directory (holding summary.json and .hydra/config.yaml) under `paths`, sorted, without
+    repeats. A path holding none is fine as long as another one does: a folder of failed starts beside a good run
+    must not hide the good run."""
     runs: set[Path] = set()
     for path in map(Path, paths):
         if not path.exists():
             raise UserError(f"{path} does not exist")
-        found = find_run_directories(path)
-        if not found:
-            raise UserError(f"no run directory (summary.json with .hydra/config.yaml) under {path}")
-        runs |= found
+        runs |= find_run_directories(path)
+    if not runs:
+        where = ", ".join(map(str, paths))
+        raise UserError(f"no run directory (summary.json with .hydra/config.yaml) under {where}")
     return sorted(runs)
+
+
+def find_unfinished(paths: list[Path]) -> list[Path]:
+    """The folders under `paths` that a run started but never finished (no summary.json), sorted."""
+    return sorted({run for path in map(Path, paths) for run in find_unfinished_run_directories(path)})
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -230,7 +246,12 @@ def load_run_record(run_dir: Path) -> dict:
     values["max_age"] = max((age for age in ages if age is not None), default=None)
     values["compression_error"] = _mean([row.get("compression_error") for row in network])
     metrics = {name: _finite(value) for name, value in values.items()}
-    return {"path": run_dir, "config": config, "metrics": {name: x for name, x in metrics.items() if x is not None}}
+    return {
+        "path": run_dir,
+        "config": config,
+        "metrics": {name: x for name, x in metrics.items() if x is not None},
+        "every_node_holds_every_class": summary.get("every_node_holds_every_class") is True,
+    }
 
 
 def load_run_records(run_dirs: list[Path]) -> tuple[list[dict], list[str]]:
@@ -299,6 +320,59 @@ def _check_one_group(records: list[dict], keys: list[str]) -> None:
         raise UserError(f"runs {' and '.join(twins)} have the same config and seed {repeated}; pass only one")
 
 
+def _is_bookkeeping(key: str) -> bool:
+    return key == SEED_KEY or key.startswith(BOOKKEEPING_KEYS)
+
+
+def differing_keys(records: list[dict], chosen: list[str]) -> list[str]:
+    """The config keys whose values differ between runs, other than the seed, bookkeeping and `chosen` keys, sorted.
+
+    A key of a config group that differs only because the group's option differs (solver.rho of primal_dual and of
+    cluster_bcd, or a key one solver has and the other lacks) is explained by `<group>.name` and left out, so that
+    a sweep over solvers gets one row key, not every solver's keys."""
+    keys = sorted({key for record in records for key in record["config"]})
+    differing = [
+        key
+        for key in keys
+        if key not in chosen
+        and not _is_bookkeeping(key)
+        and len({_hashable_value(record["config"].get(key, _MISSING)) for record in records}) > 1
+    ]
+    explained = []
+    for key in differing:
+        group, _, rest = key.partition(".")
+        name_key = f"{group}.name"
+        if not rest or key == name_key or name_key not in differing + chosen:
+            continue
+        by_option: dict[Any, set] = {}
+        for record in records:
+            option = record["config"].get(name_key)
+            by_option.setdefault(option, set()).add(_hashable_value(record["config"].get(key, _MISSING)))
+        if all(len(values) == 1 for values in by_option.values()):
+            explained.append(key)
+    return [key for key in differing if key not in explained]
+
+
+_MISSING = ("<missing>",)
+
+
+def _hashable_value(value: Any) -> Any:
+    """A flattened config value, made hashable for comparison (a float nan equals itself here)."""
+    return ("nan",) if isinstance(value, float) and math.isnan(value) else value
+
+
+# What the network let through: left out when it was the same in every run (a reliable network), unless asked for.
+NETWORK_CONDITIONS = ("delivered", "active_nodes", "max_age", "compression_error")
+
+
+def uninformative_headers(records: list[dict], headers: list[str]) -> list[str]:
+    """The headers a default table leaves out: network conditions with one value over every run, and own-class
+    accuracies when every node of every run holds every class (then they equal the all-class accuracies)."""
+    every_class_everywhere = all(record["every_node_holds_every_class"] for record in records)
+    constant = {name for name in NETWORK_CONDITIONS if len({record["metrics"].get(name) for record in records}) == 1}
+    return [name for name in headers if name in constant or (name.endswith(".own_classes") and every_class_everywhere)]
+
+
 def build_table(records: list[dict], rows: list[str], columns: list[str], metric: str = "acc.knn") -> Table:
     """Group runs by the values of `rows` (and `columns`); cells are the metrics, or `metric` per column value."""
     _check_keys(records, rows, "row")
@@ -364,29 +438,67 @@ def write_csv(table: Table, path: Path) -> None:
     _replace_atomically(Path(path), lambda handle: handle.write(text.getvalue().encode()))
 
 
-def table_command(paths: list[str], rows: list[str], columns: list[str], metric: str, csv_path: str | None) -> str:
-    """Tabulate the runs under `paths`, write the CSV to `csv_path` (None: table.csv in the current directory)
-    and return the Markdown."""
-    records, skipped = load_run_records(find_runs([Path(path) for path in paths]))
+def table_command(
+    paths: list[str],
+    rows: list[str],
+    columns: list[str],
+    metric: str,
+    csv_path: str | None = None,
+    everything: bool = False,
+) -> str:
+    """Tabulate the runs under `paths` and return the Markdown; write the CSV to `csv_path` only when one is given.
+
+    `rows` empty means `solver.name`. Keys the runs differ in that are neither rows nor columns are added to the
+    rows; `everything` keeps the columns a default table leaves out. Notes and warnings go to stderr."""
+    path_list = [Path(path) for path in paths]
+    records, skipped = load_run_records(find_runs(path_list))
     if not records:
         others = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         raise UserError(f"no readable semdl run under {', '.join(map(str, paths))}: {skipped[0]}{others}")
-    table = build_table(records, rows or ["solver.name"], columns, metric)
-    write_csv(table, Path(csv_path) if csv_path is not None else Path("table.csv"))
+    rows = list(rows) or ["solver.name"]
+    _check_keys(records, rows, "row")
+    _check_keys(records, columns, "column")
+    added = differing_keys(records, rows + list(columns))
+    table = build_table(records, rows + added, columns, metric)
+    left_out = [] if everything or columns else uninformative_headers(records, table.headers)
+    table.headers = [name for name in table.headers if name not in left_out]
+    if csv_path is not None:
+        write_csv(table, Path(csv_path))
     # Once the table stands, so that a mistake in the command is still one line.
-    for reason in skipped + failed_jobs([Path(path) for path in paths]):
+    failures = failed_jobs(path_list)
+    failed_dirs = {Path(run_dir).resolve() for run_dir, _ in failures if run_dir}
+    unfinished = [unfinished_reason(run_dir) for run_dir in find_unfinished(path_list) if run_dir not in failed_dirs]
+    for reason in skipped + [reason for _, reason in failures] + unfinished:
         print(f"semdl: warning: {reason}; that run is left out of the table", file=sys.stderr)
+    if added:
+        print(f"semdl: note: the runs differ in {', '.join(added)}, so each value is a row (--rows and --columns "
+              "choose)", file=sys.stderr)
+    if left_out:
+        print(f"semdl: note: left out {', '.join(left_out)}: the same in every run or equal to the all-class "
+              "accuracy (--all shows them)", file=sys.stderr)
+    if csv_path is not None:
+        print(f"semdl: wrote {csv_path}", file=sys.stderr)
     return format_markdown(table)
 
 
-def failed_jobs(paths: list[Path]) -> list[str]:
-    """The jobs that sweeps under `paths` recorded as failed (their failures.jsonl), each as why it has no results."""
+def unfinished_reason(run_dir: Path) -> str:
+    """Why a folder a run started is not in the table: `semdl partition`'s output, or a run that did not finish."""
+    run = RunDirectory(run_dir)
+    if run.partition.is_file() and not run.metrics.exists():
+        return f"{run_dir} holds a partition only (semdl partition), not a run"
+    return f"{run_dir} is not a finished run (it has no summary.json: a failed start, a crash, or a run still going)"
+
+
+def failed_jobs(paths: list[Path]) -> list[tuple[str, str]]:
+    """The jobs that sweeps under `paths` recorded as failed (their failures.jsonl): (run directory, why it has no
+    results); the run directory is empty text for a line that is not a failed job."""
     reasons = []
     for failures in failed_jobs_files(paths):
         for line in failures.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 failure = json.loads(line)
-                reasons.append(f"{failure['run_dir']} failed (exit status {failure['status']}: {failure['reason']})")
+                reason = f"{failure['run_dir']} failed (exit status {failure['status']}: {failure['reason']})"
+                reasons.append((str(failure["run_dir"]), reason))
             except (ValueError, KeyError, TypeError):
-                reasons.append(f"{failures} holds a line that is not a failed job")
+                reasons.append(("", f"{failures} holds a line that is not a failed job"))
     return reasons

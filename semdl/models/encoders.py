@@ -132,7 +132,7 @@ class EncoderKind:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # the encoder of every node: mlp, cnn_mnist, lenet, resnet18, resnet34, vgg11 or vgg16
+    name: str = "mlp"  # the encoder of every node
     per_node: Optional[List[str]] = None  # one architecture name per node; null means `name` everywhere
     hidden: List[int] = field(default_factory=lambda: [512, 512])  # mlp: hidden layer widths
     batch_norm: bool = True  # mlp: BatchNorm after each hidden layer

@@ -95,7 +95,7 @@ TOPOLOGIES: Registry[Callable[..., np.ndarray]] = Registry("topology", "topology
 
 @dataclass
 class PlainConfig:
-    name: str = "ring"  # the graph: ring, complete, star, or the published paper10 and paper5
+    name: str = "ring"  # the graph: a fixed one, without keys of its own
 
 
 @dataclass

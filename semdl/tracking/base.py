@@ -20,19 +20,19 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from semdl.errors import Interrupted, Stopped, UserError
+from semdl.errors import Interrupted, Stopped, UserError, install_hint
 from semdl.registry import Registry
 
 log = logging.getLogger("semdl")
 
 LOGGERS: Registry = Registry("logger", "logger")
-EXTRA = 'pip install -e ".[track]"'  # the optional dependencies of every tracker
+EXTRA = install_hint("track")  # the optional dependencies of every tracker, as this installation installs them
 FINISHED, KILLED, FAILED = "finished", "killed", "failed"  # how a run ended, as close() is told
 
 
 @dataclass
 class PlainConfig:
-    name: str = "none"  # the tracker: none, csv (tables in the run directory), tensorboard (event files there)
+    name: str = "none"  # the tracker that mirrors the run
 
 
 @dataclass(frozen=True)
