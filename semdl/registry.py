@@ -199,10 +199,10 @@ def _registered_by_semdl() -> bool:
 
 def _config_node(instance: Any, own: bool) -> Any:
     """What ConfigStore holds for an option: semdl's own options as their typed dataclass; an option registered
-    outside semdl (even with one of semdl's dataclasses, as a new encoder with ModelConfig) as plain keys. Hydra validates a YAML file on the search path against a ConfigStore entry of the
-    same group and name, so a user's `<group>/<name>.yaml` with `_target_` beside their registered dataclass would be
-    refused ("Key '_target_' not in ..."); as plain keys it merges, and `Registry.settings` checks every key against
-    the dataclass all the same."""
+    outside semdl (even with one of semdl's dataclasses, as a new encoder with ModelConfig) as plain keys. Hydra
+    validates a YAML file on the search path against a ConfigStore entry of the same group and name, so a user's
+    `<group>/<name>.yaml` with `_target_` beside their registered dataclass would be refused ("Key '_target_' not in
+    ..."); as plain keys it merges, and `Registry.settings` checks every key against the dataclass all the same."""
     if own:
         return instance
     return OmegaConf.to_container(OmegaConf.structured(instance))

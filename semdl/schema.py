@@ -36,7 +36,7 @@ class SimConfig:
 
 @dataclass
 class CommConfig:
-    name: str = "in_process"  # how nodes talk: one process, or torchrun processes (torchrun --nproc-per-node=P -m semdl train)
+    name: str = "in_process"  # one process, or torchrun processes (torchrun --nproc-per-node=P -m semdl train)
     backend: str = "auto"  # torch_distributed: auto (NCCL, one GPU per rank; else gloo) | gloo | nccl
     timeout: float = 300.0  # torch_distributed: seconds a collective waits for a lost rank before the job stops
     compress: str = "none"  # how statistics travel: none (float32) | fp16 | bf16 | lowrank (top eigenpairs)

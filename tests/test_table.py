@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers.cli import in_process
 from semdl.cli import main
 from semdl.errors import UserError
 from semdl.io import read_metrics
@@ -360,7 +359,8 @@ def test_runs_that_differ_only_in_bookkeeping_keys_are_one_group(tmp_path):
     assert row["acc.knn n"] == "2" and float(row["acc.knn mean"]) == pytest.approx(0.55)
     fake_run(tmp_path / "runs" / "2", 2, rho=5.0)
     table_command([str(tmp_path / "runs")], ["solver.name"], [], "acc.knn", str(tmp_path / "t.csv"))
-    assert [(row["solver.rho"], row["acc.knn n"]) for row in read_csv(tmp_path / "t.csv")] == [("1.0", "2"), ("5.0", "1")]
+    rows = read_csv(tmp_path / "t.csv")
+    assert [(row["solver.rho"], row["acc.knn n"]) for row in rows] == [("1.0", "2"), ("5.0", "1")]
 
 
 def test_the_command_line_warns_and_still_prints_the_table(tmp_path, monkeypatch, capsys):

@@ -3,11 +3,11 @@
 Runs whose configs differ only in `seed` form one group. Config keys in which the runs differ become row keys by
 themselves (a note on stderr names them), so any sweep tabulates without flags. Columns that say nothing are left
 out unless `--all` asks for them: what the network let through when it was the same in every run, and the own-class
-accuracies of runs whose every node holds every class (they equal the all-class ones). Folders a run started but
-never finished (a failed start, a crash) are left out with one warning each. Every cell is the mean, the sample standard deviation
-(ddof=1) and the number n of runs of its group. With one run the standard deviation is undefined: the CSV holds
-`nan` and the Markdown shows the mean and `(n=1)` without `±`. A cell no run has a value for is `-` in the Markdown
-and empty in the CSV.
+accuracies of runs whose every node holds every class (they equal the all-class ones). Folders a run started but never
+finished (a failed start, a crash) are left out with one warning each. Every cell is the mean, the sample standard
+deviation (ddof=1) and the number n of runs of its group. With one run the standard deviation is undefined: the CSV
+holds `nan` and the Markdown shows the mean and `(n=1)` without `±`. A cell no run has a value for is `-` in the
+Markdown and empty in the CSV.
 
 Run directories are read defensively: a run whose summary.json, .hydra/config.yaml or metrics.jsonl cannot be read
 (not UTF-8 text, not JSON or YAML, not a mapping, a damaged line) is left out with one warning line on stderr, and
