@@ -69,3 +69,41 @@ def test_a_callers_and_a_solvers_hooks_see_every_round_and_add_rows(tmp_path, on
     assert [row["seen"] for row in rows if row["node"] == "counting"] == [0, 0, 1, 1, 2, 2]
     assert [row["round"] for row in history.network_rows] == [1, 2, 3]
     assert all("test_loss" in row for row in rows if isinstance(row["node"], int))
+
+
+class Failing(RoundHook):
+    def after_round(self, round_index, rows):
+        raise RuntimeError("the tracker's store is gone")
+
+
+class HookedTracker(Tracker):
+    def __init__(self, settings, run_dir, hooks):
+        super().__init__(settings, run_dir)
+        self.hooks = hooks
+
+    def round_hooks(self):
+        return self.hooks
+
+
+def test_a_trackers_hooks_see_every_round_and_a_failing_one_leaves_the_run_going(tmp_path, one_thread, caplog):
+    """A tracker's hooks run after the solver's and add rows like any hook; one that raises is a warning, after which
+    the tracker and its hooks are left out and the run finishes with every row in metrics.jsonl."""
+    cfg = composed(CONFIG)
+    counting = Counting()
+    tracker = GuardedTracker(HookedTracker(PlainConfig(), tmp_path / "ok", [counting]), "hooked")
+    train_rounds(cfg, tmp_path / "ok", build_network(cfg, tmp_path / "ok", torch.device("cpu")), 0, History(), tracker)
+    assert counting.rounds == [1, 2, 3] and counting.closed
+    rows = read_metrics(tmp_path / "ok" / "metrics.jsonl")
+    assert [row["seen"] for row in rows if row["node"] == "counting"] == [0, 1, 2]
+
+    later = Counting()
+    failing = GuardedTracker(HookedTracker(PlainConfig(), tmp_path / "bad", [Failing(), later]), "hooked")
+    network = build_network(cfg, tmp_path / "bad", torch.device("cpu"))
+    train_rounds(cfg, tmp_path / "bad", network, 0, History(), failing)
+    assert failing.tracker is None and later.rounds == []
+    assert "logger=hooked failed at round 1 (RuntimeError: the tracker's store is gone)" in caplog.text
+    assert [row["round"] for row in read_metrics(tmp_path / "bad" / "metrics.jsonl") if row["node"] == "network"] == [
+        1,
+        2,
+        3,
+    ]

@@ -138,12 +138,17 @@ def train_rounds(
 ) -> None:
     """Rounds done+1 .. train.rounds, each followed by the hooks (semdl.hooks): the built-in ones (metrics appended
     each round by rank 0 and passed to the tracker, periodic evaluations and checkpoints), the solver's
-    (`Solver.round_hooks`), then `hooks`; a first SIGINT or SIGTERM ends the run after its round with a checkpoint
-    (raising Interrupted)."""
+    (`Solver.round_hooks`), the tracker's (`Tracker.round_hooks`, under its guard), then `hooks`; a first SIGINT or
+    SIGTERM ends the run after its round with a checkpoint (raising Interrupted)."""
     communicator = network.communicator
     leader = communicator.rank == 0
     run = RunDirectory(run_dir)
-    hooks = [*builtin_hooks(cfg, run, network, done, history, tracker), *network.solver.round_hooks(network), *hooks]
+    hooks = [
+        *builtin_hooks(cfg, run, network, done, history, tracker),
+        *network.solver.round_hooks(network),
+        *tracker.round_hooks(),
+        *hooks,
+    ]
     checkpoint = next(hook for hook in hooks if isinstance(hook, CheckpointCadence))
     providers = [hook.held_out_loss for hook in hooks if hook.held_out_loss is not None]
     if len(providers) > 1:

@@ -16,11 +16,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from semdl.errors import Interrupted, Stopped, UserError, install_hint
+from semdl.hooks import RoundHook
 from semdl.registry import Registry
 
 log = logging.getLogger("semdl")
@@ -77,6 +78,12 @@ class Tracker:
 
     def log_figures(self, round_index: int, paths: list[Path]) -> None:
         """The run's figures (PNG files) at its end."""
+
+    def round_hooks(self) -> list[RoundHook]:
+        """Hooks the round loop runs after the solver's (semdl.hooks.RoundHook): rows this tracker adds to each round,
+        or what it does after each round. None by default. They run under the tracker's guard: one that fails is
+        one warning, and the tracker and its hooks are left out for the rest of the run."""
+        return []
 
     def close(self, status: str) -> None:
         """Flush and close; `status` says how the run ended (FINISHED, KILLED, FAILED)."""
@@ -168,10 +175,14 @@ class GuardedTracker:
         self.name = name
 
     def _call(self, when: str, method: str, *arguments: Any) -> None:
+        self.attempt(when, lambda tracker: getattr(tracker, method)(*arguments), closing=method == "close")
+
+    def attempt(self, when: str, action: Callable[[Tracker], Any], default: Any = None, closing: bool = False) -> Any:
+        """action(tracker), or `default` once the tracker has failed (or fails now, with one warning)."""
         if self.tracker is None:
-            return
+            return default
         try:
-            getattr(self.tracker, method)(*arguments)
+            return action(self.tracker)
         except Exception as error:  # a tracker's packages and stores fail in their own ways; none may stop the run
             log.warning(
                 "logger=%s failed at %s (%s); the run goes on without it, and metrics.jsonl holds every round",
@@ -180,9 +191,14 @@ class GuardedTracker:
                 first_line(error),
             )
             tracker, self.tracker = self.tracker, None
-            if method != "close":
+            if not closing:
                 with suppress(Exception):  # releasing what the failed tracker holds, as far as it still can
                     tracker.close(FAILED)
+            return default
+
+    def round_hooks(self) -> list[RoundHook]:
+        hooks = self.attempt("its round hooks", lambda tracker: tracker.round_hooks(), [])
+        return [GuardedHook(self, hook) for hook in hooks]
 
     def log_round(self, rows: list[dict]) -> None:
         self._call(f"round {rows[0]['round']}", "log_round", rows)
@@ -195,6 +211,25 @@ class GuardedTracker:
 
     def close(self, status: str) -> None:
         self._call("its close", "close", status)
+
+
+class GuardedHook(RoundHook):
+    """A tracker's round hook, run under the tracker's guard (GuardedTracker.attempt)."""
+
+    def __init__(self, guard: GuardedTracker, hook: RoundHook):
+        self.guard, self.hook = guard, hook
+
+    def extra_rows(self, round_index: int) -> list[dict]:
+        return self.guard.attempt(f"round {round_index}", lambda _: self.hook.extra_rows(round_index), [])
+
+    def after_round(self, round_index: int, rows: list[dict]) -> None:
+        self.guard.attempt(f"round {round_index}", lambda _: self.hook.after_round(round_index, rows))
+
+    def after_agreement(self, round_index: int, stopping: bool) -> None:
+        self.guard.attempt(f"round {round_index}", lambda _: self.hook.after_agreement(round_index, stopping))
+
+    def close(self) -> None:
+        self.guard.attempt("its round hooks' close", lambda _: self.hook.close())
 
 
 def first_line(error: Exception) -> str:
