@@ -32,6 +32,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 @pytest.fixture
+def registries_restored(monkeypatch):
+    """Options a test registers (a plugin's topology, dataset, ...) leave with it: later tests in this process see
+    semdl's own alone."""
+    from hydra.core.config_store import ConfigStore
+
+    from semdl.options import registries
+
+    repo = ConfigStore.instance().repo
+    saved = {group: dict(repo.get(group, {})) for group in registries()}
+    for registry in registries().values():
+        monkeypatch.setattr(registry, "_options", dict(registry._options))
+    yield
+    for group, entries in saved.items():
+        repo[group] = entries
+
+
+@pytest.fixture
 def small_synthetic_config():
     return lambda *extra: composed(SMALL_SYNTHETIC + list(extra))
 

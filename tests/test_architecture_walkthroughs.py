@@ -22,6 +22,8 @@ WALKTHROUGHS = {
     "## 6. Add a topology": ("lattice_topology", "topology", "lattice", "lattice"),
 }
 
+pytestmark = pytest.mark.usefixtures("registries_restored")
+
 
 def python_blocks(section: str) -> list[str]:
     """The ```python blocks of one section of the page."""
@@ -29,22 +31,6 @@ def python_blocks(section: str) -> list[str]:
     start = text.index(section + "\n")
     end = text.find("\n## ", start + len(section))
     return re.findall(r"```python\n(.*?)```", text[start : end if end != -1 else None], re.DOTALL)
-
-
-@pytest.fixture(autouse=True)
-def registries_restored(monkeypatch):
-    """The options these tests register leave with them: later tests in this process see semdl's own alone."""
-    from hydra.core.config_store import ConfigStore
-
-    from semdl.options import registries
-
-    repo = ConfigStore.instance().repo
-    saved = {group: dict(repo.get(group, {})) for group in registries()}
-    for registry in registries().values():
-        monkeypatch.setattr(registry, "_options", dict(registry._options))
-    yield
-    for group, entries in saved.items():
-        repo[group] = entries
 
 
 @pytest.fixture

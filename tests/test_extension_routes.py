@@ -14,6 +14,8 @@ from semdl.cli import main
 from semdl.data.datasets import DATASETS
 from semdl.network.topology import TOPOLOGIES
 
+pytestmark = pytest.mark.usefixtures("registries_restored")
+
 MODULE = """
 from dataclasses import dataclass
 
@@ -62,22 +64,6 @@ DATASETS.add("{name}", BLOBS, BlobsConfig)
 ATTACH = """
 lattice.Config = LatticeConfig
 """
-
-
-@pytest.fixture(autouse=True)
-def registries_restored(monkeypatch):
-    """The options these tests register leave with them: later tests in this process see semdl's own alone."""
-    from hydra.core.config_store import ConfigStore
-
-    from semdl.options import registries
-
-    repo = ConfigStore.instance().repo
-    saved = {group: dict(repo.get(group, {})) for group in registries()}
-    for registry in registries().values():
-        monkeypatch.setattr(registry, "_options", dict(registry._options))
-    yield
-    for group, entries in saved.items():
-        repo[group] = entries
 
 
 def scratch_package(root: Path, module: str, name: str, route: str) -> Path:
