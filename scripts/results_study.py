@@ -132,20 +132,33 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
+def seed_runs(folder: Path, seed: int) -> list[Path]:
+    """The run directories of one seed of a cell: each `semdl train -m` of the cell writes its seeds into a sweep
+    folder of its own (semdl refuses a sweep folder that holds files), folder/<sweep>/seed<k>; runs made before that
+    lie in folder/seed<k>."""
+    return sorted([*folder.glob(f"seed{seed}"), *folder.glob(f"*/seed{seed}")])
+
+
 def run_cell(plan: Plan, folder: Path, cell: Cell, seeds: tuple[int, ...], overrides: list[str]) -> None:
-    """The cell's runs, one per seed, in folder/seed<k>: finished ones skipped, stopped ones resumed, the rest run
-    by one `semdl train -m` over the missing seeds."""
+    """The cell's runs, one per seed: finished ones skipped, stopped ones resumed, the rest run by one
+    `semdl train -m` over the missing seeds, into a new sweep folder of the cell."""
     missing = []
     for seed in seeds:
-        run_dir = folder / f"seed{seed}"
-        if finished(run_dir):
+        runs = seed_runs(folder, seed)
+        if any(finished(run) for run in runs):
             continue
-        if (run_dir / "checkpoints" / "last.pt").is_file():
-            run_semdl(plan, ["train", f"resume={run_dir}"])
+        stopped = [run for run in runs if (run / "checkpoints" / "last.pt").is_file()]
+        if stopped:
+            run_semdl(plan, ["train", f"resume={stopped[0]}"])
         else:
             missing.append(seed)
     if not missing:
         return
+    sweep = folder / ("seeds_" + "_".join(map(str, missing)))
+    attempt = 1
+    while sweep.exists():  # an earlier attempt that stopped before any checkpoint: semdl wants a fresh folder
+        attempt += 1
+        sweep = folder / ("seeds_" + "_".join(map(str, missing)) + f"_try{attempt}")
     run_semdl(
         plan,
         [
@@ -159,7 +172,7 @@ def run_cell(plan: Plan, folder: Path, cell: Cell, seeds: tuple[int, ...], overr
             *plan.extra,
             *(smoke_partition(cell.preset) if plan.smoke else []),
             f"seed={','.join(map(str, missing))}",
-            f"hydra.sweep.dir={folder}",
+            f"hydra.sweep.dir={sweep}",
             "hydra.sweep.subdir=seed${seed}",
         ],
     )
@@ -192,7 +205,7 @@ def search(plan: Plan, names: list[str]) -> None:
             for lr in grid.learning_rates:
                 cell = Cell(f"lr_{lr}", preset, solver)
                 run_cell(plan, folder / cell.name, cell, (0,), ["validation=" + validation(plan), f"train.lr={lr}"])
-                lr_scores[lr] = score(folder / cell.name / "seed0", non_iid)
+                lr_scores[lr] = score(seed_runs(folder / cell.name, 0)[0], non_iid)
             best_lr = max(lr_scores, key=lr_scores.get)
             chosen = {"train.lr": best_lr}
             if solver in CONSENSUS_SOLVERS:
@@ -212,7 +225,7 @@ def search(plan: Plan, names: list[str]) -> None:
                                 f"solver.dual_step={dual_step}",
                             ],
                         )
-                        pair_scores[(rho, dual_step)] = score(folder / cell.name / "seed0", non_iid)
+                        pair_scores[(rho, dual_step)] = score(seed_runs(folder / cell.name, 0)[0], non_iid)
                 rho, dual_step = max(pair_scores, key=pair_scores.get)
                 chosen.update({"solver.rho": rho, "solver.dual_step": dual_step})
                 scores = ", ".join(f"rho {r} dual {a}: {value:.4f}" for (r, a), value in pair_scores.items())
@@ -304,7 +317,7 @@ def spread(values: list[float | None]) -> str:
 
 def cell_runs(plan: Plan, experiment: str, cell: Cell) -> list[Path]:
     folder = cell.folder(plan.out, experiment)
-    return sorted(run for run in folder.glob("seed*") if finished(run))
+    return sorted(run for run in [*folder.glob("seed*"), *folder.glob("*/seed*")] if finished(run))
 
 
 def table(plan: Plan, name: str) -> str | None:
@@ -427,10 +440,10 @@ def communication(plan: Plan, name: str) -> str | None:
 def search_table(plan: Plan) -> str | None:
     """Every search run's validation scores: what the chosen values were chosen among."""
     rows = []
-    for run in sorted((plan.out / "search").glob("*/*/*/seed0")):
+    for run in sorted([*(plan.out / "search").glob("*/*/*/seed0"), *(plan.out / "search").glob("*/*/*/*/seed0")]):
         if not finished(run):
             continue
-        preset, solver, setting = run.parts[-4:-1]
+        preset, solver, setting = run.relative_to(plan.out / "search").parts[:3]
         summary = read_json(run / "summary.json")
         non_iid = preset != "study_iid"
         values = [spread([column(summary, read_json(run / "eval.json"), non_iid)]) for _, column in COLUMNS[:8]]

@@ -14,9 +14,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "results_study.py"
 
 
-def study(out: Path) -> subprocess.CompletedProcess:
+def study(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--only", "iid", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--smoke", "--only", "iid", "--out", str(out), *extra],
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -29,14 +29,21 @@ def test_the_smoke_study_searches_runs_and_reports_then_skips_what_finished(tmp_
     """The property: hyperparameters are scored on the validation split, final runs on the test set, each cell's
     table row is the mean and spread of its runs' summaries, and a second invocation runs nothing and rebuilds the
     same tables."""
-    first = study(tmp_path)
+    first = study(tmp_path, "--stage", "search")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "study_iid_primal_dual: train.lr=1e-3 solver.rho=1 solver.dual_step=0.01" in first.stdout
 
-    searched = tmp_path / "search" / "study_iid" / "primal_dual" / "lr_1e-3" / "seed0"
+    one_seed = study(tmp_path, "--stage", "final", "--seeds", "0")  # then the next seed, in a sweep of its own
+    assert one_seed.returncode == 0, one_seed.stderr[-3000:]
+    both = study(tmp_path)
+    assert both.returncode == 0, both.stderr[-3000:]
+    commands = [line for line in both.stdout.splitlines() if line.startswith("+ semdl")]
+    assert len(commands) == 1 and " seed=1 " in commands[0]  # the search and seed 0 had finished
+
+    searched = tmp_path / "search" / "study_iid" / "primal_dual" / "lr_1e-3" / "seeds_0" / "seed0"
     # validation=2 of the 12 training images a class: 20 images scored, none from the test set's 120
     assert json.loads((searched / "eval.json").read_text())["test_samples"] == 20
-    finals = {cell: [tmp_path / "iid" / cell / f"seed{seed}" for seed in (0, 1)] for cell in ("primal_dual",)}
+    finals = {"primal_dual": [tmp_path / "iid" / "primal_dual" / f"seeds_{seed}" / f"seed{seed}" for seed in (0, 1)]}
     summaries = {
         cell: [json.loads((run / "summary.json").read_text()) for run in runs] for cell, runs in finals.items()
     }
@@ -47,7 +54,7 @@ def test_the_smoke_study_searches_runs_and_reports_then_skips_what_finished(tmp_
         knn = [summary["accuracy"]["knn"]["mean"] for summary in loaded]
         expected = f"| {cell} | 2 | {statistics.fmean(knn):.3f} ± {statistics.stdev(knn):.3f} |"
         assert expected in tables
-        assert "iid/" + cell + "/seed0, iid/" + cell + "/seed1" in tables
+        assert f"iid/{cell}/seeds_0/seed0, iid/{cell}/seeds_1/seed1" in tables
     assert (tmp_path / "tables" / "iid.png").stat().st_size > 0
 
     second = study(tmp_path)
