@@ -499,14 +499,17 @@ def resize_images(images: Tensor, size: int) -> Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
+def chosen_per_class(labels: np.ndarray, num_classes: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """The sorted indices of at most `count` samples of each class, drawn at random with `rng`, class after class."""
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:count] for k in range(num_classes)]))
+
+
 def cap_per_class(dataset: Dataset, cap: int, seed: int) -> Dataset:
     """Keep at most `cap` samples of each class in train and test, chosen at random with `seed`."""
     rng = np.random.default_rng(seed)
 
     def keep(labels: Tensor) -> Tensor:
-        labels_np = labels.numpy()
-        chosen = [rng.permutation(np.flatnonzero(labels_np == k))[:cap] for k in range(dataset.num_classes)]
-        return torch.as_tensor(np.sort(np.concatenate(chosen)))
+        return torch.as_tensor(chosen_per_class(labels.numpy(), dataset.num_classes, cap, rng))
 
     train_keep, test_keep = keep(dataset.train_y), keep(dataset.test_y)
     return replace(
@@ -713,10 +716,7 @@ def hold_out_validation(dataset: Dataset, per_class: int) -> Dataset:
             f"validation={per_class} holds out every training sample of class {smallest} ({counts[smallest]} of them); "
             f"choose validation < {counts.min()}"
         )
-    rng = np.random.default_rng(VALIDATION_SEED)
-    held = np.sort(
-        np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in range(dataset.num_classes)])
-    )
+    held = chosen_per_class(labels, dataset.num_classes, per_class, np.random.default_rng(VALIDATION_SEED))
     kept = np.setdiff1d(np.arange(len(labels)), held)
     held_index, kept_index = torch.as_tensor(held), torch.as_tensor(kept)
     return replace(
