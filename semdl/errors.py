@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -125,22 +126,60 @@ def shows_traceback(error: BaseException) -> bool:
 # What torch's allocators say when they cannot allocate (the CPU's DefaultCPUAllocator, CUDA's and MPS's as a plain
 # RuntimeError).
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory")
-TRAINING_ADVICE = "sim.lockstep=off or a smaller train.batch_size"
-# What bounds the evaluation's memory: the test samples it encodes and queries, the probe's mini-batch (null: every
-# feature at once) and the heatmap's samples.
-EVALUATION_ADVICE = "a smaller eval.test_per_class, eval.probe_batch_size or eval.heatmap_per_class"
-# Where in a run an error happened, by the semdl modules in its traceback, the most telling first; SETUP_STAGE when
-# none of them is there.
-SETUP_STAGE = "setting up the run"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where in a run memory ran out: the stage, the buffer it was allocating and the settings that shrink that
+    buffer (and only those). `grouped`: lockstep groups hold that buffer for several nodes at once, so
+    sim.lockstep=off shrinks it too."""
+
+    name: str
+    buffer: str
+    advice: str
+    grouped: bool = False
+
+
+LOCKSTEP_ADVICE = "sim.lockstep=off"
+SETUP = Stage(
+    "setting up the run",
+    "every node's model, data and statistics",
+    "fewer nodes, or a smaller dim_z, model or data set",
+)
+CHECKPOINTING = Stage("checkpointing", "the copy of every node's state", "fewer nodes, or a smaller dim_z or model")
+COMMUNICATION = Stage("communication", "every node's shared statistics", "fewer nodes or a smaller dim_z")
+GRAPH = Stage("building the graph", "its nodes x nodes adjacency matrix", "fewer nodes")
+TRAINING = Stage("training", "a training step's tensors", "a smaller train.batch_size", grouped=True)
+# The semdl modules an error's traceback passes through tell its stage, the most telling first; SETUP when none of
+# them is there.
 STAGES = (
-    ("semdl.pipeline.lockstep", "measuring one node's training step"),
-    ("semdl.eval", "evaluation"),
-    ("semdl.checkpoint", "checkpointing"),
-    ("semdl.io", "checkpointing"),
-    ("semdl.solvers", "training"),
-    ("semdl.objectives", "training"),
-    ("semdl.network", "training"),
-    ("semdl.models", "training"),
+    (
+        "semdl.pipeline.lockstep",
+        Stage("measuring one node's training step", "its activations", "a smaller train.batch_size"),
+    ),
+    ("semdl.eval.diagnostics", Stage("evaluation", "the similarity heatmap", "a smaller eval.heatmap_per_class")),
+    (
+        "semdl.eval.classifiers",
+        Stage(
+            "evaluation",
+            "the classifiers' features",
+            "a smaller eval.test_per_class, eval.probe_batch_size or eval.probe_hidden",
+        ),
+    ),
+    ("semdl.eval", Stage("evaluation", "the test samples' features", "a smaller eval.test_per_class")),
+    ("semdl.checkpoint", CHECKPOINTING),
+    ("semdl.io.run_directory", CHECKPOINTING),
+    (
+        "semdl.objectives",
+        Stage("training", "the coding-rate matrices (classes x dim_z x dim_z)", "a smaller dim_z", grouped=True),
+    ),
+    ("semdl.network.communicator", COMMUNICATION),
+    ("semdl.network.compression", COMMUNICATION),
+    ("semdl.network.topology", GRAPH),
+    ("semdl.network.graphs", GRAPH),
+    ("semdl.models", Stage("training", "the encoders' activations", "a smaller train.batch_size", grouped=True)),
+    ("semdl.data", Stage("loading the data", "the data set's samples", "a smaller data.subset or data.resize")),
+    ("semdl.solvers", TRAINING),
 )
 
 
@@ -158,14 +197,12 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY_MESSAGES)
 
 
-def advice(stage: str, lockstep: bool | None = True) -> str:
-    """The settings that make a stage smaller; sim.lockstep=off only where the run used lockstep groups (None:
-    unknown, named)."""
-    if stage == "evaluation":
-        return EVALUATION_ADVICE
-    if stage == "measuring one node's training step":
-        return "a smaller train.batch_size"
-    return TRAINING_ADVICE if lockstep is not False else "a smaller train.batch_size"
+def advice(stage: Stage, lockstep: bool | None = True) -> str:
+    """The settings that shrink the stage's buffer; sim.lockstep=off first where lockstep groups held it for several
+    nodes (None: unknown, named too)."""
+    if stage.grouped and lockstep is not False:
+        return f"{LOCKSTEP_ADVICE} or {stage.advice}"
+    return stage.advice
 
 
 def checkpoint_hint(run_dir: Path | None, checkpoint_round: int | None) -> str:
@@ -179,7 +216,7 @@ def checkpoint_hint(run_dir: Path | None, checkpoint_round: int | None) -> str:
 
 def round_out_of_memory(
     device: object,
-    stage: str,
+    stage: Stage,
     round_index: int,
     rounds: int,
     lockstep: bool,
@@ -187,11 +224,11 @@ def round_out_of_memory(
     checkpoint_round: int | None,
 ) -> OutOfMemory:
     """The error of a run out of memory in one of its rounds (the round loop knows all of this), e.g.
-    `out of memory on cuda:0 in round 12 of 1000 (training); try sim.lockstep=off or a smaller train.batch_size;
-    the last checkpoint (round 10) is intact: semdl train resume=<dir>`."""
+    `out of memory on cuda:0 in round 12 of 1000 (training: the encoders' activations); try sim.lockstep=off or a
+    smaller train.batch_size; the last checkpoint (round 10) is intact: semdl train resume=<dir>`."""
     return OutOfMemory(
-        f"out of memory on {device} in round {round_index} of {rounds} ({stage}); try {advice(stage, lockstep)}"
-        + checkpoint_hint(run_dir, checkpoint_round)
+        f"out of memory on {device} in round {round_index} of {rounds} ({stage.name}: {stage.buffer}); "
+        f"try {advice(stage, lockstep)}" + checkpoint_hint(run_dir, checkpoint_round)
     )
 
 
@@ -208,8 +245,9 @@ def error_device(error: BaseException) -> str:
     return "cpu"
 
 
-def error_stage(traceback: TracebackType | None) -> str:
-    """The stage of a run an error came from, by the semdl modules its traceback passes through."""
+def error_stage(traceback: TracebackType | None, default: Stage = SETUP) -> Stage:
+    """The stage of a run an error came from, by the semdl modules its traceback passes through (`default` when
+    none of them tells)."""
     modules = set()
     while traceback is not None:
         modules.add(traceback.tb_frame.f_globals.get("__name__", ""))
@@ -217,7 +255,7 @@ def error_stage(traceback: TracebackType | None) -> str:
     for prefix, stage in STAGES:
         if any(module == prefix or module.startswith(prefix + ".") for module in modules):
             return stage
-    return SETUP_STAGE
+    return default
 
 
 def out_of_memory_line(error: BaseException, resume_from: Path | None) -> str:
@@ -225,9 +263,7 @@ def out_of_memory_line(error: BaseException, resume_from: Path | None) -> str:
     and evaluation, `semdl eval`): the device and stage read from the error, and the run directory to resume from
     when it holds a checkpoint (`resume_from`, else None)."""
     stage = error_stage(error.__traceback__)
-    if stage == SETUP_STAGE:
-        hint = "reduce nodes, the model or the data"
-    else:
-        hint = f"try {advice(stage, None)}"
     checkpoint = f"; the last checkpoint is intact: semdl train resume={resume_from}" if resume_from else ""
-    return f"out of memory on {error_device(error)} ({stage}); {hint}{checkpoint}"
+    return (
+        f"out of memory on {error_device(error)} ({stage.name}: {stage.buffer}); try {advice(stage, None)}{checkpoint}"
+    )

@@ -312,6 +312,8 @@ def test_the_published_cifar_encoders_fit_a_16_gib_device():
 # ----------------------------------------------------------------------------------------------------------------
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "train.rounds=3", "train.checkpoint_every=2", "eval.classifiers=[knn]"]
+
+
 def stopped_line(arguments: list[str], capsys) -> str:
     """Run `semdl <arguments>` in this process; it must stop with status 2 and one line on stderr, no traceback."""
     capsys.readouterr()
@@ -346,8 +348,8 @@ def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path,
     monkeypatch.setattr(PrimalDual, "round", round_out_of_cuda_memory)
     line = stopped_line(["train", *QUICK, f"hydra.run.dir={run_dir}"], capsys)
     assert line == (
-        "semdl: out of memory on cpu in round 3 of 3 (training); try sim.lockstep=off or a smaller "
-        f"train.batch_size; the last checkpoint (round 2) is intact: semdl train resume={run_dir}"
+        "semdl: out of memory on cpu in round 3 of 3 (training: a training step's tensors); try sim.lockstep=off or a "
+        f"smaller train.batch_size; the last checkpoint (round 2) is intact: semdl train resume={run_dir}"
     )
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["round"] == 2
     assert max(row["round"] for row in read_metrics(run_dir / "metrics.jsonl")) == 2
@@ -378,15 +380,14 @@ def test_out_of_memory_outside_the_rounds_names_its_stage(tmp_path, monkeypatch)
         evaluate.evaluate_network(network.nodes, network.dataset, composed(QUICK).eval, 16, 0.5, None)
     assert outcome(raised.value, "", None) == (
         2,
-        "semdl: out of memory on cpu (evaluation); try a smaller eval.test_per_class, eval.probe_batch_size or "
-        "eval.heatmap_per_class",
+        "semdl: out of memory on cpu (evaluation: the test samples' features); try a smaller eval.test_per_class",
     )
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     status, line = outcome(raised.value, "rank 1 (nodes 2-3): ", tmp_path)
     assert status == 2
-    assert line.endswith(f"eval.heatmap_per_class; the last checkpoint is intact: semdl train resume={tmp_path}")
-    assert line.startswith("semdl: rank 1 (nodes 2-3): out of memory on cpu (evaluation)")
+    assert line.endswith(f"eval.test_per_class; the last checkpoint is intact: semdl train resume={tmp_path}")
+    assert line.startswith("semdl: rank 1 (nodes 2-3): out of memory on cpu (evaluation: ")
 
     def encoder_out_of_cuda_memory(inputs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 3 has a total capacity")
@@ -396,5 +397,63 @@ def test_out_of_memory_outside_the_rounds_names_its_stage(tmp_path, monkeypatch)
         run_round(network)  # outside the round loop, which would say the round
     assert outcome(raised.value, "", None) == (
         2,
-        "semdl: out of memory on cuda:3 (training); try sim.lockstep=off or a smaller train.batch_size",
+        "semdl: out of memory on cuda:3 (training: a training step's tensors); try sim.lockstep=off or a smaller "
+        "train.batch_size",
     )
+
+
+def raised_in(module: str) -> MemoryError:
+    """A MemoryError whose traceback passes through a function of `module` (by its __name__, as error_stage reads
+    frames)."""
+    namespace = {"__name__": module}
+    exec("def allocate():\n    raise MemoryError()", namespace)
+    try:
+        namespace["allocate"]()
+    except MemoryError as error:
+        return error
+    raise AssertionError("allocate() did not raise")
+
+
+@pytest.mark.parametrize(
+    "module, stage_and_advice",
+    [
+        (
+            "semdl.io.run_directory",
+            "(checkpointing: the copy of every node's state); try fewer nodes, or a smaller dim_z or model",
+        ),
+        (
+            "semdl.checkpoint",
+            "(checkpointing: the copy of every node's state); try fewer nodes, or a smaller dim_z or model",
+        ),
+        (
+            "semdl.io.text",
+            "(setting up the run: every node's model, data and statistics); try fewer nodes, or a smaller dim_z, model "
+            "or data set",
+        ),
+        ("semdl.network.topology", "(building the graph: its nodes x nodes adjacency matrix); try fewer nodes"),
+        (
+            "semdl.network.communicator",
+            "(communication: every node's shared statistics); try fewer nodes or a smaller dim_z",
+        ),
+        (
+            "semdl.models.encoders",
+            "(training: the encoders' activations); try sim.lockstep=off or a smaller train.batch_size",
+        ),
+        (
+            "semdl.objectives.rates",
+            "(training: the coding-rate matrices (classes x dim_z x dim_z)); try sim.lockstep=off or a smaller dim_z",
+        ),
+        ("semdl.eval.diagnostics", "(evaluation: the similarity heatmap); try a smaller eval.heatmap_per_class"),
+        ("semdl.data.datasets", "(loading the data: the data set's samples); try a smaller data.subset or data.resize"),
+        (
+            "semdl.pipeline.lockstep",
+            "(measuring one node's training step: its activations); try a smaller train.batch_size",
+        ),
+    ],
+)
+def test_out_of_memory_advice_names_the_buffer_and_only_settings_that_shrink_it(module, stage_and_advice):
+    """Each stage names the buffer it was allocating and only settings that shrink that buffer: a checkpoint's copy
+    of the nodes' state is not shrunk by sim.lockstep or train.batch_size (the advice once given for it)."""
+    from semdl.exits import outcome
+
+    assert outcome(raised_in(module), "", None) == (2, f"semdl: out of memory on cpu {stage_and_advice}")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from semdl.checkpoint import checkpoint_state
 from semdl.errors import (
-    SETUP_STAGE,
+    TRAINING,
     Interrupted,
     Stopped,
     UserError,
@@ -182,10 +182,9 @@ def train_rounds(
             raise
         # One line instead of a traceback (semdl.errors.outcome, exit status 2): the round, what it was doing, what
         # helps, and the checkpoint to continue from (written whole or not at all, so the last one is intact).
-        stage = error_stage(error.__traceback__)
         raise round_out_of_memory(
             network.dataset.train_y.device,
-            "training" if stage == SETUP_STAGE else stage,
+            error_stage(error.__traceback__, default=TRAINING),
             round_index,
             cfg.train.rounds,
             any(len(group.nodes) > 1 for group in network.groups),
