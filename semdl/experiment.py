@@ -24,6 +24,7 @@ from semdl.pipeline.network import (
     RestoredStart,
     Simulation,
     build_network,
+    check_evaluation_fits,
     node_descriptions,
     process_device,
     resolve_device,
@@ -83,6 +84,7 @@ def resume_experiment(
 def _resume(run_dir: Path, overrides: list[str], started: float, when_accepted=lambda: None) -> dict | None:
     run = load_resumable(run_dir, overrides)
     cfg, checkpoint, done = run.cfg, run.checkpoint, run.round
+    check_evaluation_fits(cfg, run.parts)
     if process_rank() == 0:
         RunDirectory(run_dir).claim("semdl train resume")
         when_accepted()
@@ -152,6 +154,7 @@ def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:
     directory = RunDirectory(run_dir)
     with directory.writing("semdl eval"):
         run = load_run(run_dir, overrides, EVALUATION_KEYS, "semdl eval")
+        check_evaluation_fits(run.cfg, run.parts)
         directory.claim("semdl eval")
         cfg = run.cfg
         cfg.comm.name = "in_process"  # every node is evaluated in this one process, however the run was trained

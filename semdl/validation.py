@@ -48,8 +48,9 @@ def _at_least(key: str, value: int, low: int) -> None:
 
 
 def _reject_unusable_numbers(value: Any, key: str = "") -> None:
-    """NaN and infinities pass every `>`/`<` range check, and integers beyond int64 pass Python but not torch or
-    numpy: refuse them anywhere in the config (lists and the config groups' keys included)."""
+    """NaN and infinities pass every `>`/`<` range check, floats beyond float32 and integers beyond int64 pass
+    Python but not torch or numpy: refuse them anywhere in the config (lists and the config groups' keys
+    included)."""
     if isinstance(value, dict):
         for name, item in value.items():
             _reject_unusable_numbers(item, f"{key}.{name}" if key else str(name))
@@ -58,6 +59,9 @@ def _reject_unusable_numbers(value: Any, key: str = "") -> None:
             _reject_unusable_numbers(item, f"{key}[{index}]")
     elif isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{key}={value} is not a finite number")
+    elif isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        # Every float setting ends up in float32 tensor arithmetic (learning rates, weight decay, rho, noise).
+        raise UserError(f"{key}={value} is out of range; numbers must lie within float32's range (±{FLOAT32_MAX:.3g})")
     elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise UserError(f"{key}={value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
 

@@ -320,6 +320,14 @@ CASES = [
     ),
     (["eval", "{world}/done", "eval.probe_lr=nan"], "eval.probe_lr=nan is not a finite number"),
     (["eval", "{world}/done", "eval.probe_hidden=1000000000000"], "the evaluation needs at least"),
+    # counts beyond what they mean, and floats beyond float32 (where torch would overflow mid-run)
+    (["train", *QUICK, "partition=iid", "eval.knn_k=81"], "eval.knn_k=81 is out of range; no node holds more than 80"),
+    (["eval", "{world}/done", "eval.knn_k=100000"], "no node holds more than 80 training samples to vote among"),
+    (["train", "resume={world}/done", "train.rounds=3", "eval.knn_k=81"], "eval.knn_k=81 is out of range"),
+    (["train", *QUICK, "solver=centralized", "eval.knn_k=241"], "no node holds more than 240 training samples"),
+    (["train", "train.lr=1e300"], "train.lr=1e+300 is out of range; numbers must lie within float32's range"),
+    (["train", "solver.rho=-1e39"], "solver.rho=-1e+39 is out of range; numbers must lie within float32's range"),
+    (["eval", "{world}/done", "eval.probe_lr=1e39"], "eval.probe_lr=1e+39 is out of range"),
     # semdl table: nothing readable left
     (
         ["table", "{world}/binary_summary"],

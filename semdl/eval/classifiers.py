@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from semdl.errors import UserError
 from semdl.eval.features import QUERY_CHUNK
 from semdl.eval.subspaces import top_subspace
 from semdl.objectives.rates import class_statistics, pool_statistics
@@ -34,6 +35,17 @@ def knn_neighbours(reference_labels: Tensor, num_classes: int, k: int) -> int:
     chance however good the features are (a tiny non-i.i.d. node's rare class)."""
     held = torch.bincount(reference_labels, minlength=num_classes)
     return max(1, min(k, int(held[held > 0].min())))
+
+
+def check_knn_k(k: int, node_sizes: list[int]) -> None:
+    """Refuse a k beyond every node's training samples: k-NN would vote among all of them, whatever the features
+    (below that, knn_neighbours caps k at a node's smallest class, with a warning)."""
+    largest = max(node_sizes)
+    if k > largest:
+        raise UserError(
+            f"eval.knn_k={k} is out of range; no node holds more than {largest} training samples to vote among, "
+            f"so it must be <= {largest}"
+        )
 
 
 def subspaces_from_statistics(statistics: Tensor, n_components: int) -> Tensor:

@@ -18,6 +18,7 @@ from semdl.data import Dataset, build_partition, class_counts, load_dataset
 from semdl.data.datasets import hold_out_validation
 from semdl.errors import UserError
 from semdl.eval import plot_partition
+from semdl.eval.classifiers import check_knn_k
 from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory
 from semdl.models import architectures, build_encoder
 from semdl.network import (
@@ -40,7 +41,7 @@ from semdl.network.distributed import (
 from semdl.pipeline.lockstep import plan_groups
 from semdl.schema import switch
 from semdl.solvers import build_groups, build_solver
-from semdl.solvers.base import Simulation
+from semdl.solvers.base import Simulation, solver_class
 
 log = logging.getLogger("semdl")
 
@@ -182,6 +183,17 @@ def partition_dataset(
     return dataset, parts, write_partition(Path(run_dir), cfg, train_labels, parts, dataset.num_classes, run_id)
 
 
+def check_evaluation_fits(cfg: DictConfig, parts: list[np.ndarray]) -> None:
+    """The evaluation settings against the nodes' data, before a run starts, resumes or is evaluated: eval.knn_k
+    within the training samples of the largest node (every part's, for a solver that trains other nodes than the
+    partition's, as centralized pools them)."""
+    if "knn" not in cfg.eval.classifiers:
+        return
+    sizes = [len(part) for part in parts]
+    same_nodes = solver_class(cfg.solver).trained_nodes(len(parts)) == len(parts)
+    check_knn_k(cfg.eval.knn_k, sizes if same_nodes else [sum(sizes)])
+
+
 @dataclass(frozen=True)
 class FreshStart:
     """A new run: it draws its run_id, partitions the data, saves the partition and the solver's files (rank 0), and
@@ -220,6 +232,7 @@ def build_network(
     writer = run_dir if not restored and process_rank() == 0 else None  # only rank 0 writes, and only anew
     if not restored:
         dataset, parts, counts = partition_dataset(cfg, writer, run_id)
+        check_evaluation_fits(cfg, parts)  # a restored run is checked before its directory is claimed
     else:
         dataset, parts = run_dataset(cfg), start.parts
         counts = class_counts(dataset.train_y.numpy(), parts, dataset.num_classes)
