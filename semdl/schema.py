@@ -57,7 +57,7 @@ class UnreliabilityConfig:
 @dataclass
 class EvalConfig:
     name: str = "default"  # the evaluation protocol: default (semdl's) or paper (the published code's)
-    knn_k: int = 10  # neighbours of the cosine k-NN classifier
+    knn_k: int = 10  # neighbours of the cosine k-NN classifier (at most the largest node's training samples)
     every: int = 0  # also evaluate every this many rounds (0: only at the end)
     classifiers: List[str] = field(  # the classifiers trained on the frozen features and scored on the test set
         default_factory=lambda: ["knn", "nearest_subspace", "semantic_subspace", "linear_probe"]
