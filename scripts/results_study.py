@@ -293,7 +293,8 @@ COLUMNS = (
 
 
 def between_nodes(summary: dict, value: float | None) -> float | None:
-    """A quantity between nodes, undefined (n/a) for a run of one node (centralized), whose summary reports 0."""
+    """A quantity between nodes, undefined (n/a) for a run of one node (centralized): its summary holds null, or 0
+    when semdl wrote it before undefined quantities were null."""
     return value if len(summary["nodes"]) > 1 else None
 
 

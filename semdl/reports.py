@@ -15,13 +15,20 @@ def report(run_dir: Path, summary: dict | None) -> None:
     text = "\n".join(
         [
             f"run directory: {run_dir}",
-            f"network dR {summary['network_dR']:.4f} | consensus residual {summary['consensus_residual']:.2e} | "
+            f"network dR {summary['network_dR']:.4f} | consensus residual {residual_text(summary)} | "
             f"{summary['total_bytes_sent'] / 2**20:.1f} MiB sent | {summary['wall_seconds']:.1f} s",
             accuracy_lines(summary),
         ]
     )
     print(text)
     RunDirectory(run_dir).append_log(text + "\n")  # the log keeps what the terminal showed
+
+
+def residual_text(numbers: dict) -> str:
+    """The consensus residual as the headline shows it; a word where it has no value (no edge joins two nodes that
+    share a class: one node, or a graph without edges)."""
+    residual = numbers["consensus_residual"]
+    return "undefined (no edges)" if residual is None else f"{residual:.2e}"
 
 
 def accuracy_lines(numbers: dict) -> str:

@@ -98,6 +98,30 @@ def _check_unreliability(network: DictConfig) -> None:
     _at_least("network.schedule_every", network.schedule_every, 1)
 
 
+def _check_network_for_solver(network: DictConfig, solver: str, traits) -> None:
+    """Refuse a network.* key that would change nothing (docs/networks.md, "What each solver honours"): a schedule's
+    duration without a schedule, links that fail or switch for a solver that sends no messages, a policy for lost
+    statistics for one that exchanges none."""
+    if network.schedule is None and network.schedule_every != 1:
+        raise UserError(
+            f"network.schedule_every={network.schedule_every} sets how many rounds each matrix of network.schedule "
+            "lasts; give network.schedule too"
+        )
+    if not (traits.shares_statistics or traits.averages_weights):
+        for key, value, idle in (("link_drop", network.link_drop, 0), ("schedule", network.schedule, None)):
+            if value != idle:
+                raise UserError(
+                    f"solver={solver} sends no messages, so network.{key}={value} has no link to act on; leave it "
+                    f"at {'null' if idle is None else idle} (network.node_dropout applies to {solver})"
+                )
+    if not traits.shares_statistics and network.stale != "reuse":
+        kept = " (it averages the weights that arrived and keeps none)" if traits.averages_weights else ""
+        raise UserError(
+            f"network.stale={network.stale} says what a node does with statistics that did not arrive; "
+            f"solver={solver} exchanges no statistics{kept}"
+        )
+
+
 def _check_seeds(cfg: DictConfig) -> None:
     """numpy refuses negative seeds and scikit-learn those from 2**32, deep inside a run: refuse them here."""
     seeds = {"seed": cfg.seed, "data.seed": cfg.data.get("seed")}
@@ -162,6 +186,7 @@ def validate(cfg: DictConfig) -> None:
 
     solver = solver_class(cfg.solver)
     solver.check(groups["solver"].settings(cfg.solver), cfg)
+    _check_network_for_solver(cfg.network, cfg.solver.name, solver.traits)
     if solver.traits.one_architecture and len(names) > 1:
         raise UserError(
             f"solver={cfg.solver.name} averages weights, so every node needs the same architecture; "

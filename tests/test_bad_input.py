@@ -351,8 +351,24 @@ CASES = [
     (["train", "network.node_dropout=0.1", "sim.lockstep=on"], "network.node_dropout runs nodes one by one"),
     (["train", "nodes=3", "network.schedule={world}/bad_topology.txt"], "must hold whitespace-separated 0/1 integers"),
     (["train", "network.schedule={world}/no_such_file.txt"], "cannot read network.schedule"),
-    (["train", "solver=centralized", "network.schedule={world}/ring3.txt"], "solver=centralized trains 1 node(s)"),
     (["train", "resume={world}/done", "comm.compress=fp16"], "resume cannot change comm.compress"),
+    # network keys a solver cannot honour (docs/networks.md, "What each solver honours")
+    (
+        ["train", "solver=centralized", "network.schedule={world}/ring3.txt"],
+        "solver=centralized sends no messages, so network.schedule={world}/ring3.txt has no link to act on",
+    ),
+    (["train", "solver=local", "network.link_drop=0.5"], "solver=local sends no messages, so network.link_drop=0.5"),
+    (["train", "solver=centralized", "network.link_drop=1"], "solver=centralized sends no messages"),
+    (["train", "solver=local", "network.stale=skip"], "network.stale=skip says what a node does with statistics"),
+    (
+        ["train", "solver=fedavg_mcr2", "network.stale=skip", "network.link_drop=0.3"],
+        "solver=fedavg_mcr2 exchanges no statistics (it averages the weights that arrived and keeps none)",
+    ),
+    (
+        ["train", "solver=fedavg_ce", "network.schedule={world}/ring3.txt"],
+        "network.schedule switches links between nodes; solver=fedavg_ce solver.aggregation=server sends",
+    ),
+    (["train", "network.schedule_every=3"], "network.schedule_every=3 sets how many rounds each matrix of network"),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]

@@ -1,5 +1,7 @@
 """Baselines: centralized (upper bound), local (lower bound), and the weight-averaging fedavg_mcr2 / fedavg_ce."""
 
+import json
+
 import pytest
 import torch
 
@@ -45,9 +47,18 @@ def test_the_baselines_are_the_solvers_that_share_no_statistics():
 @pytest.mark.integration  # 8-round training runs
 @pytest.mark.parametrize("solver", BASELINES)
 def test_every_baseline_learns(tmp_path, small_synthetic_config, solver):
-    summary, _, _ = run(tmp_path, small_synthetic_config, solver)
+    summary, network, nodes = run(tmp_path, small_synthetic_config, solver)
     assert summary["accuracy"]["knn"]["mean"] > 0.8  # 4 classes: chance is 0.25
     assert len(summary["nodes"]) == (1 if solver == "centralized" else 4)
+    # Between nodes: a single node has no residual and no cross-node angle (null), never 0.
+    written = json.loads((tmp_path / "summary.json").read_text())
+    residuals = [row["consensus_residual"] for row in network + nodes]
+    if solver == "centralized":
+        assert written["consensus_residual"] is None and written["mean_cross_node_angle"] is None
+        assert residuals == [None] * len(residuals)
+    else:
+        assert written["consensus_residual"] == network[-1]["consensus_residual"] > 0
+        assert all(residual > 0 for residual in residuals)
 
 
 @pytest.mark.integration  # two 8-round training runs

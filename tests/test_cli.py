@@ -181,6 +181,23 @@ def test_unknown_command(capsys):
     assert result.status == 2 and "unknown command 'fly'" in result.err
 
 
+def test_a_headline_without_a_consensus_residual_says_so(tmp_path, capsys):
+    """A single node (centralized) has no residual: the headline says so in a word, never 0."""
+    summary = {
+        "network_dR": 1.5,
+        "consensus_residual": None,
+        "total_bytes_sent": 0,
+        "wall_seconds": 2.0,
+        "evaluation_protocol": "default",
+        "every_node_holds_every_class": True,
+        "accuracy": {"knn": {"mean": 0.9, "per_node": [0.9]}},
+    }
+    report(tmp_path, summary)
+    assert "network dR 1.5000 | consensus residual undefined (no edges) | 0.0 MiB sent" in capsys.readouterr().out
+    report(tmp_path, {**summary, "consensus_residual": 0.0123})
+    assert "| consensus residual 1.23e-02 |" in capsys.readouterr().out
+
+
 @integration
 def test_a_non_iid_headline_leads_with_own_class_accuracy(tmp_path, capsys, one_thread):
     """Two of four classes per node: a node's all-class accuracy cannot pass the share of its classes in the test

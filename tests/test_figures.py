@@ -263,3 +263,17 @@ def test_a_consensus_residual_within_one_decade_gets_several_labels():
     assert len(labelled) >= 3
     assert all(low <= value <= high for value in labelled)
     plt.close(figure)
+
+
+def test_rounds_without_a_consensus_residual_are_left_out_of_its_curve():
+    """null (undefined: no edge) is not a point at the log axis' floor; with no defined round the panel says so."""
+    rows = [{"round": r, "dR": 1.0, "R": 2.0, "Rc": 1.0, "consensus_residual": 0.5 / r} for r in range(1, 5)]
+    rows[1]["consensus_residual"] = None
+    figure = training_curves_figure(rows)
+    (line,) = figure.axes[1].get_lines()
+    assert line.get_xdata().tolist() == [1, 3, 4] and line.get_ydata().tolist() == [0.5, 0.5 / 3, 0.125]
+    plt.close(figure)
+    figure = training_curves_figure([{**row, "consensus_residual": None} for row in rows])
+    assert not figure.axes[1].get_lines()
+    assert [text.get_text() for text in figure.axes[1].texts] == ["undefined: no edges"]
+    plt.close(figure)

@@ -328,6 +328,20 @@ def test_a_metric_that_is_not_a_finite_number_is_missing_not_zero(tmp_path):
     assert "| 1.0 | 0.5 (n=1) |" in markdown and "| 5.0 | - |" in markdown
 
 
+def test_an_undefined_consensus_residual_is_blank_not_zero(tmp_path):
+    """centralized's summary holds null (one node, no edge): its cell is empty, beside a run that has one."""
+    fake_run(tmp_path / "pd" / "0", seed=0)
+    fake_run(tmp_path / "one" / "0", seed=0, rho=5.0, consensus_residual=None, nodes=[{"node": 0}])
+    markdown = table_command([str(tmp_path)], ["solver.rho"], [], "acc.knn", str(tmp_path / "t.csv"))
+    rows = {row["solver.rho"]: row for row in read_csv(tmp_path / "t.csv")}
+    assert rows["1.0"]["consensus_residual mean"] == "0.1"
+    assert rows["5.0"]["consensus_residual mean"] == rows["5.0"]["consensus_residual n"] == ""
+    lines = [[cell.strip() for cell in line.split("|")[1:-1]] for line in markdown.splitlines()]
+    header, one_node = lines[0], next(line for line in lines if line[0] == "5.0")
+    assert header.index("consensus_residual") == header.index("network_dR") + 1  # its place, though run 1 lacks it
+    assert one_node[header.index("consensus_residual")] == "-"
+
+
 def test_byte_order_marks_are_read(tmp_path):
     """Editors on Windows start a file with one (metrics.jsonl is read by semdl.io.read_metrics, which does not)."""
     run = fake_run(tmp_path / "run", seed=3)

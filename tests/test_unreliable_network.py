@@ -217,3 +217,82 @@ def test_a_solver_that_trains_an_offline_node_is_stopped_with_one_line(tmp_path)
     with pytest.raises(UserError, match=r"solver=local trained node \d in round \d, when it was offline"):
         for _ in range(4):  # seed 0 takes a node offline within four rounds
             run_round(network)
+
+
+def residuals_by_hand(network) -> list[float]:
+    """Each node's max over its ring neighbours j and classes k of ||V_i^k - V_j^k||_F, in float64 Python loops over
+    the nodes' own statistics (docs/algorithms.md, "Reported quantities")."""
+    statistics = [node.statistics.double() for node in network.nodes]
+    return [
+        max(
+            float((statistics[i][k] - statistics[j][k]).pow(2).sum().sqrt())
+            for j in ((i - 1) % 4, (i + 1) % 4)
+            for k in range(4)
+        )
+        for i in range(4)
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["network.link_drop=1"], ["solver=local"], ["solver=fedavg_mcr2"], ["network.node_dropout=1"], []],
+    ids=["primal_dual-every-link-down", "local", "fedavg_mcr2", "primal_dual-every-node-offline", "primal_dual"],
+)
+def test_the_consensus_residual_compares_the_nodes_own_statistics_whatever_arrived(overrides, tmp_path):
+    """Every solver's residual is one function of the nodes' current statistics along the graph's edges: with no
+    message delivered (every link down, every node offline) it is the distance between what the nodes hold, not 0."""
+    network = network_of(RING4 + overrides, tmp_path)
+    before = list(network.communicator.bytes_sent)
+    result, fallbacks = run_round(network)
+    rows = round_rows(1, network, result, before, 0.0, fallbacks)
+    expected = residuals_by_hand(network)
+    assert min(expected) > 0.1  # four nodes trained on their own data disagree
+    nodes = [row["consensus_residual"] for row in rows if isinstance(row["node"], int)]
+    assert nodes == pytest.approx(expected, rel=1e-5)
+    assert rows[-1]["consensus_residual"] == pytest.approx(max(expected), rel=1e-5)
+
+
+def test_with_every_link_down_the_residual_is_the_local_baselines_at_round_one(tmp_path):
+    """Before any consensus step, primal_dual with no message delivered trains as local does (see above), and
+    both report one residual for the same nodes."""
+    residuals = []
+    for overrides in (["network.link_drop=1"], ["solver=local"]):
+        network = network_of(RING4 + overrides, tmp_path / overrides[0])
+        result, fallbacks = run_round(network)
+        rows = round_rows(1, network, result, list(network.communicator.bytes_sent), 0.0, fallbacks)
+        residuals.append(rows[-1]["consensus_residual"])
+    assert residuals[0] == pytest.approx(residuals[1], rel=1e-5) and residuals[0] > 0.1
+
+
+def test_centralized_has_no_consensus_residual(tmp_path):
+    """One node, no edge: its rows hold null (undefined), not 0."""
+    network = network_of(RING4 + ["solver=centralized"], tmp_path)
+    result, fallbacks = run_round(network)
+    rows = round_rows(1, network, result, list(network.communicator.bytes_sent), 0.0, fallbacks)
+    assert [row["node"] for row in rows] == [0, "network"]
+    assert rows[0]["consensus_residual"] is None and rows[-1]["consensus_residual"] is None
+
+
+def test_fedavg_with_no_weight_delivered_keeps_every_node_at_its_own_model(tmp_path):
+    """Two ways for no weight message to arrive, one outcome: gossip under a schedule with every link off, and the
+    server with every server link failed, leave each node with its own trained weights (a node's own weights enter
+    its average exactly); with the links on, gossip mixes them."""
+    off = tmp_path / "off.txt"
+    off.write_text("0 0 0 0\n" * 4)
+    gossip = ["solver=fedavg_mcr2", "solver.aggregation=gossip"]
+    runs = {
+        "gossip-off": gossip + [f"network.schedule={off}"],
+        "server-down": ["solver=fedavg_mcr2", "network.link_drop=1"],
+        "gossip-on": gossip,
+    }
+    weights, tallies = {}, {}
+    for name, overrides in runs.items():
+        network = network_of(RING4 + overrides, tmp_path / name)
+        rounds_of(network, 1)
+        weights[name] = [torch.cat([p.flatten() for p in node.encoder.parameters()]) for node in network.nodes]
+        tallies[name] = (network.communicator.tally.received.tolist(), network.communicator.tally.lost.tolist())
+    assert all(torch.equal(a, b) for a, b in zip(weights["gossip-off"], weights["server-down"]))
+    assert not any(torch.equal(a, b) for a, b in zip(weights["gossip-off"], weights["gossip-on"]))
+    assert tallies["gossip-off"] == ([0] * 4, [0] * 4)  # a link switched off carries nothing, so loses nothing
+    assert tallies["server-down"] == ([0] * 4, [1] * 4)  # each node sent to the server; every message was lost
+    assert tallies["gossip-on"] == ([2] * 4, [0] * 4)

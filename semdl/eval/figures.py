@@ -6,6 +6,7 @@ function that saves and closes it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -44,17 +45,27 @@ def training_curves_figure(network_rows: list[dict]) -> Figure:
     rate_axis.plot(rounds, [row["Rc"] for row in network_rows], label="Rc", linestyle=":")
     rate_axis.set(xlabel="round", ylabel="nats", title="Network rate reduction (shared statistics)")
     rate_axis.legend()
-    residuals = [max(row["consensus_residual"], 1e-12) for row in network_rows]
-    residual_axis.semilogy(rounds, residuals)
+    # Rounds where the residual is undefined (null: no edge joins two nodes sharing a class) are left out, not 0.
+    defined = [(row["round"], max(row["consensus_residual"], 1e-12)) for row in network_rows if _defined(row)]
+    residual_axis.set(
+        xlabel="round", ylabel=r"max $\|V_i^k - V_j^k\|_F$", title="Consensus residual (max over edges, classes)"
+    )
+    if not defined:
+        residual_axis.text(0.5, 0.5, "undefined: no edges", ha="center", va="center", transform=residual_axis.transAxes)
+        return figure
+    residual_rounds, residuals = zip(*defined)
+    residual_axis.semilogy(residual_rounds, residuals)
     if max(residuals) / min(residuals) < 100:
         # within two decades a log axis labels only its one or two powers of ten: label more values
         residual_axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         residual_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
         residual_axis.yaxis.set_minor_formatter(NullFormatter())
-    residual_axis.set(
-        xlabel="round", ylabel=r"max $\|V_i^k - V_j^k\|_F$", title="Consensus residual (max over edges, classes)"
-    )
     return figure
+
+
+def _defined(row: dict) -> bool:
+    value = row.get("consensus_residual")
+    return value is not None and math.isfinite(value)
 
 
 def plot_training_curves(network_rows: list[dict], path: Path) -> None:

@@ -377,7 +377,10 @@ def build_table(records: list[dict], rows: list[str], columns: list[str], metric
     """Group runs by the values of `rows` (and `columns`); cells are the metrics, or `metric` per column value."""
     _check_keys(records, rows, "row")
     _check_keys(records, columns, "column")
-    metric_names = list(dict.fromkeys(name for record in records for name in record["metrics"]))
+    # Accuracies as the runs list them, then the run metrics in their fixed order: a metric the first run lacks
+    # (centralized has no consensus residual) keeps its column's place.
+    present = dict.fromkeys(name for record in records for name in record["metrics"])
+    metric_names = [name for name in present if name not in RUN_METRICS] + [m for m in RUN_METRICS if m in present]
     if columns and metric not in metric_names:
         raise UserError(f"unknown metric {metric}; available: {', '.join(metric_names)}")
     cells: dict[tuple, dict[tuple, list[dict]]] = {}

@@ -239,8 +239,11 @@ def primal_dual_loss(
 
 
 def consensus_residual(V_self: Tensor, V_neighbors: Tensor, shared: Tensor | None = None) -> Tensor:
-    """max over neighbours j and classes k (where shared (J, K) allows) of ||V_self^k - V_j^k||_F; 0 if none."""
+    """max over neighbours j and classes k (where shared (J, K) allows) of ||V_self^k - V_j^k||_F (docs/algorithms.md,
+    "Reported quantities"); NaN when there is no such pair: a node without an edge sharing a class has no residual,
+    which is not a residual of 0."""
     distances = (V_neighbors - V_self.unsqueeze(0)).pow(2).sum((2, 3)).sqrt()
     if shared is not None:
-        distances = distances * shared
-    return distances.max() if distances.numel() else V_self.new_zeros(())
+        distances = distances.masked_fill(~shared.bool(), float("-inf"))
+    largest = distances.max() if distances.numel() else V_self.new_full((), float("-inf"))
+    return largest.nan_to_num(neginf=float("nan"))

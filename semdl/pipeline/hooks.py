@@ -20,6 +20,7 @@ from semdl.hooks import RoundHook
 from semdl.io.run_directory import RunDirectory, similarity_figure
 from semdl.network import Node
 from semdl.pipeline.network import Simulation, build_nodes
+from semdl.reports import residual_text
 from semdl.tracking.base import GuardedTracker
 
 progress_log = logging.getLogger("semdl.run")  # the run's semdl.log only: the terminal shows the progress bar
@@ -107,17 +108,16 @@ class Progress(RoundHook):
 
     def after_round(self, round_index: int, rows: list[dict]) -> None:
         network_row = next(row for row in rows if row["node"] == "network")
-        self.bar.set_postfix(
-            dR=f"{network_row['dR']:.3f}", residual=f"{network_row['consensus_residual']:.2e}", refresh=False
-        )
+        residual = residual_text(network_row)
+        self.bar.set_postfix(dR=f"{network_row['dR']:.3f}", residual=residual, refresh=False)
         self.bar.update()
         if round_index % max(1, self.rounds // 10) == 0 or round_index == self.rounds:
             progress_log.info(
-                "round %d of %d: dR %.4f, consensus residual %.2e, %.2f s",
+                "round %d of %d: dR %.4f, consensus residual %s, %.2f s",
                 round_index,
                 self.rounds,
                 network_row["dR"],
-                network_row["consensus_residual"],
+                residual,
                 network_row["seconds"],
             )
 

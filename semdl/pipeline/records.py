@@ -26,7 +26,7 @@ class NodeRecord:
     R: float
     Rc: float
     dR: float
-    consensus_residual: float
+    consensus_residual: float  # nan where undefined: the node has no edge sharing a class
     dual_norm: float
     finite: float
     test_loss: float  # nan unless eval.test_loss
@@ -68,17 +68,32 @@ class HeldOutLosses(RoundHook):
         return network.solver.test_loss(network, node, features, self.dataset.test_y[rows], self.width)
 
 
-def node_values(network: Simulation, result: RoundResult, test_losses: HeldOutLosses | None = None) -> Tensor:
-    """The local nodes' NodeRecord values (n_local, NodeRecord.width()) as one device tensor, not yet read."""
+def current_statistics(network: Simulation) -> Tensor:
+    """Every node's own statistics (N, K, d, d) as they are now, whatever messages delivered of them: the
+    communicator's copy when messages deliver them whole (a reliable, uncompressed network), else gathered from the
+    nodes (a compressed message or a lost one leaves the communicator's copy behind)."""
+    communicator = network.communicator
+    if not communicator.stateful:
+        return communicator.statistics
+    return communicator.gather(torch.stack([node.statistics for node in network.nodes]))
+
+
+def node_values(
+    network: Simulation, result: RoundResult, statistics: Tensor, test_losses: HeldOutLosses | None = None
+) -> Tensor:
+    """The local nodes' NodeRecord values (n_local, NodeRecord.width()) as one device tensor, not yet read.
+    `statistics`: every node's own (current_statistics), which the consensus residual compares along the edges of
+    the solver's graph (docs/algorithms.md, "Reported quantities"), whichever messages arrived."""
     gammas = network.solver.rate_weights
     communicator = network.communicator
     rows = []
     for position, (node, work) in enumerate(zip(network.nodes, result.work)):
-        inbox = result.inboxes[node.index]
         dR, R, Rc = rate_reduction_from_statistics(
             node.statistics, node.counts * node.responsible, network.solver.run.eps_sq, *gammas
         )
-        residual = consensus_residual(node.statistics, inbox.statistics, inbox.shared)
+        residual = consensus_residual(
+            node.statistics, statistics[communicator.neighbor_index[node.index]], communicator.shared[node.index]
+        )
         finite = torch.isfinite(node.statistics).all()
         test_loss = test_losses(network, node) if test_losses is not None else torch.full_like(R, float("nan"))
         error, sent = (
@@ -90,14 +105,11 @@ def node_values(network: Simulation, result: RoundResult, test_losses: HeldOutLo
     return torch.stack(rows)
 
 
-def network_values(network: Simulation) -> Tensor:
+def network_values(network: Simulation, statistics: Tensor) -> Tensor:
     """R, Rc and dR of each cluster of the solver's plan, then of the pooled network statistics (a device tensor):
-    the nodes' own statistics, not what compressed messages made of them."""
+    `statistics` are the nodes' own (current_statistics), not what compressed messages made of them."""
     communicator, plan = network.communicator, network.plan
     eps_sq, gammas = network.solver.run.eps_sq, network.solver.rate_weights
-    statistics = communicator.statistics
-    if communicator.compression_error is not None:
-        statistics = communicator.gather(torch.stack([node.statistics for node in network.nodes]))
     shared_counts = communicator.counts * communicator.responsible
     values = []
     for members in plan.clusters:
@@ -113,6 +125,17 @@ def network_values(network: Simulation) -> Tensor:
     dR, R, Rc = rate_reduction_from_statistics(pooled_V, pooled_counts, eps_sq, *gammas)
     values += [R, Rc, dR]
     return torch.stack([value.to(torch.float64) for value in values])
+
+
+def defined(value: float) -> float | None:
+    """A quantity that can be undefined (NaN: e.g. the consensus residual of a node without edges) as its row
+    holds it: None (null in metrics.jsonl), never 0."""
+    return None if math.isnan(value) else value
+
+
+def largest_defined(values) -> float | None:
+    """The largest of the defined values, or None when none is defined."""
+    return max((value for value in values if not math.isnan(value)), default=None)
 
 
 def round_rows(
@@ -133,11 +156,12 @@ def round_rows(
     statistics it used, whether it was online and its compression error; the network's totals of them.
     """
     communicator = network.communicator
-    per_node = communicator.gather(node_values(network, result, test_losses))
+    statistics = current_statistics(network)
+    per_node = communicator.gather(node_values(network, result, statistics, test_losses))
     fallbacks = torch.zeros(1, dtype=torch.float64, device=per_node.device)
     if cholesky_fallbacks is not None:
         fallbacks += cholesky_fallbacks.to(fallbacks.device)
-    numbers = torch.cat([per_node.flatten(), network_values(network), fallbacks]).tolist()
+    numbers = torch.cat([per_node.flatten(), network_values(network, statistics), fallbacks]).tolist()
     own_fallbacks = int(numbers.pop())
     round_seconds = time.perf_counter() - round_start
     num_nodes, width = len(communicator.bytes_sent), NodeRecord.width()
@@ -163,6 +187,7 @@ def round_rows(
             del values["test_loss"]
         if not online[index]:
             values["loss"] = None
+        values["consensus_residual"] = defined(record.consensus_residual)
         rows.append(
             {
                 "round": round_index,
@@ -190,7 +215,7 @@ def round_rows(
             "R": R,
             "Rc": Rc,
             "dR": dR,
-            "consensus_residual": max(record.consensus_residual for record in records),
+            "consensus_residual": largest_defined(record.consensus_residual for record in records),
             "active_nodes": sum(online),
             "messages_delivered": sum(row["received"] for row in rows[:num_nodes]),
             "messages_lost": sum(row["lost"] for row in rows[:num_nodes]),

@@ -119,6 +119,11 @@ class FederatedAveraging(Solver):
             raise UserError(
                 f"solver.aggregation={config.aggregation!r} is not allowed; choose one of: {', '.join(AGGREGATIONS)}"
             )
+        if config.aggregation == "server" and run.network.schedule is not None:
+            raise UserError(
+                f"network.schedule switches links between nodes; solver={config.name} solver.aggregation=server "
+                "sends every node's weights to a server, a link no schedule holds; use solver.aggregation=gossip"
+            )
         if run.comm.compress not in ("none", *HALF_PRECISIONS) or run.comm.error_feedback:
             raise UserError(
                 f"solver={config.name} sends weights, which travel as comm.compress=none, fp16 or bf16 without error "
