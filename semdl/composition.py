@@ -202,7 +202,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     search = search_path(config_dir)
     from semdl.io.table import metric_names
     from semdl.network.distributed import process_rank
-    from semdl.search import check_search, search_space
+    from semdl.search import check_search, check_stored_study, search_space
 
     load_registries()
     adopt_user_options(overrides, config_dir)
@@ -223,7 +223,9 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
                 if searching:
                     check_search(cfg, hydra.sweeper, metric_names(cfg.eval.classifiers))
             if searching:
-                search_space([item for item in overrides if not item.lstrip("+~").startswith("hydra")], params)
+                own = [item for item in overrides if not item.lstrip("+~").startswith("hydra")]
+                space, _ = search_space(own, params)
+                check_stored_study(hydra.sweeper, cfg.sweep.objective, cfg.sweep.direction, space)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(hydra_error_line(error)) from None
     return key, directory, hydra.sweeper.n_trials if searching else len(jobs)

@@ -16,6 +16,7 @@ from semdl import composition
 from semdl.cli import main
 from semdl.composition import CONFIG_MODULE, sweep_jobs
 from semdl.io.table import load_run_record, metric_names
+from semdl.search import SearchSettings, run_search
 
 QUICK = [*SMALL_SYNTHETIC, "nodes=3", "train.rounds=2", "eval.classifiers=[knn]"]
 
@@ -170,3 +171,87 @@ def test_a_search_in_a_preset_of_the_users_is_checked_like_one_on_the_command_li
     line = refusal([*command, f"hydra.sweep.dir={tmp_path}/b"], capsys)
     assert line == "semdl: error: train.lr: interval(0.1, 0.01) needs low < high"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A stored study (hydra.sweeper.storage): continued only by the same search, with new trials
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Job:
+    """What Hydra's launcher returns for a job: its value and its config."""
+
+    def __init__(self, value: float, run_dir: str):
+        self.return_value = value
+        self.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": run_dir}}})
+
+
+class Launcher:
+    """Runs no training: a trial's value is its train.lr."""
+
+    def launch(self, jobs, initial_job_idx):
+        lrs = [float(item.split("=")[1]) for job in jobs for item in job if item.startswith("train.lr=")]
+        return [Job(lr, f"job{initial_job_idx + index}") for index, lr in enumerate(lrs)]
+
+
+def search(tmp_path: Path, storage: str, sweep: str, direction: str = "maximize") -> None:
+    settings = SearchSettings(
+        n_trials=3, n_jobs=1, sampler="random", seed=0, study_name="semdl", storage=storage, params={}
+    )
+    (tmp_path / sweep).mkdir()
+    config = {
+        "sweep": {"objective": "acc.knn", "direction": direction},
+        "hydra": {"sweep": {"dir": str(tmp_path / sweep)}},
+    }
+    run_search(settings, Launcher(), OmegaConf.create(config), ["train.lr=interval(0.001,0.1)"])
+
+
+@pytest.mark.integration  # two searches, each creating its sqlite tables: over the fast tier's budget of 2 s a test
+def test_a_continued_study_gets_new_trials_from_the_same_seed(tmp_path, capsys):
+    """Two searches with seed 0 on one stored study: the second proposes three new values, not the first three
+    again; the first search's are those of a new study's seed-0 sampler."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search(tmp_path, storage, "first")
+    search(tmp_path, storage, "second")
+    study = optuna.load_study(study_name="semdl", storage=storage)
+    lrs = [trial.params["train.lr"] for trial in study.trials]
+    assert [trial.number for trial in study.trials] == [0, 1, 2, 3, 4, 5] and len(set(lrs)) == 6
+    fresh = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    space = {"train.lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
+    assert [fresh.ask(space).params["train.lr"] for _ in range(3)] == lrs[:3]
+    assert [trial["value"] for trial in json.loads((tmp_path / "second" / "search.json").read_text())["trials"]] == lrs[
+        3:
+    ]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory) -> Path:
+    """A folder holding study.db: a study of 3 trials, maximising acc.knn over train.lr in [0.001, 0.1]."""
+    folder = tmp_path_factory.mktemp("stored")
+    search(folder, f"sqlite:///{folder / 'study.db'}", "first")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.direction=minimize"], "was made to maximize, not sweep.direction=minimize"),
+        (["sweep.objective=acc.knn.own_classes"], "searches acc.knn, not sweep.objective=acc.knn.own_classes"),
+        (["train.lr=interval(0.001,0.2)"], "has another search space (it differs in train.lr)"),
+        (["train.lr=interval(0.001,0.1)", "solver.rho=choice(1,5)"], "(it differs in solver.rho)"),
+    ],
+)
+def test_a_stored_study_is_continued_only_by_the_same_search(stored, tmp_path, capsys, overrides, message):
+    """A search over a stored study of another direction, objective or space: one line, nothing written (the
+    study's file byte for byte the same, no sweep folder)."""
+    storage = f"sqlite:///{stored / 'study.db'}"
+    before = (stored / "study.db").read_bytes()
+    defaults = ["sweep.objective=acc.knn", "train.lr=interval(0.001,0.1)"]
+    chosen = {item.split("=")[0] for item in overrides}
+    arguments = [*[item for item in defaults if item.split("=")[0] not in chosen], *overrides]
+    command = ["train", "-m", *QUICK, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *arguments]
+    line = refusal([*command, f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}/next"], capsys)
+    where = f"semdl: error: the study 'semdl' in hydra.sweeper.storage={storage} "
+    assert line.startswith(where) and message in line, line
+    assert line.endswith("; choose another hydra.sweeper.study_name (or storage) for a new study")
+    assert (stored / "study.db").read_bytes() == before and not (tmp_path / "next").exists()
