@@ -125,6 +125,8 @@ def sweep_jobs(overrides: list[str], multirun: bool, searching: bool = False) ->
             raise UserError(f"{override.input_line}: an interval is searched, not enumerated; add hydra/sweeper=optuna")
         points = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else override.sweep_string_iterator()
         values[index] = [f"{key}={value}" for value in points]
+        if not values[index]:
+            raise UserError(f"{override.input_line} has no values: the sweep would run nothing")
     if searching:
         return [[choices[i % len(choices)] for choices in values] for i in range(max(map(len, values), default=1))]
     return [list(job) for job in itertools.product(*values)]
@@ -203,6 +205,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     from semdl.io.table import metric_names
     from semdl.network.distributed import process_rank
     from semdl.search import check_search, check_stored_study, search_space
+    from semdl.sweeps import check_basic_sweeper, check_launcher
 
     load_registries()
     adopt_user_options(overrides, config_dir)
@@ -213,6 +216,9 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
                 check_output_directory(key, directory, multirun)
             searching = multirun and hydra.sweeper.get("_target_") == SEARCH
+            if multirun:
+                check_launcher(hydra.launcher)
+                check_basic_sweeper(hydra.sweeper)
             params = dict(hydra.sweeper.get("params") or {}) if searching else {}
             jobs = sweep_jobs([f"{name}={value}" for name, value in params.items()] + overrides, multirun, searching)
             for job in jobs:

@@ -31,11 +31,15 @@ from omegaconf import DictConfig, OmegaConf
 from semdl.errors import UserError, install_hint
 from semdl.io.files import write_json
 from semdl.io.run_directory import search_results
+from semdl.sweeps import whole_number
 
 log = logging.getLogger("semdl")
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random")
 STUDY_FILE = "optuna.db"
+# Each trial is a run directory of the sweep: ten thousand of them is already more than a study can be read back in.
+MAX_TRIALS = 10_000
+SEED_MAX = 2**32 - 1  # the samplers seed NumPy's RandomState, which takes [0, 2**32 - 1]
 OBJECTIVE_ATTR, SPACE_ATTR = "semdl.objective", "semdl.space"  # what a study was created to search, recorded in it
 
 
@@ -212,6 +216,10 @@ def check_search(cfg: DictConfig, sweeper: DictConfig, metric_names: list[str]) 
         raise UserError(f"sweep.direction={cfg.sweep.direction} must be one of: {', '.join(DIRECTIONS)}")
     if sweeper.sampler not in SAMPLERS:
         raise UserError(f"hydra.sweeper.sampler={sweeper.sampler} must be one of: {', '.join(SAMPLERS)}")
-    for key in ("n_trials", "n_jobs"):
-        if not isinstance(sweeper[key], int) or sweeper[key] < 1:
-            raise UserError(f"hydra.sweeper.{key}={sweeper[key]} must be a whole number of at least 1")
+    whole_number("hydra.sweeper.n_trials", sweeper.n_trials, 1, MAX_TRIALS)
+    whole_number(
+        "hydra.sweeper.n_jobs", sweeper.n_jobs, 1, sweeper.n_trials, " (trials launched together, at most n_trials)"
+    )
+    whole_number("hydra.sweeper.seed", sweeper.seed, 0, SEED_MAX)
+    if not isinstance(sweeper.study_name, str) or not sweeper.study_name.strip():
+        raise UserError(f"hydra.sweeper.study_name={sweeper.study_name!r} must name the study (a non-empty text)")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,16 @@ def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
         for path in sorted(directory.rglob("*"))
     }
 
+
+def installed(modules: list[str], *cases: tuple) -> list[tuple]:
+    """The cases of an optional extra where its modules are installed (without it, they are one line naming it)."""
+    return list(cases) if all(find_spec(module) for module in modules) else []
+
+
+SWEEP = ["train", "-m", "seed=0,1", "hydra.sweep.dir=fresh"]
+JOBLIB = SWEEP + ["hydra/launcher=joblib"]
+SUBMITIT = SWEEP + ["hydra/launcher=submitit_local"]
+OPTUNA = ["train", "-m", "hydra/sweeper=optuna", "train.lr=interval(0.01,0.1)", "hydra.sweep.dir=fresh"]
 
 CASES = [
     # train: config groups, types and ranges
@@ -345,6 +356,56 @@ CASES = [
     (["train", "network.schedule={world}/no_such_file.txt"], "cannot read network.schedule"),
     (["train", "solver=centralized", "network.schedule={world}/ring3.txt"], "solver=centralized trains 1 node(s)"),
     (["train", "resume={world}/done", "comm.compress=fp16"], "resume cannot change comm.compress"),
+    # launchers, sweepers, searches, trackers and plugins
+    *installed(
+        ["hydra_plugins.hydra_joblib_launcher"],
+        (JOBLIB + ["hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 is out of range; it must be in [1, "),
+        (JOBLIB + ["hydra.launcher.n_jobs=-100000"], "hydra.launcher.n_jobs=-100000 is out of range"),
+        (JOBLIB + ["hydra.launcher.n_jobs=100000"], "(jobs at once on this machine's"),
+        (JOBLIB + ["hydra.launcher.backend=dask"], "hydra.launcher.backend=dask is not allowed; choose one of: null,"),
+        (JOBLIB + ["hydra.launcher.prefer=fibers"], "hydra.launcher.prefer=fibers is not allowed"),
+        (
+            JOBLIB + ["hydra.launcher.timeout=0"],
+            "hydra.launcher.timeout=0.0 is out of range; it must be null or seconds",
+        ),
+        (JOBLIB + ["hydra.launcher.batch_size=0"], "hydra.launcher.batch_size=0 is out of range; it must be a whole"),
+        (JOBLIB + ["hydra.launcher.verbose=-1"], "hydra.launcher.verbose=-1 is out of range"),
+        (JOBLIB + ["hydra.launcher.pre_dispatch=lots"], "hydra.launcher.pre_dispatch=lots must be all, a whole number"),
+    ),
+    *installed(
+        ["hydra_plugins.hydra_submitit_launcher"],
+        (
+            SUBMITIT + ["hydra.launcher.tasks_per_node=2"],
+            "hydra.launcher.tasks_per_node=2 is out of range; it must be 1",
+        ),
+        (SUBMITIT + ["hydra.launcher.nodes=4"], "hydra.launcher.nodes=4 is out of range; it must be 1 (a job of a"),
+        (SUBMITIT + ["hydra.launcher.timeout_min=0"], "hydra.launcher.timeout_min=0 is out of range"),
+        (SUBMITIT + ["hydra.launcher.cpus_per_task=100000"], "hydra.launcher.cpus_per_task=100000 is out of range"),
+        (SUBMITIT + ["hydra.launcher.mem_gb=0"], "hydra.launcher.mem_gb=0 is out of range; it must be null or > 0"),
+        (SWEEP + ["hydra/launcher=submitit_slurm", "hydra.launcher.array_parallelism=0"], "array_parallelism=0 is out"),
+    ),
+    (SWEEP + ["hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 is out of range"),
+    (["train", "-m", "seed=range(3,3)", "hydra.sweep.dir=fresh"], "seed=range(3,3) has no values: the sweep would run"),
+    (SWEEP + ["nodes=choice()"], "nodes=choice()"),
+    *installed(
+        ["optuna"],
+        (OPTUNA + ["train.rounds=range(5,5)"], "train.rounds=range(5,5) has no values: the sweep would run nothing"),
+        (OPTUNA + ["hydra.sweeper.n_trials=100000"], "hydra.sweeper.n_trials=100000 is out of range; it must be a"),
+        (OPTUNA + ["hydra.sweeper.n_jobs=21"], "hydra.sweeper.n_jobs=21 is out of range; it must be a whole number in"),
+        (OPTUNA + ["hydra.sweeper.seed=4294967296"], "hydra.sweeper.seed=4294967296 is out of range"),
+        (OPTUNA + ["hydra.sweeper.study_name= "], "hydra.sweeper.study_name='' must name the study (a non-empty text)"),
+        (OPTUNA + ["hydra.sweeper.storage=nope://x"], "hydra.sweeper.storage=nope://x cannot be opened"),
+        (OPTUNA + ["train.lr=choice()"], "train.lr=choice()"),
+    ),
+    *installed(
+        ["mlflow", "sqlalchemy", "alembic"],
+        (
+            ["train", "logger=mlflow", "logger.timeout_s=0"],
+            "logger.timeout_s=0 is out of range; it must be in [1, 3600]",
+        ),
+        (["train", "logger=mlflow", "logger.timeout_s=86400"], "logger.timeout_s=86400 is out of range"),
+        (["train", "logger=mlflow", "logger.timeout_s=soon"], "timeout_s"),
+    ),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]

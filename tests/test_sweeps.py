@@ -124,7 +124,10 @@ def test_a_search_validates_every_value_before_any_trial():
         (["sweep.objective=acc.nope"], "sweep.objective=acc.nope is not a metric of this run; choose one of: acc.knn"),
         (["sweep.direction=up"], "sweep.direction=up must be one of: maximize, minimize"),
         (["hydra.sweeper.sampler=grid"], "hydra.sweeper.sampler=grid must be one of: tpe, random"),
-        (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 must be a whole number of at least 1"),
+        (
+            ["hydra.sweeper.n_trials=0"],
+            "hydra.sweeper.n_trials=0 is out of range; it must be a whole number in [1, 10000]",
+        ),
         (["train.lr=interval(0.1,0.01)"], "train.lr: interval(0.1, 0.01) needs low < high"),
         (["train.weight_decay=tag(log,interval(0,0.1))"], "train.weight_decay: a log-scale interval needs low > 0"),
     ],
