@@ -24,7 +24,7 @@ from semdl.errors import Stopped, UserError
 from semdl.exits import exit_with, guarded
 from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory, first_missing_folder
 from semdl.logs import log_to, run_log
-from semdl.registry import forget_adopted
+from semdl.registry import forget_adopted, plugin_failure
 from semdl.reports import accuracy_lines, count_table, report
 from semdl.sweeps import objective_value, share_cores, sweep_job, sweep_report
 
@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         dispatch(arguments[0], arguments[1:])
-    except SystemExit:
-        raise
+    except SystemExit as stopped:
+        exit_with(plugin_failure(stopped) or stopped)
     except BaseException as error:
         exit_with(error)
     finally:

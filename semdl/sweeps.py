@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from semdl.errors import UserError
 from semdl.exits import exit_with, outcome
 from semdl.io.run_directory import RunDirectory, sweep_failures
+from semdl.registry import plugin_failure
 
 
 def objective_value(run_dir: Path, objective: str) -> float | None:
@@ -119,11 +120,13 @@ def sweep_job(run, run_dir: Path) -> dict | None:
 
     try:
         return run()
-    except SystemExit:
-        raise
     except (Interrupted, Stopped, KeyboardInterrupt) as error:
         exit_with(error, "", run_dir)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SystemExit):  # the job's own exit ends the sweep; an option's is the job's failure
+            error = plugin_failure(error) or error
+            if isinstance(error, SystemExit):
+                raise error
         status, line = outcome(error, "", run_dir)
         print(line, file=sys.stderr)
         record = {"job": HydraConfig.get().job.num, "run_dir": str(run_dir), "status": status, "reason": line}

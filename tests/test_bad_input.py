@@ -68,6 +68,38 @@ def extend_unfinished(run: Path) -> None:
     (run / "checkpoints" / "last.pt").unlink()
 
 
+# Options from outside semdl that break: modules (imported from a folder on sys.path) and the YAML files that name
+# them with `_target_` (each in a config folder of its own: every YAML file of a --config-dir is read).
+PLUGIN_MODULES = {
+    "exits": "import sys\nsys.exit(3)\n",
+    "raises": "raise RuntimeError('no GPU here')\n",
+    "malformed": "def ring(:\n    pass\n",
+    "nameless": "from dataclasses import dataclass\n\n\n@dataclass\nclass Config:\n    width: int = 1\n\n\n"
+    "def ring(num_nodes, seed, width=1):\n    pass\n\n\nring.Config = Config\n",
+    "quits": "import sys\n\n\ndef ring(num_nodes, seed):\n    sys.exit(0)\n",
+    "divides": "def ring(num_nodes, seed):\n    return num_nodes // 0\n",
+}
+PLUGIN_FILES = {
+    **{name: f"_target_: semdl_plugin_{name}.ring\nname: {name}\n" for name in PLUGIN_MODULES},
+    "bad_yaml": "_target_: [semdl_plugin_divides.ring\n",
+    "list_yaml": "- semdl_plugin_divides.ring\n",
+}
+
+
+def plugin_folders(root: Path, modules: Path) -> None:
+    for name, text in PLUGIN_MODULES.items():
+        (modules / f"semdl_plugin_{name}.py").write_text(text)
+    for name, text in PLUGIN_FILES.items():
+        (root / f"plugin_{name}" / "topology").mkdir(parents=True)
+        (root / f"plugin_{name}" / "topology" / f"{name}.yaml").write_text(text)
+    for name in ("huge", "fifo", "binary"):
+        (root / f"plugin_{name}" / "topology").mkdir(parents=True)
+    with open(root / "plugin_huge" / "topology" / "huge.yaml", "wb") as huge:  # sparse: 65 MiB that take no disk
+        huge.truncate(65 * 2**20)
+    os.mkfifo(root / "plugin_fifo" / "topology" / "fifo.yaml")
+    (root / "plugin_binary" / "topology" / "binary.yaml").write_bytes(b"name: \x00\x01\n")
+
+
 def plain_mnist(folder: Path) -> Path:
     """Plain (not gzipped) MNIST files, whose bytes the cases below corrupt in place."""
     write_mnist(folder, "MNIST", train_per_class=2, test_per_class=1, plain=MNIST_FILES)
@@ -134,7 +166,11 @@ def world(tmp_path_factory):
     (root / "bom_topology.txt").write_bytes(b"\xef\xbb\xbf0 1 0\n1 0 1\n0 1 1\n")
     (root / "nul_table.txt").write_bytes(b"5 5 5 5\x00\n")
     (root / "latin1_table.txt").write_bytes(b"5 5 5 5  # n\xe9ud 0\n")
+    modules = tmp_path_factory.mktemp("plugin_modules")  # outside the world: importing writes __pycache__/
+    plugin_folders(root, modules)
+    sys.path.insert(0, str(modules))
     yield root
+    sys.path.remove(str(modules))
     holder.kill()
     holder.wait()
 
@@ -155,6 +191,7 @@ def installed(modules: list[str], *cases: tuple) -> list[tuple]:
     return list(cases) if all(find_spec(module) for module in modules) else []
 
 
+PLUGIN = ["train", "--config-dir"]
 SWEEP = ["train", "-m", "seed=0,1", "hydra.sweep.dir=fresh"]
 JOBLIB = SWEEP + ["hydra/launcher=joblib"]
 SUBMITIT = SWEEP + ["hydra/launcher=submitit_local"]
@@ -405,6 +442,44 @@ CASES = [
         ),
         (["train", "logger=mlflow", "logger.timeout_s=86400"], "logger.timeout_s=86400 is out of range"),
         (["train", "logger=mlflow", "logger.timeout_s=soon"], "timeout_s"),
+    ),
+    (
+        PLUGIN + ["{world}/plugin_exits", "topology=exits"],
+        "semdl_plugin_exits.ring cannot be imported: it called sys.exit(3)",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_raises", "nodes=3", "topology=raises"],
+        "cannot be imported: RuntimeError: no GPU here (",
+    ),
+    (PLUGIN + ["{world}/plugin_malformed", "nodes=3", "topology=malformed"], "cannot be imported: SyntaxError: "),
+    (PLUGIN + ["{world}/plugin_nameless", "nodes=3", "topology=nameless"], "must be a dataclass with a `name` field"),
+    (
+        PLUGIN + ["{world}/plugin_quits", "topology=quits"],
+        "semdl_plugin_quits.py, line 5: an option's code called sys.exit(0)",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_divides", "nodes=3", "topology=divides"],
+        "line 2: an option's code raised ZeroDivisionError: ",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_bad_yaml", "topology=bad_yaml"],
+        "topology={world}/plugin_bad_yaml/topology/bad_yaml.yaml is not YAML",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_list_yaml", "topology=list_yaml"],
+        "must hold the option's keys (key: value lines), not a list",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_huge", "topology=huge"],
+        "huge.yaml is larger than 64 MiB, the most semdl reads from it",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_fifo", "topology=fifo"],
+        "topology={world}/plugin_fifo/topology/fifo.yaml is a named pipe",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_binary", "topology=binary"],
+        "binary.yaml is not a text file (binary content at byte 6)",
     ),
     # the command itself
     (["fit"], "unknown command 'fit'"),
