@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from semdl.errors import UserError, install_hint
 from semdl.io.files import write_json
 from semdl.io.run_directory import search_results
-from semdl.sweeps import whole_number
+from semdl.sweeps import STOPPING, whole_number
 
 log = logging.getLogger("semdl")
 DIRECTIONS = ("maximize", "minimize")
@@ -134,6 +134,8 @@ def run_search(settings: SearchSettings, launcher, config: DictConfig, arguments
                 study.tell(trial, value)
             run_dir = result.hydra_cfg.hydra.runtime.output_dir
             trials.append({"trial": trial.number, "run_dir": run_dir, "params": trial.params, "value": value})
+        if STOPPING:  # a stop signal ended this batch's jobs (semdl.sweeps): no further trial starts
+            break
     return write_results(trials, objective, direction, study.study_name, sweep_dir)
 
 

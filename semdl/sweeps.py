@@ -5,17 +5,21 @@ value a search optimises read from a job's run directory."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from semdl.errors import UserError
-from semdl.exits import exit_with, outcome
+from semdl.errors import Interrupted, Stopped, UserError
+from semdl.exits import exit_with, log_the_line, outcome
 from semdl.io.run_directory import RunDirectory, sweep_failures
 from semdl.registry import plugin_failure
 
@@ -113,15 +117,90 @@ def share_cores(launcher: DictConfig) -> None:
     logging.getLogger("semdl").info(f"{threads} torch threads ({reason})")
 
 
+# The stop signals this process received while it ran a sweep's jobs in worker processes (its parent), or that
+# reached this worker process (a job of a parallel sweep): their jobs stop as a Ctrl-C stops a run.
+STOPPING: list[int] = []
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def in_worker_process() -> bool:
+    """Whether this job runs in a worker process of a parallel sweep (hydra/launcher=joblib), not in the sweep's own."""
+    return multiprocessing.current_process().name != "MainProcess"
+
+
+@contextmanager
+def stopping_parallel_jobs() -> Iterator[None]:
+    """The sweep's parent, while Hydra launches its jobs. A first SIGINT or SIGTERM while jobs run in worker processes
+    (hydra/launcher=joblib) is passed to each worker as SIGTERM: its running job finishes its round, writes a
+    checkpoint and ends (as a Ctrl-C ends a run), and its queued jobs do not start; this process waits for them, and
+    the sweep's last lines (sweep_report) say how to continue each. Without workers (the jobs run in this process),
+    or at the same signal again, the signal does what it did before: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOPPING.clear()
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+    def handler(signum, frame):
+        workers = multiprocessing.active_children()
+        if signum in STOPPING or not workers:
+            before = previous[signum]
+            if callable(before):
+                before(signum, frame)
+            raise Stopped(signum)
+        if not STOPPING:
+            logging.getLogger("semdl").warning(
+                "%s: stopping the sweep's %d running jobs after their round, with a checkpoint (again to stop now)",
+                signal.Signals(signum).name,
+                len(workers),
+            )
+        STOPPING.append(signum)
+        for worker in workers:
+            with suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(worker.pid, signal.SIGTERM)
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, before in previous.items():
+            signal.signal(number, before)
+
+
+def _worker_stop(signum, frame):
+    """A stop signal in a worker process of a parallel sweep, outside a job's rounds (whose own handler checkpoints):
+    no later job starts here, and a job being set up stops at once, as a run would."""
+    STOPPING.append(signum)
+    if RUNNING:
+        raise Stopped(signum)
+
+
+RUNNING: list[Path] = []  # the job a worker process runs now
+
+
 def sweep_job(run, run_dir: Path) -> dict | None:
     """One job of a -m sweep: a failure is said in its line, recorded in the sweep folder's failures.jsonl, and the
-    sweep goes on with the next job; a stop signal still ends the whole sweep."""
-    from semdl.errors import Interrupted, Stopped
-
+    sweep goes on with the next job; a stop signal still ends the whole sweep. In a worker process of a parallel
+    sweep, a stop signal ends the job after its checkpoint (its line said) and every later job does not start: the
+    sweep's process, which sent the signal, says how to continue each."""
+    worker = in_worker_process()
+    if worker:
+        if STOPPING:
+            return None
+        for number in STOP_SIGNALS:
+            signal.signal(number, _worker_stop)
+        RUNNING.append(run_dir)
     try:
         return run()
     except (Interrupted, Stopped, KeyboardInterrupt) as error:
-        exit_with(error, "", run_dir)
+        if not worker:
+            exit_with(error, "", run_dir)
+        STOPPING.append(getattr(error, "signal_number", signal.SIGINT))
+        _, line = outcome(error, "", run_dir)
+        print(line, file=sys.stderr)
+        log_the_line(line, run_dir)
+        return None
     except (Exception, SystemExit) as error:
         if isinstance(error, SystemExit):  # the job's own exit ends the sweep; an option's is the job's failure
             error = plugin_failure(error) or error
@@ -132,13 +211,49 @@ def sweep_job(run, run_dir: Path) -> dict | None:
         record = {"job": HydraConfig.get().job.num, "run_dir": str(run_dir), "status": status, "reason": line}
         RunDirectory(run_dir).record_failure(record)
         return None
+    finally:
+        RUNNING.clear()
 
 
 def sweep_report(sweep_dir: Path, jobs: int) -> None:
-    """The sweep's last line: how many jobs were done and how many failed; exit status 1 if any failed."""
+    """The sweep's last line: how many jobs were done and how many failed; exit status 1 if any failed. A parallel
+    sweep that a signal stopped instead says, one line per job, how to continue each unfinished one, and exits with
+    128 + the signal's number."""
+    if STOPPING:
+        stopped_sweep_report(sweep_dir, jobs, STOPPING[0])
     failures = sweep_failures(sweep_dir)
     failed = len(failures.read_text(encoding="utf-8").splitlines()) if failures.is_file() else 0
     if failed:
         print(f"semdl: sweep: {jobs - failed} done, {failed} failed (see {failures})", file=sys.stderr)
         sys.exit(1)
     print(f"sweep: {jobs} done, in {sweep_dir}")
+
+
+def stopped_sweep_report(sweep_dir: Path, jobs: int, signum: int) -> NoReturn:
+    """One line per job of a stopped sweep that did not finish: `semdl train resume=<dir>` where it wrote a
+    checkpoint; its command again (its .hydra/overrides.yaml) where it stopped before one. Then the count."""
+    import yaml
+
+    started = sorted(
+        (folder for folder in sweep_dir.iterdir() if (folder / ".hydra" / "overrides.yaml").is_file()),
+        key=lambda folder: (len(folder.name), folder.name),
+    )
+    done, lines = 0, []
+    for folder in started:
+        run = RunDirectory(folder)
+        if run.summary.is_file():
+            done += 1
+        elif run.holds_checkpoint():
+            lines.append(f"semdl: {folder}: continue with: semdl train resume={folder}")
+        else:
+            overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
+            lines.append(f"semdl: {folder}: no checkpoint yet; run it again with: semdl train {' '.join(overrides)}")
+    waiting = jobs - len(started)
+    for line in lines:
+        print(line, file=sys.stderr)
+    print(
+        f"semdl: sweep stopped by {signal.Signals(signum).name}: {done} done, {len(lines)} to continue (above)"
+        + (f", {waiting} not started" if waiting > 0 else ""),
+        file=sys.stderr,
+    )
+    sys.exit(128 + signum)

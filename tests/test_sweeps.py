@@ -3,10 +3,16 @@ one-line refusals (the joblib launcher runs in tests/test_trackers.py, with a pa
 each search or launcher result is checked against the runs' own files."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -258,3 +264,47 @@ def test_a_stored_study_is_continued_only_by_the_same_search(stored, tmp_path, c
     assert line.startswith(where) and message in line, line
     assert line.endswith("; choose another hydra.sweeper.study_name (or storage) for a new study")
     assert (stored / "study.db").read_bytes() == before and not (tmp_path / "next").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stopping a parallel sweep
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration  # `semdl train -m` with the joblib launcher in a subprocess, stopped while its jobs train
+def test_sigterm_to_a_parallel_sweep_stops_its_jobs_as_a_ctrl_c_stops_a_run(tmp_path):
+    """SIGTERM to the parent of a joblib sweep (two jobs at once, a third queued): each running job finishes its
+    round, writes its checkpoint and releases its run directory; the queued job does not start training; the
+    parent says how to continue each unfinished job, one line each, and exits with 143."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    quick = [item for item in QUICK if not item.startswith("train.rounds=")]
+    arguments = [*quick, "train.rounds=100000", "train.checkpoint_every=100000", "seed=0,1,2"]
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    command = [sys.executable, "-m", "semdl", "train", "-m", *arguments, *launcher]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep_process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
+    metrics = [sweep / job / "metrics.jsonl" for job in ("0", "1")]
+    deadline = time.monotonic() + 240
+    while not all(path.is_file() and path.stat().st_size for path in metrics):
+        assert time.monotonic() < deadline and sweep_process.poll() is None, "the jobs did not start training"
+        time.sleep(0.5)
+    sweep_process.send_signal(signal.SIGTERM)
+    _, stderr = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-4:] == [
+        f"semdl: {sweep / '0'}: continue with: semdl train resume={sweep / '0'}",
+        f"semdl: {sweep / '1'}: continue with: semdl train resume={sweep / '1'}",
+        f"semdl: {sweep / '2'}: no checkpoint yet; run it again with: semdl train {' '.join(arguments[:-1])} seed=2",
+        "semdl: sweep stopped by SIGTERM: 0 done, 3 to continue (above)",
+    ]
+    for job in ("0", "1"):
+        run = sweep / job
+        rounds = [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        checkpoint = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+        assert checkpoint["round"] == max(rounds) >= 1  # the round it finished, whole
+        assert f"semdl: interrupted after round {max(rounds)} of 100000, checkpoint saved" in stderr
+    assert not (sweep / "2" / "metrics.jsonl").exists()
+    assert not list(sweep.rglob(".semdl-writer.json"))  # every job released its run directory
+    assert not (sweep / "failures.jsonl").exists()  # stopped, not failed
