@@ -72,7 +72,7 @@ class Registry(Generic[T]):
             instance = config(name=name, **defaults)
             ConfigStore.instance().store(group=self.group, name=name, node=_config_node(instance, own))
         self._options[name] = Option(name, value, instance)
-        if not own:
+        if not own and _package(value):
             PLUGIN_PACKAGES.add(_package(value))
 
     def _load_entry_points(self) -> None:
@@ -196,7 +196,7 @@ def plugin_failure(error: BaseException) -> UserError | None:
     while trace is not None:  # the innermost frame: where it was raised, or where sys.exit was called
         frame, line, trace = trace.tb_frame, trace.tb_lineno, trace.tb_next
     package = "" if frame is None else str(frame.f_globals.get("__name__", "")).split(".")[0]
-    if package not in PLUGIN_PACKAGES or package == "semdl":
+    if frame is None or package not in PLUGIN_PACKAGES or package == "semdl":
         return None
     where = f"{frame.f_code.co_filename}, line {line}"
     if isinstance(error, SystemExit):
@@ -222,7 +222,8 @@ def forget_adopted() -> None:
 def _import_target(group: str, target: str) -> Any:
     """The object a `_target_` names ("package.module.Object"); failing to import it is one line."""
     module_name, _, attribute = target.rpartition(".")
-    PLUGIN_PACKAGES.add(module_name.split(".")[0])
+    if module_name:
+        PLUGIN_PACKAGES.add(module_name.split(".")[0])
     try:
         return getattr(import_module(module_name), attribute)
     except (Exception, SystemExit) as error:  # whatever the user's module does while importing is reported
