@@ -248,8 +248,9 @@ def _import_failure(error: BaseException) -> str:
 def _check_config(config: Any, what: str) -> None:
     """An option's config must be a dataclass with a `name` field (the option's name, which selects it)."""
     if not is_dataclass(config) or "name" not in {field.name for field in fields(config)}:
-        module = getattr(config, "__module__", "?")
-        raise UserError(f"{what} ({module}) must be a dataclass with a `name` field")
+        module = str(getattr(config, "__module__", "") or "")
+        where = getattr(sys.modules.get(module), "__file__", None) or module or "?"
+        raise UserError(f"{what} ({where}) must be a dataclass with a `name` field")
 
 
 def _registered_by_semdl() -> bool:
