@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import uuid
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from semdl.errors import Stopped, UserError
 from semdl.exits import exit_with, guarded
 from semdl.io.run_directory import PARTITION_FIGURE, RunDirectory, first_missing_folder
 from semdl.logs import log_to, run_log
-from semdl.registry import forget_adopted
+from semdl.registry import forget_adopted, plugin_failure
 from semdl.reports import accuracy_lines, count_table, report
-from semdl.sweeps import objective_value, share_cores, sweep_job, sweep_report
+from semdl.sweeps import objective_value, share_cores, stopping_parallel_jobs, sweep_job, sweep_report
 
 COMMANDS = {
     "train": "run one experiment, or a sweep with -m (Hydra overrides follow)",
@@ -195,7 +196,8 @@ def run_checked_command(command: str, job, parsed: argparse.Namespace) -> None:
             if run.holds_files():  # another process got there first
                 raise UserError(f"{key}={directory} already holds files; choose a fresh directory")
             run.claim(f"semdl {command}")
-            job()
+            with stopping_parallel_jobs() if parsed.multirun else nullcontext():
+                job()
     except (SystemExit, UserError) as stopped:
         # A single run that stopped before its first round leaves nothing (its line was printed, and its log
         # ends with it): an empty-looking folder would only break `semdl table` and `resume=` later. A sweep's
@@ -253,8 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         dispatch(arguments[0], arguments[1:])
-    except SystemExit:
-        raise
+    except SystemExit as stopped:
+        exit_with(plugin_failure(stopped) or stopped)
     except BaseException as error:
         exit_with(error)
     finally:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError, install_hint
+from semdl.io.text import read_text_file
 
 CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -49,8 +50,6 @@ def load_registries():
 def adopt_user_options(overrides: list[str], config_dir: str | None) -> None:
     """Import what the users' own `<group>/<name>.yaml` files on Hydra's search path name with `_target_`, before
     anything composes (Registry.adopt): their keys are then known to Hydra as those of semdl's own options."""
-    import yaml
-
     folders = [Path(config_dir)] if config_dir else []
     for item in overrides:
         if item.startswith(f"{SEARCHPATH}="):
@@ -59,13 +58,30 @@ def adopt_user_options(overrides: list[str], config_dir: str | None) -> None:
     for group, registry in load_registries().items():
         for folder in folders:
             for file in sorted((folder / group).glob("*.yaml")) if (folder / group).is_dir() else []:
-                try:
-                    content = yaml.safe_load(file.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                    continue  # Hydra reports an unreadable file when it composes it, if it does
+                content = option_file(file, group)
                 target = content.get("_target_") if isinstance(content, dict) else None
                 if isinstance(target, str) and "." in target:
                     registry.adopt(file.stem, target)
+
+
+def option_file(file: Path, group: str) -> object:
+    """The content of a user's `<group>/<name>.yaml`, read as any text input is (read_text_file: a regular file of
+    bounded size); a file that is not YAML, or not a mapping of keys, is one line naming it."""
+    import yaml
+
+    text = read_text_file(str(file), group)
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise UserError(f"{group}={file} is not YAML ({problem}{where})") from None
+    if content is not None and not isinstance(content, dict):
+        raise UserError(
+            f"{group}={file} must hold the option's keys (key: value lines), not a {type(content).__name__}"
+        )
+    return content
 
 
 def search_path(config_dir: str | None) -> list[str]:
@@ -125,6 +141,8 @@ def sweep_jobs(overrides: list[str], multirun: bool, searching: bool = False) ->
             raise UserError(f"{override.input_line}: an interval is searched, not enumerated; add hydra/sweeper=optuna")
         points = [sweep.start, sweep.end] if isinstance(sweep, IntervalSweep) else override.sweep_string_iterator()
         values[index] = [f"{key}={value}" for value in points]
+        if not values[index]:
+            raise UserError(f"{override.input_line} has no values: the sweep would run nothing")
     if searching:
         return [[choices[i % len(choices)] for choices in values] for i in range(max(map(len, values), default=1))]
     return [list(job) for job in itertools.product(*values)]
@@ -202,7 +220,8 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     search = search_path(config_dir)
     from semdl.io.table import metric_names
     from semdl.network.distributed import process_rank
-    from semdl.search import check_search, search_space
+    from semdl.search import check_search, check_stored_study, search_space
+    from semdl.sweeps import check_basic_sweeper, check_launcher
 
     load_registries()
     adopt_user_options(overrides, config_dir)
@@ -213,6 +232,9 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
                 check_output_directory(key, directory, multirun)
             searching = multirun and hydra.sweeper.get("_target_") == SEARCH
+            if multirun:
+                check_launcher(hydra.launcher)
+                check_basic_sweeper(hydra.sweeper)
             params = dict(hydra.sweeper.get("params") or {}) if searching else {}
             jobs = sweep_jobs([f"{name}={value}" for name, value in params.items()] + overrides, multirun, searching)
             for job in jobs:
@@ -223,7 +245,9 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
                 if searching:
                     check_search(cfg, hydra.sweeper, metric_names(cfg.eval.classifiers))
             if searching:
-                search_space([item for item in overrides if not item.lstrip("+~").startswith("hydra")], params)
+                own = [item for item in overrides if not item.lstrip("+~").startswith("hydra")]
+                space, _ = search_space(own, params)
+                check_stored_study(hydra.sweeper, cfg.sweep.objective, cfg.sweep.direction, space)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(hydra_error_line(error)) from None
     return key, directory, hydra.sweeper.n_trials if searching else len(jobs)

@@ -12,18 +12,20 @@ from typing import NoReturn
 from semdl.errors import outcome as error_outcome
 from semdl.errors import shows_traceback
 from semdl.io.run_directory import RunDirectory, crash_log
+from semdl.registry import plugin_failure
 
 
 def outcome(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> tuple[int, str]:
     """The exit status and the one line that say what stopped a command working in `run_dir` (semdl.errors)."""
     resumable = run_dir is not None and RunDirectory(run_dir).holds_checkpoint()
+    error = plugin_failure(error) or error
     return error_outcome(error, prefix, run_dir if resumable else None, run_dir, lambda: crash_log(run_dir))
 
 
 def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> NoReturn:
     """Say what stopped the command in one line on stderr, and exit with its status (outcome)."""
-    if shows_traceback(error):
-        raise error  # a developer asked to see the traceback of a fault or a bug
+    if isinstance(error, SystemExit) or shows_traceback(error):
+        raise error  # a command's own exit; or a developer asked to see the traceback of a fault or a bug
     status, line = outcome(error, prefix, run_dir)
     print(line, file=sys.stderr)
     log_the_line(line, run_dir)
@@ -55,8 +57,8 @@ def guarded(run, num_nodes: int, run_dir: Path | None):
     prefix = f"rank {process_rank()} (nodes {rank_nodes(num_nodes)}): " if launched_by_torchrun() else ""
     try:
         return run()
-    except SystemExit:
-        raise
+    except SystemExit as stopped:
+        exit_with(plugin_failure(stopped) or stopped, prefix, run_dir)
     except BaseException as error:
         exit_with(error, prefix, run_dir)
     finally:

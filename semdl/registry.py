@@ -15,6 +15,7 @@ Options come from three places, all equal once registered:
 from __future__ import annotations
 
 import sys
+import traceback
 from dataclasses import dataclass, fields, is_dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -67,11 +68,12 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.describe} {name!r} is registered twice")
         instance = None
         if config is not None:
-            if not is_dataclass(config) or "name" not in {field.name for field in fields(config)}:
-                raise TypeError(f"the config of {self.describe} {name!r} must be a dataclass with a `name` field")
+            _check_config(config, f"the config of {self.describe} {name!r}")
             instance = config(name=name, **defaults)
             ConfigStore.instance().store(group=self.group, name=name, node=_config_node(instance, own))
         self._options[name] = Option(name, value, instance)
+        if not own and _package(value):
+            PLUGIN_PACKAGES.add(_package(value))
 
     def _load_entry_points(self) -> None:
         """Register the options that installed packages declare under the entry point group semdl.<group>."""
@@ -81,11 +83,13 @@ class Registry(Generic[T]):
         for point in entry_points(group=f"semdl.{self.group}"):
             if point.name in self._options:
                 continue
+            PLUGIN_PACKAGES.add(point.module.split(".")[0])
             try:
                 value = point.load()
-            except Exception as error:  # a broken plugin must not hide semdl's own options
+            except (Exception, SystemExit) as error:  # a broken plugin must not hide semdl's own options
                 raise UserError(
-                    f"the {self.describe} {point.name!r} of entry point {point.value} cannot be imported: {error}"
+                    f"the {self.describe} {point.name!r} of entry point {point.value} cannot be imported: "
+                    f"{_import_failure(error)}"
                 ) from None
             self._add(point.name, value, getattr(value, "Config", None), False, {})
 
@@ -115,7 +119,9 @@ class Registry(Generic[T]):
             return
         config = getattr(value, "Config", None)
         store = ConfigStore.instance()
-        if config is not None and is_dataclass(config) and f"{name}.yaml" not in store.repo.get(self.group, {}):
+        if config is not None:
+            _check_config(config, f"{self.group}._target_={target}: its Config")
+        if config is not None and f"{name}.yaml" not in store.repo.get(self.group, {}):
             # Only Hydra learns the keys (resolve finds the object through `_target_` again): the option is the
             # YAML file's, for this command, not registered for every later one in this process.
             store.store(group=self.group, name=name, node=_config_node(config(name=name), own=False))
@@ -128,6 +134,8 @@ class Registry(Generic[T]):
             return self.get(options.name, self.group)
         value = _import_target(self.group, str(target))
         config = getattr(value, "Config", None)
+        if config is not None:
+            _check_config(config, f"{self.group}._target_={target}: its Config")
         name = options.get("name", target)
         if config is None:
             # An object registered by the decorator (or `add`) of a module the YAML's import just ran: its keys are
@@ -165,6 +173,40 @@ class Registry(Generic[T]):
             raise UserError(f"{self.group}: {_first_line(error)}") from None
 
 
+# The top-level packages (or modules) of the options from outside semdl: an entry point's, a `_target_`'s, one
+# registered by a module outside semdl. What they raise, or a sys.exit they call, is said naming their file.
+PLUGIN_PACKAGES: set[str] = set()
+
+
+def _package(value: Any) -> str:
+    return str(getattr(value, "__module__", "") or "").split(".")[0]
+
+
+def plugin_failure(error: BaseException) -> UserError | None:
+    """The one line, naming the file and line, for what an option from outside semdl did while it ran: called
+    sys.exit (a plugin cannot end the command silently, nor with a status of its own), or raised an exception that
+    semdl would otherwise report as a bug of its own. None when the error did not come from such an option's code,
+    or explains itself (a UserError, a stop signal, out of memory, a fault of the environment)."""
+    from semdl.errors import EXPLAINED, is_out_of_memory
+
+    if isinstance(error, EXPLAINED) or is_out_of_memory(error) or getattr(error, "errno", None) is not None:
+        return None
+    frame, line = None, None
+    trace = error.__traceback__
+    while trace is not None:  # the innermost frame: where it was raised, or where sys.exit was called
+        frame, line, trace = trace.tb_frame, trace.tb_lineno, trace.tb_next
+    package = "" if frame is None else str(frame.f_globals.get("__name__", "")).split(".")[0]
+    if frame is None or package not in PLUGIN_PACKAGES or package == "semdl":
+        return None
+    where = f"{frame.f_code.co_filename}, line {line}"
+    if isinstance(error, SystemExit):
+        return UserError(
+            f"{where}: an option's code called sys.exit({error.code!r}); an option reports a problem by raising "
+            "semdl.errors.UserError"
+        )
+    return UserError(f"{where}: an option's code raised {type(error).__name__}: {_first_line(error)}")
+
+
 # The ConfigStore entries `adopt` made for the command running now (group, name); `forget_adopted` removes them
 # when it ends, so that a later command in the same process (the tests drive many) sees only its own YAML files.
 ADOPTED: list[tuple[str, str]] = []
@@ -180,13 +222,35 @@ def forget_adopted() -> None:
 def _import_target(group: str, target: str) -> Any:
     """The object a `_target_` names ("package.module.Object"); failing to import it is one line."""
     module_name, _, attribute = target.rpartition(".")
+    if module_name:
+        PLUGIN_PACKAGES.add(module_name.split(".")[0])
     try:
         return getattr(import_module(module_name), attribute)
-    except Exception as error:  # whatever the user's module raises while importing is reported, not raised
-        raise UserError(
-            f"{group}._target_={target} cannot be imported: {_first_line(error)} "
-            "(is its folder on PYTHONPATH, or its package installed?)"
-        ) from None
+    except (Exception, SystemExit) as error:  # whatever the user's module does while importing is reported
+        hint = " (is its folder on PYTHONPATH, or its package installed?)" if isinstance(error, ImportError) else ""
+        raise UserError(f"{group}._target_={target} cannot be imported: {_import_failure(error)}{hint}") from None
+
+
+def _import_failure(error: BaseException) -> str:
+    """What stopped a plugin's import, in a few words: its exception, or the sys.exit it called, with the file and
+    line where it happened."""
+    if isinstance(error, SystemExit):
+        what = f"it called sys.exit({error.code!r})"
+    elif isinstance(error, SyntaxError):
+        return f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
+    else:
+        what = f"{type(error).__name__}: {_first_line(error)}"
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [frame for frame in frames if "importlib" not in frame.filename and frame.filename != __file__]
+    return f"{what} ({own[-1].filename}, line {own[-1].lineno})" if own else what
+
+
+def _check_config(config: Any, what: str) -> None:
+    """An option's config must be a dataclass with a `name` field (the option's name, which selects it)."""
+    if not is_dataclass(config) or "name" not in {field.name for field in fields(config)}:
+        module = str(getattr(config, "__module__", "") or "")
+        where = getattr(sys.modules.get(module), "__file__", None) or module or "?"
+        raise UserError(f"{what} ({where}) must be a dataclass with a `name` field")
 
 
 def _registered_by_semdl() -> bool:

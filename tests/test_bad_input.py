@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,38 @@ def extend_unfinished(run: Path) -> None:
     """A run stopped at round 1 of 2: its summary and round-2 checkpoint gone, last.pt the round-1 one."""
     (run / "summary.json").unlink()
     (run / "checkpoints" / "last.pt").unlink()
+
+
+# Options from outside semdl that break: modules (imported from a folder on sys.path) and the YAML files that name
+# them with `_target_` (each in a config folder of its own: every YAML file of a --config-dir is read).
+PLUGIN_MODULES = {
+    "exits": "import sys\nsys.exit(3)\n",
+    "raises": "raise RuntimeError('no GPU here')\n",
+    "malformed": "def ring(:\n    pass\n",
+    "nameless": "from dataclasses import dataclass\n\n\n@dataclass\nclass Config:\n    width: int = 1\n\n\n"
+    "def ring(num_nodes, seed, width=1):\n    pass\n\n\nring.Config = Config\n",
+    "quits": "import sys\n\n\ndef ring(num_nodes, seed):\n    sys.exit(0)\n",
+    "divides": "def ring(num_nodes, seed):\n    return num_nodes // 0\n",
+}
+PLUGIN_FILES = {
+    **{name: f"_target_: semdl_plugin_{name}.ring\nname: {name}\n" for name in PLUGIN_MODULES},
+    "bad_yaml": "_target_: [semdl_plugin_divides.ring\n",
+    "list_yaml": "- semdl_plugin_divides.ring\n",
+}
+
+
+def plugin_folders(root: Path, modules: Path) -> None:
+    for name, text in PLUGIN_MODULES.items():
+        (modules / f"semdl_plugin_{name}.py").write_text(text)
+    for name, text in PLUGIN_FILES.items():
+        (root / f"plugin_{name}" / "topology").mkdir(parents=True)
+        (root / f"plugin_{name}" / "topology" / f"{name}.yaml").write_text(text)
+    for name in ("huge", "fifo", "binary"):
+        (root / f"plugin_{name}" / "topology").mkdir(parents=True)
+    with open(root / "plugin_huge" / "topology" / "huge.yaml", "wb") as huge:  # sparse: 65 MiB that take no disk
+        huge.truncate(65 * 2**20)
+    os.mkfifo(root / "plugin_fifo" / "topology" / "fifo.yaml")
+    (root / "plugin_binary" / "topology" / "binary.yaml").write_bytes(b"name: \x00\x01\n")
 
 
 def plain_mnist(folder: Path) -> Path:
@@ -133,7 +166,11 @@ def world(tmp_path_factory):
     (root / "bom_topology.txt").write_bytes(b"\xef\xbb\xbf0 1 0\n1 0 1\n0 1 1\n")
     (root / "nul_table.txt").write_bytes(b"5 5 5 5\x00\n")
     (root / "latin1_table.txt").write_bytes(b"5 5 5 5  # n\xe9ud 0\n")
+    modules = tmp_path_factory.mktemp("plugin_modules")  # outside the world: importing writes __pycache__/
+    plugin_folders(root, modules)
+    sys.path.insert(0, str(modules))
     yield root
+    sys.path.remove(str(modules))
     holder.kill()
     holder.wait()
 
@@ -148,6 +185,17 @@ def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
         for path in sorted(directory.rglob("*"))
     }
 
+
+def installed(modules: list[str], *cases: tuple) -> list[tuple]:
+    """The cases of an optional extra where its modules are installed (without it, they are one line naming it)."""
+    return list(cases) if all(find_spec(module) for module in modules) else []
+
+
+PLUGIN = ["train", "--config-dir"]
+SWEEP = ["train", "-m", "seed=0,1", "hydra.sweep.dir=fresh"]
+JOBLIB = SWEEP + ["hydra/launcher=joblib"]
+SUBMITIT = SWEEP + ["hydra/launcher=submitit_local"]
+OPTUNA = ["train", "-m", "hydra/sweeper=optuna", "train.lr=interval(0.01,0.1)", "hydra.sweep.dir=fresh"]
 
 CASES = [
     # train: config groups, types and ranges
@@ -369,6 +417,94 @@ CASES = [
         "network.schedule switches links between nodes; solver=fedavg_ce solver.aggregation=server sends",
     ),
     (["train", "network.schedule_every=3"], "network.schedule_every=3 sets how many rounds each matrix of network"),
+    # launchers, sweepers, searches, trackers and plugins
+    *installed(
+        ["hydra_plugins.hydra_joblib_launcher"],
+        (JOBLIB + ["hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 is out of range; it must be in [1, "),
+        (JOBLIB + ["hydra.launcher.n_jobs=-100000"], "hydra.launcher.n_jobs=-100000 is out of range"),
+        (JOBLIB + ["hydra.launcher.n_jobs=100000"], "(jobs at once on this machine's"),
+        (JOBLIB + ["hydra.launcher.backend=dask"], "hydra.launcher.backend=dask is not allowed; choose one of: null,"),
+        (JOBLIB + ["hydra.launcher.prefer=fibers"], "hydra.launcher.prefer=fibers is not allowed"),
+        (
+            JOBLIB + ["hydra.launcher.timeout=0"],
+            "hydra.launcher.timeout=0.0 is out of range; it must be null or seconds",
+        ),
+        (JOBLIB + ["hydra.launcher.batch_size=0"], "hydra.launcher.batch_size=0 is out of range; it must be a whole"),
+        (JOBLIB + ["hydra.launcher.verbose=-1"], "hydra.launcher.verbose=-1 is out of range"),
+        (JOBLIB + ["hydra.launcher.pre_dispatch=lots"], "hydra.launcher.pre_dispatch=lots must be all, a whole number"),
+    ),
+    *installed(
+        ["hydra_plugins.hydra_submitit_launcher"],
+        (
+            SUBMITIT + ["hydra.launcher.tasks_per_node=2"],
+            "hydra.launcher.tasks_per_node=2 is out of range; it must be 1",
+        ),
+        (SUBMITIT + ["hydra.launcher.nodes=4"], "hydra.launcher.nodes=4 is out of range; it must be 1 (a job of a"),
+        (SUBMITIT + ["hydra.launcher.timeout_min=0"], "hydra.launcher.timeout_min=0 is out of range"),
+        (SUBMITIT + ["hydra.launcher.cpus_per_task=100000"], "hydra.launcher.cpus_per_task=100000 is out of range"),
+        (SUBMITIT + ["hydra.launcher.mem_gb=0"], "hydra.launcher.mem_gb=0 is out of range; it must be null or > 0"),
+        (SWEEP + ["hydra/launcher=submitit_slurm", "hydra.launcher.array_parallelism=0"], "array_parallelism=0 is out"),
+    ),
+    (SWEEP + ["hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 is out of range"),
+    (["train", "-m", "seed=range(3,3)", "hydra.sweep.dir=fresh"], "seed=range(3,3) has no values: the sweep would run"),
+    (SWEEP + ["nodes=choice()"], "nodes=choice()"),
+    *installed(
+        ["optuna"],
+        (OPTUNA + ["train.rounds=range(5,5)"], "train.rounds=range(5,5) has no values: the sweep would run nothing"),
+        (OPTUNA + ["hydra.sweeper.n_trials=100000"], "hydra.sweeper.n_trials=100000 is out of range; it must be a"),
+        (OPTUNA + ["hydra.sweeper.n_jobs=21"], "hydra.sweeper.n_jobs=21 is out of range; it must be a whole number in"),
+        (OPTUNA + ["hydra.sweeper.seed=4294967296"], "hydra.sweeper.seed=4294967296 is out of range"),
+        (OPTUNA + ["hydra.sweeper.study_name= "], "hydra.sweeper.study_name='' must name the study (a non-empty text)"),
+        (OPTUNA + ["hydra.sweeper.storage=nope://x"], "hydra.sweeper.storage=nope://x cannot be opened"),
+        (OPTUNA + ["train.lr=choice()"], "train.lr=choice()"),
+    ),
+    *installed(
+        ["mlflow", "sqlalchemy", "alembic"],
+        (
+            ["train", "logger=mlflow", "logger.timeout_s=0"],
+            "logger.timeout_s=0 is out of range; it must be in [1, 3600]",
+        ),
+        (["train", "logger=mlflow", "logger.timeout_s=86400"], "logger.timeout_s=86400 is out of range"),
+        (["train", "logger=mlflow", "logger.timeout_s=soon"], "timeout_s"),
+    ),
+    (
+        PLUGIN + ["{world}/plugin_exits", "topology=exits"],
+        "semdl_plugin_exits.ring cannot be imported: it called sys.exit(3)",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_raises", "nodes=3", "topology=raises"],
+        "cannot be imported: RuntimeError: no GPU here (",
+    ),
+    (PLUGIN + ["{world}/plugin_malformed", "nodes=3", "topology=malformed"], "cannot be imported: SyntaxError: "),
+    (PLUGIN + ["{world}/plugin_nameless", "nodes=3", "topology=nameless"], "must be a dataclass with a `name` field"),
+    (
+        PLUGIN + ["{world}/plugin_quits", "topology=quits"],
+        "semdl_plugin_quits.py, line 5: an option's code called sys.exit(0)",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_divides", "nodes=3", "topology=divides"],
+        "line 2: an option's code raised ZeroDivisionError: ",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_bad_yaml", "topology=bad_yaml"],
+        "topology={world}/plugin_bad_yaml/topology/bad_yaml.yaml is not YAML",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_list_yaml", "topology=list_yaml"],
+        "must hold the option's keys (key: value lines), not a list",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_huge", "topology=huge"],
+        "huge.yaml is larger than 64 MiB, the most semdl reads from it",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_fifo", "topology=fifo"],
+        "topology={world}/plugin_fifo/topology/fifo.yaml is a named pipe",
+    ),
+    (
+        PLUGIN + ["{world}/plugin_binary", "topology=binary"],
+        "binary.yaml is not a text file (binary content at byte 6)",
+    ),
     # the command itself
     (["fit"], "unknown command 'fit'"),
 ]

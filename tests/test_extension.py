@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 
 from helpers.configs import SMALL_SYNTHETIC, composed, config_groups
 from semdl.cli import main
+from semdl.errors import UserError
 from semdl.io import read_metrics
 from semdl.options import registries
 from semdl.registry import Registry
@@ -69,6 +70,30 @@ def test_an_entry_point_registers_an_option(monkeypatch):
     option = registry.get("penalty")
     assert option.value.__name__ == "PenaltyConsensus" and option.config.rho == 5.0
     assert ConfigStore.instance().load("solver_test/penalty.yaml").node.name == "penalty"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("import sys\nsys.exit(4)\n", "cannot be imported: it called sys.exit(4) ({file}, line 2)"),
+        ("x = 1 / 0\n", "cannot be imported: ZeroDivisionError: division by zero ({file}, line 1)"),
+        (
+            "from dataclasses import dataclass\n\n\n@dataclass\nclass Config:\n    rho: float = 1.0\n\n\n"
+            "class Solver:\n    Config = Config\n",
+            "the config of solver 'broken' ({file}) must be a dataclass with a `name` field",
+        ),
+    ],
+)
+def test_a_broken_entry_point_is_one_line_naming_its_file(tmp_path, monkeypatch, source, message):
+    """An installed package's option that exits, raises while imported, or has a Config without `name`."""
+    module = f"broken_plugin_{abs(hash(source))}"  # a module of its own: one that imported stays in sys.modules
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = EntryPoint(name="broken", value=f"{module}:Solver", group="semdl.solver_broken")
+    monkeypatch.setattr("semdl.registry.entry_points", lambda group: [point] if group == "semdl.solver_broken" else [])
+    with pytest.raises(UserError) as refused:
+        Registry("solver_broken", "solver").names()
+    assert message.format(file=tmp_path / f"{module}.py") in str(refused.value)
 
 
 def test_every_registered_option_composes_and_validates():

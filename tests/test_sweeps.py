@@ -3,10 +3,16 @@ one-line refusals (the joblib launcher runs in tests/test_trackers.py, with a pa
 each search or launcher result is checked against the runs' own files."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -16,6 +22,7 @@ from semdl import composition
 from semdl.cli import main
 from semdl.composition import CONFIG_MODULE, sweep_jobs
 from semdl.io.table import load_run_record, metric_names
+from semdl.search import SearchSettings, run_search
 
 QUICK = [*SMALL_SYNTHETIC, "nodes=3", "train.rounds=2", "eval.classifiers=[knn]"]
 
@@ -123,7 +130,10 @@ def test_a_search_validates_every_value_before_any_trial():
         (["sweep.objective=acc.nope"], "sweep.objective=acc.nope is not a metric of this run; choose one of: acc.knn"),
         (["sweep.direction=up"], "sweep.direction=up must be one of: maximize, minimize"),
         (["hydra.sweeper.sampler=grid"], "hydra.sweeper.sampler=grid must be one of: tpe, random"),
-        (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 must be a whole number of at least 1"),
+        (
+            ["hydra.sweeper.n_trials=0"],
+            "hydra.sweeper.n_trials=0 is out of range; it must be a whole number in [1, 10000]",
+        ),
         (["train.lr=interval(0.1,0.01)"], "train.lr: interval(0.1, 0.01) needs low < high"),
         (["train.weight_decay=tag(log,interval(0,0.1))"], "train.weight_decay: a log-scale interval needs low > 0"),
     ],
@@ -170,3 +180,131 @@ def test_a_search_in_a_preset_of_the_users_is_checked_like_one_on_the_command_li
     line = refusal([*command, f"hydra.sweep.dir={tmp_path}/b"], capsys)
     assert line == "semdl: error: train.lr: interval(0.1, 0.01) needs low < high"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A stored study (hydra.sweeper.storage): continued only by the same search, with new trials
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Job:
+    """What Hydra's launcher returns for a job: its value and its config."""
+
+    def __init__(self, value: float, run_dir: str):
+        self.return_value = value
+        self.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": run_dir}}})
+
+
+class Launcher:
+    """Runs no training: a trial's value is its train.lr."""
+
+    def launch(self, jobs, initial_job_idx):
+        lrs = [float(item.split("=")[1]) for job in jobs for item in job if item.startswith("train.lr=")]
+        return [Job(lr, f"job{initial_job_idx + index}") for index, lr in enumerate(lrs)]
+
+
+def search(tmp_path: Path, storage: str, sweep: str, direction: str = "maximize") -> None:
+    settings = SearchSettings(
+        n_trials=3, n_jobs=1, sampler="random", seed=0, study_name="semdl", storage=storage, params={}
+    )
+    (tmp_path / sweep).mkdir()
+    config = {
+        "sweep": {"objective": "acc.knn", "direction": direction},
+        "hydra": {"sweep": {"dir": str(tmp_path / sweep)}},
+    }
+    run_search(settings, Launcher(), OmegaConf.create(config), ["train.lr=interval(0.001,0.1)"])
+
+
+@pytest.mark.integration  # two searches, each creating its sqlite tables: over the fast tier's budget of 2 s a test
+def test_a_continued_study_gets_new_trials_from_the_same_seed(tmp_path, capsys):
+    """Two searches with seed 0 on one stored study: the second proposes three new values, not the first three
+    again; the first search's are those of a new study's seed-0 sampler."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search(tmp_path, storage, "first")
+    search(tmp_path, storage, "second")
+    study = optuna.load_study(study_name="semdl", storage=storage)
+    lrs = [trial.params["train.lr"] for trial in study.trials]
+    assert [trial.number for trial in study.trials] == [0, 1, 2, 3, 4, 5] and len(set(lrs)) == 6
+    fresh = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    space = {"train.lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
+    assert [fresh.ask(space).params["train.lr"] for _ in range(3)] == lrs[:3]
+    assert [trial["value"] for trial in json.loads((tmp_path / "second" / "search.json").read_text())["trials"]] == lrs[
+        3:
+    ]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory) -> Path:
+    """A folder holding study.db: a study of 3 trials, maximising acc.knn over train.lr in [0.001, 0.1]."""
+    folder = tmp_path_factory.mktemp("stored")
+    search(folder, f"sqlite:///{folder / 'study.db'}", "first")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep.direction=minimize"], "was made to maximize, not sweep.direction=minimize"),
+        (["sweep.objective=acc.knn.own_classes"], "searches acc.knn, not sweep.objective=acc.knn.own_classes"),
+        (["train.lr=interval(0.001,0.2)"], "has another search space (it differs in train.lr)"),
+        (["train.lr=interval(0.001,0.1)", "solver.rho=choice(1,5)"], "(it differs in solver.rho)"),
+    ],
+)
+def test_a_stored_study_is_continued_only_by_the_same_search(stored, tmp_path, capsys, overrides, message):
+    """A search over a stored study of another direction, objective or space: one line, nothing written (the
+    study's file byte for byte the same, no sweep folder)."""
+    storage = f"sqlite:///{stored / 'study.db'}"
+    before = (stored / "study.db").read_bytes()
+    defaults = ["sweep.objective=acc.knn", "train.lr=interval(0.001,0.1)"]
+    chosen = {item.split("=")[0] for item in overrides}
+    arguments = [*[item for item in defaults if item.split("=")[0] not in chosen], *overrides]
+    command = ["train", "-m", *QUICK, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *arguments]
+    line = refusal([*command, f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}/next"], capsys)
+    where = f"semdl: error: the study 'semdl' in hydra.sweeper.storage={storage} "
+    assert line.startswith(where) and message in line, line
+    assert line.endswith("; choose another hydra.sweeper.study_name (or storage) for a new study")
+    assert (stored / "study.db").read_bytes() == before and not (tmp_path / "next").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stopping a parallel sweep
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration  # `semdl train -m` with the joblib launcher in a subprocess, stopped while its jobs train
+def test_sigterm_to_a_parallel_sweep_stops_its_jobs_as_a_ctrl_c_stops_a_run(tmp_path):
+    """SIGTERM to the parent of a joblib sweep (two jobs at once, a third queued): each running job finishes its
+    round, writes its checkpoint and releases its run directory; the queued job does not start training; the
+    parent says how to continue each unfinished job, one line each, and exits with 143."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    quick = [item for item in QUICK if not item.startswith("train.rounds=")]
+    arguments = [*quick, "train.rounds=100000", "train.checkpoint_every=100000", "seed=0,1,2"]
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    command = [sys.executable, "-m", "semdl", "train", "-m", *arguments, *launcher]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep_process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
+    metrics = [sweep / job / "metrics.jsonl" for job in ("0", "1")]
+    deadline = time.monotonic() + 240
+    while not all(path.is_file() and path.stat().st_size for path in metrics):
+        assert time.monotonic() < deadline and sweep_process.poll() is None, "the jobs did not start training"
+        time.sleep(0.5)
+    sweep_process.send_signal(signal.SIGTERM)
+    _, stderr = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-4:] == [
+        f"semdl: {sweep / '0'}: continue with: semdl train resume={sweep / '0'}",
+        f"semdl: {sweep / '1'}: continue with: semdl train resume={sweep / '1'}",
+        f"semdl: {sweep / '2'}: no checkpoint yet; run it again with: semdl train {' '.join(arguments[:-1])} seed=2",
+        "semdl: sweep stopped by SIGTERM: 0 done, 3 to continue (above)",
+    ]
+    for job in ("0", "1"):
+        run = sweep / job
+        rounds = [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        checkpoint = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+        assert checkpoint["round"] == max(rounds) >= 1  # the round it finished, whole
+        assert f"semdl: interrupted after round {max(rounds)} of 100000, checkpoint saved" in stderr
+    assert not (sweep / "2" / "metrics.jsonl").exists()
+    assert not list(sweep.rglob(".semdl-writer.json"))  # every job released its run directory
+    assert not (sweep / "failures.jsonl").exists()  # stopped, not failed

@@ -8,8 +8,10 @@ import csv
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,7 +26,7 @@ from semdl.cli import main
 from semdl.errors import UserError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
-from semdl.tracking import tracking
+from semdl.tracking import Resumption, tracking
 
 ROUNDS = 3
 # cluster_bcd gives every kind of row (nodes, clusters, the network), eval.every=2 a periodic evaluation before the
@@ -307,7 +309,7 @@ def test_each_tracker_writes_where_it_is_documented(finished):
     }
     assert len(list((finished("tensorboard") / "tensorboard").glob("events.out.tfevents.*"))) == 1
     recorded = json.loads((finished("mlflow") / "mlflow_run.json").read_text())
-    assert recorded["tracking_uri"] == f"sqlite:///{finished('mlflow').resolve() / 'mlflow.db'}"
+    assert (recorded["tracking_uri"], recorded["store"]) == (None, "mlflow.db")  # relative: the run may move
     _, run = mlflow_run(finished("mlflow"))
     assert recorded["run_id"] == run.info.run_id
     assert run.info.artifact_uri.startswith((finished("mlflow").resolve() / "mlflow-artifacts").as_uri())
@@ -413,7 +415,8 @@ def test_a_resumed_run_goes_on_without_a_store_that_cannot_open(tmp_path, one_th
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     recorded = json.loads((run_dir / "mlflow_run.json").read_text())
-    (run_dir / "mlflow_run.json").write_text(json.dumps({**recorded, "tracking_uri": f"sqlite:///{blocker}/x.db"}))
+    gone = {**recorded, "tracking_uri": f"sqlite:///{blocker}/x.db", "store": None}
+    (run_dir / "mlflow_run.json").write_text(json.dumps(gone))
     with caplog.at_level("WARNING", logger="semdl"):
         summary = resume_experiment(run_dir, [f"train.rounds={ROUNDS}"])
     assert summary["rounds"] == ROUNDS
@@ -448,6 +451,89 @@ def test_a_tracker_failing_mid_run_leaves_the_run_whole(tmp_path, monkeypatch, o
     record = run_record(run_dir)
     assert {step for _, step in numbers} == {1}  # what it logged before failing, and nothing after
     assert all(value == record[key] for key, value in numbers.items())
+
+
+def silent_server() -> socket.socket:
+    """A local port that accepts connections (the kernel completes them into its backlog) and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a connection to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.integration  # two waits of logger.timeout_s=1: over the fast tier's budget of 2 s a test
+@track
+def test_a_server_that_cannot_be_reached_holds_no_run_back(tmp_path, caplog):
+    """A server that never answers (logger.timeout_s=1) and one that refuses: the fresh start and the resume each
+    take about their timeout, not MLflow's four minutes of retries, and each is one warning; the run goes on
+    without the tracker, and nothing of the tracker is written."""
+    with silent_server() as listener:
+        silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        refused = f"http://127.0.0.1:{closed_port()}"
+        for uri, reason, resumed in (
+            (silent, "no answer within logger.timeout_s=1 s", None),
+            (refused, "Connection refused", None),
+            (silent, "no answer within logger.timeout_s=1 s", Resumption(1, frozenset())),
+        ):
+            run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+            run_dir.mkdir()
+            if resumed is not None:  # the server the run recorded at its start is gone
+                record = {"tracking_uri": uri, "store": None, "experiment_id": "1", "run_id": "abc"}
+                (run_dir / "mlflow_run.json").write_text(json.dumps(record))
+            cfg = composed(SMALL_SYNTHETIC + ["logger=mlflow", f"logger.tracking_uri={uri}", "logger.timeout_s=1"])
+            caplog.clear()
+            began = time.monotonic()
+            with caplog.at_level("WARNING", logger="semdl"):
+                with tracking(cfg, run_dir, "run", True, resumed) as tracker:
+                    tracker.log_round([{"round": 2, "node": "network", "dR": 1.0}])
+            assert time.monotonic() - began < 6
+            assert [record.message for record in caplog.records] == [
+                f"logger=mlflow cannot reach {uri} ({reason}); the run goes on without it, and metrics.jsonl holds "
+                "every round"
+            ]
+            assert sorted(path.name for path in run_dir.iterdir()) == ([] if resumed is None else ["mlflow_run.json"])
+
+
+@pytest.mark.integration  # creating an sqlite store takes seconds: over the fast tier's budget of 2 s a test
+@track
+def test_a_moved_run_reopens_its_store_where_it_is_now(tmp_path):
+    """mlflow_run.json records semdl's own store relative to the run directory: a run moved elsewhere continues its
+    MLflow run in the store it took along, its figures beside it, and nothing appears at its old path."""
+    cfg = composed(SMALL_SYNTHETIC + ["logger=mlflow"])
+    (tmp_path / "before").mkdir()
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"not really a PNG")
+    with tracking(cfg, tmp_path / "before", "run", True, None) as tracker:
+        tracker.log_round([{"round": 1, "node": "network", "dR": 1.5}])
+    (tmp_path / "before").rename(tmp_path / "after")
+    run_dir = tmp_path / "after"
+    with tracking(cfg, run_dir, "run", True, Resumption(1, frozenset())) as tracker:
+        assert tracker.tracker is not None
+        tracker.log_round([{"round": 2, "node": "network", "dR": 1.25}])
+        tracker.log_figures(2, [figure])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["after", "figure.png"]
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "network/dR")
+    assert sorted((metric.step, metric.value) for metric in history) == [(1, 1.5), (2, 1.25)]
+    stored = run_dir / "mlflow-artifacts" / run_id / "artifacts" / "figures" / "figure.png"
+    assert stored.read_bytes() == figure.read_bytes()
+
+
+@track
+def test_the_timeout_is_range_checked():
+    for value in (0, 3601):
+        with pytest.raises(UserError, match=rf"^logger\.timeout_s={value} is out of range; it must be in \[1, 3600\]$"):
+            composed(SMALL_SYNTHETIC + ["logger=mlflow", f"logger.timeout_s={value}"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

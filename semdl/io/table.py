@@ -474,11 +474,16 @@ def table_command(
     for reason in skipped + [reason for _, reason in failures] + unfinished:
         print(f"semdl: warning: {reason}; that run is left out of the table", file=sys.stderr)
     if added:
-        print(f"semdl: note: the runs differ in {', '.join(added)}, so each value is a row (--rows and --columns "
-              "choose)", file=sys.stderr)
+        print(
+            f"semdl: note: the runs differ in {', '.join(added)}, so each value is a row (--rows and --columns choose)",
+            file=sys.stderr,
+        )
     if left_out:
-        print(f"semdl: note: left out {', '.join(left_out)}: the same in every run or equal to the all-class "
-              "accuracy (--all shows them)", file=sys.stderr)
+        print(
+            f"semdl: note: left out {', '.join(left_out)}: the same in every run or equal to the all-class "
+            "accuracy (--all shows them)",
+            file=sys.stderr,
+        )
     if csv_path is not None:
         print(f"semdl: wrote {csv_path}", file=sys.stderr)
     return format_markdown(table)

@@ -135,8 +135,10 @@ class Communicator(ABC):
     @property
     def stateful(self) -> bool:
         """Whether what the nodes hold of each other is more than their latest statistics (it must be saved)."""
-        return self.delivery.unreliable or self.delivery.error_feedback or not isinstance(
-            self.delivery.compression, NoCompression
+        return (
+            self.delivery.unreliable
+            or self.delivery.error_feedback
+            or not isinstance(self.delivery.compression, NoCompression)
         )
 
     @cached_property

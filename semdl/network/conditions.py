@@ -134,7 +134,7 @@ def read_schedule(path: str, allowed: np.ndarray, topology_name: str) -> list[np
         )
     matrices = []
     for start in range(0, len(rows), num_nodes):
-        block = rows[start:start + num_nodes]
+        block = rows[start : start + num_nodes]
         where = f"network.schedule file {path}, matrix {start // num_nodes + 1}"
         matrix = np.array([_parse_row(values, number, num_nodes, where) for number, values in block])
         _check_matrix(matrix, [number for number, _ in block], allowed, topology_name, where)

@@ -70,7 +70,6 @@ class LocalTraining:
     batch_size: int
 
 
-
 @dataclass
 class Simulation:
     """The simulated network a run's rounds act on, built (semdl.pipeline.network.build_network) and ready for round

@@ -36,6 +36,11 @@ class PlainConfig:
     name: str = "none"  # the tracker that mirrors the run
 
 
+class Unreachable(Exception):
+    """A tracker's server did not answer within its time (refused, not found, or silent): the run, fresh or
+    resumed, goes on without the tracker, with one warning."""
+
+
 @dataclass(frozen=True)
 class Resumption:
     """Where a resumed run continues: metrics.jsonl keeps its rows up to `round` and the evaluations of
@@ -68,7 +73,8 @@ class Tracker:
         """Called by config validation: raise UserError when this tracker cannot work (its package is missing)."""
 
     def start(self, hyperparameters: dict[str, Any], run_id: str, resumed: Resumption | None) -> None:
-        """Open the tracker's run (or, `resumed`, continue it) and record the resolved config."""
+        """Open the tracker's run (or, `resumed`, continue it) and record the resolved config. A tracker that talks
+        to a server bounds its wait and raises Unreachable when the server does not answer."""
 
     def log_round(self, rows: list[dict]) -> None:
         """One round's rows, exactly as metrics.jsonl holds them (nodes, clusters, the network, an evaluation)."""
@@ -123,9 +129,7 @@ def evaluation_scalars(classifiers: dict) -> dict[str, float]:
 
 def row_classifiers(row: dict) -> dict:
     """An evaluation row of metrics.jsonl in eval.json's layout: per classifier, its mean and per-node accuracy."""
-    return {
-        name: {"mean": mean, "per_node": row["accuracy_per_node"][name]} for name, mean in row["accuracy"].items()
-    }
+    return {name: {"mean": mean, "per_node": row["accuracy_per_node"][name]} for name, mean in row["accuracy"].items()}
 
 
 class ScalarTracker(Tracker):
@@ -244,7 +248,8 @@ def tracking(
 
     A fresh run whose tracker cannot start stops before its first round (UserError): nothing is lost, and the user
     learns at once that the tracking settings do not work. A resumed run goes on without it, with a warning: its
-    progress must not wait for a tracking store (logger.* cannot change on resume)."""
+    progress must not wait for a tracking store (logger.* cannot change on resume). A server that cannot be reached
+    in its time (Unreachable) is the same warning for a fresh run: a gone server cannot hold a run back."""
     settings = None if OmegaConf.is_missing(cfg, "logger") else LOGGERS.settings(cfg.logger)
     if not leader or settings is None or settings.name == "none":
         yield GuardedTracker(Tracker(PlainConfig(), run_dir), "none")
@@ -256,11 +261,16 @@ def tracking(
     except Exception as error:  # as in GuardedTracker: whatever the tracker's store raises
         with suppress(Exception):  # a sweep's next job runs in this process: release what the tracker opened
             tracker.close(FAILED)
-        if resumed is None:
+        if isinstance(error, Unreachable):
+            log.warning(
+                "logger=%s %s; the run goes on without it, and metrics.jsonl holds every round", settings.name, error
+            )
+        elif resumed is None:
             raise UserError(
                 f"logger={settings.name} cannot start ({first_line(error)}); the run stopped before round 1"
             ) from None
-        log.warning("logger=%s cannot start (%s); the run goes on without it", settings.name, first_line(error))
+        else:
+            log.warning("logger=%s cannot start (%s); the run goes on without it", settings.name, first_line(error))
         guarded.tracker = None
     try:
         yield guarded
