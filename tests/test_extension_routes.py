@@ -7,6 +7,7 @@ reads that run for one option's effect on a number."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -195,10 +196,13 @@ class Outside:
     def __init__(self, tmp: Path, route: str):
         self.tmp, self.route, self.module = tmp, route, f"outside_{route}"
         self.package = scratch_package(tmp / "package", self.module, route)
-        self.search = [] if route == "entry_point" else [f"hydra.searchpath=[file://{self.package / 'conf'}]"]
+        self.folders = [] if route == "entry_point" else [self.package / "conf"]
 
-    def main(self, args: list[str]) -> None:
-        """semdl <args> in the folder above the package; the options it registers leave with it."""
+    def main(self, args: list[str], *folders: Path) -> None:
+        """semdl <args> in the folder above the package, with its conf folder and `folders` on Hydra's search path;
+        the options it registers leave with it."""
+        paths = [*self.folders, *folders]
+        search = [f"hydra.searchpath=[{','.join(f'file://{path}' for path in paths)}]"] if paths else []
         repo = ConfigStore.instance().repo
         saved = {group: dict(repo.get(group, {})) for group in registries()}
         with pytest.MonkeyPatch.context() as patch:
@@ -208,10 +212,11 @@ class Outside:
                 patch.setattr(registry, "_options", dict(registry._options))
                 patch.setattr(registry, "_entry_points_loaded", False)  # entry points are read once a process
             try:
-                main([*args, *self.search])
+                main([*args, *search])
             finally:
                 for group, entries in saved.items():
                     repo[group] = entries
+                sys.modules.pop(self.module, None)  # the next command imports it afresh, as a new process would
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +308,74 @@ CHECKS = {
 def test_an_option_from_outside_semdl_is_found_and_used(group, route, trained):
     _, run_dir = trained(route)
     CHECKS[group](route, run_dir)
+
+
+KEYS = "its keys are: name"
+MISTAKES = [  # an override of the user's, the route its option came by, and the one line it gets
+    ("solver.rh=1", "decorator", f"solver.rh is not a key of solver=steady; {KEYS}, rho, dual_step, gamma1, gamma2"),
+    (
+        "data.num_clases=2",
+        "config",
+        f"data.num_clases is not a key of data=blobs; {KEYS}, seed, num_classes, ambient_dim",
+    ),
+    ("partition.per_clas=2", "entry_point", f"partition.per_clas is not a key of partition=stripes; {KEYS}, per_class"),
+    ("topology.widht=2", "decorator", f"topology.widht is not a key of topology=lattice; {KEYS}, width"),
+    (
+        "model.bais=false",
+        "config",
+        f"model.bais is not a key of model=tiny; {KEYS}, per_node, hidden, batch_norm, bias",
+    ),
+    ("logger.fil=x", "entry_point", f"logger.fil is not a key of logger=ledger; {KEYS}, file"),
+    # The user's function builds the graph: with no links it is refused as disconnected.
+    ("topology.width=0", "config", "topology=lattice with nodes=3 is not connected; consensus needs a connected graph"),
+    (
+        "eval.classifiers=[always_one]",
+        "decorator",
+        "unknown classifier 'always_one' in eval.classifiers; choose one of: "
+        "knn, nearest_subspace, semantic_subspace, linear_probe, always_zero",
+    ),
+]
+
+
+@pytest.mark.parametrize("override, route, line", MISTAKES, ids=[mistake[0] for mistake in MISTAKES])
+def test_a_mistake_in_an_outside_option_is_one_line(override, route, line, tmp_path, capsys):
+    """Refused before anything is written: exit status 2, one line, never Hydra's own error. Each group's mistake
+    is tried by one route (each command composes for about half a second)."""
+    outside = Outside(tmp_path, route)
+    with pytest.raises(SystemExit) as stopped:
+        outside.main(["partition", *RUN, override, "hydra.run.dir=refused"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"semdl: error: {line}"]
+    assert [path.name for path in tmp_path.iterdir()] == ["package"]
+
+
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        (
+            "_target_: outside_config.STRIPE\n",
+            "partition._target_=outside_config.STRIPE cannot be imported: "
+            "AttributeError: module 'outside_config' has no attribute 'STRIPE'",
+        ),
+        (
+            "_target_: outside.STRIPES\n",
+            "partition._target_=outside.STRIPES cannot be imported: ModuleNotFoundError: No module named 'outside' "
+            "(is its folder on PYTHONPATH, or its package installed?)",
+        ),
+        (
+            "_target_: outside_config.STRIPES\nper_clas: 2\n",
+            f"partition.per_clas is not a key of partition=typo; {KEYS}, per_class",
+        ),
+    ],
+    ids=["no_object", "no_module", "wrong_key"],
+)
+def test_a_yaml_file_naming_nothing_or_a_wrong_key_is_one_line(content, line, tmp_path, capsys):
+    """The user's own `partition/typo.yaml`: a `_target_` that names nothing, or a key the option does not have."""
+    outside = Outside(tmp_path / "user", "config")
+    (tmp_path / "mistakes" / "partition").mkdir(parents=True)
+    (tmp_path / "mistakes" / "partition" / "typo.yaml").write_text(f"name: typo\n{content}")
+    with pytest.raises(SystemExit) as stopped:
+        outside.main(["partition", *RUN, "partition=typo", "hydra.run.dir=refused"], tmp_path / "mistakes")
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"semdl: error: {line}"]
+    assert [path.name for path in (tmp_path / "user").iterdir()] == ["package"]
