@@ -7,6 +7,7 @@ reads that run for one option's effect on a number."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -19,6 +20,7 @@ from semdl.io import read_metrics
 from semdl.options import registries
 
 ROUTES = ("decorator", "config", "entry_point")
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 MODULE = """
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,3 +381,21 @@ def test_a_yaml_file_naming_nothing_or_a_wrong_key_is_one_line(content, line, tm
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"semdl: error: {line}"]
     assert [path.name for path in (tmp_path / "user").iterdir()] == ["package"]
+
+
+def test_the_pages_table_of_routes_is_the_registries():
+    """docs/architecture.md's table of the groups: every registry, its import line importing it, the method it
+    registers with, the YAML folder and the entry-point group that Registry reads."""
+    rows = re.findall(
+        r"^\| `(\w+)` \| `(from [\w.]+ import \w+)` \| `(@?\w+)\.(\w+)\(.*?\| `(\w+)/<name>\.yaml` "
+        r"\| `([\w.]+)` \|$",
+        PAGE.read_text(),
+        re.MULTILINE,
+    )
+    groups = registries()
+    assert sorted(row[0] for row in rows) == sorted(groups)
+    for group, line, registry_name, method, folder, entry_points in rows:
+        imported: dict = {}
+        exec(line, imported)
+        assert imported[registry_name.lstrip("@")] is groups[group] and callable(getattr(groups[group], method))
+        assert (folder, entry_points) == (group, f"semdl.{groups[group].group}") and groups[group].group == group
