@@ -23,7 +23,6 @@ ROUTES = ("decorator", "config", "entry_point")
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 MODULE = """
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -223,20 +222,20 @@ class Outside:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """route -> (its Outside, the run directory of a one-round run that uses the seven options), trained once."""
-    runs: dict[str, tuple[Outside, Path]] = {}
+    """route -> the run directory of a one-round run that uses the seven options of that route, trained once."""
+    runs: dict[str, Path] = {}
 
-    def run(route: str) -> tuple[Outside, Path]:
+    def run(route: str) -> Path:
         if route not in runs:
             outside = Outside(tmp_path_factory.mktemp(route), route)
             outside.main(["train", *RUN, "hydra.run.dir=run"])
-            runs[route] = outside, outside.tmp / "run"
+            runs[route] = outside.tmp / "run"
         return runs[route]
 
     return run
 
 
-def own_keys(route: str, group: str, key: str, default):
+def key_value(route: str, group: str, key: str, default):
     """The value the run gives `group.key`: its YAML file's, or (entry point: no YAML file) the default."""
     return default if route == "entry_point" else OPTIONS[group][2].get(key, default)
 
@@ -247,7 +246,7 @@ def node_rows(run_dir: Path) -> list[dict]:
 
 def check_solver(route: str, run_dir: Path) -> None:
     # The solver's rate weights are its config's: each node row's dR is R - gamma2 Rc with gamma2 its key.
-    gamma2 = own_keys(route, "solver", "gamma2", 1.0)
+    gamma2 = key_value(route, "solver", "gamma2", 1.0)
     rows = node_rows(run_dir)
     assert len(rows) == 3
     for row in rows:
@@ -256,7 +255,7 @@ def check_solver(route: str, run_dir: Path) -> None:
 
 def check_data_and_partition(route: str, run_dir: Path) -> None:
     # Each of the dataset's classes (num_classes its key) gives each node per_class samples (the partition's key).
-    classes, per_class = own_keys(route, "data", "num_classes", 3), own_keys(route, "partition", "per_class", 5)
+    classes, per_class = key_value(route, "data", "num_classes", 3), key_value(route, "partition", "per_class", 5)
     partition = json.loads((run_dir / "partition.json").read_text())
     assert [node["class_counts"] for node in partition["nodes"]] == [[per_class] * classes] * 3
 
@@ -264,7 +263,7 @@ def check_data_and_partition(route: str, run_dir: Path) -> None:
 def check_topology(route: str, run_dir: Path) -> None:
     # lattice on 3 nodes: a path (width 1) or the triangle (width 2); each node hears from, and sends its
     # statistics to, each of its neighbours once in the round.
-    degrees = {1: [1, 2, 1], 2: [2, 2, 2]}[own_keys(route, "topology", "width", 1)]
+    degrees = {1: [1, 2, 1], 2: [2, 2, 2]}[key_value(route, "topology", "width", 1)]
     sizes = [node["statistics_bytes"] for node in json.loads((run_dir / "summary.json").read_text())["nodes"]]
     rows = node_rows(run_dir)
     assert [row["received"] for row in rows] == degrees
@@ -273,22 +272,22 @@ def check_topology(route: str, run_dir: Path) -> None:
 
 def check_model(route: str, run_dir: Path) -> None:
     # One linear layer from the 16 inputs to dim_z=16, with or without its bias (the model's key).
-    parameters = 16 * 16 + (16 if own_keys(route, "model", "bias", True) else 0)
+    parameters = 16 * 16 + (16 if key_value(route, "model", "bias", True) else 0)
     nodes = json.loads((run_dir / "summary.json").read_text())["nodes"]
     assert [(node["architecture"], node["parameters"]) for node in nodes] == [("tiny", parameters)] * 3
 
 
 def check_classifier(route: str, run_dir: Path) -> None:
     # Predicting class 0 everywhere is right for one class of the balanced test set.
-    classes = own_keys(route, "data", "num_classes", 3)
+    classes = key_value(route, "data", "num_classes", 3)
     accuracy = json.loads((run_dir / "eval.json").read_text())["classifiers"]["always_zero"]
     assert accuracy["per_node"] == [pytest.approx(1 / classes)] * 3
 
 
 def check_logger(route: str, run_dir: Path) -> None:
     # The tracker wrote the final evaluation to the file its key names.
-    name = own_keys(route, "logger", "file", "ledger.txt")
-    classes = own_keys(route, "data", "num_classes", 3)
+    name = key_value(route, "logger", "file", "ledger.txt")
+    classes = key_value(route, "data", "num_classes", 3)
     classifier, accuracy = (run_dir / name).read_text().split()
     assert classifier == "always_zero" and float(accuracy) == pytest.approx(1 / classes)
 
@@ -308,8 +307,7 @@ CHECKS = {
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("group", list(OPTIONS))
 def test_an_option_from_outside_semdl_is_found_and_used(group, route, trained):
-    _, run_dir = trained(route)
-    CHECKS[group](route, run_dir)
+    CHECKS[group](route, trained(route))
 
 
 KEYS = "its keys are: name"
