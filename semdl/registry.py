@@ -111,21 +111,22 @@ class Registry(Generic[T]):
 
     def adopt(self, name: str, target: str) -> None:
         """A user's `<group>/<name>.yaml` names `target`: import it before Hydra composes, so that a decorator in its
-        module registers its keys; an object with a `Config` attribute gets its keys into ConfigStore for this
-        command (forget_adopted). Then the YAML file is merged with every key of the option, and an override of a
-        key the file does not set composes."""
+        module registers it. An object no decorator registered (a `Config` attribute gives its keys) is this
+        command's option `name` (forget_adopted): the groups that select by name (`model.per_node`,
+        `eval.classifiers`) find it, and Hydra learns its keys, so that the YAML file is merged with every key of the
+        option and an override of a key the file does not set composes."""
         value = _import_target(self.group, target)
         if name in self._options or any(option.value is value for option in self._options.values()):
             return
         config = getattr(value, "Config", None)
-        store = ConfigStore.instance()
         if config is not None:
             _check_config(config, f"{self.group}._target_={target}: its Config")
-        if config is not None and f"{name}.yaml" not in store.repo.get(self.group, {}):
-            # Only Hydra learns the keys (resolve finds the object through `_target_` again): the option is the
-            # YAML file's, for this command, not registered for every later one in this process.
+        self._options[name] = Option(name, value, config(name=name) if config is not None else None)
+        store = ConfigStore.instance()
+        stored = config is not None and f"{name}.yaml" not in store.repo.get(self.group, {})
+        if stored:
             store.store(group=self.group, name=name, node=_config_node(config(name=name), own=False))
-            ADOPTED.append((self.group, name))
+        ADOPTED.append((self, name, stored))
 
     def resolve(self, options: DictConfig) -> Option[T]:
         """The option a composed config group node selects: its `_target_` when present, else its `name`."""
@@ -133,16 +134,15 @@ class Registry(Generic[T]):
         if target is None:
             return self.get(options.name, self.group)
         value = _import_target(self.group, str(target))
+        name = options.get("name", target)
+        # An object registered by the decorator (or `add`) of a module the YAML's import ran: its keys are the ones
+        # it was registered with, even where it inherits another option's `Config` (a Tracker subclass).
+        registered = next((option for option in self._options.values() if option.value is value), None)
+        if registered is not None and registered.config is not None:
+            return Option(name, value, registered.config)
         config = getattr(value, "Config", None)
         if config is not None:
             _check_config(config, f"{self.group}._target_={target}: its Config")
-        name = options.get("name", target)
-        if config is None:
-            # An object registered by the decorator (or `add`) of a module the YAML's import just ran: its keys are
-            # the ones it was registered with.
-            registered = next((option for option in self._options.values() if option.value is value), None)
-            if registered is not None and registered.config is not None:
-                return Option(name, value, registered.config)
         return Option(name, value, config(name=name) if config is not None else None)
 
     def keys(self, options: DictConfig) -> list[str]:
@@ -207,16 +207,19 @@ def plugin_failure(error: BaseException) -> UserError | None:
     return UserError(f"{where}: an option's code raised {type(error).__name__}: {_first_line(error)}")
 
 
-# The ConfigStore entries `adopt` made for the command running now (group, name); `forget_adopted` removes them
-# when it ends, so that a later command in the same process (the tests drive many) sees only its own YAML files.
-ADOPTED: list[tuple[str, str]] = []
+# The options `adopt` made for the command running now (registry, name, whether it added a ConfigStore entry);
+# `forget_adopted` removes them when it ends, so that a later command in the same process (the tests drive many)
+# sees only its own YAML files.
+ADOPTED: list[tuple[Registry, str, bool]] = []
 
 
 def forget_adopted() -> None:
     repo = ConfigStore.instance().repo
     while ADOPTED:
-        group, name = ADOPTED.pop()
-        repo.get(group, {}).pop(f"{name}.yaml", None)
+        registry, name, stored = ADOPTED.pop()
+        registry._options.pop(name, None)
+        if stored:
+            repo.get(registry.group, {}).pop(f"{name}.yaml", None)
 
 
 def _import_target(group: str, target: str) -> Any:
