@@ -152,22 +152,22 @@ def option_files(run_dir: Path) -> list[tuple[str, str, Path]]:
     job = _hydra_job(run_dir)
     if job is None:
         return []
-    sources = [(source.schema, source.path) for source in job.runtime.config_sources]
+    start = Path(job.runtime.cwd)  # a hydra.searchpath folder may be relative to it
+    folders = []  # (folder, whether it is a user's), in Hydra's search order
+    for source in job.runtime.config_sources:
+        if source.schema == "file":
+            folders.append((start / source.path, True))
+        elif source.schema == "pkg" and source.path == "semdl.conf":
+            folders.append((CONF_DIR, False))
     found = []
     for group, name in job.runtime.choices.items():
         if name is None or group.startswith("hydra/"):
             continue
-        for schema, folder in sources:  # Hydra's search order: the first folder holding the file is the one read
-            if schema == "file":
-                file = Path(folder) / group / f"{name}.yaml"
-            elif schema == "pkg" and folder == "semdl.conf":
-                file = CONF_DIR / group / f"{name}.yaml"
-            else:
-                continue
-            if file.is_file():
-                if schema == "file":
-                    found.append((group, str(name), file))
-                break
+        # the first folder holding the option's file is the one Hydra read it from
+        holding = [(folder / group / f"{name}.yaml", users) for folder, users in folders]
+        read = next(((file, users) for file, users in holding if file.is_file()), None)
+        if read is not None and read[1]:
+            found.append((group, str(name), read[0]))
     return found
 
 
