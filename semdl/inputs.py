@@ -35,8 +35,8 @@ CHUNK_BYTES = 2**20  # a dataset file is hashed a MiB at a time, never held whol
 class Input:
     """One file a run read: the config key and value that made it read it, its absolute path, and its content."""
 
-    key: str  # topology.path, data.root, or the config group of an option YAML file (solver)
-    value: str  # the key's value: the file itself, the dataset's folder, or the option's name
+    key: str  # topology.path, data.root (data: a dataset without one), or an option YAML file's group (solver)
+    value: str  # the key's value: the file itself, the dataset's folder (or name), or the option's name
     path: str
     sha256: str
     bytes: int
@@ -92,7 +92,8 @@ def read_inputs(cfg: DictConfig, run_dir: Path) -> list[Input]:
         if isinstance(value, str) and value and Path(value).is_file():
             inputs.append(_input(key, value, Path(value)))
     root = OmegaConf.select(cfg, "data.root", default=None)
-    inputs += [_input("data.root", str(root), file) for file in dataset_files(cfg.data)]
+    key, value = ("data.root", str(root)) if root is not None else ("data", str(cfg.data.name))
+    inputs += [_input(key, value, file) for file in dataset_files(cfg.data)]
     inputs += [_input(group, name, file) for group, name, file in option_files(run_dir)]
     return inputs
 
