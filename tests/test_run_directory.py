@@ -213,6 +213,21 @@ def test_a_write_that_fails_without_a_file_name_names_the_file(tmp_path, monkeyp
     assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, "/dev/full")
 
 
+@pytest.mark.integration  # a whole run through the CLI
+def test_a_log_line_that_cannot_be_written_prints_no_traceback(tmp_path, one_thread, monkeypatch, capsys):
+    """semdl's lines of the run log go to a file where every write fails as on a full disk (/dev/full): the run,
+    whose own files are whole, still ends normally; logging prints none of its tracebacks, and the headline that the
+    log could not take is one warning."""
+    from semdl.io.run_directory import RunDirectory
+
+    monkeypatch.setattr(RunDirectory, "log", property(lambda self: Path("/dev/full")))
+    main(["train", *QUICK, "train.rounds=1", "eval.figures=false", f"hydra.run.dir={tmp_path / 'run'}"])
+    out, stderr = capsys.readouterr()
+    assert "Logging error" not in stderr and "Traceback" not in stderr, stderr
+    assert "/dev/full: No space left on device; the log lacks the lines above" in out + stderr  # Hydra's console
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
 def outcome_line(error: BaseException, run_dir) -> str:
     from semdl.exits import outcome as exit_outcome
 
