@@ -132,6 +132,7 @@ def world(tmp_path_factory):
         huge.truncate(65 * 2**20)
     (root / "ring3.txt").write_text("0 1 1\n1 0 1\n1 1 0\n")
     (root / "bad_table.txt").write_text("5 5 5 5\n5 5\n")
+    (root / "greedy_table.txt").write_text("100 " * 10 + "\n" + ("100 " * 10 + "\n") * 4)  # 5 nodes x 10 digits
     write_mnist(root / "corrupt", "MNIST", train_per_class=2, test_per_class=1)
     archive = root / "corrupt" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     archive.write_bytes(archive.read_bytes()[:200])  # a real gzip stream, cut short
@@ -301,6 +302,8 @@ CASES = [
         ["train", "resume={world}/topology_changed", "train.rounds=3", "topology.path={world}/ring3.txt"],
         "resume cannot change topology.path",
     ),
+    # found only once the data is loaded, after the run directory was made: the failed start removes it
+    (["train", "partition=table", "partition.path={world}/greedy_table.txt"], "but the table asks for 500"),
     # eval
     (["eval"], "semdl eval needs a run directory"),
     (["eval", "{world}/missing"], "no such run directory"),
@@ -427,6 +430,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments, message, wor
     assert snapshot(world) == world_before, "an existing run or file was changed"
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert all(path.is_relative_to(tmp_path / "fresh") for path in written), written
+    assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").iterdir())  # a failed start leaves nothing
 
 
 def test_a_run_started_with_relative_paths_resumes_from_another_directory(world, tmp_path, monkeypatch):
