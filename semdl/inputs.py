@@ -5,8 +5,9 @@ network.schedule, partition.path, data.root, each against the directory the run 
 saved config, its checkpoints and every command that continues it name the same files, whatever directory that
 command starts in. Once it has read them, it records every file it read in the run's inputs.json with its SHA-256
 (`record_inputs`): those files, the dataset's files under data.root, and the users' own option YAML files that Hydra
-composed. `resume=` and `semdl eval` check the record before anything else reads a file (`check_inputs`): a file
-whose content changed, or that is gone, is refused in one line naming it and its config key. A run directory made
+composed. `resume=` and `semdl eval` check the record while they read the run back, before they build its network
+or write anything (`check_inputs`): a file whose content changed, or that is gone, is refused in one line naming it
+and its config key. A run directory made
 before inputs.json existed has nothing recorded, and nothing is checked.
 """
 
