@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     if not arguments or arguments[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if arguments else 2)
+    # A log line that cannot be written (a full disk) must not print logging's traceback: the run's own files are
+    # written through writers that end the command in one line naming the file.
+    logging.raiseExceptions = False
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:

@@ -199,16 +199,22 @@ def check_output_directory(key: str, directory: Path, multirun: bool) -> None:
 
 def check_job(cfg: DictConfig) -> None:
     """Everything about one composed job that can be known before it runs: the validation, the graph, the
-    unreliable network's schedule, and each architecture against the data's input shape."""
+    unreliable network's schedule, a torchrun launch, and each architecture against the data's input shape."""
+    import torch
+
     from semdl.data import input_shape
     from semdl.models import architectures, check_input_shape
     from semdl.network import topology_of
     from semdl.network.conditions import unreliability_of
+    from semdl.network.distributed import check_launch
     from semdl.solvers.base import solver_class
     from semdl.validation import validate
 
     validate(cfg)
-    unreliability_of(cfg, topology_of(cfg), solver_class(cfg.solver).trained_nodes(cfg.nodes))
+    trained_nodes = solver_class(cfg.solver).trained_nodes(cfg.nodes)
+    unreliability_of(cfg, topology_of(cfg), trained_nodes)
+    on_cuda = str(cfg.device).startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    check_launch(cfg.comm, trained_nodes, on_cuda)
     for architecture in set(architectures(cfg.model, cfg.nodes)):
         check_input_shape(architecture, input_shape(cfg.data))
 

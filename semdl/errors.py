@@ -80,14 +80,14 @@ def outcome(
     error: BaseException,
     prefix: str = "",
     resume_from: Path | None = None,
-    run_dir: Path | None = None,
     crash_log: Callable[[], Path] = lambda: Path("(no log)"),
 ) -> tuple[int, str]:
     """The exit status and the one line that say what stopped a command: 2 a user mistake or a device out of memory
     (the line names the stage, the device and the settings that help), 3 a numerical failure, 128 + the signal's
-    number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank) or a bug, whose traceback
-    `crash_log()` keeps (it returns where) instead of the terminal. `run_dir`: the command's run directory, if any;
-    `resume_from`: the same when it holds a checkpoint to resume from, else None."""
+    number a stop signal, 1 a fault of the environment (disk, permissions, a lost rank; the line names the file) or
+    a bug, whose traceback `crash_log()` keeps (it returns where) instead of the terminal. `resume_from`: the
+    command's run directory when it holds a checkpoint to resume from, else None: only then does a line offer
+    `resume=`."""
     if isinstance(error, UserError):
         return 2, f"semdl: error: {prefix}{error}"
     if isinstance(error, NumericalError):
@@ -104,7 +104,7 @@ def outcome(
         return 128 + number, f"semdl: {prefix}stopped at once by {signal.Signals(number).name}{hint}"
     if isinstance(error, OSError) and error.errno is not None:
         where = f"{error.filename}: " if error.filename else ""
-        hint = f"; once fixed, continue with: semdl train resume={run_dir}" if run_dir is not None else ""
+        hint = f"; once fixed, continue with: semdl train resume={resume_from}" if resume_from is not None else ""
         return 1, f"semdl: {prefix}{where}{error.strerror or error}{hint}"
     log = crash_log()
     first_line = (str(error).strip().splitlines() or [""])[0][:300]

@@ -19,7 +19,7 @@ def outcome(error: BaseException, prefix: str = "", run_dir: Path | None = None)
     """The exit status and the one line that say what stopped a command working in `run_dir` (semdl.errors)."""
     resumable = run_dir is not None and RunDirectory(run_dir).holds_checkpoint()
     error = plugin_failure(error) or error
-    return error_outcome(error, prefix, run_dir if resumable else None, run_dir, lambda: crash_log(run_dir))
+    return error_outcome(error, prefix, run_dir if resumable else None, lambda: crash_log(run_dir))
 
 
 def exit_with(error: BaseException, prefix: str = "", run_dir: Path | None = None) -> NoReturn:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from semdl.checkpoint import restore_global_generators
 from semdl.errors import NumericalError, UserError
 from semdl.eval.evaluate import evaluate_network
+from semdl.inputs import record_inputs, resolve_input_paths, start_directory
 from semdl.io.run_directory import RunDirectory
 from semdl.network.distributed import process_rank
 from semdl.pipeline.finish import evaluated_at, finish, headline
@@ -62,8 +63,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict | None:
 
 
 def _fresh_run(cfg: DictConfig, run_dir: Path, started: float) -> dict | None:
+    """Resolve the run's input paths where it was started (rank 0 saves the config with them), build the network,
+    record the files it read (rank 0), and train."""
+    run = RunDirectory(run_dir)
+    if resolve_input_paths(cfg, start_directory(run_dir)) and process_rank() == 0 and run.config.is_file():
+        run.write_text(run.config, OmegaConf.to_yaml(cfg))  # what Hydra saved, with those paths absolute
     device = process_device(cfg)
     network = build_network(cfg, run_dir, device)
+    if process_rank() == 0:
+        record_inputs(cfg, run_dir)
     return train_and_finish(cfg, run_dir, network, device, 0, History(), started)
 
 
@@ -139,9 +147,18 @@ def train_and_finish(
             train_rounds(cfg, run_dir, network, done, history, tracker)
             return finish(cfg, run_dir, network, device, history, descriptions, started, tracker)
     except NumericalError as error:
-        raise NumericalError(
-            f"{error}; stopped, the last good checkpoint is in {RunDirectory(run_dir).checkpoints}"
-        ) from None
+        raise NumericalError(f"{error}; stopped{kept_checkpoint(run_dir, network.communicator.rank)}") from None
+
+
+def kept_checkpoint(run_dir: Path, rank: int) -> str:
+    """Where a stopped run's last good checkpoint is, said by rank 0 (which alone writes them), or that none was
+    written: a run stopped before its first checkpoint has no checkpoints/ folder to point to."""
+    if rank != 0:
+        return ""
+    run = RunDirectory(run_dir)
+    if not run.holds_checkpoint():
+        return " before its first checkpoint was written"
+    return f", the last good checkpoint is in {run.checkpoints}"
 
 
 def reevaluate(run_dir: Path, overrides: list[str]) -> tuple[dict, Path]:

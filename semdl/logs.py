@@ -4,7 +4,7 @@ and run log of a command that runs outside Hydra (log_to)."""
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -50,7 +50,8 @@ def run_log(run_dir: Path | None, cfg: DictConfig):
         for logger, (level, disabled, propagate, handlers) in saved.items():
             logger.setLevel(level)
             logger.disabled, logger.propagate, logger.handlers = disabled, propagate, handlers
-        handler.close()
+        with suppress(OSError):  # its last flush on a full disk: those lines are lost, as the earlier ones were
+            handler.close()
 
 
 def log_to(path: Path | None) -> None:

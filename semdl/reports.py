@@ -3,6 +3,7 @@ table. Torch-free text."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from semdl.io.run_directory import RunDirectory
@@ -21,7 +22,10 @@ def report(run_dir: Path, summary: dict | None) -> None:
         ]
     )
     print(text)
-    RunDirectory(run_dir).append_log(text + "\n")  # the log keeps what the terminal showed
+    try:
+        RunDirectory(run_dir).append_log(text + "\n")  # the log keeps what the terminal showed
+    except OSError as error:  # the run is whole, and summary.json holds these numbers: a warning, not a failure
+        logging.getLogger("semdl").warning("%s: %s; the log lacks the lines above", error.filename, error.strerror)
 
 
 def residual_text(numbers: dict) -> str:

@@ -13,6 +13,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers.configs import SMALL_SYNTHETIC
 from helpers.datafiles import MNIST_FILES, write_cifar, write_mnist
@@ -98,6 +99,23 @@ def plugin_folders(root: Path, modules: Path) -> None:
         huge.truncate(65 * 2**20)
     os.mkfifo(root / "plugin_fifo" / "topology" / "fifo.yaml")
     (root / "plugin_binary" / "topology" / "binary.yaml").write_bytes(b"name: \x00\x01\n")
+RING = "0 1 1\n1 0 1\n1 1 0\n"  # nodes=3: each node links to both others
+PATH_GRAPH = "0 1 0\n1 0 1\n0 1 0\n"
+SCHEDULE = RING + PATH_GRAPH  # all links, then only those of node 1
+TABLE = "20 20 20 20\n20 20 20 20\n20 20 20 20\n"  # 60 training samples of each of the 4 classes, over 3 nodes
+READS_FILES = ["topology=file", "partition=table", "train.rounds=1", "eval.figures=false", "eval.classifiers=[knn]"]
+
+
+def train_reading_files(root: Path, name: str) -> Path:
+    """A run `name` that read its topology, schedule and partition table from the folder <name>_inputs (returned),
+    named by absolute paths."""
+    inputs = root / f"{name}_inputs"
+    inputs.mkdir()
+    for file, text in (("ring.txt", RING), ("schedule.txt", SCHEDULE), ("table.txt", TABLE)):
+        (inputs / file).write_text(text)
+    files = [f"topology.path={inputs / 'ring.txt'}", f"network.schedule={inputs / 'schedule.txt'}"]
+    train_in_process(root / name, *READS_FILES, *files, f"partition.path={inputs / 'table.txt'}")
+    return inputs
 
 
 def plain_mnist(folder: Path) -> Path:
@@ -145,6 +163,7 @@ def world(tmp_path_factory):
         huge.truncate(65 * 2**20)
     (root / "ring3.txt").write_text("0 1 1\n1 0 1\n1 1 0\n")
     (root / "bad_table.txt").write_text("5 5 5 5\n5 5\n")
+    (root / "greedy_table.txt").write_text("100 " * 10 + "\n" + ("100 " * 10 + "\n") * 4)  # 5 nodes x 10 digits
     write_mnist(root / "corrupt", "MNIST", train_per_class=2, test_per_class=1)
     archive = root / "corrupt" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     archive.write_bytes(archive.read_bytes()[:200])  # a real gzip stream, cut short
@@ -169,6 +188,19 @@ def world(tmp_path_factory):
     modules = tmp_path_factory.mktemp("plugin_modules")  # outside the world: importing writes __pycache__/
     plugin_folders(root, modules)
     sys.path.insert(0, str(modules))
+    # Runs whose input files changed, or went, after they started; and one started with relative paths.
+    (train_reading_files(root, "topology_changed") / "ring.txt").write_text(PATH_GRAPH)
+    (train_reading_files(root, "schedule_changed") / "schedule.txt").write_text(RING)
+    (train_reading_files(root, "table_changed") / "table.txt").write_text("10 10 10 10\n" * 3)
+    (train_reading_files(root, "input_gone") / "table.txt").unlink()
+    started_here = root / "started_here"
+    started_here.mkdir()
+    for file, text in (("ring.txt", RING), ("schedule.txt", SCHEDULE), ("table.txt", TABLE)):
+        (started_here / file).write_text(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(started_here)
+        relative = ["topology.path=ring.txt", "network.schedule=schedule.txt", "partition.path=table.txt"]
+        train_in_process(root / "relative", *READS_FILES, *relative)
     yield root
     sys.path.remove(str(modules))
     holder.kill()
@@ -291,6 +323,33 @@ CASES = [
     (["train", "resume={world}/foreign"], "belongs to another experiment than this run (seed differs"),
     (["train", "resume={world}/broken"], "no usable checkpoint in"),
     (["train", "-m", "resume={world}/done"], "cannot be part of a -m sweep"),
+    # inputs that changed since the run started: resume= and eval read what the run read, or refuse
+    (
+        ["train", "resume={world}/topology_changed", "train.rounds=3"],
+        "topology.path={world}/topology_changed_inputs/ring.txt changed since the run started (its SHA-256 differs "
+        "from the one recorded in {world}/topology_changed/inputs.json); restore it, or start a new run",
+    ),
+    (
+        ["train", "resume={world}/schedule_changed", "train.rounds=3"],
+        "network.schedule={world}/schedule_changed_inputs/schedule.txt changed since the run started",
+    ),
+    (
+        ["train", "resume={world}/table_changed", "train.rounds=3"],
+        "partition.path={world}/table_changed_inputs/table.txt changed since the run started",
+    ),
+    (
+        ["train", "resume={world}/input_gone", "train.rounds=3"],
+        "partition.path={world}/input_gone_inputs/table.txt is gone since the run started (recorded in "
+        "{world}/input_gone/inputs.json); restore it, or start a new run",
+    ),
+    (["eval", "{world}/topology_changed"], "topology.path={world}/topology_changed_inputs/ring.txt changed since"),
+    (["eval", "{world}/input_gone"], "partition.path={world}/input_gone_inputs/table.txt is gone since"),
+    (
+        ["train", "resume={world}/topology_changed", "train.rounds=3", "topology.path={world}/ring3.txt"],
+        "resume cannot change topology.path",
+    ),
+    # found only once the data is loaded, after the run directory was made: the failed start removes it
+    (["train", "partition=table", "partition.path={world}/greedy_table.txt"], "but the table asks for 500"),
     # eval
     (["eval"], "semdl eval needs a run directory"),
     (["eval", "{world}/missing"], "no such run directory"),
@@ -529,3 +588,37 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments, message, wor
     assert snapshot(world) == world_before, "an existing run or file was changed"
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert all(path.is_relative_to(tmp_path / "fresh") for path in written), written
+    assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").iterdir())  # a failed start leaves nothing
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_directory(world, tmp_path, monkeypatch):
+    """topology.path, network.schedule and partition.path given relative to where the run started are saved
+    absolute, with the SHA-256 of what they held: a resume started elsewhere, where other files lie under the same
+    names (unreadable ones), reads the files the run read, and continues."""
+    started_here = world / "started_here"
+    run = tmp_path / "run"
+    shutil.copytree(world / "relative", run)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    saved = (config["topology"]["path"], config["network"]["schedule"], config["partition"]["path"])
+    assert saved == tuple(str(started_here / file) for file in ("ring.txt", "schedule.txt", "table.txt"))
+    recorded = [
+        (entry["key"], entry["path"], entry["sha256"])
+        for entry in json.loads((run / "inputs.json").read_text())["inputs"]
+    ]
+    assert recorded == [
+        (key, str(started_here / file), hashlib.sha256(text.encode()).hexdigest())
+        for key, file, text in (
+            ("topology.path", "ring.txt", RING),
+            ("network.schedule", "schedule.txt", SCHEDULE),
+            ("partition.path", "table.txt", TABLE),
+        )
+    ]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for file in ("ring.txt", "schedule.txt", "table.txt"):
+        (elsewhere / file).write_text("not what the run read\n")
+    monkeypatch.chdir(elsewhere)
+    world_before = snapshot(world)
+    main(["train", f"resume={run}", "train.rounds=2"])
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 2
+    assert snapshot(world) == world_before

@@ -150,6 +150,29 @@ def test_bad_value_in_a_sweep_fails_before_any_job_runs(tmp_path, capsys, monkey
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize(
+    "world_size, overrides, message",
+    [
+        ("4", ["comm=torch_distributed"], "comm=torch_distributed runs 4 processes but the network has 3 node(s)"),
+        ("2", ["solver=centralized", "comm=torch_distributed"], "runs 2 processes but the network has 1 node(s)"),
+        ("2", [], "torchrun started 2 processes but comm=in_process would run the whole network in each"),
+        ("2", ["comm=torch_distributed", "comm.backend=nccl"], "comm.backend=nccl needs CUDA devices"),
+    ],
+)
+def test_a_torchrun_launch_that_cannot_run_is_refused_before_any_directory(
+    world_size, overrides, message, tmp_path, capsys, monkeypatch
+):
+    """Rank 0 of a torchrun job (its environment) whose launch cannot run: one line while the config is checked,
+    before the run directory exists, rather than after it was created and the ranks met."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setenv("RANK", "0")
+    result = in_process(capsys, "train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}/run")
+    assert result.status == 2, result.err
+    assert len(result.err.strip().splitlines()) == 1 and message in result.err, result.err
+    assert list(tmp_path.iterdir()) == []
+
+
 @integration
 def test_partition_command_prints_and_saves_without_training(tmp_path):
     """The installed `semdl partition`: the table on stdout, partition.json and its figure, no training."""

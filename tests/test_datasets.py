@@ -69,6 +69,20 @@ def test_torchvision_layout_is_preferred_and_layouts_are_never_mixed(tmp_path):
     assert_loaded(load_dataset(config), flat)  # all four from the flat layout, none of the three nested ones
 
 
+def test_a_dataset_names_the_files_it_reads(tmp_path, monkeypatch):
+    """What a run records of its data (inputs.json): the idx files of the layout read, the CIFAR batches and meta."""
+    write_mnist(tmp_path / "flat", None, train_per_class=1, test_per_class=1, plain=MNIST_FILES[:1])
+    write_mnist(tmp_path / "flat", "MNIST", train_per_class=1, test_per_class=1)
+    (tmp_path / "flat" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()  # the nested layout is incomplete
+    flat = [tmp_path / "flat" / (name if name in MNIST_FILES[:1] else f"{name}.gz") for name in MNIST_FILES]
+    assert semdl_datasets.dataset_files(data_config("mnist", tmp_path / "flat")) == flat
+    write_cifar(tmp_path / "cifar", "cifar10", train_per_class=1, test_per_class=1, monkeypatch=monkeypatch)
+    batches = tmp_path / "cifar" / "cifar-10-batches-py"
+    expected = [batches / name for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]]
+    assert semdl_datasets.dataset_files(data_config("cifar10", tmp_path / "cifar")) == expected
+    assert semdl_datasets.dataset_files(composed(["data=digits"]).data) == []
+
+
 def tree(root) -> dict:
     """Every path under root (root included) -> its mode, size and modification time."""
     return {

@@ -3,6 +3,8 @@ of its group's choices."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -41,6 +43,13 @@ def test_an_outside_solver_runs_and_equals_primal_dual_without_dual_steps(tmp_pa
     main(["train", "solver=primal_dual", "solver.dual_step=0", *QUICK, "hydra.run.dir=builtin"])
     outside, builtin = node_rows(tmp_path / "outside"), node_rows(tmp_path / "builtin")
     assert len(outside) == 9 and outside == builtin
+    # the option's YAML file is an input of the run, recorded (a resume refuses it changed); the built-in has none
+    option = (project / "conf" / "solver" / "penalty.yaml").resolve()
+    digest = hashlib.sha256(option.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "outside" / "inputs.json").read_text())["inputs"] == [
+        {"key": "solver", "value": "penalty", "path": str(option), "sha256": digest, "bytes": option.stat().st_size}
+    ]
+    assert json.loads((tmp_path / "builtin" / "inputs.json").read_text()) == {"inputs": []}
     assert all(row[-1] > 0 for row in outside)  # it shares statistics, and the bytes are counted
     capsys.readouterr()
     main(["table", "outside", "builtin"])

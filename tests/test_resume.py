@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers.configs import SMALL_SYNTHETIC, composed, without_timing
+from semdl.cli import main
 from semdl.errors import NumericalError
 from semdl.experiment import resume_experiment, run_experiment
 from semdl.io import read_metrics
@@ -249,6 +250,33 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["round"] == 4
     assert rounds_written(tmp_path) == 4  # the bad round's rows were not written
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.integration  # a run through the CLI
+def test_a_non_finite_loss_in_round_one_points_to_no_checkpoint_and_leaves_no_folder(
+    tmp_path, monkeypatch, one_thread, capsys
+):
+    """Round 1 fails before any checkpoint: the line says so (no checkpoints/ folder to point to, no resume=), and
+    the run directory, holding nothing a user could want back, is removed as a failed start is."""
+    import semdl.solvers.primal_dual as primal_dual
+
+    original = primal_dual.group_loss
+
+    def poisoned(group, neighbors, config, training):
+        loss = original(group, neighbors, config, training)
+        return lambda features, labels: loss(features, labels) * float("nan")
+
+    monkeypatch.setattr(primal_dual, "group_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as status:
+        main(["train", *SOLVERS["primal_dual"], "train.rounds=2", f"hydra.run.dir={run}"])
+    assert status.value.code == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("semdl")]
+    assert lines == [
+        "semdl: numerical failure: round 1, node 0: its training loss is nan; stopped before its first checkpoint "
+        "was written"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test

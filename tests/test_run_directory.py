@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,21 +167,112 @@ def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeyp
 
 
 @pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
-def test_a_full_disk_is_one_line_naming_the_file(tmp_path, one_thread, monkeypatch, capsys):
-    def disk_full(directory, payload, keep):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / ".last.pt.tmp"))
+@pytest.mark.parametrize(
+    "failing, offer",
+    [(2, "; once fixed, continue with: semdl train resume={run}"), (1, "")],
+    ids=["after-a-checkpoint", "before-any-checkpoint"],
+)
+def test_a_full_disk_is_one_line_naming_the_file(failing, offer, tmp_path, one_thread, monkeypatch, capsys):
+    """The disk fills while checkpoint number `failing` is written: the write's error names no file, the line names
+    the checkpoint, leaves no temporary file, and offers resume= only where an earlier checkpoint is intact."""
+    real_save, saves = torch.save, []
 
-    import semdl.pipeline.loop as loop
+    def save(payload, handle, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == failing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write on a full disk: no file name
+        real_save(payload, handle, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "save_checkpoint", disk_full)
+    monkeypatch.setattr(torch, "save", save)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as status:
-        main(["train", *QUICK, "train.rounds=4", "train.checkpoint_every=2", f"hydra.run.dir={run}"])
+        main(["train", *QUICK, "train.rounds=3", "train.checkpoint_every=1", f"hydra.run.dir={run}"])
     assert status.value.code == 1
+    line = f"semdl: {run / 'checkpoints' / 'last.pt'}: No space left on device" + offer.format(run=run)
+    assert one_line(capsys) == line
+    assert [path.name for path in (run / "checkpoints").iterdir()] == (["last.pt"] if failing == 2 else [])
+    if failing == 2:
+        assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["round"] == 1
+
+
+def test_a_write_that_fails_without_a_file_name_names_the_file(tmp_path, monkeypatch):
+    """A full disk fails the write or the fsync, whose OSError names no file: the writers add the file they write."""
+    from semdl.io import MetricsWriter, write_json
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as raised:
+        write_json(tmp_path / "eval.json", {"round": 1})
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(tmp_path / "eval.json"))
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+    assert outcome_line(raised.value, None) == f"semdl: {tmp_path / 'eval.json'}: No space left on device"
+    with pytest.raises(OSError) as raised:  # /dev/full: every write that reaches it fails as on a full disk
+        MetricsWriter(Path("/dev/full")).write_round([{"round": 1, "node": 0}])
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, "/dev/full")
+
+
+@pytest.mark.integration  # a whole run through the CLI
+def test_a_log_line_that_cannot_be_written_prints_no_traceback(tmp_path, one_thread, monkeypatch, capsys):
+    """semdl's lines of the run log go to a file where every write fails as on a full disk (/dev/full): the run,
+    whose own files are whole, still ends normally; logging prints none of its tracebacks, and the headline that the
+    log could not take is one warning."""
+    from semdl.io.run_directory import RunDirectory
+
+    monkeypatch.setattr(RunDirectory, "log", property(lambda self: Path("/dev/full")))
+    main(["train", *QUICK, "train.rounds=1", "eval.figures=false", f"hydra.run.dir={tmp_path / 'run'}"])
+    out, stderr = capsys.readouterr()
+    assert "Logging error" not in stderr and "Traceback" not in stderr, stderr
+    assert "/dev/full: No space left on device; the log lacks the lines above" in out + stderr  # Hydra's console
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def outcome_line(error: BaseException, run_dir) -> str:
+    from semdl.exits import outcome as exit_outcome
+
+    return exit_outcome(error, "", run_dir)[1]
+
+
+def test_resume_is_offered_only_where_a_checkpoint_exists(tmp_path):
+    """A stop, a fault of the environment and a device out of memory offer `semdl train resume=` for a run
+    directory holding a checkpoint, and for no other."""
+    from semdl.errors import Stopped
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    errors = [
+        Stopped(signal.SIGTERM),
+        OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(run / "metrics.jsonl")),
+        MemoryError(),
+    ]
+    for error in errors:
+        assert "resume=" not in outcome_line(error, run), error
+    (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    for error in errors:
+        assert outcome_line(error, run).endswith(f"semdl train resume={run}"), error
+
+
+@pytest.mark.integration  # a run's setup through the CLI: over the fast tier's 2 s when it is the first to compose
+def test_a_tracker_that_cannot_start_leaves_no_folder(tmp_path, one_thread, monkeypatch, capsys):
+    """A tracker that wrote its first file and then failed to start stops the run before round 1 (exit 2, one line);
+    the fresh run directory, which could be neither rerun (it holds files) nor resumed (no checkpoint), is removed
+    with what the tracker left in it."""
+    from semdl.tracking.csv_files import CsvFiles
+
+    def start(self, hyperparameters, run_id, resumed):
+        (self.run_dir / "hyperparameters.csv").write_text("key,value\n")
+        raise ConnectionError("the store refused")
+
+    monkeypatch.setattr(CsvFiles, "start", start)
+    run = tmp_path / "outputs" / "run"
+    with pytest.raises(SystemExit) as status:
+        main(["train", *QUICK, "logger=csv", f"hydra.run.dir={run}"])
+    assert status.value.code == 2
     assert one_line(capsys) == (
-        f"semdl: {run / 'checkpoints' / '.last.pt.tmp'}: No space left on device; once fixed, continue with: "
-        f"semdl train resume={run}"
+        "semdl: error: logger=csv cannot start (ConnectionError: the store refused); the run stopped before round 1"
     )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test

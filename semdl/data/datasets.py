@@ -535,12 +535,14 @@ def _per_channel(key: str, values, channels: int) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class DatasetKind:
     """How the pipeline uses one `data` option: load it (on the CPU), and know its input shape and class count
-    without loading anything (config validation needs both); `check` refuses impossible settings in one line."""
+    without loading anything (config validation needs both); `check` refuses impossible settings in one line;
+    `files` names the files `load` read (a run records their content, so that resuming it reads the same data)."""
 
     load: Callable[..., Dataset]
     input_shape: Callable[..., tuple[int, ...]]
     num_classes: Callable[..., int]
     check: Callable[..., None] = lambda cfg: None
+    files: Callable[..., list[Path]] = lambda cfg: []
 
 
 DATASETS: Registry[DatasetKind] = Registry("data", "dataset")
@@ -675,6 +677,15 @@ def load_images(cfg) -> Dataset:
     return _capped(replace(dataset, pipeline=pipeline), cfg)
 
 
+def image_files(cfg) -> list[Path]:
+    """The files a torchvision dataset is read from: MNIST's four idx files (from the layout that holds them all),
+    CIFAR's batches and meta file."""
+    root = Path(cfg.root).expanduser()
+    if cfg.name in MNIST_FAMILY:
+        return list((_complete_idx_files(cfg.name, root) or {}).values())
+    return [file for file in cifar_files(cfg.name, root) if file.is_file()]
+
+
 def _check_images(cfg) -> None:
     if cfg.augment not in AUGMENTATIONS:
         raise UserError(f"data.augment={cfg.augment!r} is not allowed; choose one of: {', '.join(AUGMENTATIONS)}")
@@ -692,6 +703,7 @@ def _image_kind(channels: int, size: int, num_classes: int) -> DatasetKind:
         input_shape=lambda cfg: (channels, cfg.resize or size, cfg.resize or size),
         num_classes=lambda cfg: num_classes,
         check=_check_images,
+        files=image_files,
     )
 
 
@@ -737,6 +749,12 @@ def with_defaults(cfg):
 def input_shape(cfg) -> tuple[int, ...]:
     """The shape of one encoder input for the `data` config group, known without loading any data."""
     return DATASETS.resolve(cfg).value.input_shape(with_defaults(cfg))
+
+
+def dataset_files(cfg) -> list[Path]:
+    """The files the `data` config group's dataset is read from (none for a generated or bundled one)."""
+    kind = DATASETS.resolve(cfg).value
+    return list(getattr(kind, "files", lambda settings: [])(with_defaults(cfg)))
 
 
 def load_dataset(cfg) -> Dataset:

@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any
 
 
+def naming(error: OSError, path: Path) -> OSError:
+    """`error` naming `path` when it names no file: a write or fsync on a full disk (ENOSPC), or past a file size
+    limit (EFBIG), says only what failed, and the user's line must say where."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return OSError(error.errno, error.strerror, str(path))
+
+
 def _write_synced(path: Path, write) -> Path:
     """Write a temporary file beside `path` and fsync it; return its path. The temporary file is named after the
-    writing process, and removed when the write fails (a full disk leaves nothing partial behind)."""
+    writing process, and removed when the write fails (a full disk leaves nothing partial behind, and the error
+    names `path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -21,6 +30,9 @@ def _write_synced(path: Path, write) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise naming(error, path) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -32,6 +44,8 @@ def _sync_directory(directory: Path) -> None:
     handle = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(handle)
+    except OSError as error:
+        raise naming(error, directory) from None
     finally:
         os.close(handle)
 
@@ -58,6 +72,11 @@ def write_json(path: Path, payload: Any) -> None:
     _replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) via a temporary file, fsync and rename."""
+    _replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
+
+
 def write_figure(figure, path: Path) -> None:
     """A matplotlib figure as PNG, written like every other file: whole, or not at all (a full disk)."""
     _replace_atomically(Path(path), lambda handle: figure.savefig(handle, dpi=120, format="png"))
@@ -79,11 +98,17 @@ class MetricsWriter:
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def write_round(self, rows: list[dict]) -> None:
-        self._handle.write("".join(json.dumps(_json_ready(row)) + "\n" for row in rows))
-        self._handle.flush()
+        try:
+            self._handle.write("".join(json.dumps(_json_ready(row)) + "\n" for row in rows))
+            self._handle.flush()
+        except OSError as error:
+            raise naming(error, self.path) from None
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()  # flushes what a failed write left in the buffer
+        except OSError as error:
+            raise naming(error, self.path) from None
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -9,9 +9,12 @@ gets its name here.
 The layout:
 
     <run_dir>/
-      .hydra/config.yaml      the composed config (Hydra writes it; semdl reads it back)
+      .hydra/config.yaml      the composed config (Hydra writes it; semdl rewrites it once, with the input paths
+                              made absolute, and reads it back)
       .semdl-writer.json      who writes the directory now (or wrote it last and died)
       semdl.log               the run's log, the headline numbers, and the traceback of a crash
+      inputs.json             every file the run read at start (topology, schedule, partition table, dataset,
+                              option YAML): its config key, absolute path and SHA-256
       partition.json          the partition of the training set (its run_id names the run)
       metrics.jsonl           one row per node and round, the network's, the evaluations'
       checkpoints/            last.pt, previous.pt, previous-2.pt, ...
@@ -52,15 +55,18 @@ from semdl.io.files import (
     MetricsWriter,
     _sync_directory,
     _write_synced,
+    naming,
     read_metrics,
     truncate_metrics,
     write_json,
+    write_text,
 )
 
 # A run's files.
 CONFIG_FOLDER, CONFIG = ".hydra", "config.yaml"
 WRITER = ".semdl-writer.json"
 LOG = "semdl.log"
+INPUTS = "inputs.json"
 PARTITION = "partition.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -85,6 +91,16 @@ CSV_TABLES = {
 HYPERPARAMETERS = "hyperparameters.csv"
 TENSORBOARD = "tensorboard"
 MLFLOW_RUN, MLFLOW_STORE, MLFLOW_ARTIFACTS = "mlflow_run.json", "mlflow.db", "mlflow-artifacts"
+MLFLOW_STORE_LOCK = f"{MLFLOW_STORE}.lock"  # semdl.tracking.mlflow_store locks its sqlite store through it
+TRACKER_FILES = {
+    *CSV_TABLES.values(),
+    HYPERPARAMETERS,
+    TENSORBOARD,
+    MLFLOW_RUN,
+    MLFLOW_STORE,
+    MLFLOW_STORE_LOCK,
+    MLFLOW_ARTIFACTS,
+}
 # A sweep's folder (beside its jobs' run directories).
 FAILURES = "failures.jsonl"  # one line per failed job
 SEARCH_RESULTS = "search.json"  # hydra/sweeper=optuna's trials and best value
@@ -113,6 +129,10 @@ class RunDirectory:
     @property
     def log(self) -> Path:
         return self.path / LOG
+
+    @property
+    def inputs(self) -> Path:
+        return self.path / INPUTS
 
     @property
     def partition(self) -> Path:
@@ -178,13 +198,16 @@ class RunDirectory:
 
     def holds_only_a_failed_start(self) -> bool:
         """Nothing here but what Hydra and semdl write before a run's first round: .hydra/, the log, the writer
-        record, the partition (with its figure) and the clusters. No metrics, checkpoint or tracker file: nothing a
-        user could want back."""
+        record, the inputs record, the partition (with its figure), the clusters, what a tracker that could not
+        start left (its store holds no round), and a metrics.jsonl that round 1 opened and never wrote a row to (a
+        numerical failure, a stop). No metrics row or checkpoint: nothing a user could want back."""
         if not self.path.is_dir():
             return False
         if self.figures.is_dir() and any(path.name != PARTITION_FIGURE for path in self.figures.iterdir()):
             return False
-        before_round_one = {CONFIG_FOLDER, LOG, WRITER, PARTITION, CLUSTERS, FIGURES}
+        before_round_one = {CONFIG_FOLDER, LOG, WRITER, INPUTS, PARTITION, CLUSTERS, FIGURES, *TRACKER_FILES}
+        if self.metrics.is_file() and self.metrics.stat().st_size == 0:
+            before_round_one.add(METRICS)
         if not all(path.name in before_round_one for path in self.path.iterdir()):
             return False
         # A bug's traceback is kept in the log, and the line the user saw points there.
@@ -243,8 +266,15 @@ class RunDirectory:
         save_checkpoint(self.checkpoints, payload, keep)
 
     def append_log(self, text: str) -> None:
-        with open(self.log, "a", encoding="utf-8") as log:
-            log.write(text)
+        try:
+            with open(self.log, "a", encoding="utf-8") as log:
+                log.write(text)
+        except OSError as error:
+            raise naming(error, self.log) from None
+
+    def write_text(self, path: Path, text: str) -> None:
+        """Replace the file at `path` (one of this directory's) with `text`, atomically."""
+        write_text(path, text)
 
     def record_failure(self, record: dict) -> None:
         """A failed job of a sweep, as one line of the sweep's failures.jsonl."""

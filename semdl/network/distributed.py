@@ -46,6 +46,38 @@ def rank_nodes(num_nodes: int) -> str:
     return f"{block[0]}-{block[-1]}" if len(block) else "none"
 
 
+def check_ranks(num_nodes: int, world_size: int) -> None:
+    if num_nodes < world_size:
+        raise UserError(
+            f"comm=torch_distributed runs {world_size} processes but the network has {num_nodes} node(s); "
+            "launch at most one process per node"
+        )
+
+
+def check_backend(backend: str, on_cuda: bool) -> None:
+    if backend == "nccl" and not on_cuda:
+        raise UserError("comm.backend=nccl needs CUDA devices; use comm.backend=gloo (or auto) on the CPU")
+
+
+def in_process_under_torchrun() -> UserError:
+    return UserError(
+        f"torchrun started {os.environ['WORLD_SIZE']} processes but comm=in_process would run the whole network "
+        "in each; add comm=torch_distributed"
+    )
+
+
+def check_launch(comm, trained_nodes: int, on_cuda: bool) -> None:
+    """Refuse a torchrun launch that cannot run, before any rank creates its run directory: comm=in_process under
+    torchrun, more ranks than the network trains nodes, NCCL without CUDA. (Each is checked again where it would
+    fail, for a run started without the command line.)"""
+    if not launched_by_torchrun():
+        return
+    if comm.name != "torch_distributed":
+        raise in_process_under_torchrun()
+    check_ranks(trained_nodes, int(os.environ["WORLD_SIZE"]))
+    check_backend(comm.backend, on_cuda)
+
+
 @dataclass(frozen=True)
 class RankLayout:
     """Nodes in contiguous, balanced blocks over the ranks: blocks[r] lists the nodes rank r runs."""
@@ -55,11 +87,7 @@ class RankLayout:
 
     @classmethod
     def balanced(cls, num_nodes: int, world_size: int, rank: int) -> RankLayout:
-        if num_nodes < world_size:
-            raise UserError(
-                f"comm=torch_distributed runs {world_size} processes but the network has {num_nodes} node(s); "
-                "launch at most one process per node"
-            )
+        check_ranks(num_nodes, world_size)
         return cls([block.tolist() for block in np.array_split(np.arange(num_nodes), world_size)], rank)
 
     @property
@@ -89,8 +117,7 @@ def start_process_group(backend: str, timeout_seconds: float, device: torch.devi
         )
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" and not sharing_gpus() else "gloo"
-    if backend == "nccl" and device.type != "cuda":
-        raise UserError("comm.backend=nccl needs CUDA devices; use comm.backend=gloo (or auto) on the CPU")
+    check_backend(backend, device.type == "cuda")
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
 

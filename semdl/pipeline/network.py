@@ -34,6 +34,7 @@ from semdl.network.conditions import unreliability_of
 from semdl.network.distributed import (
     DistributedCommunicator,
     RankLayout,
+    in_process_under_torchrun,
     launched_by_torchrun,
     process_rank,
     start_process_group,
@@ -69,10 +70,7 @@ def process_device(cfg: DictConfig) -> torch.device:
             torch.cuda.set_device(device)
         start_process_group(cfg.comm.backend, cfg.comm.timeout, device)
     elif launched_by_torchrun():
-        raise UserError(
-            f"torchrun started {os.environ['WORLD_SIZE']} processes but comm=in_process would run the whole network "
-            "in each; add comm=torch_distributed"
-        )
+        raise in_process_under_torchrun()
     return device
 
 

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from semdl.checkpoint import changed_keys, read_checkpoint, saved_partition
 from semdl.errors import UserError
+from semdl.inputs import check_inputs
 from semdl.io.files import DamagedMetrics
 from semdl.io.run_directory import RunDirectory
 from semdl.schema import EVALUATIONS, Config, upgrade_saved_config
@@ -88,8 +89,9 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     """Read `run_dir` for `command` ("resume", "semdl eval"), with `overrides` of the keys in `allowed` only.
 
     Refuses, with one line each: a missing directory or one that is not a semdl run, an override outside
-    `allowed`, and files that do not belong to one run: the checkpoint, partition.json, .hydra/config.yaml and
-    summary.json must name the same run and config, and the summary no later round than the checkpoint's.
+    `allowed`, files that do not belong to one run (the checkpoint, partition.json, .hydra/config.yaml and
+    summary.json must name the same run and config, and the summary no later round than the checkpoint's), and an
+    input file the run read at its start (inputs.json) that changed or is gone since.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -150,6 +152,7 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     summary = _read_json(run.summary, "a run summary") if run.summary.exists() else None
     if summary is not None and summary.get("run_id") != checkpoint["run_id"]:
         raise UserError(f"{run.summary} belongs to another run than {checkpoint_file}")
+    check_inputs(run_dir)
     return SavedRun(run_dir, cfg, checkpoint, checkpoint_file, parts, summary)
 
 
