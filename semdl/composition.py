@@ -22,7 +22,6 @@ from semdl.errors import UserError, install_hint
 from semdl.io.text import read_text_file
 
 CONFIG_MODULE = "semdl.conf"  # the configs ship inside the package, so any install finds them
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 SEARCHPATH = "hydra.searchpath"
 SEARCH = "hydra_plugins.semdl_search.OptunaSearch"  # hydra/sweeper=optuna's _target_
 EXTRAS = {  # the config a Hydra plugin brings, and what to install for it

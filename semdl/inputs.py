@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from semdl.conf import CONF_DIR
 from semdl.errors import UserError
 from semdl.io.run_directory import RunDirectory
 
@@ -149,8 +150,6 @@ def _readable_sha256(path: Path) -> str:
 def option_files(run_dir: Path) -> list[tuple[str, str, Path]]:
     """(group, option, file) for each option the run's config composed from a user's YAML file (a folder given with
     --config-dir or hydra.searchpath); none outside a Hydra job. semdl's own option files are part of semdl."""
-    from semdl.composition import CONF_DIR
-
     job = _hydra_job(run_dir)
     if job is None:
         return []

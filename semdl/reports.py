@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from semdl.io.run_directory import RunDirectory
+from semdl.io.table import residual_text
 
 
 def report(run_dir: Path, summary: dict | None) -> None:
@@ -26,13 +27,6 @@ def report(run_dir: Path, summary: dict | None) -> None:
         RunDirectory(run_dir).append_log(text + "\n")  # the log keeps what the terminal showed
     except OSError as error:  # the run is whole, and summary.json holds these numbers: a warning, not a failure
         logging.getLogger("semdl").warning("%s: %s; the log lacks the lines above", error.filename, error.strerror)
-
-
-def residual_text(numbers: dict) -> str:
-    """The consensus residual as the headline shows it; a word where it has no value (no edge joins two nodes that
-    share a class: one node, or a graph without edges)."""
-    residual = numbers["consensus_residual"]
-    return "undefined (no edges)" if residual is None else f"{residual:.2e}"
 
 
 def accuracy_lines(numbers: dict) -> str:

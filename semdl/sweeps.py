@@ -235,7 +235,7 @@ def stopped_sweep_report(sweep_dir: Path, jobs: int, signum: int) -> NoReturn:
     import yaml
 
     started = sorted(
-        (folder for folder in sweep_dir.iterdir() if (folder / ".hydra" / "overrides.yaml").is_file()),
+        (folder for folder in sweep_dir.iterdir() if RunDirectory(folder).hydra_overrides.is_file()),
         key=lambda folder: (len(folder.name), folder.name),
     )
     done, lines = 0, []
@@ -246,7 +246,7 @@ def stopped_sweep_report(sweep_dir: Path, jobs: int, signum: int) -> NoReturn:
         elif run.holds_checkpoint():
             lines.append(f"semdl: {folder}: continue with: semdl train resume={folder}")
         else:
-            overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
+            overrides = yaml.safe_load(run.hydra_overrides.read_text(encoding="utf-8")) or []
             lines.append(f"semdl: {folder}: no checkpoint yet; run it again with: semdl train {' '.join(overrides)}")
     waiting = jobs - len(started)
     for line in lines:

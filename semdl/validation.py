@@ -48,9 +48,8 @@ def _at_least(key: str, value: int, low: int) -> None:
 
 
 def _reject_unusable_numbers(value: Any, key: str = "") -> None:
-    """NaN and infinities pass every `>`/`<` range check, floats beyond float32 and integers beyond int64 pass
-    Python but not torch or numpy: refuse them anywhere in the config (lists and the config groups' keys
-    included)."""
+    """NaN and infinities pass every `>`/`<` range check, and integers beyond int64 pass Python but not torch or
+    numpy: refuse them anywhere in the config (lists and the config groups' keys included)."""
     if isinstance(value, dict):
         for name, item in value.items():
             _reject_unusable_numbers(item, f"{key}.{name}" if key else str(name))
@@ -59,11 +58,21 @@ def _reject_unusable_numbers(value: Any, key: str = "") -> None:
             _reject_unusable_numbers(item, f"{key}[{index}]")
     elif isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{key}={value} is not a finite number")
-    elif isinstance(value, float) and abs(value) > FLOAT32_MAX:
-        # Every float setting ends up in float32 tensor arithmetic (learning rates, weight decay, rho, noise).
-        raise UserError(f"{key}={value} is out of range; numbers must lie within float32's range (±{FLOAT32_MAX:.3g})")
     elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise UserError(f"{key}={value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
+
+
+def _reject_beyond_float32(value: Any, key: str = "") -> None:
+    """Float settings end up in float32 tensor arithmetic (learning rates, weight decay, rho, noise), where a value
+    beyond float32's range overflows mid-run: refuse it (after the keys' own ranges, which say more)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _reject_beyond_float32(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_beyond_float32(item, f"{key}[{index}]")
+    elif isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        raise UserError(f"{key}={value} is out of range; numbers must lie within float32's range (±{FLOAT32_MAX:.3g})")
 
 
 def _probability(key: str, value: float) -> None:
@@ -247,4 +256,5 @@ def validate(cfg: DictConfig) -> None:
     _at_least("eval.heatmap_every", cfg.eval.heatmap_every, 0)
     _choice("eval.similarity", cfg.eval.similarity, SIMILARITIES)
     _at_least("eval.heatmap_per_class", cfg.eval.heatmap_per_class, 1)
+    _reject_beyond_float32(OmegaConf.to_container(cfg, resolve=False))
     check_memory(cfg)

@@ -433,7 +433,7 @@ CASES = [
     (["train", "resume={world}/done", "train.rounds=3", "eval.knn_k=81"], "eval.knn_k=81 is out of range"),
     (["train", *QUICK, "solver=centralized", "eval.knn_k=241"], "no node holds more than 240 training samples"),
     (["train", "train.lr=1e300"], "train.lr=1e+300 is out of range; numbers must lie within float32's range"),
-    (["train", "solver.rho=-1e39"], "solver.rho=-1e+39 is out of range; numbers must lie within float32's range"),
+    (["train", "solver.rho=1e39"], "solver.rho=1e+39 is out of range; numbers must lie within float32's range"),
     (["eval", "{world}/done", "eval.probe_lr=1e39"], "eval.probe_lr=1e+39 is out of range"),
     # semdl table: nothing readable left
     (

@@ -35,7 +35,7 @@ LAYERS = [
     ["semdl.solvers", "semdl.eval", "semdl.tracking"],
     ["semdl.checkpoint", "semdl.resources"],
     ["semdl.options", "semdl.validation"],
-    ["semdl.pipeline"],
+    ["semdl.pipeline", "semdl.inputs"],
     ["semdl.experiment"],
     ["semdl.composition", "semdl.search", "semdl.exits", "semdl.logs", "semdl.reports", "semdl.sweeps", "semdl.help"],
     ["semdl.cli", "semdl.__main__"],

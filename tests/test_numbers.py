@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl import resources
 from semdl.cli import main
-from semdl.composition import CONF_DIR
+from semdl.conf import CONF_DIR
 from semdl.data import build_partition, load_dataset
 from semdl.errors import UserError
 from semdl.network import InProcessCommunicator

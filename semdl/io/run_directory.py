@@ -63,7 +63,7 @@ from semdl.io.files import (
 )
 
 # A run's files.
-CONFIG_FOLDER, CONFIG = ".hydra", "config.yaml"
+CONFIG_FOLDER, CONFIG, HYDRA_OVERRIDES = ".hydra", "config.yaml", "overrides.yaml"
 WRITER = ".semdl-writer.json"
 LOG = "semdl.log"
 INPUTS = "inputs.json"
@@ -125,6 +125,11 @@ class RunDirectory:
     @property
     def config(self) -> Path:
         return self.path / CONFIG_FOLDER / CONFIG
+
+    @property
+    def hydra_overrides(self) -> Path:
+        """The command line's overrides, as Hydra saved them."""
+        return self.path / CONFIG_FOLDER / HYDRA_OVERRIDES
 
     @property
     def log(self) -> Path:

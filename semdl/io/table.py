@@ -75,6 +75,13 @@ class Table:
     cells: dict[tuple, dict[str, Stat | None]]
 
 
+def residual_text(numbers: dict) -> str:
+    """The consensus residual as a headline or a progress line shows it; a word where it has no value (no edge joins
+    two nodes that share a class: one node, or a graph without edges)."""
+    residual = numbers["consensus_residual"]
+    return "undefined (no edges)" if residual is None else f"{residual:.2e}"
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
     """Every finished run directory (holding summary.json and .hydra/config.yaml) under `paths`, sorted, without
     repeats. A path holding none is fine as long as another one does: a folder of failed starts beside a good run

@@ -18,9 +18,9 @@ from semdl.checkpoint import checkpoint_state, restore_nodes
 from semdl.eval.evaluate import evaluate_accuracy, similarity_snapshot
 from semdl.hooks import RoundHook
 from semdl.io.run_directory import RunDirectory, similarity_figure
+from semdl.io.table import residual_text
 from semdl.network import Node
 from semdl.pipeline.network import Simulation, build_nodes
-from semdl.reports import residual_text
 from semdl.tracking.base import GuardedTracker
 
 progress_log = logging.getLogger("semdl.run")  # the run's semdl.log only: the terminal shows the progress bar

@@ -6,7 +6,8 @@ from __future__ import annotations
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from semdl.composition import CONF_DIR, load_registries
+from semdl.composition import load_registries
+from semdl.conf import CONF_DIR
 from semdl.network import topology_of
 from semdl.validation import validate
 
