@@ -358,6 +358,16 @@ TEN_LABELS = idx_header(0x08, 10) + bytes(10)
             gzip.compress(TEN_LABELS)[:-9],
             "is not a whole gzip file: Compressed file ended before the end-of-stream marker was reached",
         ),
+        (  # more data than promised, then a cut stream: reading stops one byte past the promise, before the cut
+            "t10k-labels-idx1-ubyte.gz",
+            gzip.compress(TEN_LABELS + bytes(2**20))[:-9],
+            "holds more than 10 bytes of data but its header promises 10",
+        ),
+        (
+            "t10k-labels-idx1-ubyte",
+            idx_header(0x08, 2**16, 2**16, 2**16),
+            "its header promises 281474976710656 bytes of data, more than the 4294967296 semdl reads from an idx file",
+        ),
         (
             "train-images-idx3-ubyte.gz",
             gzip.compress(b"\x12\x34\x56\x78" + bytes(100)),
@@ -378,6 +388,8 @@ TEN_LABELS = idx_header(0x08, 10) + bytes(10)
         "32x32-images",
         "gz-name-without-gzip",
         "truncated-gzip",
+        "gzip-longer-than-promised",
+        "header-promising-256-TiB",
         "foreign-archive",
     ],
 )

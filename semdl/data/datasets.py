@@ -186,33 +186,52 @@ UNREADABLE_FILE_ERRORS = (
 )
 
 
+IDX_MAX_BYTES = 4 * 2**30  # the most data semdl reads from one idx file (MNIST's largest holds 47 MB)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """The uint8 array of an idx file (MNIST's format), decompressed in memory when `path` ends in .gz.
 
     The header is big-endian: the magic number 0x000008NN (uint8 elements, NN dimensions), then NN uint32 sizes;
-    the data must hold exactly their product in bytes. Raises ValueError saying what is wrong with the file.
+    the data must hold exactly their product in bytes. Only that many bytes (and one more, to tell a longer file)
+    are read or decompressed, so a file whose data never ends, or a small gzip file that would decompress to far
+    more than its header promises, costs no more than the header's promise. Raises ValueError saying what is wrong
+    with the file.
     """
-    content = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            content = gzip.decompress(content)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-            raise ValueError(f"is not a whole gzip file: {error}") from None
-    elif content[:2] == b"\x1f\x8b":
-        raise ValueError("holds gzip data; its name must end in .gz")
-    if len(content) < 4:
-        raise ValueError(f"holds {len(content)} bytes, too few for an idx header")
-    magic = int.from_bytes(content[:4], "big")
-    ndim = magic & 0xFF
-    if magic >> 8 != 0x08 or ndim == 0:
-        raise ValueError(f"magic number 0x{magic:08x} is not an idx file of uint8")
-    header_size = 4 + 4 * ndim
-    if len(content) < header_size:
-        raise ValueError(f"holds {len(content)} bytes, too few for the header of a {ndim}-dimensional idx file")
-    shape = struct.unpack(f">{ndim}I", content[4:header_size])
-    if len(content) - header_size != prod(shape):
-        raise ValueError(f"holds {len(content) - header_size} bytes of data but its header promises {prod(shape)}")
-    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+    compressed = path.suffix == ".gz"
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as stream:
+            head = stream.read(4)
+            if not compressed and head[:2] == b"\x1f\x8b":
+                raise ValueError("holds gzip data; its name must end in .gz")
+            if len(head) < 4:
+                raise ValueError(f"holds {len(head)} bytes, too few for an idx header")
+            magic = int.from_bytes(head, "big")
+            ndim = magic & 0xFF
+            if magic >> 8 != 0x08 or ndim == 0:
+                raise ValueError(f"magic number 0x{magic:08x} is not an idx file of uint8")
+            sizes = stream.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise ValueError(
+                    f"holds {4 + len(sizes)} bytes, too few for the header of a {ndim}-dimensional idx file"
+                )
+            shape = struct.unpack(f">{ndim}I", sizes)
+            promised = prod(shape)
+            if promised > IDX_MAX_BYTES:
+                raise ValueError(
+                    f"its header promises {promised} bytes of data, more than the {IDX_MAX_BYTES} semdl reads from "
+                    "an idx file"
+                )
+            data = stream.read(promised + 1)
+            held = len(data) if compressed else os.fstat(stream.fileno()).st_size - 4 - 4 * ndim
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"is not a whole gzip file: {error}") from None
+    if len(data) > promised:
+        held_text = f"more than {promised} bytes" if compressed else f"{held} bytes"
+        raise ValueError(f"holds {held_text} of data but its header promises {promised}")
+    if len(data) < promised:
+        raise ValueError(f"holds {len(data)} bytes of data but its header promises {promised}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def idx_layouts(name: str, root: Path) -> list[Path]:
