@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from semdl.errors import UserError
 from semdl.io.run_directory import RunDirectory
+from semdl.io.text import read_bounded
 from semdl.network import Node
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def saved_partition(run_dir: Path) -> tuple[dict, list[np.ndarray]]:
     """The partition a run saved (partition.json): its header and one index array per node."""
     path = RunDirectory(run_dir).partition
     try:
-        partition = json.loads(path.read_text(encoding="utf-8-sig"))
+        partition = json.loads(read_bounded(path).decode("utf-8-sig"))
         parts = [np.asarray(node["indices"], dtype=np.int64) for node in partition["nodes"]]
         return {key: value for key, value in partition.items() if key != "nodes"}, parts
     except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from semdl.conf import CONF_DIR
 from semdl.errors import UserError
 from semdl.io.run_directory import RunDirectory
+from semdl.io.text import read_bounded
 
 # The config keys that name a file or folder a run reads, resolved at its start.
 PATH_KEYS = ("topology.path", "network.schedule", "partition.path", "data.root")
@@ -112,7 +113,7 @@ def recorded_inputs(run_dir: Path) -> list[Input]:
     if not run.inputs.exists():
         return []
     try:
-        entries = json.loads(run.inputs.read_text(encoding="utf-8"))["inputs"]
+        entries = json.loads(read_bounded(run.inputs).decode("utf-8"))["inputs"]
         return [Input(**entry) for entry in entries]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"cannot read {run.inputs}: {str(error).splitlines()[0][:200]}") from None

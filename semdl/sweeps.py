@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from semdl.errors import Interrupted, Stopped, UserError
 from semdl.exits import exit_with, log_the_line, outcome
 from semdl.io.run_directory import RunDirectory, sweep_failures
+from semdl.io.text import MAX_METRICS_BYTES, read_bounded
 from semdl.registry import plugin_failure
 
 
@@ -222,7 +223,7 @@ def sweep_report(sweep_dir: Path, jobs: int) -> None:
     if STOPPING:
         stopped_sweep_report(sweep_dir, jobs, STOPPING[0])
     failures = sweep_failures(sweep_dir)
-    failed = len(failures.read_text(encoding="utf-8").splitlines()) if failures.is_file() else 0
+    failed = len(read_bounded(failures, MAX_METRICS_BYTES).splitlines()) if failures.is_file() else 0
     if failed:
         print(f"semdl: sweep: {jobs - failed} done, {failed} failed (see {failures})", file=sys.stderr)
         sys.exit(1)
@@ -246,7 +247,7 @@ def stopped_sweep_report(sweep_dir: Path, jobs: int, signum: int) -> NoReturn:
         elif run.holds_checkpoint():
             lines.append(f"semdl: {folder}: continue with: semdl train resume={folder}")
         else:
-            overrides = yaml.safe_load(run.hydra_overrides.read_text(encoding="utf-8")) or []
+            overrides = yaml.safe_load(read_bounded(run.hydra_overrides).decode("utf-8")) or []
             lines.append(f"semdl: {folder}: no checkpoint yet; run it again with: semdl train {' '.join(overrides)}")
     waiting = jobs - len(started)
     for line in lines:

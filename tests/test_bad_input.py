@@ -118,6 +118,16 @@ def train_reading_files(root: Path, name: str) -> Path:
     return inputs
 
 
+def fifo_in_place_of(name: str):
+    """A damage: the run file `name` replaced by a named pipe (reading or appending to it would wait forever)."""
+
+    def damage(run: Path) -> None:
+        (run / name).unlink()
+        os.mkfifo(run / name)
+
+    return damage
+
+
 def plain_mnist(folder: Path) -> Path:
     """Plain (not gzipped) MNIST files, whose bytes the cases below corrupt in place."""
     write_mnist(folder, "MNIST", train_per_class=2, test_per_class=1, plain=MNIST_FILES)
@@ -155,6 +165,8 @@ def world(tmp_path_factory):
     (root / "a_file").write_text("not a directory\n")
     damaged_copy(root, "done", "binary_summary", lambda run: (run / "summary.json").write_bytes(b"\x89PNG\r\n\x1a\n\0"))
     damaged_copy(root, "done", "busy", lambda run: None)
+    for name, file in (("log", "semdl.log"), ("config", ".hydra/config.yaml"), ("summary", "summary.json")):
+        damaged_copy(root, "done", f"fifo_{name}", fifo_in_place_of(file))
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root / "busy")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "holding"
     (root / "bad_topology.txt").write_text("0 1 0\n1 0 x\n0 1 0\n")
@@ -396,6 +408,11 @@ CASES = [
     (["eval", "{world}/done", "device=tpu"], "device='tpu' is not allowed"),
     (["eval", "{world}/done", "eval=nope"], "unknown eval 'nope'"),
     (["eval", "{world}/a_file"], "no such run directory"),
+    # run files that are not regular files: reading or appending would wait for a writer forever
+    (["train", "resume={world}/fifo_log", "train.rounds=3"], "resume: {world}/fifo_log/semdl.log is a named pipe"),
+    (["eval", "{world}/fifo_config"], "semdl eval: {world}/fifo_config/.hydra/config.yaml is a named pipe, not a"),
+    (["eval", "{world}/fifo_summary"], "fifo_summary/summary.json is a named pipe, not a regular file; a run"),
+    (["table", "{world}/fifo_summary"], "fifo_summary/summary.json cannot be read (it is a named pipe, not a regular"),
     # a directory another process is writing: refused, naming that process
     (["train", "resume={world}/busy", "train.rounds=3"], "is in use by semdl train resume (pid "),
     (["eval", "{world}/busy"], "on elsewhere, since earlier); wait until it ends, or stop it"),

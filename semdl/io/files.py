@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from semdl.io.text import MAX_METRICS_BYTES, read_bounded
+
 
 def naming(error: OSError, path: Path) -> OSError:
     """`error` naming `path` when it names no file: a write or fsync on a full disk (ENOSPC), or past a file size
@@ -128,7 +130,7 @@ class DamagedMetrics(ValueError):
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl file. A torn last line (a crash mid-write: no newline after it) is left out;
     any other line that is not a JSON object with a round raises DamagedMetrics naming it."""
-    text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    text = read_bounded(path, MAX_METRICS_BYTES).decode("utf-8-sig", errors="replace")
     lines = text.split("\n")
     torn = lines.pop()  # what follows the last newline: empty, or a line the writer did not finish
     rows = []

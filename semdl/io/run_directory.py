@@ -61,6 +61,7 @@ from semdl.io.files import (
     write_json,
     write_text,
 )
+from semdl.io.text import MAX_METRICS_BYTES, irregular_kind, read_bounded
 
 # A run's files.
 CONFIG_FOLDER, CONFIG, HYDRA_OVERRIDES = ".hydra", "config.yaml", "overrides.yaml"
@@ -194,6 +195,21 @@ class RunDirectory:
         """A run was started here (its metrics.jsonl exists)."""
         return self.metrics.exists()
 
+    def irregular_file(self) -> tuple[Path, str] | None:
+        """A path of the run (at its top, in .hydra/ or checkpoints/) that is neither a regular file nor a folder (a
+        named pipe, a device, a socket) and what it is: reading or appending to one would block or never end."""
+        for folder in (self.path, self.path / CONFIG_FOLDER, self.checkpoints):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                try:
+                    kind = irregular_kind(path)
+                except OSError:  # a dangling link: the readers say what is missing
+                    continue
+                if kind is not None:
+                    return path, kind
+        return None
+
     def holds_checkpoint(self) -> bool:
         return (self.checkpoints / CHECKPOINT).is_file()
 
@@ -216,7 +232,7 @@ class RunDirectory:
         if not all(path.name in before_round_one for path in self.path.iterdir()):
             return False
         # A bug's traceback is kept in the log, and the line the user saw points there.
-        log = self.log.read_text(encoding="utf-8", errors="replace") if self.log.is_file() else ""
+        log = read_bounded(self.log, MAX_METRICS_BYTES).decode("utf-8", errors="replace") if self.log.is_file() else ""
         return "Traceback (most recent call last)" not in log
 
     def remove_failed_start(self, created: Path | None) -> None:
@@ -425,7 +441,7 @@ _UNSUPPORTED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno
 
 def _holder(directory: Path) -> str:
     try:
-        writer = json.loads((directory / WRITER).read_text(encoding="utf-8"))
+        writer = json.loads(read_bounded(directory / WRITER).decode("utf-8"))
         return f"{writer['command']} (pid {writer['pid']} on {writer['host']}, since {writer['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another semdl process"
@@ -479,7 +495,7 @@ def claim(directory: Path, command: str) -> None:
     before its first write). A record left by a writer that died is reported."""
     directory = Path(directory).resolve()
     try:
-        previous = json.loads((directory / WRITER).read_text(encoding="utf-8"))
+        previous = json.loads(read_bounded(directory / WRITER).decode("utf-8"))
     except (OSError, ValueError):
         previous = None
     if isinstance(previous, dict) and previous.get("pid") == os.getpid():

@@ -39,7 +39,7 @@ from semdl.io.run_directory import (
     find_run_directories,
     find_unfinished_run_directories,
 )
-from semdl.io.text import BinaryContent, decoded_text
+from semdl.io.text import MAX_METRICS_BYTES, BinaryContent, decoded_text, read_bounded
 
 SEED_KEY = "seed"
 # Keys that say how a run was kept and reported, not what it computed: runs differing only in them are one group
@@ -142,7 +142,7 @@ def _mean(values: list[Any]) -> float | None:
 def _read_text(path: Path) -> str:
     """A run file's UTF-8 text without a byte-order mark; binary content is refused."""
     try:
-        content = path.read_bytes()
+        content = read_bounded(path)
     except OSError as error:
         raise UnreadableRun(f"{path} cannot be read ({error.strerror or error})") from None
     try:
@@ -509,7 +509,11 @@ def failed_jobs(paths: list[Path]) -> list[tuple[str, str]]:
     results); the run directory is empty text for a line that is not a failed job."""
     reasons = []
     for failures in failed_jobs_files(paths):
-        for line in failures.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            text = read_bounded(failures, MAX_METRICS_BYTES).decode("utf-8", errors="replace")
+        except OSError as error:
+            raise UnreadableRun(f"{failures} cannot be read ({error.strerror or error})") from None
+        for line in text.splitlines():
             try:
                 failure = json.loads(line)
                 reason = f"{failure['run_dir']} failed (exit status {failure['status']}: {failure['reason']})"

@@ -3,6 +3,8 @@ mark accepted, binary content refused in one line."""
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -44,6 +46,42 @@ NOT_REGULAR = (
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
 )
+
+
+class UnreadableFile(OSError):
+    """A file semdl will not read (not a regular file, or too large); its text is only why, the caller names the
+    file."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def irregular_kind(path: Path) -> str | None:
+    """What `path` is when it is neither a regular file nor a directory ("a named pipe", ...), else None."""
+    mode = path.stat().st_mode
+    return next((name for test, name in NOT_REGULAR[1:] if test(mode)), None)
+
+
+MAX_RUN_FILE_BYTES = MAX_TEXT_INPUT_BYTES  # a run's JSON and YAML files: a few KB to a few MB
+MAX_METRICS_BYTES = 4 * 2**30  # metrics.jsonl: a row per node and round, about 1 KB each
+
+
+def read_bounded(path: Path | str, limit: int = MAX_RUN_FILE_BYTES) -> bytes:
+    """The bytes of the regular file `path`, of at most `limit` bytes. It is opened without blocking and checked
+    before a byte is read, so a named pipe put in a file's place neither blocks nor, as a device, fills memory:
+    OSError (EINVAL, or EFBIG for a larger file) says why, naming the file, for the caller's own one line."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor).st_mode
+        kind = next((name for test, name in NOT_REGULAR if test(mode)), None)
+        if kind is not None:
+            raise UnreadableFile(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
+        content = handle.read(limit + 1)
+    if len(content) > limit:
+        raise UnreadableFile(
+            errno.EFBIG, f"it is larger than {limit // 2**20} MiB, the most semdl reads from it", str(path)
+        )
+    return content
 
 
 def read_text_file(path: str, key: str) -> str:

@@ -3,6 +3,7 @@ One loader for `semdl train resume=` and `semdl eval`, so both accept and refuse
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from semdl.errors import UserError
 from semdl.inputs import check_inputs
 from semdl.io.files import DamagedMetrics
 from semdl.io.run_directory import RunDirectory
+from semdl.io.text import read_bounded
 from semdl.schema import EVALUATIONS, Config, upgrade_saved_config
 from semdl.validation import validate
 
@@ -68,7 +70,7 @@ class SavedRun:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8-sig"))
+        payload = json.loads(read_bounded(path).decode("utf-8-sig"))
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {path}: {str(error).splitlines()[0][:200]}") from None
     if not isinstance(payload, dict):
@@ -97,6 +99,10 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     if not run_dir.is_dir():
         raise UserError(f"{command}: {run_dir}: no such run directory")
     run = RunDirectory(run_dir)
+    irregular = run.irregular_file()
+    if irregular is not None:
+        path, kind = irregular
+        raise UserError(f"{command}: {path} is {kind}, not a regular file; a run directory holds files and folders")
     missing = run.missing_run_files()
     if missing:
         raise UserError(f"{command}: {run_dir} is not a semdl run directory: {', '.join(missing)} missing")
@@ -118,8 +124,9 @@ def load_run(run_dir: Path, overrides: list[str], allowed: tuple[str, ...], comm
     own_config = run.config
     if own_config.is_file():
         try:
-            own = upgrade_saved_config(OmegaConf.to_container(OmegaConf.load(own_config), resolve=True))
-        except (OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
+            text = read_bounded(own_config).decode("utf-8-sig")
+            own = upgrade_saved_config(OmegaConf.to_container(OmegaConf.load(io.StringIO(text)), resolve=True))
+        except (OmegaConfBaseException, ValueError, yaml.YAMLError, OSError) as error:
             raise UserError(f"cannot read {own_config}: {str(error).splitlines()[0][:200]}") from None
         different = [key for key in changed_keys(own, saved) if not key.startswith(RESUMABLE_KEYS)]
         if different:
@@ -170,6 +177,8 @@ def load_resumable(run_dir: Path, overrides: list[str]) -> SavedRun:
     path = RunDirectory(run.directory).metrics
     try:
         logged = {row["round"] for row in RunDirectory(run.directory).read_metrics() if row["node"] == "network"}
+    except OSError as error:
+        raise UserError(f"resume: cannot read {path}: {error.strerror or error}") from None
     except DamagedMetrics as error:
         raise UserError(
             f"resume: {error}; the rows after it would be lost: repair or delete that line, then resume again"

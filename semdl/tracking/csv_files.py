@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from semdl.io.run_directory import CSV_TABLES, HYPERPARAMETERS
+from semdl.io.text import MAX_METRICS_BYTES, read_bounded
 from semdl.tracking.base import LOGGERS, PlainConfig, Resumption, Tracker, as_text, row_classifiers
 
 # The columns of each table: every key of its metrics.jsonl rows (test_loss only with eval.test_loss, so it may be
@@ -46,7 +47,7 @@ def _cell(value: Any) -> Any:
 
 def _complete_lines(path: Path) -> list[str]:
     """The lines of a CSV file a writer finished (a line torn by a crash, without its newline, is left out)."""
-    return path.read_text(encoding="utf-8").split("\n")[:-1]
+    return read_bounded(path, MAX_METRICS_BYTES).decode("utf-8").split("\n")[:-1]
 
 
 def _rewrite(path: Path, text: str) -> None:

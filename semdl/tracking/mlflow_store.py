@@ -26,6 +26,7 @@ from typing import Any, Iterator, Optional
 from semdl.errors import UserError
 from semdl.io import write_json
 from semdl.io.run_directory import FIGURES, MLFLOW_ARTIFACTS, MLFLOW_RUN, MLFLOW_STORE
+from semdl.io.text import read_bounded
 from semdl.tracking.base import EXTRA, LOGGERS, Resumption, ScalarTracker, Unreachable, as_text, require
 
 RUN_FILE = MLFLOW_RUN
@@ -165,7 +166,7 @@ class MlflowRun(ScalarTracker):
                 return (self.settings.tracking_uri if database is None else f"{SQLITE}{database.resolve()}"), None
             folder = store_folder(self.run_dir).resolve()
             return f"{SQLITE}{folder / STORE}", folder
-        record = json.loads(recorded.read_text(encoding="utf-8"))
+        record = json.loads(read_bounded(recorded).decode("utf-8"))
         if record.get("store") is not None:
             database = (self.run_dir / record["store"]).resolve()
             own_folder: Path | None = database.parent
