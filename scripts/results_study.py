@@ -428,7 +428,8 @@ def communication(plan: Plan, name: str) -> str | None:
         rows.append(f"| {cell_name} | {per_round:.1f} | {reached} | {sent[rounds.index(reached)] / 1e6:.0f} |")
     return "\n".join(
         [
-            f"### {name}: bytes to reach k-NN accuracy {target:.3f} (the lowest final accuracy among these cells)",
+            f"### {name}: bytes to reach k-NN accuracy {target:.3f} over all classes (the lowest final such accuracy "
+            "among these cells; the evaluations during training score all classes)",
             "",
             "| cell | MB sent per round (all nodes) | first evaluated round at the target | MB sent by then |",
             "|---|---|---|---|",
