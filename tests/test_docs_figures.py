@@ -40,6 +40,26 @@ def test_the_readme_is_a_short_guide_that_reaches_every_docs_page():
     assert text.index("download.pytorch.org/whl/cpu") < text.index("pip install -e . && semdl train")
 
 
+def prose_sentences(page: Path) -> list[str]:
+    """The sentences of a page's prose (code blocks, indented examples, tables and headings left out), each with its
+    whitespace collapsed; only those of 10 words or more, which a page cannot share with another by chance."""
+    text = re.sub(r"```.*?```", " ", page.read_text(), flags=re.S)
+    prose = " ".join(line for line in text.splitlines() if not line.startswith(("    ", "|", "#", "<!--")))
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z`(])", re.sub(r"\s+", " ", prose))
+    return [sentence for sentence in sentences if len(sentence.split()) >= 10]
+
+
+def test_no_sentence_appears_twice_in_the_readme_and_the_docs():
+    """Each thing is said once, where it belongs, and linked from elsewhere (issue 28)."""
+    where: dict[str, list[str]] = {}
+    for page in [README, *sorted(DOCS.glob("*.md"))]:
+        for sentence in prose_sentences(page):
+            where.setdefault(sentence, []).append(page.name)
+    repeated = {sentence[:120]: pages for sentence, pages in where.items() if len(pages) > 1}
+    assert not repeated, repeated
+    assert len(where) > 500  # the pages' prose was found: the README and docs hold about 700 such sentences
+
+
 def test_the_keys_a_resume_may_change_are_the_codes():
     """docs/robustness.md lists them in one sentence; each of its keys is one of RESUMABLE_KEYS and back."""
     text = " ".join(line.strip() for line in (DOCS / "robustness.md").read_text().splitlines())
