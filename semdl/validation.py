@@ -4,6 +4,7 @@ option's own `check` and the solver's, and the memory check; every mistake one U
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,32 +48,36 @@ def _at_least(key: str, value: int, low: int) -> None:
         raise UserError(f"{key}={value} is out of range; it must be >= {low}")
 
 
-def _reject_unusable_numbers(value: Any, key: str = "") -> None:
-    """NaN and infinities pass every `>`/`<` range check, and integers beyond int64 pass Python but not torch or
-    numpy: refuse them anywhere in the config (lists and the config groups' keys included)."""
+def _leaves(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """Every value of a config container with its dotted key (lists and the config groups' keys included)."""
     if isinstance(value, dict):
         for name, item in value.items():
-            _reject_unusable_numbers(item, f"{key}.{name}" if key else str(name))
+            yield from _leaves(item, f"{key}.{name}" if key else str(name))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _reject_unusable_numbers(item, f"{key}[{index}]")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{key}={value} is not a finite number")
-    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        raise UserError(f"{key}={value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
+            yield from _leaves(item, f"{key}[{index}]")
+    else:
+        yield key, value
 
 
-def _reject_beyond_float32(value: Any, key: str = "") -> None:
+def _reject_unusable_numbers(container: Any) -> None:
+    """NaN and infinities pass every `>`/`<` range check, and integers beyond int64 pass Python but not torch or
+    numpy: refuse them anywhere in the config."""
+    for key, value in _leaves(container):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key}={value} is not a finite number")
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            raise UserError(f"{key}={value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
+
+
+def _reject_beyond_float32(container: Any) -> None:
     """Float settings end up in float32 tensor arithmetic (learning rates, weight decay, rho, noise), where a value
     beyond float32's range overflows mid-run: refuse it (after the keys' own ranges, which say more)."""
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _reject_beyond_float32(item, f"{key}.{name}" if key else str(name))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _reject_beyond_float32(item, f"{key}[{index}]")
-    elif isinstance(value, float) and abs(value) > FLOAT32_MAX:
-        raise UserError(f"{key}={value} is out of range; numbers must lie within float32's range (±{FLOAT32_MAX:.3g})")
+    for key, value in _leaves(container):
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise UserError(
+                f"{key}={value} is out of range; numbers must lie within float32's range (±{FLOAT32_MAX:.3g})"
+            )
 
 
 def _probability(key: str, value: float) -> None:
