@@ -30,19 +30,23 @@ def install_hint(extra: str) -> str:
 
 
 def editable_install() -> bool:
-    """Whether semdl runs from a source tree: pip recorded an editable install (PEP 610's direct_url.json), or no
-    installed distribution is found and the package sits beside its pyproject.toml."""
+    """Whether semdl runs from a source tree: pip recorded an editable install (PEP 610's direct_url.json) in one of
+    the installed `semdl` distributions (the source tree's own semdl.egg-info, found first when the current
+    directory is on sys.path, records none), or none is installed and the package sits beside its pyproject.toml."""
     import json
     from importlib import metadata
 
-    try:
-        record = metadata.distribution("semdl").read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
+    installed = list(metadata.distributions(name="semdl"))
+    if not installed:
         return (Path(__file__).resolve().parent.parent / "pyproject.toml").is_file()
-    try:
-        return bool(json.loads(record or "{}").get("dir_info", {}).get("editable", False))
-    except (ValueError, AttributeError):
-        return False
+    for distribution in installed:
+        try:
+            record = json.loads(distribution.read_text("direct_url.json") or "{}")
+            if record.get("dir_info", {}).get("editable", False):
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
 
 
 class UserError(Exception):

@@ -189,10 +189,14 @@ def test_install_hints_fit_the_install(monkeypatch):
             return self.record if name == "direct_url.json" else None
 
     editable = '{"url": "file:///src/semdl", "dir_info": {"editable": true}}'
-    for record, hint in [
-        (editable, 'pip install -e ".[track]"'),
-        ('{"url": "file:///src/semdl", "dir_info": {}}', 'pip install "semdl[track]"'),
-        (None, 'pip install "semdl[track]"'),  # from an index: pip writes no direct_url.json
+    for records, hint in [
+        ([editable], 'pip install -e ".[track]"'),
+        (['{"url": "file:///src/semdl", "dir_info": {}}'], 'pip install "semdl[track]"'),
+        ([None], 'pip install "semdl[track]"'),  # from an index: pip writes no direct_url.json
+        # the source tree's own semdl.egg-info (no record), found first from the repository root, beside the
+        # editable install's record in site-packages
+        ([None, editable], 'pip install -e ".[track]"'),
     ]:
-        monkeypatch.setattr(metadata, "distribution", lambda name, record=record: Installed(record))
+        installed = [Installed(record) for record in records]
+        monkeypatch.setattr(metadata, "distributions", lambda name, installed=installed: installed)
         assert errors.install_hint("track") == hint
