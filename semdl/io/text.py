@@ -49,17 +49,27 @@ NOT_REGULAR = (
 
 
 class UnreadableFile(OSError):
-    """A file semdl will not read (not a regular file, or too large); its text is only why, the caller names the
-    file."""
+    """A file semdl will not read: not a regular file (`kind` says what it is instead), or too large (`kind` None).
+    Its text is only why; the caller names the file."""
+
+    def __init__(self, code: int, why: str, filename: str, kind: str | None = None):
+        super().__init__(code, why, filename)
+        self.kind = kind
 
     def __str__(self) -> str:
         return self.strerror
 
 
+def not_regular(mode: int) -> str | None:
+    """What a file of this mode (os.stat's st_mode) is when it is not a regular file ("a named pipe", ...), else
+    None."""
+    return next((name for test, name in NOT_REGULAR if test(mode)), None)
+
+
 def irregular_kind(path: Path) -> str | None:
     """What `path` is when it is neither a regular file nor a directory ("a named pipe", ...), else None."""
     mode = path.stat().st_mode
-    return next((name for test, name in NOT_REGULAR[1:] if test(mode)), None)
+    return None if stat.S_ISDIR(mode) else not_regular(mode)
 
 
 MAX_RUN_FILE_BYTES = MAX_TEXT_INPUT_BYTES  # a run's JSON and YAML files: a few KB to a few MB
@@ -71,11 +81,11 @@ def read_bounded(path: Path | str, limit: int = MAX_RUN_FILE_BYTES) -> bytes:
     before a byte is read, so a named pipe put in a file's place neither blocks nor, as a device, fills memory:
     OSError (EINVAL, or EFBIG for a larger file) says why, naming the file, for the caller's own one line."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    kind = not_regular(os.fstat(descriptor).st_mode)
+    if kind is not None:  # checked before fdopen, which refuses a directory in its own words
+        os.close(descriptor)
+        raise UnreadableFile(errno.EINVAL, f"it is {kind}, not a regular file", str(path), kind)
     with os.fdopen(descriptor, "rb") as handle:
-        mode = os.fstat(descriptor).st_mode
-        kind = next((name for test, name in NOT_REGULAR if test(mode)), None)
-        if kind is not None:
-            raise UnreadableFile(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
         content = handle.read(limit + 1)
     if len(content) > limit:
         raise UnreadableFile(
@@ -88,20 +98,13 @@ def read_text_file(path: str, key: str) -> str:
     """The text of the file `key`=`path` names (decoded_text). Only a regular file of at most MAX_TEXT_INPUT_BYTES is
     read (checked before a byte is read, so a pipe or an endless device neither blocks nor fills memory); a file that
     cannot be read, is too large, or holds binary content is refused in one line."""
-    file = Path(path).expanduser()
     try:
-        mode = file.stat().st_mode
-        kind = next((name for test, name in NOT_REGULAR if test(mode)), None)
-        if kind is not None:
-            raise UserError(f"{key}={path} is {kind}, not a text file")
-        with open(file, "rb") as handle:
-            content = handle.read(MAX_TEXT_INPUT_BYTES + 1)
+        content = read_bounded(Path(path).expanduser(), MAX_TEXT_INPUT_BYTES)
+    except UnreadableFile as error:
+        why = f"is {error.kind}, not a text file" if error.kind else error.strerror.removeprefix("it ")
+        raise UserError(f"{key}={path} {why}") from None
     except OSError as error:
         raise UserError(f"cannot read {key}={path}: {error.strerror or error}") from None
-    if len(content) > MAX_TEXT_INPUT_BYTES:
-        raise UserError(
-            f"{key}={path} is larger than {MAX_TEXT_INPUT_BYTES // 2**20} MiB, the most semdl reads from it"
-        )
     try:
         return decoded_text(content)
     except BinaryContent as error:
