@@ -19,23 +19,40 @@ EXPERIMENTS = {
 
 
 @pytest.mark.integration
-def test_smoke_reproduction_builds_every_table(tmp_path):
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_smoke_reproduction_builds_the_table_of(experiment, tmp_path):
+    """The property: the script's sweep of one published experiment runs every solver the paper compares there (a
+    real `semdl train -m` and `semdl table`), and its table has one row per solver; all five together are the
+    whole script."""
     result = subprocess.run(
-        ["bash", str(SCRIPT), "--smoke", "--out", str(tmp_path)],
+        ["bash", str(SCRIPT), "--smoke", "--only", experiment, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for experiment, solvers in EXPERIMENTS.items():
-        assert f"## {experiment}" in result.stdout
-        with open(tmp_path / f"{experiment}.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        assert {row["solver.name"] for row in rows} == solvers
-        assert all(row["acc.knn n"] == "1" for row in rows)  # one seed per solver: the smoke checks the pipeline
-        centralized = next(row for row in rows if row["solver.name"] == "centralized")
-        assert float(centralized["MB/node/round mean"]) == 0.0
+    assert [line for line in result.stdout.splitlines() if line.startswith("## ")] == [f"## {experiment}"]
+    assert sorted(path.name for path in tmp_path.glob("*.csv")) == [f"{experiment}.csv"]
+    with open(tmp_path / f"{experiment}.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["solver.name"] for row in rows} == EXPERIMENTS[experiment]
+    assert all(row["acc.knn n"] == "1" for row in rows)  # one seed per solver: the smoke checks the pipeline
+    centralized = next(row for row in rows if row["solver.name"] == "centralized")
+    assert float(centralized["MB/node/round mean"]) == 0.0
+
+
+@pytest.mark.parametrize("args", [["--only", "paper_iid_cifar10"], ["--only"], ["--seeds", "0"]])
+def test_a_misused_script_is_one_line_and_exit_2_before_any_run(args, tmp_path):
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--smoke", "--out", str(tmp_path / "out"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and result.stdout == ""
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
