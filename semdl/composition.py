@@ -7,6 +7,7 @@ arguments and dispatches."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from semdl.errors import UserError, install_hint
@@ -154,22 +155,33 @@ def output_directory(hydra: DictConfig, multirun: bool) -> tuple[str, Path]:
     return "hydra.run.dir", Path(hydra.run.dir)
 
 
-def hydra_settings(overrides: list[str], search: list[str]) -> DictConfig:
-    """The `hydra` node the command line composes: its directories, launcher and sweeper, which a preset of the
-    user's may choose too. A mistake elsewhere in the overrides is left to the per-job checks, which say it in
-    their own words; a plugin that is not installed is one line naming the extra to install."""
+def composed_settings(overrides: list[str], search: list[str]) -> tuple[DictConfig, DictConfig | None]:
+    """The `hydra` node the command line composes (its directories, launcher and sweeper, which a preset of the
+    user's may choose too), and the whole config it came from when every override composed and none is a sweep
+    (`seed=0,1` without -m is Hydra's mistake to report, in the per-job check). A mistake elsewhere in
+    the overrides is left to the per-job checks, which say it in their own words; a plugin that is not installed is
+    one line naming the extra to install."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [override.input_line for override in parsed if not override.is_sweep_override()]
     try:
-        return compose(config_name="config", overrides=search + fixed, return_hydra_config=True).hydra
+        whole = compose(config_name="config", overrides=search + fixed, return_hydra_config=True)
+        return whole.hydra, whole if len(fixed) == len(parsed) else None
     except (HydraException, OmegaConfBaseException) as error:
         check_plugin_installed(error)
     hydra_only = [item for item in fixed if item.lstrip("+~").startswith("hydra")]
     try:
-        return compose(config_name="config", overrides=hydra_only, return_hydra_config=True).hydra
+        return compose(config_name="config", overrides=hydra_only, return_hydra_config=True).hydra, None
     except MissingConfigException as error:
         check_plugin_installed(error)
         raise
+
+
+def without_hydra(whole: DictConfig) -> DictConfig:
+    """A job's config from one composed with its `hydra` node: the `hydra.*` overrides change nothing else."""
+    job = copy.deepcopy(whole)
+    with open_dict(job):
+        del job["hydra"]
+    return job
 
 
 def check_plugin_installed(error: Exception) -> None:
@@ -232,7 +244,7 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
     adopt_user_options(overrides, config_dir)
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name="semdl"):
-            hydra = hydra_settings(overrides, search)
+            hydra, whole = composed_settings(overrides, search)
             key, directory = output_directory(hydra, multirun)
             if process_rank() == 0:  # the other ranks of a torchrun job write to a scratch folder of their own
                 check_output_directory(key, directory, multirun)
@@ -242,10 +254,11 @@ def check_overrides(overrides: list[str], multirun: bool, config_dir: str | None
                 check_basic_sweeper(hydra.sweeper)
             params = dict(hydra.sweeper.get("params") or {}) if searching else {}
             jobs = sweep_jobs([f"{name}={value}" for name, value in params.items()] + overrides, multirun, searching)
+            one_composed_job = not multirun and whole is not None and not any(SEARCHPATH in item for item in overrides)
             for job in jobs:
                 own = [item for item in job if not item.lstrip("+~").startswith("hydra")]
                 paths = [item for item in job if item.startswith(SEARCHPATH)] or search
-                cfg = compose_job(paths + own)
+                cfg = without_hydra(whole) if one_composed_job else compose_job(paths + own)
                 check_job(cfg)
                 if searching:
                     check_search(cfg, hydra.sweeper, metric_names(cfg.eval.classifiers))

@@ -3,6 +3,8 @@ found through their entry points), and the schema and options made composable by
 
 from __future__ import annotations
 
+from functools import cache
+
 from hydra.core.config_store import ConfigStore
 
 from semdl.registry import Registry
@@ -12,14 +14,22 @@ from semdl.schema import COMMUNICATORS, EVALUATIONS, Config
 def register_schema() -> None:
     """Make the schema available to config.yaml's defaults list as `semdl_schema`, and every registered option
     (semdl's own and installed packages' entry points) composable as `group=name`."""
+    store_fixed_schema()
+    for registry in registries().values():
+        registry.names()
+
+
+@cache
+def store_fixed_schema() -> None:
+    """The schema and the eval and comm options are fixed at import, so they are stored once per process (each
+    store builds a structured config: about 0.1 s a command, which every command composing a config paid three
+    times). ConfigStore hands out copies, so no composition can change what is stored."""
     store = ConfigStore.instance()
     store.store(name="semdl_schema", node=Config)
     for name, option in EVALUATIONS.items():
         store.store(group="eval", name=name, node=option)
     for name, option in COMMUNICATORS.items():
         store.store(group="comm", name=name, node=option)
-    for registry in registries().values():
-        registry.names()
 
 
 def registries() -> dict[str, Registry]:
