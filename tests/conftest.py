@@ -10,18 +10,8 @@ import pytest
 import torch
 
 from helpers.budget import time_report
-
-# Kept importable from conftest for tests written before tests/helpers/ (branches merged later); new tests import
-# the helpers themselves.
-from helpers.configs import SMALL_SYNTHETIC, build_topology, composed, config_groups, without_timing  # noqa: F401, E402
+from helpers.configs import SMALL_SYNTHETIC, composed
 from helpers.replay import SEED_VARIABLE, Replay, session_seed
-from helpers.rounding import (  # noqa: F401, E402
-    float32_gram_error_bound,
-    float32_logdet_error_bound,
-    float32_logdet_gradient_error_bound,
-    float32_rate_reduction_error_bound_unit_rows,
-    gamma32,
-)
 from helpers.runs import SharedRuns
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

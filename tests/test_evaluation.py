@@ -58,9 +58,9 @@ def test_eval_json_holds_every_measurement(finished_run):
     network_dR = [row for row in read_metrics(run_dir / "metrics.jsonl") if row["node"] == "network"][-1]["dR"]
     # Same features, two float32 computations: rate_reduction of the pooled training features, and the network
     # statistics (each node's V^k, rescaled by its counts and summed over the nodes: N + K + 5 more roundings per
-    # Gram entry). Each is within conftest's worst-case bound for unit-norm rows of these class sizes (~1.5e-3, in
-    # absolute terms: dR = R - Rc is a difference of two rates of ~3 each, ~0.2 after these 6 rounds, so the
-    # cancellation makes a relative tolerance on dR meaningless).
+    # Gram entry). Each is within helpers.rounding's worst-case bound for unit-norm rows of these class sizes
+    # (~1.5e-3, in absolute terms: dR = R - Rc is a difference of two rates of ~3 each, ~0.2 after these 6 rounds,
+    # so the cancellation makes a relative tolerance on dR meaningless).
     sizes, d = [cfg.data.train_per_class] * cfg.data.num_classes, cfg.dim_z
     bound = float32_rate_reduction_error_bound_unit_rows(sizes, d, cfg.eps_sq)
     bound += float32_rate_reduction_error_bound_unit_rows(sizes, d, cfg.eps_sq, extra=cfg.nodes + len(sizes) + 5)

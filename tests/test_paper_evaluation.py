@@ -100,7 +100,7 @@ def rows_with_test_loss(overrides, tmp_path):
 
 def held_out_bound(cfg, test_set) -> float:
     """Two float32 evaluations of dR of the same unit-norm features (grouped by class with or without a known
-    width): each within conftest's worst-case bound for these class sizes."""
+    width): each within helpers.rounding's worst-case bound for these class sizes."""
     sizes = torch.bincount(test_set.test_y).tolist()
     return 2 * float32_rate_reduction_error_bound_unit_rows(sizes, cfg.dim_z, cfg.eps_sq)
 
