@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import environment, outcome, semdl_command
 
+from helpers.cli import one_thread_environment, semdl_command
 from helpers.configs import SMALL_SYNTHETIC, composed
+from helpers.runs import run_result
 from semdl.cli import main
 from semdl.errors import Stopped
 from semdl.experiment import reevaluate, resume_experiment, run_experiment
@@ -50,7 +51,7 @@ def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_threa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment(),
+        env=one_thread_environment(),
     )
     deadline = time.monotonic() + 240
     while not (run / WRITER).exists() and first.poll() is None and time.monotonic() < deadline:
@@ -64,8 +65,8 @@ def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_threa
     assert f"is in use by semdl train resume (pid {first.pid} on " in one_line(capsys)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert not (run / WRITER).exists()  # released at the end
-    metrics, summary = outcome(run)
-    expected_metrics, expected_summary = outcome(straight)
+    metrics, summary = run_result(run)
+    expected_metrics, expected_summary = run_result(straight)
     assert without_evaluation_rows(metrics) == without_evaluation_rows(expected_metrics)
     assert summary == expected_summary
 
@@ -107,8 +108,8 @@ def test_an_extended_run_stopped_during_its_final_evaluation_resumes_to_its_end(
     assert json.loads((run / "summary.json").read_text())["rounds"] == 2
 
     resume_experiment(run, [])  # the checkpoint asks for 4 rounds: only the end remains
-    metrics, summary = outcome(run)
-    expected_metrics, expected_summary = outcome(straight)
+    metrics, summary = run_result(run)
+    expected_metrics, expected_summary = run_result(straight)
     assert without_evaluation_rows(metrics) == without_evaluation_rows(expected_metrics)
     assert [row["round"] for row in metrics if row["node"] == "eval"] == [2, 4]
     assert summary == expected_summary
@@ -318,7 +319,7 @@ def test_a_disk_that_fills_leaves_nothing_partial_and_the_run_resumes(tmp_path, 
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=environment(),
+        env=one_thread_environment(),
         preexec_fn=limit_file_size(limit),
         timeout=300,
     )
@@ -333,7 +334,7 @@ def test_a_disk_that_fills_leaves_nothing_partial_and_the_run_resumes(tmp_path, 
     assert not (run / "summary.json").exists()
 
     resume_experiment(run, [])
-    assert outcome(run) == outcome(reference)
+    assert run_result(run) == run_result(reference)
 
 
 def checkpoint_rounds(directory) -> dict[str, int]:
