@@ -49,6 +49,12 @@ def shared_run(tmp_path_factory) -> SharedRuns:
     return SharedRuns(tmp_path_factory.mktemp("shared_runs"))
 
 
+@pytest.fixture
+def finished_run(shared_run, request):
+    """The run that the tests of a module read, from the module's RUN overrides: built by the first of them to ask."""
+    return shared_run(request.module.RUN)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu skip where CUDA is missing, so the default `pytest` runs everywhere; SEMDL_GPU_DRY_RUN=1 runs
     them anyway, on the CPU with tiny shapes (tests/test_gpu.py, scripts/gpu_check.py --dry-run)."""

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration  # a whole training run, short runs and the
 CLASSIFIERS = {"knn", "nearest_subspace", "semantic_subspace", "linear_probe"}
 
 
-# A short run with periodic evaluations, shared by the tests that read it (tests/helpers/runs.py). `semdl eval` adds
-# evaluations/ to it: test_semdl_eval_reproduces_the_run runs first and finds only its own.
+# A short run with periodic evaluations, shared by the tests that read it (the finished_run fixture,
+# tests/conftest.py). `semdl eval` adds evaluations/ to it: test_semdl_eval_reproduces_the_run runs first and finds
+# only its own.
 RUN = SMALL_SYNTHETIC + [
     "nodes=3",
     f"train.rounds={ROUNDS}",
@@ -30,11 +31,6 @@ RUN = SMALL_SYNTHETIC + [
     "train.batch_size=40",
     "train.lr=0.01",
 ]
-
-
-@pytest.fixture
-def finished_run(shared_run):
-    return shared_run(RUN)
 
 
 def test_eval_json_holds_every_measurement(finished_run):
