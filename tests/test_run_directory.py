@@ -1,6 +1,7 @@
 """Faults around a run directory: a second writer, a writer that died, a stop during the final evaluation, a
 second signal, a full disk, a bug. Each leaves the run as it was or resumable to the uninterrupted run's result,
-and ends in one line with the exit status that names it."""
+and ends in one line with the exit status that names it. A failed start removes the folders it created; a folder
+that must stay keeps a log that ends with the line the terminal got."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from helpers.runs import run_result
 from semdl.cli import main
 from semdl.errors import Stopped
 from semdl.experiment import reevaluate, resume_experiment, run_experiment
-from semdl.io.run_directory import WRITER
+from semdl.io.run_directory import WRITER, RunDirectory
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "eval.classifiers=[knn]"]
 
@@ -371,3 +372,50 @@ def test_a_resume_falls_back_through_every_kept_checkpoint(tmp_path):
     (tmp_path / "previous-x.pt").write_bytes(b"not one of the kept names")
     payload, path, problems = load_checkpoint(tmp_path, lambda payload: None)
     assert (payload["round"], path.name, len(problems)) == (2, "previous-2.pt", 2)
+
+
+MISSING_DATA = ["data=mnist", "data.download=false", "train.rounds=1"]
+
+
+def test_a_failed_start_removes_the_folders_it_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", *MISSING_DATA, f"data.root={tmp_path / 'nodata'}", "hydra.run.dir=out/a/b"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("semdl: error: mnist is not available under ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # out/ and out/a were created by the run
+    # A folder the user made stays, empty; a folder beside another run's keeps that run.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "outputs" / "other").mkdir(parents=True)
+    for run_dir in ("mine", "outputs/new"):
+        with pytest.raises(SystemExit):
+            main(["train", *MISSING_DATA, f"data.root={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}"])
+    assert list((tmp_path / "mine").iterdir()) == []
+    assert [path.name for path in (tmp_path / "outputs").iterdir()] == ["other"]
+
+
+def test_a_folder_that_must_stay_has_a_log_ending_with_the_error_line(tmp_path, capsys):
+    """A failure with something to keep (here a checkpoint) leaves the folder, and its log says why it stopped."""
+    from semdl.errors import UserError
+    from semdl.exits import exit_with
+    from semdl.logs import log_to
+
+    run = RunDirectory(tmp_path / "run")
+    (run.checkpoints).mkdir(parents=True)
+    run.log.write_text("[...][semdl][INFO] - round 1\n")
+    with pytest.raises(SystemExit) as stopped:  # a process that has not joined the log (a refused resume) leaves it
+        exit_with(UserError("refused"), run_dir=run.path)
+    assert stopped.value.code == 2 and run.log.read_text() == "[...][semdl][INFO] - round 1\n"
+    log_to(run.log)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            exit_with(UserError("the disk is full of something"), run_dir=run.path)
+    finally:
+        log_to(None)
+    assert stopped.value.code == 2
+    assert (
+        run.log.read_text()
+        .splitlines()[-1]
+        .endswith("[semdl.run][ERROR] - semdl: error: the disk is full of something")
+    )
+    assert not run.holds_only_a_failed_start()
