@@ -264,7 +264,11 @@ DAMAGES = {
     "config interpolation": (".hydra/config.yaml", b"seed: ${nowhere}\n", "config.yaml is not a semdl config"),
     "metrics damaged": ("metrics.jsonl", b'nope\n{"round": 1, "node": "network"}\n', "metrics.jsonl line 1 is damaged"),
     "metrics missing": ("metrics.jsonl", None, "metrics.jsonl cannot be read (No such file or directory)"),
-    "summary a folder": ("summary.json", "folder", "summary.json cannot be read (it is a directory, not a regular file)"),
+    "summary a folder": (
+        "summary.json",
+        "folder",
+        "summary.json cannot be read (it is a directory, not a regular file)",
+    ),
 }
 
 
