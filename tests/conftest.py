@@ -10,18 +10,8 @@ import pytest
 import torch
 
 from helpers.budget import time_report
-
-# Kept importable from conftest for tests written before tests/helpers/ (branches merged later); new tests import
-# the helpers themselves.
-from helpers.configs import SMALL_SYNTHETIC, build_topology, composed, config_groups, without_timing  # noqa: F401, E402
+from helpers.configs import SMALL_SYNTHETIC, composed
 from helpers.replay import SEED_VARIABLE, Replay, session_seed
-from helpers.rounding import (  # noqa: F401, E402
-    float32_gram_error_bound,
-    float32_logdet_error_bound,
-    float32_logdet_gradient_error_bound,
-    float32_rate_reduction_error_bound_unit_rows,
-    gamma32,
-)
 from helpers.runs import SharedRuns
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -57,6 +47,12 @@ def small_synthetic_config():
 def shared_run(tmp_path_factory) -> SharedRuns:
     """Runs that several tests read, built once per session: shared_run(overrides) -> (cfg, run_dir, summary)."""
     return SharedRuns(tmp_path_factory.mktemp("shared_runs"))
+
+
+@pytest.fixture
+def finished_run(shared_run, request):
+    """The run that the tests of a module read, from the module's RUN overrides: built by the first of them to ask."""
+    return shared_run(request.module.RUN)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_SYNTHETIC
 
+from helpers.configs import SMALL_SYNTHETIC
 from semdl.cli import main
 from semdl.io import read_metrics
 

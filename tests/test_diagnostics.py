@@ -38,7 +38,7 @@ def subspace_samples(basis: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return F.normalize(coefficients @ basis.T, dim=-1)
 
 
-# float32 error bounds (gamma32 and the rounding model: tests/conftest.py). Rows normalised in float32 have
+# float32 error bounds (gamma32 and the rounding model: tests/helpers/rounding.py). Rows normalised in float32 have
 # | |z|^2 - 1 | <= gamma_{d+6} (the norm: d squares summed, a square root; the division, or a reciprocal and a
 # product: 2 roundings per entry, squared).
 

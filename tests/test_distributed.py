@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.cli import one_thread_environment
 from helpers.configs import SMALL_SYNTHETIC, composed
 from semdl.io import read_metrics
 
@@ -39,12 +40,6 @@ EXPERIMENTS = {
 }
 
 
-def environment() -> dict:
-    # One thread per process in both launches, so that BLAS reductions run in the same order.
-    keep = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "WORLD_SIZE", "RANK")}
-    return {**keep, "OMP_NUM_THREADS": "1"}
-
-
 def in_process(overrides: list[str], run_dir: Path) -> dict:
     """The one-process run the torchrun job must equal, in this process (the caller holds one_thread: the same
     reduction order as the ranks' one thread each)."""
@@ -63,7 +58,7 @@ def torchrun(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=environment(),
+        env=one_thread_environment(),
     )
 
 
@@ -132,7 +127,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_round(tmp_path, on
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment(),
+        env=one_thread_environment(),
     )
     rank_one = rank_process(launcher, 1)
     deadline = time.monotonic() + 240

@@ -1,5 +1,6 @@
 """What the README and docs/ state about the code, read from the code, so that it cannot drift (issue 28): the doc
-list, the keys a resume may change, the test tiers' markers, the registered options; and `semdl train --help`."""
+list, the keys a resume may change, the test tiers' markers, where a test file lives, the registered options; and
+`semdl train --help`."""
 
 from __future__ import annotations
 
@@ -76,6 +77,36 @@ def test_the_test_tiers_named_in_the_docs_are_the_markers():
     assert "integration" in names
     stated = set(re.findall(r'pytest -m "not (\w+)"', (DOCS / "development.md").read_text()))
     assert stated and stated <= names
+
+
+def module_test_files() -> set[str]:
+    """The names a module file of tests/ may have: test_<X>.py, X a module or package of semdl with any number of its
+    packages in front (test_topology.py, test_network_topology.py), or a script of scripts/ without its suffix."""
+    names = set()
+    for path in (ROOT / "semdl").rglob("*.py"):
+        parts = path.relative_to(ROOT / "semdl").with_suffix("").parts
+        if parts[-1] == "__init__":  # the package itself
+            parts = parts[:-1]
+        names |= {"test_" + "_".join(parts[first:]) + ".py" for first in range(len(parts))}
+    return names | {f"test_{script.stem}.py" for script in (ROOT / "scripts").iterdir() if script.is_file()}
+
+
+def scenario_files() -> set[str]:
+    """The test files of docs/development.md's scenario table (its section "Where a test lives")."""
+    text = (DOCS / "development.md").read_text()
+    section = re.search(r"^## Where a test lives$(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL).group(1)
+    return set(re.findall(r"^\| `(test_\w+\.py)` \| .+ \|$", section, re.MULTILINE))
+
+
+def test_every_test_file_is_named_after_its_module_or_listed_as_a_scenario():
+    """docs/development.md's rule: tests/test_<X>.py tests the module, package or script X, or is a row of the
+    scenario table there; and every row names a file of tests/."""
+    files = {path.name for path in (ROOT / "tests").glob("test_*.py")}
+    scenarios = scenario_files()
+    assert scenarios, "docs/development.md's section 'Where a test lives' lists no scenario file"
+    unplaced = files - module_test_files() - scenarios
+    assert not unplaced, f"named after no module or script of semdl, and no scenario of docs/development.md: {unplaced}"
+    assert scenarios <= files, f"docs/development.md lists scenario files that tests/ lacks: {scenarios - files}"
 
 
 def conf_options(group: str) -> set[str]:

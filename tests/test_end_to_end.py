@@ -15,7 +15,7 @@ ROUNDS = 25
 pytestmark = pytest.mark.integration  # whole training runs (25 rounds, and three short runs)
 
 
-# The run the tests read, shared by them (tests/helpers/runs.py).
+# The run the tests read, shared by them (the finished_run fixture, tests/conftest.py).
 RUN = SMALL_SYNTHETIC + [
     "nodes=4",
     "topology=ring",
@@ -25,11 +25,6 @@ RUN = SMALL_SYNTHETIC + [
     "train.batch_size=30",
     "train.lr=0.01",
 ]
-
-
-@pytest.fixture
-def finished_run(shared_run):
-    return shared_run(RUN)
 
 
 def test_run_directory_holds_every_artifact(finished_run):

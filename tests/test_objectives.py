@@ -169,7 +169,7 @@ def assert_within(actual: torch.Tensor, expected: torch.Tensor, bound) -> None:
 
 def float32_rate_bounds(Z, labels, num_classes, eps_sq, gamma1=1.0, gamma2=1.0, extra=0):
     """Bounds on the float32 errors of (dR, R, Rc) and, componentwise, of d dR / dZ for the points Z (exact in
-    float32): conftest's conditioning bound for each logdet (the whole batch and each class), plus, for the
+    float32): helpers.rounding's conditioning bound for each logdet (the whole batch and each class), plus, for the
     weights m_k / (2m) (3 roundings), the sum over K classes and gamma1 R - gamma2 Rc, gamma_{K+3} and gamma_2 times
     the sizes of the terms (the terms taken from the float64 reference)."""
     Z = Z.detach().to(F64).requires_grad_(True)
@@ -346,7 +346,7 @@ def test_float32_matches_float64_reference(counts):
     Z32 = Z64.to(torch.float32).requires_grad_(True)
     Z64 = Z32.detach().to(F64).requires_grad_(True)  # the very same points
 
-    # Tolerances: the worst-case float32 error bounds of conftest, from the conditioning of each logdet of these
+    # Tolerances: the worst-case float32 error bounds of helpers.rounding, from the conditioning of each logdet of these
     # points (A = I + s Z^T Z, whole batch and each class) and the lengths of the sums; see float32_rate_bounds.
     dR_bound, R_bound, Rc_bound, grad_bound = float32_rate_bounds(Z64, labels, K, EPS_SQ)
     dR, R, Rc = rate_reduction(Z32, labels, K, EPS_SQ)
@@ -426,7 +426,7 @@ def test_coding_rate_of_repeated_unit_vector(m, d, dtype):
     else:
         # A = I + d/(m eps^2) Z^T Z = I + (d / eps^2) u u^T: eigenvalues 1 + d/eps^2 (= 257 for d = 128) and 1, so
         # cond(A) = 257 while Z^T Z sums m equal products per entry. The worst-case float32 error of logdet(A)
-        # (conftest: gamma_{m+5} against s |Z|^T|Z| and gamma_{d+1} against |L||L|^T, weighted by |A^-1|) is
+        # (helpers.rounding: gamma_{m+5} against s |Z|^T|Z| and gamma_{d+1} against |L||L|^T, weighted by |A^-1|) is
         # ~2.5e-3 relative for m = 300, d = 128; sequential accumulation of the 300 products (one AVX-512 machine)
         # gave 3.2e-5, blocked/pairwise accumulation ~2e-6. extra=2: the float32 u is unit-norm only to 2 roundings,
         # while `expected` assumes |u| = 1 exactly.

@@ -4,17 +4,17 @@ survive truncation; SIGINT stops with a checkpoint; non-finite values stop the r
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers.configs import SMALL_SYNTHETIC, composed, without_timing
+from helpers.cli import one_thread_environment, semdl_command
+from helpers.configs import SMALL_SYNTHETIC, composed
+from helpers.runs import run_result
 from semdl.cli import main
 from semdl.errors import NumericalError
 from semdl.experiment import resume_experiment, run_experiment
@@ -28,21 +28,6 @@ SOLVERS = {
     "primal_dual": SMALL_SYNTHETIC + NO_FIGURES + ["nodes=3", "solver=primal_dual"],
     "cluster_bcd": SMALL_SYNTHETIC + NO_FIGURES + LABEL_SPLIT + ["nodes=4", "solver=cluster_bcd"],
 }
-
-
-def semdl_command(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "semdl", *arguments]
-
-
-def environment() -> dict:
-    """One intra-op thread, as the in-process runs of these tests have (`one_thread`): the same reduction order."""
-    keep = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    return {**keep, "OMP_NUM_THREADS": "1"}
-
-
-def outcome(run_dir: Path) -> tuple[list[dict], dict]:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return without_timing(read_metrics(run_dir / "metrics.jsonl")), without_timing(summary)
 
 
 def rounds_written(run_dir: Path) -> int:
@@ -60,7 +45,7 @@ def start_training(overrides: list[str], run_dir: Path, output) -> subprocess.Po
         stdout=output,
         stderr=output,
         text=True,
-        env=environment(),
+        env=one_thread_environment(),
     )
 
 
@@ -101,11 +86,15 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(solver, tmp_path, r
     assert rounds_written(killed) < ROUNDS, context  # killed during training, not in the final evaluation
 
     resumed = subprocess.run(
-        semdl_command("train", f"resume={killed}"), cwd=tmp_path, capture_output=True, text=True, env=environment()
+        semdl_command("train", f"resume={killed}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=one_thread_environment(),
     )
     assert resumed.returncode == 0, f"{context}\n{resumed.stderr}"
-    metrics, summary = outcome(killed)
-    expected_metrics, expected_summary = outcome(reference)
+    metrics, summary = run_result(killed)
+    expected_metrics, expected_summary = run_result(reference)
     assert [(row["round"], row["node"]) for row in metrics] == [(row["round"], row["node"]) for row in expected_metrics]
     assert metrics == expected_metrics, context
     assert summary == expected_summary, context
@@ -120,8 +109,8 @@ def test_resume_continues_a_finished_run_to_more_rounds(tmp_path, one_thread):
     run_experiment(composed(config + ["train.rounds=12"]), straight)
     run_experiment(composed(config + [f"train.rounds={ROUNDS}"]), split)
     resume_experiment(split, ["train.rounds=12"])
-    metrics, summary = outcome(split)
-    expected_metrics, expected_summary = outcome(straight)
+    metrics, summary = run_result(split)
+    expected_metrics, expected_summary = run_result(straight)
     assert [row for row in metrics if row["node"] != "eval"] == [
         row for row in expected_metrics if row["node"] != "eval"
     ]
@@ -167,8 +156,8 @@ def test_every_solver_resumes_to_the_uninterrupted_run(solver, tmp_path, one_thr
     run_experiment(composed(config + ["train.rounds=4"]), straight)
     run_experiment(composed(config + ["train.rounds=2"]), split)
     resume_experiment(split, ["train.rounds=4"])
-    metrics, summary = outcome(split)
-    expected_metrics, expected_summary = outcome(straight)
+    metrics, summary = run_result(split)
+    expected_metrics, expected_summary = run_result(straight)
     assert [row for row in metrics if row["node"] != "eval"] == [
         row for row in expected_metrics if row["node"] != "eval"
     ]
@@ -193,7 +182,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, one_thr
     (damaged / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows) + torn)
 
     resume_experiment(damaged, [])
-    assert outcome(damaged) == outcome(reference)
+    assert run_result(damaged) == run_result(reference)
 
 
 @pytest.mark.integration
@@ -218,7 +207,7 @@ def test_a_stop_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, si
     resume_experiment(run_dir, ["train.rounds=" + str(stopped_at + 2)])
     reference = tmp_path / "reference"
     run_experiment(composed(SOLVERS["primal_dual"] + [f"train.rounds={stopped_at + 2}"]), reference)
-    assert outcome(run_dir) == outcome(reference)  # the stop changed nothing of the run's result
+    assert run_result(run_dir) == run_result(reference)  # the stop changed nothing of the run's result
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, one_thread):

@@ -1,6 +1,7 @@
 """Faults around a run directory: a second writer, a writer that died, a stop during the final evaluation, a
 second signal, a full disk, a bug. Each leaves the run as it was or resumable to the uninterrupted run's result,
-and ends in one line with the exit status that names it."""
+and ends in one line with the exit status that names it. A failed start removes the folders it created; a folder
+that must stay keeps a log that ends with the line the terminal got."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume import environment, outcome, semdl_command
 
+from helpers.cli import one_thread_environment, semdl_command
 from helpers.configs import SMALL_SYNTHETIC, composed
+from helpers.runs import run_result
 from semdl.cli import main
 from semdl.errors import Stopped
 from semdl.experiment import reevaluate, resume_experiment, run_experiment
-from semdl.io.run_directory import WRITER
+from semdl.io.run_directory import WRITER, RunDirectory
 
 QUICK = SMALL_SYNTHETIC + ["nodes=3", "eval.classifiers=[knn]"]
 
@@ -50,7 +52,7 @@ def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_threa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment(),
+        env=one_thread_environment(),
     )
     deadline = time.monotonic() + 240
     while not (run / WRITER).exists() and first.poll() is None and time.monotonic() < deadline:
@@ -64,8 +66,8 @@ def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_threa
     assert f"is in use by semdl train resume (pid {first.pid} on " in one_line(capsys)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert not (run / WRITER).exists()  # released at the end
-    metrics, summary = outcome(run)
-    expected_metrics, expected_summary = outcome(straight)
+    metrics, summary = run_result(run)
+    expected_metrics, expected_summary = run_result(straight)
     assert without_evaluation_rows(metrics) == without_evaluation_rows(expected_metrics)
     assert summary == expected_summary
 
@@ -107,8 +109,8 @@ def test_an_extended_run_stopped_during_its_final_evaluation_resumes_to_its_end(
     assert json.loads((run / "summary.json").read_text())["rounds"] == 2
 
     resume_experiment(run, [])  # the checkpoint asks for 4 rounds: only the end remains
-    metrics, summary = outcome(run)
-    expected_metrics, expected_summary = outcome(straight)
+    metrics, summary = run_result(run)
+    expected_metrics, expected_summary = run_result(straight)
     assert without_evaluation_rows(metrics) == without_evaluation_rows(expected_metrics)
     assert [row["round"] for row in metrics if row["node"] == "eval"] == [2, 4]
     assert summary == expected_summary
@@ -318,7 +320,7 @@ def test_a_disk_that_fills_leaves_nothing_partial_and_the_run_resumes(tmp_path, 
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=environment(),
+        env=one_thread_environment(),
         preexec_fn=limit_file_size(limit),
         timeout=300,
     )
@@ -333,7 +335,7 @@ def test_a_disk_that_fills_leaves_nothing_partial_and_the_run_resumes(tmp_path, 
     assert not (run / "summary.json").exists()
 
     resume_experiment(run, [])
-    assert outcome(run) == outcome(reference)
+    assert run_result(run) == run_result(reference)
 
 
 def checkpoint_rounds(directory) -> dict[str, int]:
@@ -370,3 +372,50 @@ def test_a_resume_falls_back_through_every_kept_checkpoint(tmp_path):
     (tmp_path / "previous-x.pt").write_bytes(b"not one of the kept names")
     payload, path, problems = load_checkpoint(tmp_path, lambda payload: None)
     assert (payload["round"], path.name, len(problems)) == (2, "previous-2.pt", 2)
+
+
+MISSING_DATA = ["data=mnist", "data.download=false", "train.rounds=1"]
+
+
+def test_a_failed_start_removes_the_folders_it_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", *MISSING_DATA, f"data.root={tmp_path / 'nodata'}", "hydra.run.dir=out/a/b"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("semdl: error: mnist is not available under ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # out/ and out/a were created by the run
+    # A folder the user made stays, empty; a folder beside another run's keeps that run.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "outputs" / "other").mkdir(parents=True)
+    for run_dir in ("mine", "outputs/new"):
+        with pytest.raises(SystemExit):
+            main(["train", *MISSING_DATA, f"data.root={tmp_path / 'nodata'}", f"hydra.run.dir={run_dir}"])
+    assert list((tmp_path / "mine").iterdir()) == []
+    assert [path.name for path in (tmp_path / "outputs").iterdir()] == ["other"]
+
+
+def test_a_folder_that_must_stay_has_a_log_ending_with_the_error_line(tmp_path, capsys):
+    """A failure with something to keep (here a checkpoint) leaves the folder, and its log says why it stopped."""
+    from semdl.errors import UserError
+    from semdl.exits import exit_with
+    from semdl.logs import log_to
+
+    run = RunDirectory(tmp_path / "run")
+    (run.checkpoints).mkdir(parents=True)
+    run.log.write_text("[...][semdl][INFO] - round 1\n")
+    with pytest.raises(SystemExit) as stopped:  # a process that has not joined the log (a refused resume) leaves it
+        exit_with(UserError("refused"), run_dir=run.path)
+    assert stopped.value.code == 2 and run.log.read_text() == "[...][semdl][INFO] - round 1\n"
+    log_to(run.log)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            exit_with(UserError("the disk is full of something"), run_dir=run.path)
+    finally:
+        log_to(None)
+    assert stopped.value.code == 2
+    assert (
+        run.log.read_text()
+        .splitlines()[-1]
+        .endswith("[semdl.run][ERROR] - semdl: error: the disk is full of something")
+    )
+    assert not run.holds_only_a_failed_start()

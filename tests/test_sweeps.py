@@ -1,5 +1,5 @@
 """Sweeps beyond one process: the Optuna search (hydra/sweeper=optuna), Hydra's submitit launcher, and their
-one-line refusals (the joblib launcher runs in tests/test_trackers.py, with a parallel MLflow sweep). Tiny runs;
+one-line refusals (the joblib launcher runs in tests/test_tracking.py, with a parallel MLflow sweep). Tiny runs;
 each search or launcher result is checked against the runs' own files."""
 
 import json

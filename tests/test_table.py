@@ -264,7 +264,11 @@ DAMAGES = {
     "config interpolation": (".hydra/config.yaml", b"seed: ${nowhere}\n", "config.yaml is not a semdl config"),
     "metrics damaged": ("metrics.jsonl", b'nope\n{"round": 1, "node": "network"}\n', "metrics.jsonl line 1 is damaged"),
     "metrics missing": ("metrics.jsonl", None, "metrics.jsonl cannot be read (No such file or directory)"),
-    "summary a folder": ("summary.json", "folder", "summary.json cannot be read (it is a directory"),
+    "summary a folder": (
+        "summary.json",
+        "folder",
+        "summary.json cannot be read (it is a directory, not a regular file)",
+    ),
 }
 
 
@@ -432,3 +436,125 @@ def test_commands_that_need_no_torch_start_without_it(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| primal_dual |" in result.stdout and result.stdout.endswith("torch imported: False\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `semdl table` with no flags on any sweep: run directories built by hand with the config keys each test needs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def finished_run(directory: Path, seed: int, config: dict, accuracy: dict, **summary_keys) -> Path:
+    """A finished run directory as semdl writes it: config, summary and one round's network row (2 nodes)."""
+    (directory / ".hydra").mkdir(parents=True)
+    (directory / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed, **config}))
+    summary = {
+        "accuracy": accuracy,
+        "network_dR": 2.0 + seed,
+        "consensus_residual": 0.1,
+        "nodes": [{"node": 0}, {"node": 1}],
+        **summary_keys,
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+    row = {"round": 1, "node": "network", "bytes_sent": 4000, "seconds": 0.5}
+    row |= {"messages_delivered": 4, "messages_lost": 0, "active_nodes": 2, "max_age": 0, "compression_error": 0.0}
+    (directory / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    return directory
+
+
+def rho_sweep(root: Path) -> Path:
+    """seed=0,1 x solver.rho=1,5 of primal_dual, i.i.d.: every node holds every class."""
+    for job, (rho, seed) in enumerate([(1.0, 0), (1.0, 1), (5.0, 0), (5.0, 1)]):
+        config = {"solver": {"name": "primal_dual", "rho": rho, "dual_step": 0.1}, "partition": {"name": "iid"}}
+        accuracy = {"knn": {"mean": 0.5 + job / 10, "own_classes_mean": 0.5 + job / 10}}
+        finished_run(root / str(job), seed, config, accuracy, every_node_holds_every_class=True)
+    return root
+
+
+def table_lines(arguments: list[str], capsys) -> tuple[list[str], list[str]]:
+    main(["table", *arguments])
+    captured = capsys.readouterr()
+    return captured.out.splitlines(), captured.err.splitlines()
+
+
+def test_a_sweep_tables_without_flags_and_names_the_keys_it_made_rows(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rho_sweep(tmp_path / "sweep")
+    out, err = table_lines(["sweep"], capsys)
+    assert (
+        out[0] == "| solver.name | solver.rho | acc.knn | network_dR | consensus_residual | MB/node/round | s/round |"
+    )
+    # Each rho's two seeds: knn 0.5 and 0.6 (mean 0.55), 0.7 and 0.8 (0.75); network_dR 2 and 3.
+    assert out[2].startswith("| primal_dual | 1.0 | 0.55 ± 0.07071 (n=2) | 2.5 ± 0.7071 (n=2) |")
+    assert out[3].startswith("| primal_dual | 5.0 | 0.75 ± 0.07071 (n=2) | 2.5 ± 0.7071 (n=2) |")
+    assert err == [
+        "semdl: note: the runs differ in solver.rho, so each value is a row (--rows and --columns choose)",
+        (
+            "semdl: note: left out acc.knn.own_classes, delivered, active_nodes, max_age, compression_error: the same "
+            "in every run or equal to the all-class accuracy (--all shows them)"
+        ),
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep"]  # no CSV unless asked for
+
+
+def test_all_keeps_every_column_and_csv_is_written_only_where_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rho_sweep(tmp_path / "sweep")
+    out, err = table_lines(["sweep", "--all", "--csv", "out/t.csv"], capsys)
+    assert out[0].startswith("| solver.name | solver.rho | acc.knn | acc.knn.own_classes | network_dR |")
+    assert out[0].endswith("| delivered | active_nodes | max_age | compression_error |")
+    assert err[-1] == "semdl: wrote out/t.csv"
+    header = (tmp_path / "out" / "t.csv").read_text().splitlines()[0]
+    assert header.startswith("solver.name,solver.rho,acc.knn mean,acc.knn std,acc.knn n,acc.knn.own_classes mean")
+
+
+def test_a_solver_sweep_gets_one_row_key_not_every_solvers_keys(tmp_path, monkeypatch, capsys):
+    """primal_dual and cluster_bcd differ in solver.rho's default and in keys only one has: solver.name explains
+    both. A non-i.i.d. run keeps its own-class accuracy, and a network condition that differs stays."""
+    monkeypatch.chdir(tmp_path)
+    accuracy = {"knn": {"mean": 0.3, "own_classes_mean": 0.9}}
+    primal_dual = {"solver": {"name": "primal_dual", "rho": 5.0, "dual_step": 0.1}}
+    cluster_bcd = {"solver": {"name": "cluster_bcd", "rho": 2.0, "consensus": "holders"}}
+    finished_run(tmp_path / "runs" / "a", 0, primal_dual, accuracy, every_node_holds_every_class=False)
+    lossy = finished_run(tmp_path / "runs" / "b", 0, cluster_bcd, accuracy, every_node_holds_every_class=False)
+    row = json.loads((lossy / "metrics.jsonl").read_text())
+    (lossy / "metrics.jsonl").write_text(json.dumps(row | {"messages_delivered": 3, "messages_lost": 1}) + "\n")
+    out, err = table_lines(["runs"], capsys)
+    assert out[0] == (
+        "| solver.name | acc.knn.own_classes | acc.knn | network_dR | consensus_residual | MB/node/round | s/round "
+        "| delivered |"
+    )
+    assert out[2].startswith("| cluster_bcd | 0.9 (n=1) | 0.3 (n=1) |") and out[2].endswith("| 0.75 (n=1) |")
+    assert not any("differ in" in line for line in err)
+
+
+def test_a_failed_start_beside_a_finished_run_is_one_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    good = finished_run(tmp_path / "good", 0, {"solver": {"name": "local"}}, {"knn": {"mean": 0.8}})
+    failed = tmp_path / "failed" / "12-00-00"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (failed / "semdl.log").write_text("semdl: error: something\n")
+    out, err = table_lines(["failed", str(good)], capsys)
+    assert out[2].startswith("| local | 0.8 (n=1) |")
+    assert err[0] == (
+        f"semdl: warning: {failed} is not a finished run (it has no summary.json: a failed start, a crash, or a run "
+        "still going); that run is left out of the table"
+    )
+    assert [line for line in err if "warning" in line] == err[:1]
+    # `semdl partition`'s folder is named as what it is.
+    partition_only = tmp_path / "failed" / "13-00-00"
+    (partition_only / ".hydra").mkdir(parents=True)
+    (partition_only / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (partition_only / "partition.json").write_text("{}")
+    out, err = table_lines(["failed", str(good)], capsys)
+    assert [line for line in err if "warning" in line][1] == (
+        f"semdl: warning: {partition_only} holds a partition only (semdl partition), not a run; that run is left "
+        "out of the table"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main(["table", "failed"])
+    assert stopped.value.code == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "semdl: error: no run directory (summary.json with .hydra/config.yaml) under failed"
+    )

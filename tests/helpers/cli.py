@@ -31,11 +31,24 @@ def in_process(capsys, *arguments: str) -> Outcome:
     return Outcome(status, out, err)
 
 
+def semdl_command(*arguments: str) -> list[str]:
+    """The argument list of `python -m semdl <arguments>` in a fresh interpreter."""
+    return [sys.executable, "-m", "semdl", *arguments]
+
+
+def one_thread_environment() -> dict[str, str]:
+    """The environment of a `semdl` or torchrun subprocess whose numbers a test compares with a run in this process
+    (which holds `one_thread`): one intra-op thread, so that reductions run in the same order; HYDRA_FULL_ERROR unset,
+    as a user's shell has it; and no WORLD_SIZE or RANK of a job this process may belong to."""
+    keep = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "WORLD_SIZE", "RANK")}
+    return {**keep, "OMP_NUM_THREADS": "1"}
+
+
 def semdl_process(*arguments: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m semdl <arguments>` in a fresh interpreter (HYDRA_FULL_ERROR unset, as a user's shell has it)."""
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     return subprocess.run(
-        [sys.executable, "-m", "semdl", *arguments],
+        semdl_command(*arguments),
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -27,10 +27,16 @@ SMALL_SYNTHETIC = [
 ]
 
 
+def composed_unvalidated(overrides: list[str]):
+    """The config of `semdl train <overrides>` as Hydra composes it, before semdl validates it: for the tests of the
+    validation, and of a check that the validation would stop first."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
+        return compose(config_name="config", overrides=overrides)
+
+
 def composed(overrides: list[str]):
     """The config `semdl train <overrides>` would run, validated."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="semdl"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = composed_unvalidated(overrides)
     validate(cfg)
     return cfg
 

@@ -1,11 +1,14 @@
-"""Runs that several tests read, built once per session (per xdist worker), keyed by their overrides."""
+"""Runs that several tests read, built once per session (per xdist worker), keyed by their overrides; and what a
+finished run must repeat exactly."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
-from helpers.configs import composed
+from helpers.configs import composed, without_timing
+from semdl.io import read_metrics
 
 
 class FinishedRun(NamedTuple):
@@ -32,3 +35,9 @@ class SharedRuns:
             run_dir = self.root / f"run{len(self.runs)}"
             self.runs[key] = FinishedRun(cfg, run_dir, run_experiment(cfg, run_dir))
         return self.runs[key]
+
+
+def run_result(run_dir: Path) -> tuple[list[dict], dict]:
+    """A finished run's metrics and summary without their timing: what a resumed or repeated run must equal."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return without_timing(read_metrics(run_dir / "metrics.jsonl")), without_timing(summary)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_resume import outcome
 from torch import nn
 
 from helpers.configs import SMALL_SYNTHETIC, composed
+from helpers.runs import run_result
 from semdl.cli import main
 from semdl.data.datasets import InputPipeline
 from semdl.eval import figures
@@ -359,7 +359,7 @@ def test_out_of_memory_in_a_round_ends_in_one_line_and_the_run_resumes(tmp_path,
     shutil.copytree(run_dir, advised)
     resume_experiment(run_dir, [])
     run_experiment(composed(QUICK), tmp_path / "uninterrupted")
-    assert outcome(run_dir) == outcome(tmp_path / "uninterrupted")
+    assert run_result(run_dir) == run_result(tmp_path / "uninterrupted")
     # The advice can be taken on resume (sim.* only batches the same per-node work differently): the same numbers
     # up to float rounding (1e-3, as tests/test_fast_paths.py justifies for node-by-node against grouped runs).
     resume_experiment(advised, ["sim.lockstep=off"])
