@@ -161,6 +161,10 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_round(tmp_path, on
 
 
 def test_a_failing_rank_stops_the_job_and_is_named(tmp_path):
+    """The property: an exception on one torchrun rank ends the whole job well within the collective timeout,
+    names the rank and its nodes in one line, and leaves the last checkpoint whole (every node), so the run
+    resumes from it. Two ranks, three nodes, a failure in round 2 of 4: the smallest job where a rank fails after
+    a checkpoint."""
     started = time.monotonic()
     overrides = EXPERIMENTS["primal_dual"] + ["train.checkpoint_every=1"]
     result = torchrun([str(HERE / "helpers" / "rank_failure.py")], overrides, tmp_path / "run", timeout=200)

@@ -43,6 +43,9 @@ def one_line(capsys) -> str:
 
 @pytest.mark.integration  # a resume in a subprocess, while a second one is refused in this process
 def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_thread, capsys):
+    """The property: while a real `semdl train resume=` process writes a run, a second command on the same run
+    is refused in one line naming the first one's pid, and the first ends as if alone. The first process must
+    be real (its own pid and lock), and long enough (40 rounds) to be caught writing."""
     straight, run = tmp_path / "straight", tmp_path / "run"
     run_experiment(composed(QUICK + ["train.rounds=40"]), straight)
     run_experiment(composed(QUICK + ["train.rounds=2"]), run)
@@ -74,6 +77,8 @@ def test_a_second_writer_is_refused_and_the_run_stays_intact(tmp_path, one_threa
 
 @pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_writer_that_died_is_reported_and_its_run_resumes(tmp_path, one_thread, caplog):
+    """The property: the record of a writer whose process no longer exists does not block a resume; the resume
+    says who left it, goes on to its end and removes the record."""
     run_experiment(composed(QUICK + ["train.rounds=2"]), tmp_path)
     dead = {"command": "semdl train", "pid": 1 << 30, "host": "node7", "since": "2026-01-01 00:00:00"}
     (tmp_path / WRITER).write_text(json.dumps(dead))
@@ -151,6 +156,9 @@ def poison_round(monkeypatch, round_to_poison: int, action) -> None:
 
 @pytest.mark.integration  # whole training runs: over the fast tier's budget of 2 s a test
 def test_a_second_signal_stops_at_once_in_one_line(tmp_path, one_thread, monkeypatch, capsys):
+    """The property: a first SIGTERM asks for a stop after the round, a second one stops at once with exit 143,
+    one line offering the resume, the last whole checkpoint kept and no writer record left (real signals to
+    this process, in round 4 of 8 with a checkpoint every 2 rounds)."""
     def two_signals():
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
