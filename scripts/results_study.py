@@ -67,7 +67,7 @@ class Experiment:
     cells: tuple[Cell, ...]
     non_iid: bool = False
     settings_from: str = ""  # the preset whose chosen hyperparameters this experiment's cells take
-    explanation: bool = False  # measures why a claim does not show: seed 0 only, and not in the smoke
+    single_seed: bool = False  # an explanation or a side check: seed 0 only, and left out of the smoke
 
 
 def solver_cells(preset: str, solvers: tuple[str, ...], *overrides: str) -> tuple[Cell, ...]:
@@ -105,7 +105,22 @@ EXPERIMENTS = {
             "rho",
             "explanation: the consensus penalty (seed 0 only; chosen rho: the iid primal_dual cell)",
             tuple(Cell(f"rho_{rho}", "study_iid", "primal_dual", (f"solver.rho={rho}",)) for rho in ("5", "20", "100")),
-            explanation=True,
+            single_seed=True,
+        ),
+        Experiment(
+            "robust_rho20",
+            "unreliable and compressed networks where consensus is strong (rho 20; seed 0 only)",
+            (
+                Cell("rho_20", "study_iid", "primal_dual", ("solver.rho=20",), runs_of="rho"),
+                Cell("link_drop_0.3", "study_iid", "primal_dual", ("solver.rho=20", "network.link_drop=0.3")),
+                Cell(
+                    "lowrank_16",
+                    "study_iid",
+                    "primal_dual",
+                    ("solver.rho=20", "comm.compress=lowrank", "comm.rank=16"),
+                ),
+            ),
+            single_seed=True,
         ),
         Experiment(
             "rounds",
@@ -114,7 +129,7 @@ EXPERIMENTS = {
                 Cell("local_180", "study_iid", "local", ("train.rounds=180",)),
                 Cell("rho_20_180", "study_iid", "primal_dual", ("solver.rho=20", "train.rounds=180")),
             ),
-            explanation=True,
+            single_seed=True,
         ),
     )
 }
@@ -264,7 +279,7 @@ def settings_file(preset: str, solver: str) -> Path:
 def final(plan: Plan, names: list[str], seeds_asked: tuple[int, ...]) -> None:
     for name in names:
         experiment = EXPERIMENTS[name]
-        seeds = tuple(seed for seed in seeds_asked if seed == 0 or not experiment.explanation)
+        seeds = tuple(seed for seed in seeds_asked if seed == 0 or not experiment.single_seed)
         for cell in experiment.cells[:1] if plan.smoke else experiment.cells:
             source = experiment.settings_from or cell.preset
             if not settings_file(source, cell.solver).is_file():
@@ -561,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out.resolve()
     plan = smoke_plan(out, args.threads) if args.smoke else Plan(out, args.data_root, args.threads, smoke=False)
-    smoke_skips = {name for name, experiment in EXPERIMENTS.items() if experiment.explanation} | {"niid5", "hetero"}
+    smoke_skips = {name for name, experiment in EXPERIMENTS.items() if experiment.single_seed} | {"niid5", "hetero"}
     names = args.only or [name for name in EXPERIMENTS if not (args.smoke and name in smoke_skips)]
     if args.stage in ("search", "all"):
         search(plan, names)
