@@ -105,17 +105,22 @@ def test_a_broken_entry_point_is_one_line_naming_its_file(tmp_path, monkeypatch,
     assert message.format(file=tmp_path / f"{module}.py") in str(refused.value)
 
 
-def test_every_registered_option_composes_and_validates():
-    """Each solver, dataset, partition, topology and encoder of the registries composes with its own defaults."""
+REGISTERED = [
+    *(("solver", name) for name in registries()["solver"].names()),
+    *(("partition", name) for name in registries()["partition"].names()),
+    *(("topology", name) for name in ("ring", "complete", "star", "erdos_renyi")),
+]
+
+
+@pytest.mark.parametrize("group, option", REGISTERED, ids=[f"{group}={option}" for group, option in REGISTERED])
+def test_every_registered_option_composes_and_validates(group, option):
+    """Each solver, partition and topology of the registries composes with its own defaults."""
+    extra = ["partition.counts=[[30,30,30,30]]", "nodes=1"] if (group, option) == ("partition", "table") else []
+    assert composed(SMALL_SYNTHETIC + [f"{group}={option}", *extra])[group].name == option
+
+
+def test_the_registries_list_every_dataset_and_the_shipped_presets():
     groups = registries()
-    for solver in groups["solver"].names():
-        cfg = composed(SMALL_SYNTHETIC + [f"solver={solver}"])
-        assert cfg.solver.name == solver
-    for partition in groups["partition"].names():
-        extra = ["partition.counts=[[30,30,30,30]]", "nodes=1"] if partition == "table" else []
-        assert composed(SMALL_SYNTHETIC + [f"partition={partition}", *extra]).partition.name == partition
-    for topology in ("ring", "complete", "star", "erdos_renyi"):
-        assert composed(SMALL_SYNTHETIC + [f"topology={topology}"]).topology.name == topology
     assert set(groups["data"].names()) == {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100"}
     listed = config_groups()
     assert listed["solver"] == groups["solver"].names() and "paper_niid4" in listed["partition"]
