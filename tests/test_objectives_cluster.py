@@ -115,6 +115,13 @@ def random_statistic(generator, d: int, samples: int = 7) -> torch.Tensor:
     return Z.T @ Z / samples
 
 
+def random_statistics(generator, d: int, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A node's statistic of every class, (K, d, d), and its neighbours', (neighbours, K, d, d), drawn in that order."""
+    own = torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)])
+    theirs = [torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)]) for _ in range(neighbours)]
+    return own, torch.stack(theirs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # (a) cluster_rate_reduction is the rate reduction of the replica-weighted union of the members' data
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,10 +362,7 @@ def test_published_scaling_leaves_an_absent_class_out_of_the_own_terms():
 def test_rescaled_block_loss_on_the_published_cluster_value_and_gradient(d, absent):
     Z, labels, own_counts, stored, other_grams, other_counts = _published_cluster(seed=d, d=d, absent=absent)
     generator = torch.Generator().manual_seed(100 + d)
-    V_self = torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)])
-    V_neighbors = torch.stack(
-        [torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)]) for _ in range(2)]
-    )
+    V_self, V_neighbors = random_statistics(generator, d, 2)
     penalty = consensus_penalty(V_self, V_neighbors, torch.zeros(NUM_CLASSES, d, d, dtype=F64), 0.0)
 
     Z_lib = Z.clone().requires_grad_(True)
@@ -436,10 +440,7 @@ def test_block_loss_consensus_part_with_per_class_neighbour_sets():
     d, rho = 5, 2.0
     Z, labels, own_counts, stored, other_grams, other_counts = _published_cluster(seed=7, d=d, absent=4)
     generator = torch.Generator().manual_seed(77)
-    V_self = torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)])
-    V_neighbors = torch.stack(
-        [torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)]) for _ in range(3)]
-    )
+    V_self, V_neighbors = random_statistics(generator, d, 3)
     dual = torch.randn(NUM_CLASSES, d, d, generator=generator, dtype=F64)
     dual = dual + dual.mT
     penalty = consensus_penalty(V_self, V_neighbors, dual, rho, SHARED)
@@ -474,10 +475,7 @@ def test_consensus_terms_ignore_unshared_neighbours_and_absent_classes():
     d, rho = 4, 1.5
     Z, labels, own_counts, stored, other_grams, other_counts = _published_cluster(seed=8, d=d, absent=4)
     generator = torch.Generator().manual_seed(8)
-    V_self = torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)])
-    V_neighbors = torch.stack(
-        [torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)]) for _ in range(3)]
-    )
+    V_self, V_neighbors = random_statistics(generator, d, 3)
     dual = torch.randn(NUM_CLASSES, d, d, generator=generator, dtype=F64)
     cluster = [ClusterContext(other_grams, other_counts, 1.0)]
 
@@ -510,10 +508,7 @@ def test_consensus_terms_ignore_unshared_neighbours_and_absent_classes():
 def test_consensus_residual_is_max_shared_frobenius_distance():
     d = 4
     generator = torch.Generator().manual_seed(5)
-    V_self = torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)])
-    V_neighbors = torch.stack(
-        [torch.stack([random_statistic(generator, d) for _ in range(NUM_CLASSES)]) for _ in range(3)]
-    )
+    V_self, V_neighbors = random_statistics(generator, d, 3)
     V_neighbors[0, 2] += 10.0  # the largest distance, but neighbour 0 does not share class 2
     expected = torch.zeros((), dtype=F64)
     everything = torch.zeros((), dtype=F64)
