@@ -14,6 +14,13 @@ set -euo pipefail
 
 usage="usage: scripts/reproduce_paper.sh [--smoke] [--out DIR] [--only EXPERIMENT]"
 experiments="paper_iid10_cifar10 paper_iid_mnist paper_iid_cifar100 paper_niid4_cifar10 paper_niid5_cifar10"
+declare -A solvers=(
+    [paper_iid10_cifar10]=primal_dual,local,centralized
+    [paper_iid_mnist]=primal_dual,local,centralized,fedavg_mcr2,fedavg_ce
+    [paper_iid_cifar100]=primal_dual,local,centralized
+    [paper_niid4_cifar10]=cluster_bcd,primal_dual,local,centralized,fedavg_mcr2,fedavg_ce
+    [paper_niid5_cifar10]=cluster_bcd,primal_dual,local,centralized,fedavg_mcr2,fedavg_ce
+)
 prefix="" seeds="0,1,2" out="outputs/paper" only=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -31,19 +38,12 @@ mkdir -p "$out"
 
 chosen() { [[ -z "$only" || "$only" == "$1" ]]; }
 
-sweep() {
-    local experiment="$1" solvers="$2"
-    chosen "$experiment" || return 0
-    semdl train -m "experiment=${prefix}${experiment}" "solver=${solvers}" "seed=${seeds}" \
+for experiment in $experiments; do
+    chosen "$experiment" || continue
+    semdl train -m "experiment=${prefix}${experiment}" "solver=${solvers[$experiment]}" "seed=${seeds}" \
         "hydra.sweep.dir=${out}/${experiment}"
     semdl table "${out}/${experiment}" --rows solver.name --csv "${out}/${experiment}.csv" > "${out}/${experiment}.md"
-}
-
-sweep paper_iid10_cifar10 primal_dual,local,centralized
-sweep paper_iid_mnist primal_dual,local,centralized,fedavg_mcr2,fedavg_ce
-sweep paper_iid_cifar100 primal_dual,local,centralized
-sweep paper_niid4_cifar10 cluster_bcd,primal_dual,local,centralized,fedavg_mcr2,fedavg_ce
-sweep paper_niid5_cifar10 cluster_bcd,primal_dual,local,centralized,fedavg_mcr2,fedavg_ce
+done
 
 for experiment in $experiments; do
     chosen "$experiment" || continue
